@@ -1,0 +1,96 @@
+"""The `edgetune` Click group. Commands are imported only when run, and command
+modules import torch only inside their bodies, so `edgetune --help` and the
+device-side commands (`infer`, `inspect`, `bench` on a device) stay light."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from edgetune import __version__
+from edgetune.errors import EdgetuneError
+
+# name -> "module:attribute"; the module is imported on first use.
+COMMANDS = {
+    "finetune": "edgetune.cli.train_cmds:finetune",
+    "evaluate": "edgetune.cli.train_cmds:evaluate",
+    "prune": "edgetune.cli.compress_cmds:prune",
+    "quantize": "edgetune.cli.compress_cmds:quantize",
+    "export": "edgetune.cli.compress_cmds:export",
+    "build": "edgetune.cli.build_cmds:build",
+    "inspect": "edgetune.cli.build_cmds:inspect",
+    "engine": "edgetune.cli.build_cmds:engine",
+    "bench": "edgetune.cli.measure_cmds:bench",
+    "compare": "edgetune.cli.measure_cmds:compare",
+    "verify": "edgetune.cli.measure_cmds:verify",
+    "infer": "edgetune.cli.infer_cmd:infer",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            cmd = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            return None  # a command not built yet stays out of the listing
+        self.commands[name] = cmd
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML file of option values: shared top-level keys plus one section per command.")
+@click.option("-v", "--verbose", count=True, help="More detail (repeat for debug logs).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and final results.")
+@click.version_option(__version__, prog_name="edgetune")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, verbose: int, quiet: bool):
+    """Fine-tune, prune and INT8-quantize an image classifier, then build, benchmark
+    and run it on Jetson (TensorRT), Intel (OpenVINO) or CPU (ONNX Runtime) devices."""
+    from edgetune import log
+
+    log.setup(verbose=verbose, quiet=quiet)
+    ctx.obj = {"config_file": config_file, "config": {}}
+    if config_file is not None:
+        from edgetune.config import build_default_map, load_yaml
+
+        cfg = load_yaml(config_file)
+        ctx.default_map = build_default_map(cfg, cli, ctx, config_file)
+        ctx.obj["config"] = cfg
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="edgetune", standalone_mode=False)
+    except EdgetuneError as e:
+        click.echo(click.style("Error: ", fg="red", bold=True) + str(e), err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: finished work is saved; rerun with --resume to continue.", err=True)
+        sys.exit(130)
+    logging.shutdown()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

