@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 EDGETUNE = [sys.executable, "-m", "edgetune.cli.main"]
 
 
-def make_images(root: Path, n_per_class: int = 24, size: int = 48, classes=("ok", "defect"), seed: int = 0, gray: bool = False) -> Path:
+def make_images(root: Path, n_per_class: int = 30, size: int = 48, classes=("ok", "defect"), seed: int = 0, gray: bool = False) -> Path:
     """A folder of class sub-folders whose classes a tiny model can tell apart:
     'defect' images carry a dark diagonal crack on a noisy bright cell."""
     rng = np.random.default_rng(seed)
@@ -57,5 +57,5 @@ def image_folder(tmp_path_factory) -> Path:
 def float_run(tmp_path_factory, image_folder) -> Path:
     """A fine-tuned tiny float run, shared by the tests that only read it."""
     out = tmp_path_factory.mktemp("runs") / "float"
-    run_cli("finetune", "--data", image_folder, *TINY, "--epochs", "4", "--out", out)
+    run_cli("finetune", "--data", image_folder, *TINY, "--epochs", "8", "--out", out)
     return out
