@@ -60,7 +60,8 @@ def _check_value(file: Path, where: str, param: click.Option, value: Any, ctx: c
 
 
 def _commands(group: click.Group, ctx: click.Context) -> dict[str, click.Command]:
-    return {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    return {name: cmd for name, cmd in commands.items() if cmd is not None}
 
 
 def build_default_map(cfg: dict, group: click.Group, ctx: click.Context, file: Path, prefix: str = "") -> dict:

@@ -44,8 +44,10 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         try:
             cmd = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return None  # a command not built yet stays out of the listing
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            return None  # a command whose module is not installed stays out of the listing
         self.commands[name] = cmd
         return cmd
 

@@ -44,8 +44,9 @@ def load_state_dict_file(path: str | Path) -> dict:
     return sd
 
 
-def create_backbone(name: str, num_classes: int, pretrained: bool = True, weights: str | Path | None = None, drop_rate: float = 0.0) -> torch.nn.Module:
-    """A timm model with ImageNet (or the given) weights and a fresh `num_classes` head.
+def create_backbone(name: str, num_classes: int | None, pretrained: bool = True, weights: str | Path | None = None, drop_rate: float = 0.0) -> torch.nn.Module:
+    """A timm model with ImageNet (or the given) weights and a fresh `num_classes` head
+    (`None` keeps the pretrained ImageNet head).
 
     Pretrained weights come from a local package when one ships them (offline,
     reproducible), else from timm's hub."""
@@ -75,7 +76,8 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True, weight
                 raise EdgetuneError(f"--weights {weights}: the state dict does not fit --model {name} (missing e.g. {', '.join(missing)}). Give weights saved from the same architecture.") from None
     elif pretrained and name in OFFLINE_WEIGHTS:
         _load_in_order(model, OFFLINE_WEIGHTS[name](), f"the offline {name} package")
-    model.reset_classifier(num_classes)
+    if num_classes is not None:
+        model.reset_classifier(num_classes)
     return model
 
 

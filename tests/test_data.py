@@ -1,0 +1,92 @@
+"""Data sources, the split, bad images."""
+
+import json
+
+import pytest
+
+from conftest import TINY, make_images, run_cli
+from edgetune.data.sources import load_source
+from edgetune.data.split import make_split
+from edgetune.errors import EdgetuneError
+
+
+def test_elpv_binary_and_four_class_sources():
+    binary = load_source("elpv")
+    assert len(binary.items) == 2624 and binary.classes == ["ok", "defective"]
+    assert {it.stratum.split("-")[1] for it in binary.items} == {"mono", "poly"}
+    four = load_source("elpv:4class")
+    assert len(four.classes) == 4 and {it.label for it in four.items} == {0, 1, 2, 3}
+    # binary: defective when p >= 0.5, so levels 2/3 and 1
+    assert all((b.label == 1) == (f.label >= 2) for b, f in zip(binary.items, four.items))
+
+
+def test_elpv_split_is_stratified_seeded_and_quarter_test():
+    src = load_source("elpv")
+    a, b = make_split(src, seed=0, val_frac=0.15, test_frac=0.25), make_split(src, seed=0, val_frac=0.15, test_frac=0.25)
+    assert a.parts == b.parts
+    assert len(a.parts["test"]) == 656
+    strata = {it.path: it.stratum for it in src.items}
+    for key in ("p0-mono", "p3-poly"):
+        total = sum(s == key for s in strata.values())
+        in_test = sum(strata[p] == key for p, _ in a.parts["test"])
+        assert abs(in_test / total - 0.25) < 0.02
+    assert make_split(src, seed=1, val_frac=0.15, test_frac=0.25).parts["test"] != a.parts["test"]
+
+
+def test_csv_source_paths_are_relative_to_the_csv(tmp_path):
+    make_images(tmp_path / "imgs", n_per_class=4)
+    rows = ["path,label"] + [f"imgs/{c}/{c}_{i:03d}.png,{c}" for c in ("ok", "defect") for i in range(4)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows))
+    src = load_source(str(tmp_path / "labels.csv"))
+    assert src.classes == ["defect", "ok"] and len(src.items) == 8
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_class", "single_class", "csv_missing_file"])
+def test_bad_sources_get_clear_errors(tmp_path, case):
+    root = tmp_path / "data"
+    if case == "empty_class":
+        make_images(root, n_per_class=3)
+        (root / "scratch").mkdir()
+    elif case == "single_class":
+        make_images(root, n_per_class=3, classes=("ok",))
+    elif case == "csv_missing_file":
+        root = tmp_path / "labels.csv"
+        root.write_text("path,label\nnope.png,ok\n")
+    with pytest.raises(EdgetuneError) as e:
+        load_source(str(root))
+    assert str(root) in str(e.value) or "nope.png" in str(e.value)
+
+
+@pytest.fixture
+def folder_with_bad_images(tmp_path):
+    root = make_images(tmp_path / "data", n_per_class=8)
+    good = (root / "ok" / "ok_000.png").read_bytes()
+    (root / "ok" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "ok" / "empty.png").write_bytes(b"")
+    (root / "defect" / "notes.png").write_text("this is not an image\n")
+    return root
+
+
+def test_bad_images_are_all_listed_in_one_error(folder_with_bad_images, tmp_path):
+    proc = run_cli("finetune", "--data", folder_with_bad_images, *TINY, "--epochs", "1", "--out", tmp_path / "run", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "3 image(s) cannot be read" in err
+    for name in ("truncated.png", "empty.png", "notes.png"):
+        assert name in err
+    assert "--skip-bad" in err
+
+
+def test_skip_bad_skips_counts_and_records(folder_with_bad_images, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("finetune", "--data", folder_with_bad_images, *TINY, "--epochs", "1", "--skip-bad", "--out", out)
+    assert "Skipped 3 unreadable" in " ".join(proc.stderr.split())
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(p.rsplit("/", 1)[1] for p in split["skipped"]) == ["empty.png", "notes.png", "truncated.png"]
+    used = {p for part in ("train", "val", "test") for p, _ in split[part]}
+    assert not used & set(split["skipped"]) and len(used) == 16
+
+
+def test_missing_data_folder_exits_2(tmp_path):
+    proc = run_cli("finetune", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "run", check=False)
+    assert proc.returncode == 2 and "no such file or folder" in proc.stderr and "Traceback" not in proc.stderr

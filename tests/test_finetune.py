@@ -1,0 +1,85 @@
+"""Fine-tune then evaluate through the CLI; kill and resume; freeze policies."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import EDGETUNE, TINY, run_cli
+from edgetune.models.backbone import create_backbone
+from edgetune.models.freeze import apply_freeze, parameter_groups
+
+
+def test_finetune_then_evaluate(float_run, tmp_path):
+    info = json.loads((float_run / "run.json").read_text())
+    assert info["stage"] == "float" and info["classes"] == ["defect", "ok"]
+    assert json.loads((float_run / "preprocess.json").read_text())["size"] == [32, 32]
+    proc = run_cli("evaluate", float_run, "--json", tmp_path / "m.json")
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["accuracy"] >= 0.8, m  # the generated classes are easy
+    assert m["n"] == len(json.loads((float_run / "split.json").read_text())["test"])
+    assert sum(map(sum, m["confusion_matrix"])) == m["n"]
+    assert {"roc_auc", "threshold", "balanced_accuracy", "f1"} <= set(m)
+    assert len(m["predictions"]) == m["n"]
+    for png in ("confusion_test.png", "mistakes_test.png"):
+        assert (float_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy" in proc.stdout + proc.stderr
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
+    proc = run_cli("evaluate", tmp_path, check=False)
+    assert proc.returncode == 2 and "not an edgetune run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_finished_run_is_not_overwritten(float_run):
+    proc = run_cli("finetune", "--data", "elpv", *TINY, "--out", float_run, check=False)
+    assert proc.returncode == 2 and "already holds a finished run" in proc.stderr
+
+
+def _last_epoch(path):
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except Exception:  # not written yet, or being replaced
+        return -1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_same_epochs(image_folder, tmp_path):
+    out = tmp_path / "run"
+    args = ["finetune", "--data", image_folder, *TINY, "--epochs", "4", "--out", out]
+    proc = subprocess.Popen([*EDGETUNE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _last_epoch(out / "ckpt" / "last.pt") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = _last_epoch(out / "ckpt" / "last.pt")
+    assert 1 <= done < 3 and not (out / "run.json").exists()
+    assert run_cli(*args, check=False).returncode == 2  # an interrupted run needs --resume
+    run_cli(*args, "--resume")
+    epochs = json.loads((out / "run.json").read_text())["history"][0]["metrics"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("policy, epoch, trainable", [("head", 0, 1), ("last:2", 0, 3), ("gradual:2", 0, 1), ("gradual:2", 4, 3)])
+def test_freeze_policies(policy, epoch, trainable):
+    model = create_backbone("test_resnet", 2, pretrained=False)
+    groups = parameter_groups(model)
+    apply_freeze(model, policy, epoch)
+    train = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert train == {n for g in groups[len(groups) - trainable:] for n in g}
+    apply_freeze(model, "full", 0)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bad_freeze_policy_and_weights(tmp_path, image_folder):
+    proc = run_cli("finetune", "--data", image_folder, *TINY, "--freeze", "most", "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "--freeze 'most'" in proc.stderr
+    (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
+    proc = run_cli("finetune", "--data", image_folder, *TINY, "--weights", tmp_path / "w.pt", "--out", tmp_path / "r2", check=False)
+    assert proc.returncode == 2 and "w.pt" in proc.stderr and "Traceback" not in proc.stderr
