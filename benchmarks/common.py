@@ -1,0 +1,46 @@
+"""What every benchmark records next to its numbers: the machine and the date."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, {platform.system()} {platform.release()}"
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def write_table(rows: list[dict], columns: list[str], path: Path, title: str, notes: str = "") -> None:
+    """A Markdown table of `rows` (the JSON beside it holds everything)."""
+    from edgetune.runtime.files import write_text
+
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    write_text(path, "\n".join(lines + ["", notes]).rstrip() + "\n")

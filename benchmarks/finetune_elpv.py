@@ -1,0 +1,86 @@
+"""Fine-tune efficientnet_lite0 (offline ImageNet weights) on ELPV binary and
+report test accuracy/F1 against Deitsch et al. 2019 (VGG-19 88.42%, SVM 82.44%).
+
+    python benchmarks/finetune_elpv.py                   # the chosen recipe, CPU
+    python benchmarks/finetune_elpv.py --recipe all      # every recipe below
+    python benchmarks/finetune_elpv.py --smoke           # seconds, generated data
+
+Each recipe runs through the real `edgetune finetune` code path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, today, write_table  # noqa: E402
+
+REFERENCES = {"Deitsch et al. 2019 VGG-19 (fine-tuned CNN)": 0.8842, "Deitsch et al. 2019 SVM": 0.8244}
+# finetune options per recipe; all start from the offline ImageNet efficientnet_lite0
+RECIPES = {
+    "baseline224": ["--img-size", "224", "--epochs", "12", "--lr", "1e-3"],
+    "lr5e4_224": ["--img-size", "224", "--epochs", "12", "--lr", "5e-4"],
+    "native300": ["--img-size", "300", "--epochs", "12", "--lr", "1e-3"],
+    "rot256": ["--img-size", "256", "--epochs", "14", "--lr", "1e-3", "--augment", "hflip,vflip,rot90,rotate=5,rrc=0.85,brightness=0.15,contrast=0.15"],
+    "freeze224": ["--img-size", "224", "--epochs", "16", "--lr", "1e-3", "--freeze", "last:4"],
+    "lr2e3_224": ["--img-size", "224", "--epochs", "12", "--lr", "2e-3"],
+    "lr2e3_300": ["--img-size", "300", "--epochs", "12", "--lr", "2e-3"],
+    "lr2e3_300_freeze": ["--img-size", "300", "--epochs", "12", "--lr", "2e-3", "--freeze", "last:4"],
+    "sgd224": ["--img-size", "224", "--epochs", "12", "--optimizer", "sgd", "--lr", "0.02", "--weight-decay", "1e-4"],
+}
+CHOSEN = "lr2e3_300_freeze"
+
+
+def run_recipe(name: str, args: list[str], work: Path, extra: list[str]) -> dict:
+    from edgetune.cli.options import record
+    from edgetune.cli.train_cmds import finetune
+    from edgetune.train.finetune import run_finetune
+
+    out = work / name
+    ctx = finetune.make_context("finetune", [*args, *extra, "--out", str(out), "--force"])
+    started = time.time()
+    run_finetune(ctx.params, record(ctx))
+    wall = time.time() - started
+    info = json.loads((out / "run.json").read_text())
+    m = info["history"][0]["metrics"]
+    return {"dataset": ctx.params["data"], "model": ctx.params["model"], "stage": "float", "runtime": "pytorch", "precision": "fp32", "recipe": name,
+            "args": " ".join(args + extra), "accuracy": m["test"]["accuracy"], "f1": m["test"]["f1"], "roc_auc": m["test"].get("roc_auc"),
+            "img_size": ctx.params["img_size"], "epochs": ctx.params["epochs"], "best_epoch": m["best_epoch"], "train_wall_s": round(wall, 1),
+            "device": ctx.params["device"], "machine": machine(), "date": today()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", action="append", help=f"one of {', '.join(RECIPES)}, or 'all' (default: {CHOSEN})")
+    p.add_argument("--work", type=Path, default=Path("benchmarks/work/finetune_elpv"))
+    p.add_argument("--results", type=Path, default=RESULTS / "finetune_elpv.json")
+    p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the recipe")
+    p.add_argument("extra", nargs="*", help="more finetune options, after --, e.g. -- --device cuda --workers 8")
+    a = p.parse_args()
+    names = list(RECIPES) if a.recipe == ["all"] else (a.recipe or [CHOSEN])
+    extra = list(a.extra)
+    if a.smoke:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import make_images
+
+        data = make_images(a.work / "smoke_data", n_per_class=12, size=40)
+        extra += ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained", "--batch-size", "8"]
+        names, a.results = names[:1], a.work / "smoke.json"
+        RECIPES[names[0]] = ["--img-size", "32", "--epochs", "1"]
+    rows = []
+    for name in names:
+        rows.append(run_recipe(name, RECIPES[name], a.work, extra))
+        print(json.dumps(rows[-1]), flush=True)
+        from edgetune.runtime.files import write_json
+
+        write_json(a.results, {"references": REFERENCES, "rows": rows})
+        write_table(rows, ["recipe", "img_size", "epochs", "best_epoch", "accuracy", "f1", "roc_auc", "train_wall_s", "device"], a.results.with_suffix(".md"),
+                    "ELPV binary fine-tuning, efficientnet_lite0 (offline ImageNet weights)",
+                    "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.\n\nMachine: " + rows[-1]["machine"] + f", {rows[-1]['date']}.")
+
+
+if __name__ == "__main__":
+    main()
