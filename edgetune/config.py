@@ -114,5 +114,6 @@ def command_options(ctx: click.Context, path: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, p in _options(cmd).items():
         raw = dmap.get(name, p.get_default(sub_ctx, call=True))
-        values[name] = p.type_cast_value(sub_ctx, raw) if raw is not None else None
+        unset = raw is None or type(raw).__name__ == "Sentinel"  # click >= 8.2 marks "no default" with a sentinel
+        values[name] = None if unset else p.type_cast_value(sub_ctx, raw)
     return values

@@ -59,3 +59,99 @@ def float_run(tmp_path_factory, image_folder) -> Path:
     out = tmp_path_factory.mktemp("runs") / "float"
     run_cli("finetune", "--data", image_folder, *TINY, "--epochs", "8", "--out", out)
     return out
+
+
+def make_fp32_bundle(run_dir: Path, out: Path, channel_order: str | None = None) -> Path:
+    """A minimal fp32 ONNX Runtime bundle of a run, written directly (no build
+    pipeline): fast input for the bench, compare and verify tests. `channel_order`
+    overrides the manifest's preprocessing (to plant a mismatch)."""
+    import torch
+
+    from edgetune.run import load_run
+    from edgetune.runtime.files import sha256_file, write_json
+
+    run = load_run(run_dir)
+    out.mkdir(parents=True)
+    h, w = run.spec.size
+    torch.onnx.export(run.build_model(), (torch.zeros(1, 3, h, w),), str(out / "model.fp32.onnx"), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    spec = run.spec.to_dict()
+    if channel_order:
+        spec["channel_order"] = channel_order
+    size = (out / "model.fp32.onnx").stat().st_size
+    manifest = {
+        "format": "edgetune-bundle", "schema": 1, "name": out.name, "target": "cpu", "runtime": "onnxruntime", "precision": "fp32",
+        "model": {"backbone": run.model_name, "stage": run.stage, "pruned": False, "macs": 1000, "params": 100},
+        "classes": run.classes, "input": {"name": "input", "shape": [None, 3, h, w], "layout": "NCHW", "dtype": "float32"},
+        "preprocess": spec,
+        "artifacts": {"fp32": {"file": "model.fp32.onnx", "files": ["model.fp32.onnx"], "format": "onnx", "precision": "fp32",
+                               "runtime": "onnxruntime", "size_bytes": size, "options": {}}},
+        "source_run": str(run.dir),
+        "files": {"model.fp32.onnx": {"sha256": sha256_file(out / "model.fp32.onnx"), "size": size}},
+    }
+    write_json(out / "manifest.json", manifest)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory, float_run) -> Path:
+    return make_fp32_bundle(float_run, tmp_path_factory.mktemp("bundles") / "fp32")
+
+
+# --- built bundles (edgetune build, the whole pipeline) ---------------------------
+
+def tiny_build_config(path: Path, data: Path, finetune_epochs: int = 8, quantize_epochs: int = 1) -> Path:
+    """A build config for the tiny test model: every stage short."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "data": str(data), "model": "test_efficientnet", "pretrained": False, "img-size": 32,
+        "finetune": {"epochs": finetune_epochs, "batch-size": 8, "lr": 3e-3, "warmup-epochs": 0},
+        "quantize": {"epochs": quantize_epochs, "batch-size": 8, "warmup-epochs": 0},
+    }))
+    return path
+
+
+@pytest.fixture(scope="session")
+def built_bundles(tmp_path_factory, image_folder) -> Path:
+    """One tiny build for cpu and intel: OUT/bundle-TARGET(/.tar.gz), OUT/build.yaml."""
+    root = tmp_path_factory.mktemp("build")
+    out = root / "out"
+    out.mkdir()
+    cfg = tiny_build_config(out / "build.yaml", image_folder)
+    run_cli("--config", cfg, "build", "--target", "cpu", "--target", "intel", "--out", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cpu_bundle(built_bundles) -> Path:
+    """A built INT8 ONNX Runtime bundle directory (its .tar.gz sits beside it)."""
+    return built_bundles / "bundle-cpu"
+
+
+@pytest.fixture(scope="session")
+def intel_bundle(built_bundles) -> Path:
+    """A built INT8 OpenVINO bundle directory (IR with built-in preprocessing)."""
+    return built_bundles / "bundle-intel"
+
+
+def invoke(*args) -> int:
+    """`edgetune ARGS` in this process (no interpreter start-up, torch already
+    imported): its exit status; output goes to capsys/capfd."""
+    from edgetune.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    return e.value.code
+
+
+QAT_ARGS = ["--mode", "qat", "--epochs", "3", "--lr", "1e-3", "--batch-size", "8", "--warmup-epochs", "0"]
+
+
+@pytest.fixture(scope="session")
+def qat_run(tmp_path_factory, float_run) -> Path:
+    """`float_run` quantized to INT8 with QAT (NNCF, 3 epochs): a 'qat' run
+    whose run.json holds the NNCF config ("quant") and the calibration record."""
+    out = tmp_path_factory.mktemp("runs") / "qat"
+    run_cli("quantize", float_run, *QAT_ARGS, "--out", out)
+    return out

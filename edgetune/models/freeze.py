@@ -52,6 +52,8 @@ def apply_freeze(model: torch.nn.Module, policy: str, epoch: int) -> int:
     train = {n for g in groups[len(groups) - k:] for n in g}
     n = 0
     for name, p in model.named_parameters():
+        if not p.is_floating_point():
+            continue  # e.g. NNCF quantizers' integer flags are parameters but never train
         p.requires_grad_(name in train)
         n += p.numel() if name in train else 0
     return n

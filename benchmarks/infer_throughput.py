@@ -1,0 +1,130 @@
+"""Camera pipeline throughput against the model alone.
+
+    python benchmarks/infer_throughput.py BUNDLE [--threads 1] [--frames 300] [--rounds 2]
+
+The whole `edgetune infer` pipeline (capture thread reading and decoding a 640x480
+MJPG video, preprocessing, the bundle's session, a JSONL record per frame) in
+`--mode every`, against the model-only batch-1 throughput that `edgetune bench`
+measures (`edgetune.runtime.devicebench.measure`, the timing harness) on the same
+session: same bundle, same threads. Rounds alternate model / pipeline so drift on a
+shared machine hits both. The goal is pipeline >= 90% of model-only.
+
+Writes benchmarks/results/infer_throughput.json (rows) and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, today, write_table  # noqa: E402
+
+from edgetune.camera import InferOptions, run_inference  # noqa: E402
+from edgetune.camera.source import open_source, parse_source  # noqa: E402
+from edgetune.runtime.bundle import load_bundle  # noqa: E402
+from edgetune.runtime.devicebench import bundle_info, measure  # noqa: E402
+from edgetune.runtime.files import write_json  # noqa: E402
+from edgetune.runtime.timing import Policy  # noqa: E402
+
+GOAL = 0.90
+
+
+def line_frames(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
+    """Camera-like frames: a textured bright part on a darker belt, some with a crack."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        img = rng.normal(70, 12, (height, width)).clip(0, 255).astype(np.uint8)
+        x0 = 60 + (i * 7) % 80
+        cv2.rectangle(img, (x0, 60), (x0 + 400, 420), 180, -1)
+        img = cv2.GaussianBlur(img, (5, 5), 1.5)
+        if i % 3 == 0:
+            cv2.line(img, (x0 + 20, 100), (x0 + 380, 380), 40, 4)
+        frames.append(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], total: int, fps: float = 30.0) -> Path:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise SystemExit(f"OpenCV cannot write MJPG video to {path}")
+    for i in range(total):
+        writer.write(frames[i % len(frames)])
+    writer.release()
+    return path
+
+
+def decode_fps(video: Path) -> float:
+    """Capture alone: the source reader the pipeline uses, nothing else."""
+    reader = open_source(parse_source(str(video)))
+    n, t0 = 0, time.perf_counter()
+    while reader.read() is not None:
+        n += 1
+    reader.close()
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle")
+    p.add_argument("--threads", type=int, default=1, help="inference threads for both measurements (default 1: on a small machine the capture thread needs a core)")
+    p.add_argument("--frames", type=int, default=300, help="frames in the pipeline video")
+    p.add_argument("--size", default="640x480")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=3.0, help="model-only timing: seconds per measurement")
+    p.add_argument("--out", type=Path, default=RESULTS / "infer_throughput.json")
+    args = p.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    bundle = load_bundle(args.bundle)
+    session = bundle.open(threads=args.threads)
+    info = bundle_info(bundle)
+    frames = line_frames(30, width, height)
+    policy = Policy(warmup=10, min_time_s=args.min_time, min_runs=50)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_video(Path(tmp) / f"line_{width}x{height}.avi", frames, args.frames)
+        capture_fps = decode_fps(video)
+        for r in range(args.rounds):
+            with contextlib.redirect_stdout(io.StringIO()):  # the harness's progress lines
+                model = measure(session, bundle.spec, policy, [1], frames[0])
+            model_fps = model["throughput"]["1"]["fps"]
+            opts = InferOptions(str(video), mode="every", out=str(Path(tmp) / f"records_{r}.jsonl"), status_every=0)
+            summary = run_inference(session, bundle.classes, opts)
+            assert summary["frames_inferred"] == args.frames, summary
+            rows.append({
+                "dataset": f"synthetic {width}x{height} MJPG", "model": info["model"], "stage": info["stage"],
+                "runtime": info["runtime"], "precision": info["precision"], "threads": args.threads, "batch": 1,
+                "input": "x".join(map(str, bundle.spec.size)), "round": r + 1, "frames": args.frames,
+                "model_fps": round(model_fps, 1), "model_e2e_fps": round(1e3 / model["latency"]["e2e"]["mean_ms"], 1),
+                "capture_fps": round(capture_fps, 1), "pipeline_fps": round(summary["fps"], 1),
+                "ratio": round(summary["fps"] / model_fps, 3),
+                "latency_ms_p50": round(model["latency"]["model"]["p50_ms"], 3),
+                "pipeline_latency_ms_p50": summary["latency_ms"]["p50"],
+                "throughput_fps": round(summary["fps"], 1), "bundle": info["name"], "machine": machine(), "date": today(),
+            })
+            print(f"round {r + 1}: model-only {model_fps:.1f} FPS, pipeline {summary['fps']:.1f} FPS "
+                  f"-> {summary['fps'] / model_fps:.1%} (capture alone {capture_fps:.1f} FPS)", flush=True)
+    ratio = statistics.median(row["ratio"] for row in rows)
+    print(f"pipeline / model-only: {ratio:.1%} (goal >= {GOAL:.0%}) on {rows[0]['machine']}")
+    write_json(args.out, rows)
+    write_table(rows, ["model", "input", "runtime", "precision", "threads", "round", "model_fps", "pipeline_fps", "ratio", "capture_fps", "model_e2e_fps"],
+                args.out.with_suffix(".md"), "Camera pipeline vs model-only throughput (batch 1)",
+                f"Pipeline: capture thread (decode {width}x{height} MJPG + preprocessing) overlapped with inference, "
+                f"JSONL records, --mode every. Model-only: the timing harness on the same session. Goal >= {GOAL:.0%}.")
+    return 0 if ratio >= GOAL else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

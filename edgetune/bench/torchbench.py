@@ -1,0 +1,80 @@
+"""The PyTorch baseline: a run's model as a `Session`, benchmarked by the same
+runner and timing harness as every bundle.
+
+    python -m edgetune.bench.torchbench RUN_DIR --out result.json [devicebench options]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgetune.runtime.devicebench import main as bench_main, stage_label
+from edgetune.runtime.preprocess import PreprocessSpec, preprocess
+
+
+class TorchSession:
+    """A PyTorch model behind the `Session` interface. `run_frames` uses the
+    runtime's numpy/OpenCV preprocessing, so end-to-end times compare like for like."""
+
+    name = "pytorch"
+    precision = "fp32"  # a QAT run's model computes in float with fake quantizers
+
+    def __init__(self, model, spec: PreprocessSpec, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model, self.spec = model.eval(), spec
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
+
+    def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        return self.run(preprocess(frames, self.spec))
+
+
+def run_info(run) -> dict:
+    """The results-row facts of a run's PyTorch model."""
+    from edgetune.models.backbone import create_backbone
+    from edgetune.models.stats import count_macs
+
+    # MACs of the (pruned) architecture before quantization wrappers.
+    arch = create_backbone(run.model_name, len(run.classes), pretrained=False)
+    if run.info.get("arch"):
+        from edgetune.compress.shapes import apply_shapes
+
+        apply_shapes(arch, run.info["arch"])
+    macs, params = count_macs(arch, run.spec.size)
+    return {
+        "kind": "run",
+        "path": str(run.dir),
+        "name": run.dir.name,
+        "model": run.model_name,
+        "stage": stage_label(run.stage, bool(run.info.get("arch"))),
+        "target": None,
+        "runtime": "pytorch",
+        "precision": "fp32",
+        "classes": list(run.classes),
+        "size_bytes": (run.dir / "model.pt").stat().st_size,
+        "macs": macs,
+        "params": params,
+        "source_run": str(run.dir),
+    }
+
+
+def open_run(path: str, threads: int | None, precision: str | None = None, runtime: str | None = None):
+    from edgetune.run import load_run
+
+    run = load_run(Path(path))
+    return TorchSession(run.build_model(), run.spec, threads), run.spec, lambda: run_info(run)
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main(opener=open_run))

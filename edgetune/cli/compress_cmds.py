@@ -1,0 +1,69 @@
+"""`prune`, `quantize`, `export`. Thin: options here, work in edgetune.compress / export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgetune.cli.options import out_option, pass_options, record, run_argument, train_options
+
+
+@click.command()
+@run_argument
+@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of channels to remove from every prunable layer, e.g. 0.3.")
+@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of MACs to remove instead, e.g. 0.5 (the channel ratio is searched).")
+@click.option("--round-to", type=click.IntRange(1), default=8, show_default=True, help="Keep channel counts multiples of this (the target profile's channel multiple).")
+@click.option("--steps", type=click.IntRange(1), default=1, show_default=True, help="Prune in this many steps, each followed by --epochs of recovery fine-tuning.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "fpgm", "lamp", "random"]), default="l1", show_default=True, help="Channel importance: magnitude (l1, l2), FPGM, LAMP or random.")
+@train_options(epochs=3, lr=5e-4, warmup=0.0)
+@out_option(help="Run directory to write (the pruned model, its layer shapes and metrics).")
+@pass_options
+def prune(ctx: click.Context, opts: dict):
+    """Remove channels structurally (torch-pruning DepGraph), with recovery fine-tuning."""
+    from edgetune.compress.prune import run_prune
+
+    run_prune(opts, record(ctx))
+
+
+@click.command()
+@run_argument
+@click.option("--mode", type=click.Choice(["qat", "ptq"]), default="qat", show_default=True, help="qat: calibrate, then quantization-aware training; ptq: calibrate only.")
+@click.option("--calibration", default="default", show_default=True, help="Calibration recipe: a name under calibration/ or a YAML file.")
+@click.option("--calib-count", type=click.IntRange(1), help="Number of calibration images (overrides the recipe's count).")
+@click.option("--ignore", multiple=True, help="Keep layers matching this regular expression in float (repeatable), e.g. 'classifier'.")
+@click.option("--fold-bn/--no-fold-bn", default=True, show_default=True, help="Fold BatchNorm into the convolutions before quantizing (runtimes fuse Conv + Q/DQ).")
+@click.option("--overflow-fix", type=click.Choice(["enable", "first_layer", "disable"]), default="enable", show_default=True,
+              help="Keep weights in 7 bits of int8 (all layers, first layer, none): x86 CPUs without VNNI saturate full-range int8 products.")
+@train_options(epochs=3, lr=1e-5, warmup=0.0, weight_decay=0.0)
+@out_option(help="Run directory to write (the quantized model, its NNCF config and calibration record).")
+@pass_options
+def quantize(ctx: click.Context, opts: dict):
+    """Quantize to INT8 with NNCF: symmetric, per-channel weights, zero-point 0."""
+    from edgetune.compress.quantize import run_quantize
+
+    opts["ignore"] = list(opts.get("ignore") or [])
+    run_quantize(opts, record(ctx))
+
+
+@click.command()
+@run_argument
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="int8", show_default=True)
+@click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+@click.option("--check/--no-check", default=True, show_default=True, help="Run the post-export checks (checker, Q/DQ form, ONNX Runtime vs PyTorch).")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write what was exported and the check results here.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write (FILE.onnx).")
+def export(run_dir: Path, precision: str, opset: int, check: bool, json_file: Path | None, out: Path):
+    """Export a run to ONNX (fp32, or INT8 with standard Q/DQ) and check it."""
+    from edgetune import log
+    from edgetune.export.onnx import export_onnx
+    from edgetune.runtime.files import write_json
+
+    result = export_onnx(run_dir, out, precision=precision, opset=opset, check=check)
+    if json_file:
+        write_json(json_file, result)
+    c = result["checks"]
+    msg = f"Wrote {result['path']} ({precision}, opset {opset}, {result['size_mb']:.2f} MB, input '{result['input_name']}' {result['input_shape']} NCHW)."
+    if c:
+        msg += f" Checks passed: top-1 agreement with PyTorch {100 * c['agreement']:.1f}% on {c['images']} images, largest logit difference {c['max_logit_diff']:.4g}."
+    log.console.print(msg)

@@ -1,0 +1,108 @@
+"""Fold BatchNorm into the convolution before it.
+
+Quantizing a Conv -> BatchNorm pair leaves the BatchNorm as float work between
+the integer convolution and its output quantizer, and ONNX Runtime then cannot
+fuse Conv + Q/DQ into an integer kernel (it cannot fold a BatchNorm into a
+convolution whose weight comes from a DequantizeLinear either). Folding first
+gives NNCF, the export and every runtime a plain Conv with bias.
+
+The pairs are found by tracing one forward pass: a BatchNorm whose input is the
+very tensor a Conv2d returned. The folded model is checked against the original
+on a random input, so a pair found wrongly fails loudly instead of silently."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgetune.errors import EdgetuneError
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.BatchNorm2d)  # timm's BatchNormAct2d is a subclass
+
+
+def find_conv_bn_pairs(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, str]]:
+    """(conv name, batchnorm name) pairs where the BatchNorm consumes the conv's output."""
+    names = {m: n for n, m in model.named_modules()}
+    produced: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+    hooks = []
+
+    def conv_hook(mod, args, out):
+        produced[id(out)] = names[mod]
+
+    def bn_pre_hook(mod, args):
+        conv = produced.get(id(args[0]))
+        if conv is not None:
+            pairs.append((conv, names[mod]))
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif _is_bn(m):
+            hooks.append(m.register_forward_pre_hook(bn_pre_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    seen, unique = set(), []
+    for conv, bn in pairs:  # a module called twice would appear twice
+        if bn not in seen:
+            seen.add(bn)
+            unique.append((conv, bn))
+    return unique
+
+
+def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module:
+    """What stays of a BatchNorm once its affine part lives in the conv: nothing,
+    or timm's fused activation (BatchNormAct2d = bn -> drop -> act)."""
+    act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
+    parts = [m for m in (drop, act) if m is not None and not isinstance(m, nn.Identity)]
+    if not parts:
+        return nn.Identity()
+    return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, size: tuple[int, int], check: bool = True) -> list[tuple[str, str]]:
+    """Fold every Conv2d -> BatchNorm2d pair in place; returns the folded pairs.
+    On a freshly built model (before loading a folded state dict) this rebuilds
+    the same structure, which is how a quantized run is restored."""
+    pairs = find_conv_bn_pairs(model, size)
+    if not pairs:
+        return pairs
+    was_training = model.training
+    model.eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device)
+    before = model(x) if check else None
+    for conv_name, bn_name in pairs:
+        conv: nn.Conv2d = model.get_submodule(conv_name)
+        bn: nn.BatchNorm2d = model.get_submodule(bn_name)
+        gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+        beta = bn.bias if bn.affine else torch.zeros_like(bn.running_var)
+        factor = gamma / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.mul_(factor.view(-1, 1, 1, 1).to(conv.weight.dtype))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        new_bias = (bias - bn.running_mean) * factor + beta
+        conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
+        _set(model, bn_name, _bn_replacement(bn))
+    if check:
+        after = model(x)
+        err = (after - before).abs().max().item()
+        tol = 1e-3 * max(1.0, before.abs().max().item())
+        if not err <= tol:
+            raise EdgetuneError(f"Folding BatchNorm into the convolutions changed the model's outputs by {err:.3g} (pairs {pairs[:3]}...). "
+                                "This model's Conv -> BatchNorm layout is not supported for folding; quantize it with --no-fold-bn.")
+    model.train(was_training)
+    return pairs

@@ -1,0 +1,55 @@
+"""What prune and quantize share: the parent run, the datasets of its split, and
+writing the finished stage (model.pt, metrics, run.json with the history)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from edgetune import log
+from edgetune.data.dataset import ImageDataset
+from edgetune.data.transforms import EvalTransform, TrainTransform
+from edgetune.evaluate import evaluate_model
+from edgetune.run import Run, check_order, load_run, prepare_out, stage_record, write_run
+from edgetune.runtime.files import sha256_file, sha256_json
+
+logger = log.get(__name__)
+
+
+def begin(opts: dict, stage: str) -> tuple[Run, Path]:
+    """The parent run (checked for pipeline order) and the prepared --out."""
+    parent = load_run(opts["run_dir"])
+    check_order(parent, stage)
+    out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
+    return parent, out
+
+
+def datasets(run: Run, augment) -> tuple[ImageDataset, ImageDataset]:
+    return (ImageDataset(run.split.parts["train"], TrainTransform(run.spec, augment)),
+            ImageDataset(run.split.parts["val"], EvalTransform(run.spec)))
+
+
+def headline(m: dict) -> dict:
+    return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "f1", "roc_auc") if k in m}
+
+
+def test_metrics(model: torch.nn.Module, run: Run, batch_size: int = 64) -> dict:
+    return headline(evaluate_model(model.eval(), run.split, run.spec, "test", batch_size=batch_size))
+
+
+def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: dict, metrics: dict, started: float, **extra) -> None:
+    """Save the weights and write run.json (last: it marks the run finished)."""
+    from edgetune.train.loop import _save
+
+    _save(model.state_dict(), out / "model.pt")
+    inputs = sha256_json({"parent_model": sha256_file(parent.dir / "model.pt"), "config": config})
+    history = [*parent.info.get("history", []), stage_record(stage, config, inputs, metrics, started)]
+    extra.setdefault("arch", parent.info.get("arch"))
+    write_run(out, stage=stage, model=parent.model_name, classes=parent.classes, spec=parent.spec, split=parent.split, history=history,
+              config=config, parent=str(parent.dir.resolve()), **extra)
+
+
+def now() -> float:
+    return time.time()

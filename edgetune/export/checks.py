@@ -1,0 +1,93 @@
+"""Checks every exported ONNX file passes; they fail loudly.
+
+Static: onnx.checker, standard ops only, and every weight Q/DQ in the form the
+runtimes (TensorRT's explicit quantization above all) accept: int8, per output
+channel, zero-point 0. Dynamic: ONNX Runtime agrees with PyTorch on real images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def _const(model_proto, name: str):
+    """The value of an initializer or Constant output, else None."""
+    from onnx import numpy_helper
+
+    for init in model_proto.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model_proto.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def custom_ops(model_proto) -> list[str]:
+    return sorted({f"{n.domain}::{n.op_type}" for n in model_proto.graph.node if n.domain not in STANDARD_DOMAINS})
+
+
+def weight_dequantizers(model_proto) -> list:
+    """DequantizeLinear nodes whose input is a constant: the weights' quantizers."""
+    return [n for n in model_proto.graph.node if n.op_type == "DequantizeLinear" and _const(model_proto, n.input[0]) is not None]
+
+
+def qdq_problems(model_proto) -> list[str]:
+    """Empty when no custom ops remain and every weight Q/DQ is int8, per-channel on
+    axis 0 (the output channels) with zero-point 0, and every activation Q/DQ has
+    zero-point 0."""
+    problems = [f"custom op {op} (only standard ONNX ops may remain)" for op in custom_ops(model_proto)]
+    for node in model_proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zp = _const(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zp is not None and np.any(zp != 0):
+            problems.append(f"{node.op_type} {node.name or node.output[0]}: zero-point {zp.ravel()[:4].tolist()}... is not 0")
+    for node in weight_dequantizers(model_proto):
+        name = node.name or node.output[0]
+        w = _const(model_proto, node.input[0])
+        scale = _const(model_proto, node.input[1])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if w.dtype == np.int32:
+            continue  # a bias in int32 (scale = input scale x weight scale) is not a weight quantizer
+        if w.dtype != np.int8:
+            problems.append(f"weight {node.input[0]} ({name}) is {w.dtype}, not int8")
+        if scale is None or scale.size != w.shape[0] or (w.shape[0] > 1 and axis not in (0, -w.ndim)):
+            problems.append(f"weight {node.input[0]} ({name}) is not quantized per output channel on axis 0 "
+                            f"(scale of {None if scale is None else scale.size} values, axis {axis}, weight shape {list(w.shape)})")
+    return problems
+
+
+def activation_types(model_proto) -> dict[str, int]:
+    """How many activation quantizers produce each integer type (int8 / uint8)."""
+    from onnx import TensorProto
+
+    out: dict[str, int] = {}
+    for n in model_proto.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            zp = _const(model_proto, n.input[2])
+            if zp is not None:
+                key = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}.get(zp.dtype, str(zp.dtype))
+                out[key] = out.get(key, 0) + 1
+    return out
+
+
+def ort_session(path, threads: int = 2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def compare_with_torch(path, torch_logits: np.ndarray, inputs: np.ndarray, batch: int = 32) -> dict:
+    """ONNX Runtime on `inputs` against the given PyTorch logits."""
+    from edgetune.metrics import agreement
+
+    sess = ort_session(path)
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([sess.run(None, {name: inputs[i:i + batch]})[0] for i in range(0, len(inputs), batch)])
+    return {"images": int(len(inputs)), "agreement": agreement(torch_logits, got), "max_logit_diff": float(np.abs(torch_logits - got).max()) if len(got) else 0.0}

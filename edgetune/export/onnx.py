@@ -1,0 +1,210 @@
+"""ONNX export of a run: fp32, or INT8 with standard QuantizeLinear/DequantizeLinear.
+
+INT8: NNCF's fake quantizers become torch-native ones (`nncf.strip`), which the
+exporter writes as Q/DQ pairs; the weights' Q is then applied offline, so weights
+are stored as int8 initializers feeding a DequantizeLinear (4x smaller files, the
+layout TensorRT and ONNX Runtime's quantization tools produce). BatchNorm is folded
+into the convolutions (a quantized run was folded before calibration; an fp32
+export is folded here). The batch dimension is dynamic. The checks of
+`edgetune.export.checks` run after every export and raise on failure."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgetune import log
+from edgetune.errors import EdgetuneError
+
+logger = log.get(__name__)
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+MIN_AGREEMENT = 0.99
+PRECISIONS = ("fp32", "int8")
+
+
+def _float_model(run):
+    """The float weights of a run: its own, or a quantized run's float parent's."""
+    from edgetune.run import load_run
+
+    if not run.quantized:
+        return run.build_model()
+    parent = run.info.get("parent")
+    if not parent or not Path(parent).is_dir():
+        raise EdgetuneError(f"{run.dir} is a '{run.stage}' run whose float parent ({parent}) is gone; an fp32 export needs it. "
+                            "Export fp32 from the float or pruned run instead.")
+    return load_run(parent).build_model()
+
+
+def _model_for(run, precision: str):
+    """(model to export, the PyTorch reference for the agreement check)."""
+    import torch
+
+    from edgetune.compress.fold import fold_batchnorm
+
+    size = tuple(run.spec.size)
+    if precision == "int8":
+        if not run.quantized:
+            raise EdgetuneError(f"{run.dir} is a '{run.stage}' run, not quantized: an int8 export needs a quantized run. "
+                                f"Run `edgetune quantize {run.dir} --out RUN_DIR` first, or export with --precision fp32.")
+        import nncf
+
+        reference = run.build_model()
+        return nncf.strip(reference, example_input=torch.zeros(1, 3, *size)).eval(), reference
+    reference = _float_model(run)
+    import copy
+
+    model = copy.deepcopy(reference)
+    fold_batchnorm(model, size)
+    return model.eval(), reference
+
+
+def _remove_identities(model_proto) -> None:
+    g = model_proto.graph
+    outputs = {o.name for o in g.output}
+    rename = {}
+    for node in list(g.node):
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            src = node.input[0]
+            rename[node.output[0]] = rename.get(src, src)
+            g.node.remove(node)
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            while name in rename:
+                name = rename[name]
+            node.input[i] = name
+
+
+def _fold_weight_quantizers(model_proto) -> int:
+    """Constant weight -> QuantizeLinear -> DequantizeLinear  =>  int8 weight -> DequantizeLinear.
+    Rounds half to even and saturates, exactly as QuantizeLinear does."""
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+
+    def value(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        return numpy_helper.to_array(consts[name].attribute[0].t) if name in consts else None
+
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    folded = 0
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
+        w = value(q.input[0])
+        if w is None or w.dtype != np.float32 or len(q.input) < 3:
+            continue
+        scale, zp = value(q.input[1]), value(q.input[2])
+        if scale is None or zp is None:
+            continue
+        axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
+        shape = [1] * w.ndim
+        if scale.size > 1:
+            shape[axis] = scale.size
+        info = np.iinfo(zp.dtype)
+        qw = np.clip(np.rint(w / scale.reshape(shape)) + zp.reshape(shape if zp.size > 1 else [1] * w.ndim).astype(np.int32), info.min, info.max).astype(zp.dtype)
+        name = q.output[0] + "_int8"
+        g.initializer.append(numpy_helper.from_array(qw, name))
+        for user in consumers.get(q.output[0], []):
+            for i, inp in enumerate(user.input):
+                if inp == q.output[0]:
+                    user.input[i] = name
+        g.node.remove(q)
+        folded += 1
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)
+    return folded
+
+
+def _check_images(run, n: int) -> np.ndarray:
+    """Up to `n` real images of the run's split (test first), preprocessed as on the device."""
+    from edgetune.runtime.preprocess import preprocess, read_image
+
+    pairs = []
+    for part in ("test", "val", "train"):
+        pairs += run.split.parts[part][: n - len(pairs)]
+        if len(pairs) >= n:
+            break
+    if not pairs:
+        raise EdgetuneError(f"{run.dir}: its split has no images to check the export on.")
+    return preprocess([read_image(p) for p, _ in pairs], run.spec)
+
+
+def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, check_images: int = 200) -> dict:
+    """Write `run`'s model to `out` as ONNX and check it; returns what was written
+    (path, precision, input/output names, layout, input shape, opset, checks)."""
+    import onnx
+    import torch
+
+    from edgetune.export import checks as C
+    from edgetune.run import Run, load_run
+    from edgetune.runtime.files import atomic_path, sha256_file
+
+    if not isinstance(run, Run):
+        run = load_run(run)
+    if precision not in PRECISIONS:
+        raise EdgetuneError(f"--precision {precision!r}: use fp32 or int8.")
+    if not 13 <= int(opset) <= 21:
+        raise EdgetuneError(f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default).")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise EdgetuneError(f"--out {out}: the file name must end in .onnx.")
+    model, reference = _model_for(run, precision)
+    h, w = run.spec.size
+    example = torch.zeros(1, 3, h, w)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(tmp), opset_version=int(opset), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, do_constant_folding=True, dynamo=False)
+        proto = onnx.load(str(tmp))
+        _remove_identities(proto)
+        folded = _fold_weight_quantizers(proto) if precision == "int8" else 0
+        proto.doc_string = f"edgetune {run.model_name} ({run.stage}) {precision}"
+        onnx.save(proto, str(tmp))
+    result = {"path": str(out), "precision": precision, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NCHW",
+              "input_shape": [-1, 3, int(h), int(w)], "opset": int(opset), "sha256": sha256_file(out), "size_mb": out.stat().st_size / 2**20,
+              "checks": {}}
+    if check:
+        result["checks"] = run_checks(out, proto, precision, reference, _check_images(run, check_images), folded)
+    logger.info("Exported %s (%s, %s) to %s (%.2f MB).", run.model_name, run.stage, precision, out, result["size_mb"])
+    return result
+
+
+def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0) -> dict:
+    """Every post-export check; raises EdgetuneError naming what failed."""
+    import onnx
+    import torch
+
+    from edgetune.export import checks as C
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise EdgetuneError(f"Export {path} fails onnx.checker: {str(e).splitlines()[0]}") from None
+    problems = C.qdq_problems(proto)
+    n_qdq = len(C.weight_dequantizers(proto))
+    if precision == "int8" and n_qdq == 0:
+        problems.append("no weight is quantized (no DequantizeLinear on a constant weight)")
+    if precision == "fp32" and any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+        problems.append("an fp32 export contains Q/DQ nodes")
+    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        problems.append("BatchNormalization left unfolded")
+    if problems:
+        raise EdgetuneError(f"Export {path} fails its checks: " + "; ".join(problems[:6]) + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
+    with torch.no_grad():
+        ref = np.concatenate([reference(torch.from_numpy(images[i:i + 32])).float().numpy() for i in range(0, len(images), 32)])
+    cmp = C.compare_with_torch(path, ref, images)
+    checks = {"onnx_checker": "passed", "custom_ops": [], "weight_qdq": n_qdq, "weights_folded_to_int8": folded,
+              "activation_qdq": C.activation_types(proto), "qdq_problems": [], **cmp, "min_agreement": MIN_AGREEMENT}
+    if cmp["agreement"] < MIN_AGREEMENT:
+        raise EdgetuneError(f"Export {path}: ONNX Runtime and PyTorch agree on the top-1 class for only {100 * cmp['agreement']:.1f}% of "
+                            f"{cmp['images']} images (at least {100 * MIN_AGREEMENT:.0f}% required); largest logit difference {cmp['max_logit_diff']:.4g}.")
+    logger.info("Export checks passed: ONNX Runtime vs PyTorch top-1 agreement %.1f%% on %d images, largest logit difference %.4g.",
+                100 * cmp["agreement"], cmp["images"], cmp["max_logit_diff"])
+    return checks

@@ -1,0 +1,91 @@
+"""Runtime back-ends: which module opens an artifact for each runtime, which pip
+extra installs it, and the batching every session shares.
+
+Each back-end module (`ort`, `ov`, `trt`) imports its runtime only when a
+session is opened, so `import edgetune.runtime.bundle` works on a device that has
+just one of them."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgetune.errors import EdgetuneError
+from edgetune.runtime.preprocess import PreprocessSpec, preprocess
+
+# runtime -> (module with `open_session`, python module it needs, pip extra)
+BACKENDS = {
+    "onnxruntime": ("edgetune.runtime.ort", "onnxruntime", "onnxruntime"),
+    "openvino": ("edgetune.runtime.ov", "openvino", "openvino"),
+    "tensorrt": ("edgetune.runtime.trt", "tensorrt", "tensorrt"),
+}
+INSTALL_HINT = {
+    "onnxruntime": "pip install 'edgetune[onnxruntime]'",
+    "openvino": "pip install 'edgetune[openvino]'",
+    "tensorrt": "install JetPack's TensorRT Python bindings (python3-libnvinfer) and pip install 'edgetune[tensorrt]'",
+}
+
+
+def available(runtime: str) -> bool:
+    """Is `runtime`'s Python package importable here (without importing it)?"""
+    if runtime not in BACKENDS:
+        return False
+    try:
+        return importlib.util.find_spec(BACKENDS[runtime][1]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(runtime: str) -> None:
+    if runtime not in BACKENDS:
+        raise EdgetuneError(f"Unknown runtime {runtime!r}; known runtimes: {', '.join(BACKENDS)}.")
+    if not available(runtime):
+        raise EdgetuneError(f"The {runtime} runtime is not installed in this Python. Install it with: {INSTALL_HINT[runtime]}.")
+
+
+def open_session(runtime: str, path: Path, spec: PreprocessSpec, artifact: dict, threads: int | None = None, **kw):
+    """A `Session` for the artifact at `path` (an entry of a manifest's artifacts)."""
+    require(runtime)
+    module = importlib.import_module(BACKENDS[runtime][0])
+    return module.open_session(Path(path), spec, artifact, threads=threads, **kw)
+
+
+class ArraySession:
+    """What all sessions share: `run_frames` = the manifest's preprocessing + `run`,
+    and splitting a batch for artifacts with a fixed batch size."""
+
+    name = "?"
+    precision = "?"
+    fixed_batch: int | None = None
+
+    def __init__(self, spec: PreprocessSpec):
+        self.spec = spec
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        n = self.fixed_batch
+        if n is None or len(batch) == n:
+            return self._infer(batch)
+        parts = []
+        for i in range(0, len(batch), n):
+            chunk = batch[i:i + n]
+            pad = n - len(chunk)
+            if pad:  # the last, short chunk: pad with zeros, drop their outputs
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            parts.append(self._infer(chunk)[: n - pad])
+        return np.concatenate(parts)
+
+    def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        return self.run(preprocess(frames, self.spec))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.precision}>"

@@ -1,0 +1,362 @@
+"""Benchmark one artifact in this process and write the result as JSON.
+
+    python -m edgetune.runtime.devicebench BUNDLE --out result.json [--threads N]
+        [--batch 1,8] [--images FILE] [--warmup 10] [--min-time 2] [--min-runs 50]
+
+It is what `edgetune bench` runs for every bundle: in a fresh process on this
+machine, or on the device over SSH. Torch-free: it needs numpy, OpenCV and the
+bundle's runtime only (plus edgetune/runtime itself). The PyTorch baseline runs the
+same `main` with its own opener (`edgetune.bench.torchbench`).
+
+Progress goes to stdout as lines `@@progress {json}`, a failure as `@@error {json}`;
+anything else is ordinary log output. The caller turns them into a progress bar.
+
+`--images` is a list of image files (one path a line) or an uncompressed .tar of
+them, read in order; the result then holds each image's logits (labels stay with
+the caller). A tar is read member by member in memory, never extracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+PROGRESS = "@@progress "
+ERROR = "@@error "
+SCHEMA = 1
+HEAVY_MODULES = ("torch", "timm", "nncf", "torchvision")
+
+
+def emit(prefix: str, **data) -> None:
+    print(prefix + json.dumps(data, default=str), flush=True)
+
+
+class Reporter:
+    """Progress lines for one phase, at most a few per second."""
+
+    def __init__(self, phase: str, total: int | None = None, interval: float = 0.25):
+        self.phase, self.total, self.interval = phase, total, interval
+        self.last = 0.0
+        emit(PROGRESS, phase=phase, done=0, total=total)
+
+    def __call__(self, done: int, *_):
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            emit(PROGRESS, phase=self.phase, done=done, total=self.total)
+
+    def finish(self, done: int) -> None:
+        emit(PROGRESS, phase=self.phase, done=done, total=done, finished=True)
+
+
+# --- the device -------------------------------------------------------------
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    info = _read("/proc/cpuinfo") or ""
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        for line in info.splitlines():
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _memory_gb() -> float | None:
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024**2, 2)
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 2)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _os_name() -> str:
+    for line in (_read("/etc/os-release") or "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return f"{platform.system()} {platform.release()}"
+
+
+def _cpu_clocks_mhz() -> list[float]:
+    clocks = []
+    for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq")):
+        v = _read(str(f))
+        if v and v.isdigit():
+            clocks.append(round(int(v) / 1000, 1))
+    return clocks
+
+
+def _temperatures_c() -> dict[str, float]:
+    temps = {}
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        kind, value = _read(str(zone / "type")), _read(str(zone / "temp"))
+        if kind and value and value.lstrip("-").isdigit():
+            temps[f"{kind}:{zone.name[len('thermal_zone'):]}"] = int(value) / 1000
+    return temps
+
+
+def _jetson() -> dict | None:
+    release = _read("/etc/nv_tegra_release")
+    model = (_read("/proc/device-tree/model") or "").rstrip("\x00")
+    if not release and "jetson" not in model.lower():
+        return None
+    info = {"model": model or None, "l4t": release.splitlines()[0] if release else None}
+    try:
+        out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10)
+        info["nvpmodel"] = " ".join(out.stdout.split()) or None
+    except (OSError, subprocess.SubprocessError):
+        info["nvpmodel"] = None  # not installed or not permitted: leave it unknown
+    gpu = {}
+    for f in Path("/sys/class/devfreq").glob("*/cur_freq"):
+        v = _read(str(f))
+        if v and v.isdigit():
+            gpu[f.parent.name] = round(int(v) / 1e6, 1)
+    info["devfreq_mhz"] = gpu
+    return info
+
+
+def _runtime_versions() -> dict[str, str]:
+    """Versions of the runtimes this process loaded (never imports one)."""
+    out = {}
+    for name in ("onnxruntime", "openvino", "tensorrt", "numpy", "cv2", "torch"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            v = getattr(mod, "__version__", None)
+            if v is None and hasattr(mod, "get_version"):
+                v = mod.get_version()
+            out[name] = str(v)
+    return out
+
+
+def device_info() -> dict:
+    """What this benchmark ran on. Everything best effort: a file that is not
+    readable on this device just leaves its field empty."""
+    clocks = _cpu_clocks_mhz()
+    info = {
+        "hostname": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "memory_gb": _memory_gb(),
+        "os": _os_name(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpu_mhz": {"min": min(clocks), "max": max(clocks)} if clocks else None,
+        "temperature_c": _temperatures_c() or None,
+        "jetson": _jetson(),
+    }
+    info["machine"] = describe(info)
+    return info
+
+
+def describe(info: dict) -> str:
+    """A short machine label for a results row."""
+    if info.get("jetson") and info["jetson"].get("model"):
+        return f"{info['jetson']['model']} ({info['cores']} cores)"
+    return f"{info['cpu']} ({info['cores']} cores)"
+
+
+# --- the images -------------------------------------------------------------
+
+def iter_images(path: str) -> Iterator[tuple[str, bytes]]:
+    """(name, encoded bytes) of each image in a .tar or a list file, in order."""
+    if path.endswith(".tar"):
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if member.isfile():  # links, dirs and devices are never followed
+                    f = tar.extractfile(member)
+                    yield member.name, f.read() if f else b""
+    else:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                yield line.strip(), Path(line.strip()).read_bytes()
+
+
+def count_images(path: str) -> int:
+    if path.endswith(".tar"):
+        with tarfile.open(path, "r:") as tar:
+            return sum(1 for m in tar if m.isfile())
+    return sum(1 for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+# --- the measurement ----------------------------------------------------------
+
+def measure(session, spec, policy, batches: list[int], frame, images: str | None = None) -> dict:
+    """Latency of the model call and of frame -> logits, throughput per batch size,
+    and the logits of `images`."""
+    import numpy as np
+
+    from edgetune.runtime.preprocess import decode_image, preprocess
+    from edgetune.runtime.timing import summarize, throughput_fps, time_call
+
+    def timed(phase: str, fn):
+        rep = Reporter(phase)
+        t = time_call(fn, policy, rep)
+        rep.finish(len(t.samples_s))
+        return t
+
+    x1 = preprocess([frame], spec)
+    model = timed("latency b1", lambda: session.run(x1))
+    e2e = timed("end-to-end b1", lambda: session.run_frames([frame]))
+    throughput = {"1": {"fps": throughput_fps(1, model), **summarize(model.samples_s)}}
+    for b in batches:
+        if b == 1:
+            continue
+        xb = np.repeat(x1, b, axis=0)
+        t = timed(f"throughput b{b}", lambda: session.run(xb))
+        throughput[str(b)] = {"fps": throughput_fps(b, t), **summarize(t.samples_s)}
+    result = {"latency": {"model": model.stats(), "e2e": e2e.stats()}, "throughput": throughput, "logits": None}
+    if images:
+        total = count_images(images)
+        rep = Reporter("accuracy", total)
+        logits = []
+        for i, (name, data) in enumerate(iter_images(images), 1):
+            logits.append(session.run_frames([decode_image(data, name)])[0].astype(float).tolist())
+            rep(i)
+        rep.finish(len(logits))
+        result["logits"] = logits
+    return result
+
+
+def stage_label(stage: str | None, pruned: bool) -> str | None:
+    """The results-row stage: float, pruned, ptq, qat, pruned+ptq, pruned+qat."""
+    if stage in (None, "float", "pruned"):
+        return "pruned" if pruned or stage == "pruned" else stage
+    return f"pruned+{stage}" if pruned else stage
+
+
+def bundle_info(bundle, precision: str | None = None, runtime: str | None = None) -> dict:
+    """The facts about one artifact of a bundle that a results row needs."""
+    m = bundle.manifest
+    model = m.get("model") or {}
+    art = bundle.artifact(precision)
+    return {
+        "kind": "bundle",
+        "path": str(bundle.root),
+        "name": bundle.name,
+        "model": model.get("backbone"),
+        "stage": stage_label(model.get("stage"), bool(model.get("pruned"))),
+        "target": bundle.target,
+        "runtime": runtime or art.get("runtime", bundle.runtime),
+        "precision": art.get("precision", precision or bundle.precision),
+        "classes": list(bundle.classes),
+        "size_bytes": bundle.artifact_size(precision),
+        "macs": model.get("macs"),
+        "params": model.get("params"),
+        "source_run": m.get("source_run"),
+    }
+
+
+def open_bundle(path: str, threads: int | None, precision: str | None = None, runtime: str | None = None):
+    from edgetune.runtime.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    session = bundle.open(threads=threads, precision=precision, runtime=runtime)
+    return session, bundle.spec, bundle_info(bundle, precision, runtime)
+
+
+# (artifact path, threads, precision, runtime) -> (session, spec, info)
+Opener = Callable[..., tuple]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="devicebench", description=__doc__.split("\n\n")[0])
+    p.add_argument("artifact")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default=None, help="which artifact of the bundle (default: its main one)")
+    p.add_argument("--runtime", default=None, help="run the artifact with another runtime (e.g. onnxruntime for a Jetson ONNX)")
+    p.add_argument("--batch", default="1", help="comma list of batch sizes")
+    p.add_argument("--images", default=None)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--min-time", type=float, default=2.0)
+    p.add_argument("--min-runs", type=int, default=50)
+    return p.parse_args(argv)
+
+
+def main(argv=None, opener: Opener | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import numpy as np  # noqa: F401  (checked first: the message says what to install)
+        import cv2  # noqa: F401
+    except ImportError as e:
+        emit(ERROR, kind="missing", module=e.name, message=f"{e.name} is not installed in {sys.executable}: pip install numpy opencv-python-headless")
+        return 3
+    from edgetune.errors import EdgetuneError
+    from edgetune.runtime.preprocess import BadImageError
+    from edgetune.runtime.timing import Policy, peak_rss_mb
+
+    try:
+        policy = Policy(args.warmup, args.min_time, args.min_runs)
+        batches = sorted({int(b) for b in args.batch.split(",") if b.strip()})
+        emit(PROGRESS, phase="load", done=0, total=None)
+        t0 = time.perf_counter()
+        session, spec, info = (opener or open_bundle)(args.artifact, args.threads, args.precision, args.runtime)
+        load_s = time.perf_counter() - t0
+        if callable(info):  # facts that take time to gather (MACs) stay out of load_s
+            info = info()
+        if args.images:
+            frame = read_image_from(args.images)
+        else:  # no images: a mid-gray frame at the model's own size
+            import numpy as np
+
+            frame = np.full((*spec.size, 3), 128, np.uint8)
+        result = measure(session, spec, policy, batches, frame, args.images)
+    except (EdgetuneError, BadImageError) as e:
+        emit(ERROR, kind="usage", message=str(e))
+        return 2
+    except ImportError as e:
+        emit(ERROR, kind="missing", module=e.name, message=f"{e.name} is not installed in {sys.executable}: {e}")
+        return 3
+    import edgetune
+
+    out = {
+        "schema": SCHEMA,
+        "artifact": info,
+        "threads": args.threads,
+        "batches": batches,
+        "policy": policy.to_dict(),
+        "load_s": load_s,
+        **result,
+        "peak_rss_mb": peak_rss_mb(),
+        "device": device_info(),
+        "python": {
+            "executable": sys.executable,
+            "edgetune_from": str(Path(edgetune.__file__).parent),
+            "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if m in sys.modules),
+            "versions": _runtime_versions(),
+        },
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    from edgetune.runtime.files import write_json
+
+    write_json(args.out, out)
+    return 0
+
+
+def read_image_from(images: str):
+    """The first image of `images`, decoded: the frame the latency runs use."""
+    from edgetune.runtime.preprocess import decode_image
+
+    for name, data in iter_images(images):
+        return decode_image(data, name)
+    raise ValueError(f"{images}: no images")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

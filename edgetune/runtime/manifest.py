@@ -1,0 +1,76 @@
+"""`edgetune inspect`: a bundle's manifest, readably (rich tables). Torch-free:
+it runs on the device too. The schema is documented in `edgetune.runtime.bundle`."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from edgetune.runtime.bundle import Bundle
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
+def _num(v, unit: str = "") -> str:
+    if not isinstance(v, (int, float)):
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f}{suffix}{unit}"
+    return f"{v:g}{unit}"
+
+
+def _headline(metrics: dict) -> str:
+    test = metrics.get("test") or {}
+    parts = [f"accuracy {_pct(test.get('accuracy'))}", f"F1 {_pct(test.get('f1'))}"] if test else []
+    if "latency_ms_p50" in metrics:
+        parts.append(f"{metrics['latency_ms_p50']:.2f} ms p50")
+    return ", ".join(parts) or "-"
+
+
+def describe(bundle: Bundle, console: Console) -> None:
+    m = bundle.manifest
+    model = m.get("model", {})
+    inp = m.get("input", {})
+    spec = m["preprocess"]
+    console.print(f"[bold]{bundle.name}[/] ({bundle.root})  files verified: {'[green]yes[/]' if bundle.verified else '[yellow]not checked[/]'}")
+    console.print(f"target [bold]{m['target']}[/] ({m.get('profile', {}).get('description', '')}); runtime {m['runtime']}, main precision {m['precision']}")
+    console.print(f"model {model.get('backbone', '?')} ({model.get('stage', '?')}{', pruned' if model.get('pruned') else ''}), "
+                  f"{_num(model.get('macs'))} MACs, {_num(model.get('params'))} parameters; built by edgetune {m.get('edgetune')} on {m.get('created', '?')}")
+    console.print(f"classes ({len(m['classes'])}): {', '.join(m['classes'])}")
+    console.print(f"input {inp.get('name', '?')} {inp.get('shape')} {inp.get('layout', 'NCHW')} {inp.get('dtype', 'float32')}; "
+                  f"preprocessing: resize whole frame to {spec['size'][0]}x{spec['size'][1]} ({spec.get('interpolation')}), "
+                  f"{spec.get('channel_order', 'RGB')}, /255, mean {[round(x, 4) for x in spec['mean']]}, std {[round(x, 4) for x in spec['std']]}")
+    console.print(f"test metrics of the compiled artifact: {_headline(m.get('metrics', {}))}"
+                  + (f"  (PyTorch model: {_headline({'test': m['metrics']['pytorch_test']})})" if m.get("metrics", {}).get("pytorch_test") else ""))
+
+    arts = Table(title="Artifacts", title_justify="left")
+    for col in ("precision", "files", "size", "preprocessing", "accuracy", "F1", "latency p50", "evaluated with"):
+        arts.add_column(col)
+    for precision, a in m["artifacts"].items():
+        met = a.get("metrics", {})
+        arts.add_row(precision + (" (main)" if precision == m["precision"] else ""), a["file"] + (f" (+{len(a.get('files', [])) - 1})" if len(a.get("files", [])) > 1 else ""), _num(a.get("size_bytes"), "B"),
+                     "built in" if a.get("preprocess_built_in") else "runtime (OpenCV)", _pct(met.get("test", {}).get("accuracy")),
+                     _pct(met.get("test", {}).get("f1")), f"{met['latency_ms_p50']:.2f} ms" if "latency_ms_p50" in met else "-",
+                     met.get("evaluated_with", "-"))
+    console.print(arts)
+
+    stages = Table(title="Stages", title_justify="left")
+    for col in ("stage", "inputs hash", "seconds", "result"):
+        stages.add_column(col)
+    for s in m.get("stages", []):
+        met = s.get("metrics") or {}
+        stages.add_row(s.get("stage", "?"), str(s.get("inputs_hash", ""))[:12], str(s.get("seconds", "-")), _headline(met) if met.get("test") else
+                       ", ".join(f"{k} {v}" for k, v in met.items() if isinstance(v, (int, float, str)))[:80] or "-")
+    console.print(stages)
+
+    cal = m.get("calibration") or {}
+    if cal:
+        console.print(f"calibration: {cal.get('count', '?')} images, hash {str(cal.get('hash', '?'))[:16]}" + (f", recipe {cal['recipe']}" if cal.get("recipe") else ""))
+    versions = m.get("versions") or {}
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    if m.get("source_run"):
+        console.print(f"source run: {m['source_run']}")
+    console.print(f"{len(m['files'])} files with sha256 in manifest.json")

@@ -1,0 +1,82 @@
+"""`intel`: OpenVINO IR (.xml/.bin) with the preprocessing built in by OpenVINO's
+PrePostProcessor: the device feeds uint8 BGR frames (N, H, W, 3) of any size and
+gets logits. Class names and the preprocessing spec sit in the IR's runtime info,
+so the IR alone is enough for an OpenVINO application."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgetune.runtime.files import atomic_path
+from edgetune.runtime.ov import PLAIN_INPUT_NODE
+from edgetune.runtime.preprocess import PreprocessSpec
+from edgetune.targets.base import CompileInput, Target, int_at_least
+
+HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+class IntelTarget(Target):
+    runtime = "openvino"
+    OPTIONS = {
+        "device": (lambda v: isinstance(v, str) and v.split(":")[0].split(".")[0] in ("CPU", "GPU", "NPU", "AUTO", "MULTI", "HETERO"),
+                   "an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO"),
+        "performance_hint": (lambda v: v in HINTS, f"one of {', '.join(HINTS)}"),
+        "threads": (int_at_least(0), "an integer >= 0 (0: OpenVINO's default)"),
+    }
+
+    def compile(self, inp: CompileInput, dest: Path) -> dict[str, dict]:
+        self.require()
+        arts = {}
+        for precision in self.profile.precisions:
+            xml = f"model.{precision}.xml"
+            write_ir(inp.onnx_for(precision), dest / xml, inp.spec, inp.classes, compress_to_fp16=precision == "fp16")
+            options = {k: self.profile.options[k] for k in ("device", "performance_hint", "threads") if k in self.profile.options}
+            arts[precision] = self.artifact(precision, [xml, xml[:-4] + ".bin"], "openvino-ir", dest,
+                                            input={"name": inp.input_name, "shape": inp.input_shape}, preprocess_built_in=True,
+                                            frames_input={"dtype": "uint8", "layout": "NHWC", "color": "BGR", "size": "any"}, options=options)
+        return arts
+
+    def readme(self, manifest: dict) -> str:
+        return ("Install on the device: `pip install 'edgetune[openvino]'` (numpy, OpenCV and OpenVINO; no torch).\n"
+                "The IR has the preprocessing built in: an OpenVINO application feeds uint8 BGR frames shaped (N, H, W, 3), "
+                "any H and W, and gets logits. Class names are in the IR's runtime info (`model_info/labels`, `edgetune/classes`).\n")
+
+
+def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str], compress_to_fp16: bool = False) -> None:
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    model = with_preprocessing(model, spec)
+    model.set_rt_info(json.dumps(classes), ["edgetune", "classes"])
+    model.set_rt_info(json.dumps(spec.to_dict()), ["edgetune", "preprocess"])
+    model.set_rt_info(" ".join(c.replace(" ", "_") for c in classes), ["model_info", "labels"])  # OpenVINO Model API convention
+    model.set_rt_info("Classification", ["model_info", "model_type"])
+    # The .xml/.bin pair is saved under temporary names, then each lands atomically.
+    with atomic_path(xml) as tmp_xml, atomic_path(xml.with_suffix(".bin")) as tmp_bin:
+        saved = tmp_xml.with_suffix(".ir.xml")
+        ov.save_model(model, str(saved), compress_to_fp16=compress_to_fp16)
+        saved.replace(tmp_xml)
+        saved.with_suffix(".bin").replace(tmp_bin)
+
+
+def with_preprocessing(model, spec: PreprocessSpec):
+    """uint8 BGR NHWC frames of any size -> the float NCHW input `spec` describes."""
+    import openvino as ov
+    from openvino.preprocess import ColorFormat, PrePostProcessor, ResizeAlgorithm
+
+    param = model.get_parameters()[0]
+    consumers = list(param.output(0).get_target_inputs())
+    ppp = PrePostProcessor(model)
+    tensor = ppp.input().tensor()
+    tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR).set_spatial_dynamic_shape()
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    if spec.channel_order == "RGB":
+        steps.convert_color(ColorFormat.RGB)
+    resize = {"bilinear": ResizeAlgorithm.RESIZE_LINEAR, "bicubic": ResizeAlgorithm.RESIZE_CUBIC, "nearest": ResizeAlgorithm.RESIZE_NEAREST}
+    # Same order as the runtime's OpenCV path: scale to [0, 1], resize in float, normalise.
+    steps.scale(255.0).resize(resize[spec.interpolation]).mean(list(spec.mean)).scale(list(spec.std))
+    model = ppp.build()
+    consumers[0].get_source_output().get_node().set_friendly_name(PLAIN_INPUT_NODE)
+    return model

@@ -1,0 +1,45 @@
+"""`edgetune bench` on this machine: rows in the DESIGN.md format, the PyTorch
+baseline through the same runner, JSON, Markdown and PNG."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+
+from conftest import invoke
+from edgetune.bench.report import ROW_FIELDS
+
+
+def test_bench_rows_json_markdown_png(fp32_bundle, tmp_path, capsys):
+    js, md, png = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "bench.png"
+    assert invoke("bench", fp32_bundle, "--threads", "1", "--batch", "1,4", "--warmup", "1", "--min-time", "0.05", "--min-runs", "5",
+                  "--json", js, "--markdown", md, "--plot", png) == 0
+    rows = json.loads(js.read_text())["rows"]
+    # The float run the bundle came from is added as the PyTorch baseline, first.
+    assert [(r["runtime"], r["stage"], r["precision"]) for r in rows] == [("pytorch", "float", "fp32"), ("onnxruntime", "float", "fp32")]
+    for r in rows:
+        assert all(k in r for k in ROW_FIELDS)
+        assert 0.9 <= r["accuracy"] <= 1 and 0 <= r["f1"] <= 1 and r["n_images"] == 15  # the run's test split
+        assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"] and r["latency_runs"] >= 5
+        assert set(r["throughput_by_batch"]) == {"1", "4"} and r["throughput_fps"] == max(r["throughput_by_batch"].values())
+        assert r["size_mb"] > 0 and r["macs"] > 0 and r["load_s"] > 0 and r["peak_rss_mb"] > 10 and r["e2e_ms_p50"] > 0
+        assert r["machine"] and r["date"] and r["dataset"] == "images"
+    base, onnx = rows
+    assert base["speedup_vs_pytorch"] == 1.0 and onnx["speedup_vs_pytorch"] > 0
+    assert onnx["agreement"] == 1.0 and base["agreement"] is None  # fp32 ONNX = its PyTorch model
+    assert base["peak_rss_mb"] > onnx["peak_rss_mb"]  # each artifact in its own process: torch is not in the ONNX row
+    table = [line for line in md.read_text().splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows) and "p50 ms" in table[0] and "onnxruntime" in table[3]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and cv2.imread(str(png)).shape[0] > 100
+    assert "pytorch" in capsys.readouterr().err  # the rich table
+
+
+def test_bench_usage_errors(fp32_bundle, tmp_path, capsys):
+    assert invoke("bench", tmp_path / "missing") == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    assert invoke("bench", fp32_bundle, "--batch", "0,x") == 2
+    assert invoke("bench", fp32_bundle, "--device", "http://box") == 2
+    assert "ssh://user@host[:port]" in capsys.readouterr().err
+    assert invoke("bench", fp32_bundle, "--precision", "int8") == 2
+    assert "no int8 artifact" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""Structured pruning: fewer MACs, channel multiples, exact reload, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, invoke
+
+PRUNE = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0"]
+
+
+def _convs(model):
+    return {n: (m.in_channels, m.out_channels) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory, float_run):
+    out = tmp_path_factory.mktemp("runs") / "pruned"
+    assert invoke("prune", float_run, "--ratio", "0.5", "--round-to", "8", "--steps", "2", *PRUNE, "--out", out) == 0
+    return out
+
+
+def test_prune_lowers_macs_rounds_channels_and_records_metrics(pruned_run, float_run):
+    from edgetune.run import load_run
+
+    run, parent = load_run(pruned_run), load_run(float_run)
+    info = json.loads((pruned_run / "run.json").read_text())
+    m = info["history"][-1]["metrics"]
+    assert run.stage == "pruned" and info["parent"] == str(float_run.resolve())
+    assert m["after"]["macs"] < 0.6 * m["before"]["macs"] and m["after"]["params"] < m["before"]["params"]
+    assert {"accuracy", "f1"} <= set(m["before"]["test"]) and {"accuracy", "f1"} <= set(m["after"]["test"])
+    assert [s["step"] for s in m["steps"]] == [1, 2] and all(s["epochs"] for s in m["steps"])
+    before, after = _convs(parent.build_model()), _convs(run.build_model())
+    changed = [n for n in after if after[n][1] != before[n][1]]
+    assert changed, "no layer lost channels"
+    assert all(after[n][1] % 8 == 0 for n in changed), {n: after[n] for n in changed}
+    # The classifier keeps its outputs (never pruned).
+    assert run.build_model().get_classifier().out_features == len(run.classes)
+
+
+def test_pruned_run_reloads_with_identical_outputs(pruned_run):
+    """The reloaded model (timm + recorded shapes + state dict, no pruning code)
+    reproduces the test metrics recorded when the pruned model was saved."""
+    from edgetune.evaluate import evaluate_model
+    from edgetune.run import load_run
+
+    run = load_run(pruned_run)
+    m = evaluate_model(run.build_model(), run.split, run.spec, "test")
+    assert m["accuracy"] == run.test_metrics()["accuracy"] and m["f1"] == run.test_metrics()["f1"]
+
+
+def test_apply_shapes_rebuilds_exactly(float_run):
+    from edgetune.compress.prune import prune_once
+    from edgetune.compress.shapes import apply_shapes, record_shapes
+    from edgetune.models.backbone import create_backbone
+    from edgetune.run import load_run
+
+    run = load_run(float_run)
+    model = run.build_model()
+    prune_once(model, (32, 32), 0.4, 4, "l2")
+    fresh = apply_shapes(create_backbone(run.model_name, 2, pretrained=False), json.loads(json.dumps(record_shapes(model))))
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), fresh.eval()(x))
+
+
+def test_target_macs_reaches_the_reduction(float_run):
+    from edgetune.compress.prune import prune_once, ratio_for_macs
+    from edgetune.models.stats import count_macs
+    from edgetune.run import load_run
+
+    model = load_run(float_run).build_model()
+    base, _ = count_macs(model, (32, 32))
+    ratio = ratio_for_macs(model, (32, 32), 0.5, 8, "l1")
+    macs, _ = count_macs(prune_once(copy.deepcopy(model), (32, 32), ratio, 8, "l1"), (32, 32))
+    assert 0 < ratio < 0.95 and macs <= 0.5 * base
+
+
+def test_step_ratios_reach_the_total():
+    from edgetune.compress.prune import step_ratios
+
+    kept = 1.0
+    for r in step_ratios(0.5, 3):
+        kept *= 1 - r
+    assert kept == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "exactly one of --ratio"),
+    (["--ratio", "0.3", "--target-macs", "0.5"], "exactly one of --ratio"),
+])
+def test_prune_needs_one_target(float_run, tmp_path, capfd, args, message):
+    assert invoke("prune", float_run, *args, "--out", tmp_path / "p") == 2
+    assert message in capfd.readouterr().err
+
+
+def test_prune_rejects_a_folder_that_is_not_a_run(tmp_path, capfd):
+    (tmp_path / "notrun").mkdir()
+    assert invoke("prune", tmp_path / "notrun", "--ratio", "0.3", "--out", tmp_path / "p") == 2
+    assert "not an edgetune run" in capfd.readouterr().err
+
+
+def test_prune_after_quantize_is_rejected(qat_run, tmp_path, capfd):
+    assert invoke("prune", qat_run, "--ratio", "0.3", "--out", tmp_path / "p") == 2
+    err = capfd.readouterr().err
+    assert "'qat' run and cannot be the input of 'pruned'" in err and "pipeline order" in err
