@@ -35,6 +35,8 @@ def prune(ctx: click.Context, opts: dict):
 @click.option("--fold-bn/--no-fold-bn", default=True, show_default=True, help="Fold BatchNorm into the convolutions before quantizing (runtimes fuse Conv + Q/DQ).")
 @click.option("--overflow-fix", type=click.Choice(["enable", "first_layer", "disable"]), default="enable", show_default=True,
               help="Keep weights in 7 bits of int8 (all layers, first layer, none): x86 CPUs without VNNI saturate full-range int8 products.")
+@click.option("--activations", type=click.Choice(["int8", "auto"]), default="int8", show_default=True,
+              help="int8: every activation signed (TensorRT needs it, ONNX Runtime fuses it); auto: NNCF's uint8 after ReLU.")
 @train_options(epochs=3, lr=1e-5, warmup=0.0, weight_decay=0.0)
 @out_option(help="Run directory to write (the quantized model, its NNCF config and calibration record).")
 @pass_options
@@ -50,16 +52,19 @@ def quantize(ctx: click.Context, opts: dict):
 @run_argument
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="int8", show_default=True)
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+@click.option("--activations", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+              help="INT8 activations: int8, zero-point 0 (TensorRT, OpenVINO, any runtime) or uint8, zero-point 128: the same values, "
+                   "which ONNX Runtime on x86 CPUs fuses into integer kernels throughout (faster there).")
 @click.option("--check/--no-check", default=True, show_default=True, help="Run the post-export checks (checker, Q/DQ form, ONNX Runtime vs PyTorch).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write what was exported and the check results here.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write (FILE.onnx).")
-def export(run_dir: Path, precision: str, opset: int, check: bool, json_file: Path | None, out: Path):
+def export(run_dir: Path, precision: str, opset: int, activations: str, check: bool, json_file: Path | None, out: Path):
     """Export a run to ONNX (fp32, or INT8 with standard Q/DQ) and check it."""
     from edgetune import log
     from edgetune.export.onnx import export_onnx
     from edgetune.runtime.files import write_json
 
-    result = export_onnx(run_dir, out, precision=precision, opset=opset, check=check)
+    result = export_onnx(run_dir, out, precision=precision, opset=opset, check=check, activations=activations)
     if json_file:
         write_json(json_file, result)
     c = result["checks"]

@@ -75,7 +75,8 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: int, quiet: bool)
 
 def main(argv=None):
     try:
-        cli.main(args=argv, prog_name="edgetune", standalone_mode=False)
+        # Without standalone mode Click returns ctx.exit()'s code instead of exiting.
+        code = cli.main(args=argv, prog_name="edgetune", standalone_mode=False)
     except EdgetuneError as e:
         click.echo(click.style("Error: ", fg="red", bold=True) + str(e), err=True)
         sys.exit(e.exit_code)
@@ -91,7 +92,7 @@ def main(argv=None):
         click.echo("Interrupted: finished work is saved; rerun with --resume to continue.", err=True)
         sys.exit(130)
     logging.shutdown()
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def _quantization_parameters(overflow_fix: str = "enable"):
     trained model (measured: 88% top-1 agreement without, 100% with)."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    return AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix[overflow_fix.upper()])
 
 
 def _ignored_scope(patterns: list[str]):
@@ -52,7 +52,7 @@ def _layer_names(model: torch.nn.Module, size) -> list[str]:
 
 
 def quantize_model(model: torch.nn.Module, calib_tensors: list[torch.Tensor], size: tuple[int, int], ignore: list[str] = (), fold_bn: bool = True,
-                   overflow_fix: str = "enable"):
+                   overflow_fix: str = "enable", activations: str = "int8"):
     """The NNCF-quantized model (quantizers initialised, not trained) and its record."""
     import nncf
 
@@ -73,12 +73,31 @@ def quantize_model(model: torch.nn.Module, calib_tensors: list[torch.Tensor], si
     except Exception as e:
         raise EdgetuneError(f"NNCF cannot quantize this model: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
                             "Keep the failing layer in float with --ignore LAYER_PATTERN (a regular expression over layer names).") from None
+    signed = force_signed_activations(qmodel) if activations == "int8" else 0
     from nncf.torch import get_config
 
     record = {"tool": f"nncf {nncf.__version__}", "nncf_config": get_config(qmodel), "fold_bn": bool(folded), "folded_pairs": len(folded),
-              "weights": "int8 symmetric per-channel (output axis)", "activations": "int8 symmetric per-tensor", "zero_point": 0,
+              "weights": "int8 symmetric per-channel (output axis)", "zero_point": 0,
+              "activations": "int8 symmetric per-tensor" if activations == "int8" else "symmetric per-tensor, uint8 where non-negative",
+              "made_signed": signed,
               "overflow_fix": overflow_fix, "ignore": list(ignore), "quantizers": _count_quantizers(qmodel)}
     return qmodel, record
+
+
+def force_signed_activations(qmodel) -> int:
+    """Make every activation quantizer signed int8. NNCF picks uint8 (zero-point 0)
+    after ReLU-like layers; TensorRT's explicit quantization takes only int8, and
+    ONNX Runtime needs a Conv's input and output of one type to fuse it. The cost:
+    one bit less for non-negative tensors, which QAT then trains with."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    n = 0
+    for _, m in get_hook_storage(qmodel).named_hooks():
+        if isinstance(m, SymmetricQuantizer) and not m.per_channel and not m.signed:
+            m.signed = True
+            n += 1
+    return n
 
 
 def _count_quantizers(qmodel) -> dict:
@@ -129,7 +148,7 @@ def run_quantize(opts: dict, config_record: dict):
     pairs, calib = select(parent.split, recipe, opts.get("calib_count"))
     logger.info("Calibrating INT8 quantizers of %s on %d images (recipe '%s', hash %s).", parent.model_name, calib["count"], recipe.name, calib["hash"][:12])
     qmodel, quant = quantize_model(model, calibration_tensors(parent, pairs), tuple(parent.spec.size), opts.get("ignore") or [], opts.get("fold_bn", True),
-                                   opts.get("overflow_fix") or "enable")
+                                   opts.get("overflow_fix") or "enable", opts.get("activations") or "int8")
     quant["mode"] = mode
     metrics = {"float_test": before, "calibration_test": stage.test_metrics(qmodel, parent)}
     if mode == "qat" and opts["epochs"] > 0:

@@ -36,15 +36,8 @@ def weight_dequantizers(model_proto) -> list:
 
 def qdq_problems(model_proto) -> list[str]:
     """Empty when no custom ops remain and every weight Q/DQ is int8, per-channel on
-    axis 0 (the output channels) with zero-point 0, and every activation Q/DQ has
-    zero-point 0."""
+    axis 0 (the output channels) with zero-point 0."""
     problems = [f"custom op {op} (only standard ONNX ops may remain)" for op in custom_ops(model_proto)]
-    for node in model_proto.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        zp = _const(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if zp is not None and np.any(zp != 0):
-            problems.append(f"{node.op_type} {node.name or node.output[0]}: zero-point {zp.ravel()[:4].tolist()}... is not 0")
     for node in weight_dequantizers(model_proto):
         name = node.name or node.output[0]
         w = _const(model_proto, node.input[0])
@@ -54,16 +47,34 @@ def qdq_problems(model_proto) -> list[str]:
             continue  # a bias in int32 (scale = input scale x weight scale) is not a weight quantizer
         if w.dtype != np.int8:
             problems.append(f"weight {node.input[0]} ({name}) is {w.dtype}, not int8")
+        zp = _const(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zp is not None and np.any(zp != 0):
+            problems.append(f"weight {node.input[0]} ({name}) has zero-point {zp.ravel()[:4].tolist()}..., not 0")
         if scale is None or scale.size != w.shape[0] or (w.shape[0] > 1 and axis not in (0, -w.ndim)):
             problems.append(f"weight {node.input[0]} ({name}) is not quantized per output channel on axis 0 "
                             f"(scale of {None if scale is None else scale.size} values, axis {axis}, weight shape {list(w.shape)})")
     return problems
 
 
+def activation_problems(model_proto, activations: str = "int8") -> list[str]:
+    """Activation Q/DQ zero-points: 0 everywhere for `activations="int8"` (what
+    TensorRT needs); for `"uint8"` (ONNX Runtime on x86) uint8 with zero-point 128
+    (a shifted int8 tensor) or 0 (a non-negative one)."""
+    problems = []
+    for node in model_proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or _const(model_proto, node.input[0]) is not None:
+            continue  # weights are qdq_problems' job
+        zp = _const(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.uint8)
+        values = set(zp.ravel().tolist())
+        ok = values == {0} if activations == "int8" else (zp.dtype == np.uint8 and values <= {0, 128} and len(values) == 1)
+        if not ok:
+            problems.append(f"activation {node.op_type} {node.name or node.output[0]}: {zp.dtype} zero-point {sorted(values)[:2]} "
+                            f"({'0 required' if activations == 'int8' else 'uint8 0 or 128 expected'})")
+    return problems
+
+
 def activation_types(model_proto) -> dict[str, int]:
     """How many activation quantizers produce each integer type (int8 / uint8)."""
-    from onnx import TensorProto
-
     out: dict[str, int] = {}
     for n in model_proto.graph.node:
         if n.op_type == "QuantizeLinear" and len(n.input) > 2:

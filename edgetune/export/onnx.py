@@ -122,6 +122,41 @@ def _fold_weight_quantizers(model_proto) -> int:
     return folded
 
 
+def shift_activations_to_uint8(model_proto) -> int:
+    """Activation Q/DQ int8 with zero-point 0 -> uint8 with zero-point 128: the
+    same real values (q + 128, same scale), so the model computes exactly the
+    same. ONNX Runtime's x86 CPU kernels are uint8-activation x int8-weight; with
+    every activation in uint8, each DQ -> Conv -> Q becomes one QLinearConv and
+    each residual Add a QLinearAdd (int8 activations leave some Convs in float
+    between DequantizeLinear and QuantizeLinear). Weights stay int8, zero-point 0."""
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    values = {i.name: i for i in g.initializer}
+    values.update({n.output[0]: n for n in g.node if n.op_type == "Constant"})
+
+    def value(name):
+        v = values.get(name)
+        if v is None:
+            return None
+        return numpy_helper.to_array(v) if hasattr(v, "data_type") else numpy_helper.to_array(v.attribute[0].t)
+
+    shifted, n = {}, 0
+    for node in g.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or value(node.input[0]) is not None:
+            continue  # weights (constant inputs) stay int8
+        zp = value(node.input[2])
+        if zp is None or zp.dtype != np.int8:
+            continue
+        name = node.input[2] + "_uint8"
+        if name not in shifted:
+            shifted[name] = numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), name)
+            g.initializer.append(shifted[name])
+        node.input[2] = name
+        n += 1
+    return n
+
+
 def _check_images(run, n: int) -> np.ndarray:
     """Up to `n` real images of the run's split (test first), preprocessed as on the device."""
     from edgetune.runtime.preprocess import preprocess, read_image
@@ -136,9 +171,14 @@ def _check_images(run, n: int) -> np.ndarray:
     return preprocess([read_image(p) for p, _ in pairs], run.spec)
 
 
-def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, check_images: int = 200) -> dict:
+def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, activations: str = "int8", check_images: int = 200) -> dict:
     """Write `run`'s model to `out` as ONNX and check it; returns what was written
-    (path, precision, input/output names, layout, input shape, opset, checks)."""
+    (path, precision, input/output names, layout, input shape, opset, activations, checks).
+
+    `activations` (INT8 only): "int8" keeps zero-point 0 everywhere (TensorRT,
+    OpenVINO, any runtime); "uint8" shifts activations to uint8 with zero-point
+    128, numerically identical, for ONNX Runtime on x86 CPUs (see
+    `shift_activations_to_uint8`)."""
     import onnx
     import torch
 
@@ -152,6 +192,8 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
         raise EdgetuneError(f"--precision {precision!r}: use fp32 or int8.")
     if not 13 <= int(opset) <= 21:
         raise EdgetuneError(f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default).")
+    if activations not in ("int8", "uint8"):
+        raise EdgetuneError(f"--activations {activations!r}: use int8 (zero-point 0, any runtime) or uint8 (ONNX Runtime on x86).")
     out = Path(out)
     if out.suffix != ".onnx":
         raise EdgetuneError(f"--out {out}: the file name must end in .onnx.")
@@ -165,18 +207,22 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
         proto = onnx.load(str(tmp))
         _remove_identities(proto)
         folded = _fold_weight_quantizers(proto) if precision == "int8" else 0
+        if precision == "int8" and activations == "uint8":
+            shift_activations_to_uint8(proto)
         proto.doc_string = f"edgetune {run.model_name} ({run.stage}) {precision}"
         onnx.save(proto, str(tmp))
     result = {"path": str(out), "precision": precision, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NCHW",
-              "input_shape": [-1, 3, int(h), int(w)], "opset": int(opset), "sha256": sha256_file(out), "size_mb": out.stat().st_size / 2**20,
+              "input_shape": [-1, 3, int(h), int(w)], "opset": int(opset),
+              "activations": activations if precision == "int8" else None, "sha256": sha256_file(out), "size_mb": out.stat().st_size / 2**20,
               "checks": {}}
     if check:
-        result["checks"] = run_checks(out, proto, precision, reference, _check_images(run, check_images), folded)
+        result["checks"] = run_checks(out, proto, precision, reference, _check_images(run, check_images), folded,
+                                      activations)
     logger.info("Exported %s (%s, %s) to %s (%.2f MB).", run.model_name, run.stage, precision, out, result["size_mb"])
     return result
 
 
-def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0) -> dict:
+def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "int8") -> dict:
     """Every post-export check; raises EdgetuneError naming what failed."""
     import onnx
     import torch
@@ -187,7 +233,7 @@ def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray,
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
         raise EdgetuneError(f"Export {path} fails onnx.checker: {str(e).splitlines()[0]}") from None
-    problems = C.qdq_problems(proto)
+    problems = C.qdq_problems(proto) + (C.activation_problems(proto, activations) if precision == "int8" else [])
     n_qdq = len(C.weight_dequantizers(proto))
     if precision == "int8" and n_qdq == 0:
         problems.append("no weight is quantized (no DequantizeLinear on a constant weight)")

@@ -96,13 +96,6 @@ def throughput_fps(batch: int, timing: Timing) -> float:
     return batch * len(timing.samples_s) / timing.total_s if timing.total_s > 0 else math.inf
 
 
-def expected_runs(policy: Policy, first_s: float) -> int:
-    """A progress-bar total: how many calls the policy will likely need."""
-    if first_s <= 0:
-        return policy.min_runs
-    return max(policy.min_runs, math.ceil(policy.min_time_s / first_s))
-
-
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far, in MiB.
 
