@@ -51,6 +51,45 @@ def test_int8_export_runs_in_onnxruntime_and_openvino(int8_export, qat_run):
     assert agreement(ort_out, ov_out) >= 0.9 and np.abs(ort_out - ov_out).max() < 0.5
 
 
+def _ort_optimized(path, tmp_path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath, so.log_severity_level = str(tmp_path / f"{path.stem}.opt.onnx"), 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(so.optimized_model_filepath)
+
+
+def _unfused_convs(proto) -> list[str]:
+    """Float convolutions whose output goes straight into a QuantizeLinear: a
+    DQ -> Conv -> Q unit ONNX Runtime did not turn into a QLinearConv."""
+    quantized = {i for n in proto.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
+    return [n.name for n in proto.graph.node if n.op_type in ("Conv", "FusedConv") and n.output[0] in quantized]
+
+
+def test_uint8_activation_export_fuses_every_conv_in_onnxruntime(qat_run, int8_export, tmp_path):
+    """The ONNX Runtime flavour computes exactly the same, and ORT's optimiser
+    leaves no DQ -> Conv -> Q unit in float (ORT fuses a Conv only when its input
+    and output quantizers have one type)."""
+    import onnxruntime as ort
+    from pathlib import Path
+
+    from edgetune.export.onnx import _check_images, export_onnx
+    from edgetune.run import load_run
+
+    r = export_onnx(qat_run, tmp_path / "model.u8.onnx", precision="int8", activations="uint8")
+    assert r["activations"] == "uint8" and r["checks"]["activation_qdq"].get("int8", 0) == 0
+    fused, kept = _ort_optimized(Path(r["path"]), tmp_path), _ort_optimized(Path(int8_export["path"]), tmp_path)
+    n = lambda p: sum(x.op_type == "QLinearConv" for x in p.graph.node)  # noqa: E731
+    assert _unfused_convs(fused) == [] and n(fused) >= n(kept) > 0
+    # Without graph optimisation both files compute exactly the same.
+    x = _check_images(load_run(qat_run), 8)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level, plain.log_severity_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 3
+    a, b = (ort.InferenceSession(p, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for p in (int8_export["path"], r["path"]))
+    np.testing.assert_array_equal(a, b)
+
+
 def test_fp32_export_of_a_quantized_run_uses_its_float_parent(qat_run, float_run, tmp_path):
     import torch
 

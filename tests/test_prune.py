@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, invoke
+from conftest import invoke
 
 PRUNE = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0"]
 

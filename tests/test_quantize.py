@@ -18,6 +18,7 @@ def test_qat_run_records_quantization_and_calibration(qat_run, float_run):
     q, cal = info["quant"], info["calibration"]
     assert info["stage"] == "qat" and info["parent"] == str(float_run.resolve())
     assert q["nncf_config"]["compression_state"] and q["fold_bn"] and q["quantizers"]["per_channel"] > 0
+    assert q["activations"] == "auto" and q["overflow_fix"] == "enable"
     # The recipe asks for 300 images; the tiny train split has fewer: all used, shortfall recorded.
     train = parent.split.parts["train"]
     assert cal["requested"] == 300 and cal["count"] == len(train) and cal["short"] == 300 - len(train)
@@ -65,6 +66,19 @@ def test_qat_beats_or_equals_ptq(float_run, qat_run, tmp_path):
     assert q >= p
 
 
+def test_int8_activations_are_all_signed(float_run, tmp_path):
+    """--activations int8 (TensorRT): no uint8 activation quantizer is left, in the
+    model and in its export."""
+    from edgetune.export.onnx import export_onnx
+    from edgetune.run import load_run
+
+    out = tmp_path / "q"
+    assert invoke("quantize", float_run, "--mode", "ptq", "--calib-count", "8", "--activations", "int8", "--out", out) == 0
+    assert load_run(out).info["quant"]["made_signed"] > 0
+    r = export_onnx(out, tmp_path / "m.onnx", check_images=16)
+    assert r["checks"]["activation_qdq"].get("uint8", 0) == 0 and r["checks"]["activation_qdq"]["int8"] > 0
+
+
 def test_quantize_twice_is_rejected(qat_run, tmp_path, capfd):
     assert invoke("quantize", qat_run, "--out", tmp_path / "q") == 2
     assert "'qat' run and cannot be the input of 'qat'" in capfd.readouterr().err
@@ -105,7 +119,7 @@ def test_ignore_keeps_layer_in_float(float_run, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error(float_run, tmp_path, capfd):
-    code = invoke("quantize", float_run, "--calib-count", "4", "--epochs", "2", "--lr", "1e12", "--batch-size", "8", "--out", tmp_path / "q")
+    code = invoke("quantize", float_run, "--calib-count", "4", "--epochs", "2", "--optimizer", "sgd", "--lr", "1e30", "--batch-size", "8", "--out", tmp_path / "q")
     err = capfd.readouterr().err
     assert code == 2 and "loss became" in err and "--lr" in err
     assert not (tmp_path / "q" / "run.json").exists()

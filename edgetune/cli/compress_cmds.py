@@ -35,8 +35,9 @@ def prune(ctx: click.Context, opts: dict):
 @click.option("--fold-bn/--no-fold-bn", default=True, show_default=True, help="Fold BatchNorm into the convolutions before quantizing (runtimes fuse Conv + Q/DQ).")
 @click.option("--overflow-fix", type=click.Choice(["enable", "first_layer", "disable"]), default="enable", show_default=True,
               help="Keep weights in 7 bits of int8 (all layers, first layer, none): x86 CPUs without VNNI saturate full-range int8 products.")
-@click.option("--activations", type=click.Choice(["int8", "auto"]), default="int8", show_default=True,
-              help="int8: every activation signed (TensorRT needs it, ONNX Runtime fuses it); auto: NNCF's uint8 after ReLU.")
+@click.option("--activations", type=click.Choice(["auto", "int8"]), default="auto", show_default=True,
+              help="auto: uint8 (zero-point 0) after ReLU-like layers, int8 elsewhere (best for ONNX Runtime and OpenVINO); "
+                   "int8: every activation signed int8, as TensorRT (Jetson) requires.")
 @train_options(epochs=3, lr=1e-5, warmup=0.0, weight_decay=0.0)
 @out_option(help="Run directory to write (the quantized model, its NNCF config and calibration record).")
 @pass_options
@@ -52,9 +53,9 @@ def quantize(ctx: click.Context, opts: dict):
 @run_argument
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="int8", show_default=True)
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
-@click.option("--activations", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
-              help="INT8 activations: int8, zero-point 0 (TensorRT, OpenVINO, any runtime) or uint8, zero-point 128: the same values, "
-                   "which ONNX Runtime on x86 CPUs fuses into integer kernels throughout (faster there).")
+@click.option("--activations", type=click.Choice(["keep", "uint8"]), default="keep", show_default=True,
+              help="INT8 activations: keep (as quantized, zero-point 0 everywhere) or uint8 (int8 ones shifted to zero-point 128: the same "
+                   "values, which ONNX Runtime on x86 CPUs fuses into integer kernels throughout).")
 @click.option("--check/--no-check", default=True, show_default=True, help="Run the post-export checks (checker, Q/DQ form, ONNX Runtime vs PyTorch).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write what was exported and the check results here.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write (FILE.onnx).")

@@ -1,4 +1,5 @@
-"""Fold BatchNorm into the convolution before it.
+"""Graph preparation before quantization: fold BatchNorm into the convolution
+before it, and fix a dynamic-size ViT's input size.
 
 Quantizing a Conv -> BatchNorm pair leaves the BatchNorm as float work between
 the integer convolution and its output quantizer, and ONNX Runtime then cannot
@@ -106,3 +107,20 @@ def fold_batchnorm(model: nn.Module, size: tuple[int, int], check: bool = True) 
                                 "This model's Conv -> BatchNorm layout is not supported for folding; quantize it with --no-fold-bn.")
     model.train(was_training)
     return pairs
+
+
+def fix_input_size(model: nn.Module, size: tuple[int, int]) -> bool:
+    """Give a timm ViT built with `dynamic_img_size` a fixed input size (its
+    position embedding resampled once, as its forward would on every call). The
+    on-the-fly resampling's shape arithmetic becomes tensor ops under ONNX tracing,
+    which shifts NNCF's op-indexed quantizer hooks onto integer tensors; fixed, the
+    exported graph matches the calibrated one. Outputs are unchanged."""
+    if not getattr(model, "dynamic_img_size", False) or not hasattr(model, "set_input_size"):
+        return False
+    from timm.layers import Format
+
+    model.set_input_size(img_size=tuple(size))
+    model.dynamic_img_size = False
+    pe = model.patch_embed
+    pe.dynamic_img_size, pe.flatten, pe.output_fmt = False, True, Format.NCHW
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -54,27 +55,25 @@ def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: 
     was_training = model.training
     model.eval()
     try:
-        pruner = tp.pruner.MetaPruner(model, example, importance=importance(imp), pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to or None)
-        pruner.step()
-    except EdgetuneError:
-        raise
+        with warnings.catch_warnings():
+            # ConvNeXt's layer-scale gammas are "unwrapped" parameters; torch-pruning
+            # prunes their last (channel) dimension, which is what they need.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters")
+            pruner = tp.pruner.MetaPruner(model, example, importance=importance(imp), pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to or None)
+            pruner.step()
     except Exception as e:
-        layer = _failing_layer(e)
-        raise EdgetuneError(f"torch-pruning cannot prune this model{f' at layer {layer}' if layer else ''}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}.") from None
+        raise EdgetuneError(f"torch-pruning cannot prune {type(model).__name__}{_layer_hint(model, e)}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}. Prune another backbone or skip pruning for this one.") from None
     finally:
         model.train(was_training)
     return model
 
 
-def _failing_layer(e: Exception) -> str | None:
-    import re
-    import traceback
-
-    for frame in reversed(traceback.extract_tb(e.__traceback__)):
-        if frame.name in ("forward", "_forward"):
-            return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
-    m = re.search(r"'([\w.]+)'", str(e))
-    return m.group(1) if m else None
+def _layer_hint(model: nn.Module, e: Exception) -> str:
+    """' at layer NAME' when the error names one of the model's layers."""
+    text = str(e)
+    names = [n for n, _ in model.named_modules() if n and n in text]
+    return f" at layer {max(names, key=len)}" if names else ""
 
 
 def ratio_for_macs(model: nn.Module, size: tuple[int, int], reduction: float, round_to: int, imp: str) -> float:

@@ -21,16 +21,30 @@ from edgetune.errors import EdgetuneError
 logger = log.get(__name__)
 
 
-def _quantization_parameters(overflow_fix: str = "enable"):
-    """NNCF's PERFORMANCE preset gives symmetric INT8, weights per output channel,
-    activations per tensor (explicit QuantizationParameters would clash with its
-    hardware config). The overflow fix keeps weights in 7 bits of the int8 range:
-    x86 CPUs without VNNI (AVX2) multiply uint8 x int8 pairs into saturating int16,
-    and full-range weights make ONNX Runtime's integer kernels disagree with the
-    trained model (measured: 88% top-1 agreement without, 100% with)."""
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+def import_nncf():
+    """nncf, with its INFO chatter (it resets its logger on import) kept for -vv."""
+    import logging
 
-    return AdvancedQuantizationParameters(overflow_fix=OverflowFix[overflow_fix.upper()])
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.DEBUG if logging.getLogger().level <= logging.DEBUG else logging.WARNING)
+    return nncf
+
+
+def _quantization_parameters(overflow_fix: str = "enable"):
+    """NNCF's PERFORMANCE preset: symmetric INT8, weights per output channel.
+    Activations are forced per tensor (NNCF would otherwise pick per-channel
+    ones in front of depthwise convolutions, which runtimes cannot fuse).
+    The overflow fix keeps weights in 7 bits of the int8 range: x86 CPUs without
+    VNNI (AVX2) multiply uint8 x int8 pairs into saturating int16, and full-range
+    weights make ONNX Runtime's integer kernels disagree with the trained model
+    (measured on a tiny model: 88% top-1 agreement without, 100% with)."""
+    from nncf.common.quantization.structs import QuantizationScheme
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
+
+    return AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix[overflow_fix.upper()],
+        activations_quantization_params=QuantizationParameters(num_bits=8, mode=QuantizationScheme.SYMMETRIC, per_channel=False))
 
 
 def _ignored_scope(patterns: list[str]):
@@ -52,13 +66,14 @@ def _layer_names(model: torch.nn.Module, size) -> list[str]:
 
 
 def quantize_model(model: torch.nn.Module, calib_tensors: list[torch.Tensor], size: tuple[int, int], ignore: list[str] = (), fold_bn: bool = True,
-                   overflow_fix: str = "enable", activations: str = "int8"):
+                   overflow_fix: str = "enable", activations: str = "auto"):
     """The NNCF-quantized model (quantizers initialised, not trained) and its record."""
-    import nncf
+    nncf = import_nncf()
 
-    from edgetune.compress.fold import fold_batchnorm
+    from edgetune.compress.fold import fix_input_size, fold_batchnorm
 
     model = model.cpu().eval()
+    fixed_size = fix_input_size(model, size)
     folded = fold_batchnorm(model, size) if fold_bn else []
     scope = _ignored_scope(list(ignore))
     try:
@@ -76,9 +91,9 @@ def quantize_model(model: torch.nn.Module, calib_tensors: list[torch.Tensor], si
     signed = force_signed_activations(qmodel) if activations == "int8" else 0
     from nncf.torch import get_config
 
-    record = {"tool": f"nncf {nncf.__version__}", "nncf_config": get_config(qmodel), "fold_bn": bool(folded), "folded_pairs": len(folded),
+    record = {"tool": f"nncf {nncf.__version__}", "nncf_config": get_config(qmodel), "fold_bn": bool(folded), "folded_pairs": len(folded), "fixed_input_size": fixed_size,
               "weights": "int8 symmetric per-channel (output axis)", "zero_point": 0,
-              "activations": "int8 symmetric per-tensor" if activations == "int8" else "symmetric per-tensor, uint8 where non-negative",
+              "activations": activations, "activation_types": "int8 per-tensor" if activations == "int8" else "per-tensor, uint8 after ReLU, int8 elsewhere",
               "made_signed": signed,
               "overflow_fix": overflow_fix, "ignore": list(ignore), "quantizers": _count_quantizers(qmodel)}
     return qmodel, record
@@ -86,9 +101,10 @@ def quantize_model(model: torch.nn.Module, calib_tensors: list[torch.Tensor], si
 
 def force_signed_activations(qmodel) -> int:
     """Make every activation quantizer signed int8. NNCF picks uint8 (zero-point 0)
-    after ReLU-like layers; TensorRT's explicit quantization takes only int8, and
-    ONNX Runtime needs a Conv's input and output of one type to fuse it. The cost:
-    one bit less for non-negative tensors, which QAT then trains with."""
+    after ReLU-like layers; TensorRT's explicit quantization takes only int8. The
+    cost: one bit less for non-negative tensors (QAT trains with it), and ONNX
+    Runtime can no longer drop the ReLU/Clip in front of a quantizer, so its Convs
+    stay in float there: use `auto` for ONNX Runtime targets."""
     from nncf.torch.function_hook.wrapper import get_hook_storage
     from nncf.torch.quantization.layers import SymmetricQuantizer
 
@@ -114,11 +130,14 @@ def _count_quantizers(qmodel) -> dict:
 def restore_quantized(model: torch.nn.Module, run, state: dict) -> torch.nn.Module:
     """Rebuild a quantized run's model from its NNCF config and state dict
     (`model` is the run's fresh float architecture, already resized if pruned)."""
+    import_nncf()
     from nncf.torch import load_from_config
 
-    from edgetune.compress.fold import fold_batchnorm
+    from edgetune.compress.fold import fix_input_size, fold_batchnorm
 
     q = run.info["quant"]
+    if q.get("fixed_input_size"):
+        fix_input_size(model, tuple(run.spec.size))
     if q.get("fold_bn"):
         fold_batchnorm(model, tuple(run.spec.size), check=False)
     model = load_from_config(model.cpu().eval(), q["nncf_config"])
@@ -148,7 +167,7 @@ def run_quantize(opts: dict, config_record: dict):
     pairs, calib = select(parent.split, recipe, opts.get("calib_count"))
     logger.info("Calibrating INT8 quantizers of %s on %d images (recipe '%s', hash %s).", parent.model_name, calib["count"], recipe.name, calib["hash"][:12])
     qmodel, quant = quantize_model(model, calibration_tensors(parent, pairs), tuple(parent.spec.size), opts.get("ignore") or [], opts.get("fold_bn", True),
-                                   opts.get("overflow_fix") or "enable", opts.get("activations") or "int8")
+                                   opts.get("overflow_fix") or "enable", opts.get("activations") or "auto")
     quant["mode"] = mode
     metrics = {"float_test": before, "calibration_test": stage.test_metrics(qmodel, parent)}
     if mode == "qat" and opts["epochs"] > 0:

@@ -3,7 +3,6 @@ writing the finished stage (model.pt, metrics, run.json with the history)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -49,7 +48,3 @@ def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: d
     extra.setdefault("arch", parent.info.get("arch"))
     write_run(out, stage=stage, model=parent.model_name, classes=parent.classes, spec=parent.spec, split=parent.split, history=history,
               config=config, parent=str(parent.dir.resolve()), **extra)
-
-
-def now() -> float:
-    return time.time()

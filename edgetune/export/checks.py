@@ -30,8 +30,24 @@ def custom_ops(model_proto) -> list[str]:
 
 
 def weight_dequantizers(model_proto) -> list:
-    """DequantizeLinear nodes whose input is a constant: the weights' quantizers."""
-    return [n for n in model_proto.graph.node if n.op_type == "DequantizeLinear" and _const(model_proto, n.input[0]) is not None]
+    """The weights' quantizers: DequantizeLinear nodes on a constant that feed (maybe
+    through Transpose/Reshape) the weight input of a Conv, Gemm or MatMul. (NNCF
+    also quantizes e.g. a LayerNorm's scale; those are not layer weights.)"""
+    consumers: dict[str, list] = {}
+    for n in model_proto.graph.node:
+        for i, name in enumerate(n.input):
+            consumers.setdefault(name, []).append((n, i))
+
+    def feeds_weight(name: str, depth: int = 0) -> bool:
+        for node, i in consumers.get(name, []):
+            if node.op_type in WEIGHT_OPS and i == WEIGHT_OPS[node.op_type]:
+                return True
+            if node.op_type in ("Transpose", "Reshape", "Identity") and depth < 3 and feeds_weight(node.output[0], depth + 1):
+                return True
+        return False
+
+    return [n for n in model_proto.graph.node
+            if n.op_type == "DequantizeLinear" and _const(model_proto, n.input[0]) is not None and feeds_weight(n.output[0])]
 
 
 def qdq_problems(model_proto) -> list[str]:
@@ -56,20 +72,21 @@ def qdq_problems(model_proto) -> list[str]:
     return problems
 
 
-def activation_problems(model_proto, activations: str = "int8") -> list[str]:
-    """Activation Q/DQ zero-points: 0 everywhere for `activations="int8"` (what
-    TensorRT needs); for `"uint8"` (ONNX Runtime on x86) uint8 with zero-point 128
-    (a shifted int8 tensor) or 0 (a non-negative one)."""
+def activation_problems(model_proto, activations: str = "keep") -> list[str]:
+    """Activation Q/DQ zero-points: 0 everywhere for `activations="keep"`; for
+    `"uint8"` (ONNX Runtime on x86) uint8 with zero-point 128 (a shifted int8
+    tensor) or 0 (a non-negative one)."""
+    weights = {id(n) for n in weight_dequantizers(model_proto)}
     problems = []
     for node in model_proto.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or _const(model_proto, node.input[0]) is not None:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or id(node) in weights:
             continue  # weights are qdq_problems' job
         zp = _const(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.uint8)
         values = set(zp.ravel().tolist())
-        ok = values == {0} if activations == "int8" else (zp.dtype == np.uint8 and values <= {0, 128} and len(values) == 1)
+        ok = values == {0} if activations == "keep" else (zp.dtype == np.uint8 and values <= {0, 128} and len(values) == 1)
         if not ok:
             problems.append(f"activation {node.op_type} {node.name or node.output[0]}: {zp.dtype} zero-point {sorted(values)[:2]} "
-                            f"({'0 required' if activations == 'int8' else 'uint8 0 or 128 expected'})")
+                            f"({'0 required' if activations == 'keep' else 'uint8 0 or 128 expected'})")
     return problems
 
 

@@ -171,18 +171,18 @@ def _check_images(run, n: int) -> np.ndarray:
     return preprocess([read_image(p) for p, _ in pairs], run.spec)
 
 
-def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, activations: str = "int8", check_images: int = 200) -> dict:
+def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, activations: str = "keep", check_images: int = 200) -> dict:
     """Write `run`'s model to `out` as ONNX and check it; returns what was written
     (path, precision, input/output names, layout, input shape, opset, activations, checks).
 
-    `activations` (INT8 only): "int8" keeps zero-point 0 everywhere (TensorRT,
-    OpenVINO, any runtime); "uint8" shifts activations to uint8 with zero-point
-    128, numerically identical, for ONNX Runtime on x86 CPUs (see
-    `shift_activations_to_uint8`)."""
+    `activations` (INT8 only): "keep" writes them as quantized, zero-point 0
+    everywhere (TensorRT needs a run quantized with `--activations int8`; OpenVINO
+    and ONNX Runtime take either); "uint8" shifts int8 activations to uint8 with
+    zero-point 128, numerically identical, so that ONNX Runtime on x86 fuses every
+    Conv (see `shift_activations_to_uint8`)."""
     import onnx
     import torch
 
-    from edgetune.export import checks as C
     from edgetune.run import Run, load_run
     from edgetune.runtime.files import atomic_path, sha256_file
 
@@ -192,8 +192,8 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
         raise EdgetuneError(f"--precision {precision!r}: use fp32 or int8.")
     if not 13 <= int(opset) <= 21:
         raise EdgetuneError(f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default).")
-    if activations not in ("int8", "uint8"):
-        raise EdgetuneError(f"--activations {activations!r}: use int8 (zero-point 0, any runtime) or uint8 (ONNX Runtime on x86).")
+    if activations not in ("keep", "uint8"):
+        raise EdgetuneError(f"--activations {activations!r}: use keep (as quantized, zero-point 0) or uint8 (ONNX Runtime on x86).")
     out = Path(out)
     if out.suffix != ".onnx":
         raise EdgetuneError(f"--out {out}: the file name must end in .onnx.")
@@ -222,7 +222,7 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
     return result
 
 
-def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "int8") -> dict:
+def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "keep") -> dict:
     """Every post-export check; raises EdgetuneError naming what failed."""
     import onnx
     import torch
