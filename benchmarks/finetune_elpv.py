@@ -60,6 +60,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the recipe")
     p.add_argument("extra", nargs="*", help="more finetune options, after --, e.g. -- --device cuda --workers 8")
     a = p.parse_args()
+    from edgetune import log
+
+    log.setup()
     names = list(RECIPES) if a.recipe == ["all"] else (a.recipe or [CHOSEN])
     extra = list(a.extra)
     if a.smoke:

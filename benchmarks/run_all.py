@@ -1,0 +1,43 @@
+"""`make bench`: every benchmark, in dependency order, on this machine. Hours on a
+2-core CPU; each step skips work whose output is already there, so an interrupted
+run continues. Results land in benchmarks/results/ (commit them with the machine).
+
+    python benchmarks/run_all.py [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+EDGETUNE = [PY, "-m", "edgetune.cli.main"]
+STEPS = {
+    "finetune": [[PY, "benchmarks/finetune_elpv.py"]],
+    "compress": [[PY, "benchmarks/compress_elpv.py"]],
+    "latency": [
+        [*EDGETUNE, "--config", "examples/elpv.yaml", "build", "--target", "cpu", "--target", "intel", "--out", "runs/elpv"],
+        [*EDGETUNE, "--config", "examples/elpv-pruned.yaml", "build", "--target", "cpu", "--target", "intel", "--out", "runs/elpv-pruned"],
+        [PY, "benchmarks/benchmark_app_check.py", "--bundle", "runs/elpv/bundle-intel", "--threads", "2"],
+        [PY, "benchmarks/latency_elpv.py", "--float", "runs/elpv/finetune", "--bundle", "runs/elpv/bundle-cpu", "--bundle", "runs/elpv/bundle-intel",
+         "--pruned-bundle", "runs/elpv-pruned/bundle-cpu", "--pruned-bundle", "runs/elpv-pruned/bundle-intel"],
+    ],
+    "infer": [[PY, "benchmarks/infer_throughput.py", "runs/elpv/bundle-cpu"]],
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", action="append", choices=list(STEPS), help="run only these steps (infer needs latency's builds)")
+    names = p.parse_args().only or list(STEPS)
+    for name in names:
+        for cmd in STEPS[name]:
+            print("+", " ".join(cmd[1:] if cmd[0] == PY else cmd), flush=True)
+            subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+if __name__ == "__main__":
+    main()
