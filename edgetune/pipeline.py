@@ -4,9 +4,15 @@ target: compile, evaluate the compiled artifact through its runtime session, bun
 Layout of `--out`:
 
     finetune/  prune/  quantize/     run directories of the training stages
-    export/                          model.int8.onnx, model.fp32.onnx, export.json
+    export/                          model.fp32.onnx, model.int8.onnx (Q/DQ as quantized: OpenVINO,
+                                     TensorRT), model.int8-uint8.onnx (uint8 activations: ONNX Runtime)
     bundle-TARGET/, bundle-TARGET.tar.gz
+    gate-TARGET.json, .xml           the accuracy gate's report (with build.max-drop)
     stages/STAGE.json                the cache: each finished stage's inputs hash
+
+One QAT model serves every target of a build: when a target's runtime needs
+signed INT8 activations (TensorRT), the quantize stage makes them all signed.
+Each export variant is its own stage, so targets needing the same file share it.
 
 A stage's inputs hash covers its resolved options (from the stage's own config
 section) and the hash of the stage before it (for fine-tuning: the data), so an
@@ -174,25 +180,50 @@ def _quantize(opts: dict, rec: dict) -> Path:
     return run_quantize(opts, rec)
 
 
-def _export(cache: StageCache, ctx, out: Path, run_dir: Path, upstream: str) -> StageResult:
-    opts, rec = stage_options(ctx, "export")
-    key = stage_key("export", rec, upstream)
+def quantize_overrides(profiles: list, config: dict) -> dict:
+    """The quantize stage's activations: signed int8 when any target's runtime
+    needs it (TensorRT has no uint8 Q/DQ), so one QAT model serves every target of
+    the build; otherwise the quantize section's own value (default auto)."""
+    signed = [p.name for p in profiles if p.activations == "int8" and "int8" in p.precisions]
+    if not signed:
+        return {}
+    asked = (config.get("quantize") or {}).get("activations")
+    if asked is not None and asked != "int8":
+        raise EdgetuneError(f"Config key 'quantize.activations' is {asked!r}, but target {', '.join(signed)} needs signed int8 activations "
+                            "(TensorRT has no uint8 quantization). Set quantize.activations: int8 (or remove the key), or build "
+                            f"{', '.join(signed)} in a separate build.")
+    return {"activations": "int8"}
+
+
+def export_name(precision: str, activations: str) -> str:
+    """The export variant's stage and file tag: fp32, int8 or int8-uint8."""
+    return precision if precision != "int8" or activations == "keep" else f"{precision}-{activations}"
+
+
+def _export(cache: StageCache, ctx, out: Path, run_dir: Path, upstream: str, precision: str, activations: str) -> StageResult:
+    """One export variant (its own cache entry: targets needing the same file share it)."""
+    tag = export_name(precision, activations)
+    activations = activations if precision == "int8" else "keep"
+    opts, rec = stage_options(ctx, "export", precision=precision, activations=activations)
+    key = stage_key(f"export-{tag}", rec, upstream)
 
     def work(resume: bool) -> dict:
         from edgetune.export.onnx import export_onnx
-        from edgetune.run import load_run
 
-        d = fresh_dir(out / "export", False)
-        run = load_run(run_dir)
-        files = {}
-        for precision in (("int8", "fp32") if run.quantized else ("fp32",)):
-            path = d / f"model.{precision}.onnx"
-            info = export_onnx(run, path, precision, opts.get("opset") or 17, opts.get("check", True))
-            files[precision] = {"file": f"export/{path.name}", "sha256": sha256_file(path), "info": info}
-        write_json(d / "export.json", files)
-        return {"files": files}
+        path = out / "export" / f"model.{tag}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = export_onnx(run_dir, path, precision, opts.get("opset") or 17, opts.get("check", True), activations=activations)
+        return {"file": f"export/{path.name}", "sha256": sha256_file(path), "info": info}
 
-    return cache.run("export", key, work)
+    return cache.run(f"export-{tag}", key, work)
+
+
+def _exports_for(profile, target, quantized: bool, export: Callable[[str, str], StageResult]) -> dict[str, StageResult]:
+    """The ONNX files a target compiles from: {"int8": its INT8 variant, "fp32": the float one}."""
+    wanted = {"int8" if p == "int8" else "fp32" for p in profile.precisions}
+    if not quantized:
+        wanted = {"fp32"}
+    return {p: export(p, target.onnx_activations() if p == "int8" else "keep") for p in sorted(wanted)}
 
 
 # --- compile, evaluate, bundle ----------------------------------------------------
@@ -217,16 +248,13 @@ def measure_latency(session, spec, threads: int | None = None) -> dict:
             "latency_threads": threads}
 
 
-def _compile_target(cache: StageCache, ctx, out: Path, profile, export: StageResult, runs: dict, upstream: str) -> StageResult:
-    from edgetune.targets.registry import get_target
-
-    target = get_target(profile)
+def _compile_target(cache: StageCache, out: Path, profile, target, exports: dict[str, StageResult], runs: dict) -> StageResult:
     name = f"bundle-{profile.name}"
-    key = sha256_json({"stage": "compile", "profile": {k: v for k, v in profile.to_dict().items() if k != "source"}, "upstream": upstream,
-                       "edgetune": __version__})
+    key = sha256_json({"stage": "compile", "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
+                       "upstream": {p: r.key for p, r in exports.items()}, "edgetune": __version__})
 
     def work(resume: bool) -> dict:
-        write_bundle(out, name, target, profile, export, runs, key)
+        write_bundle(out, name, target, profile, exports, runs, key)
         return {"bundle": name, "archive": f"{name}.tar.gz"}
 
     result = cache.run(f"compile-{profile.name}", key, work)
@@ -237,14 +265,14 @@ def _compile_target(cache: StageCache, ctx, out: Path, profile, export: StageRes
     return result
 
 
-def write_bundle(out: Path, name: str, target, profile, export: StageResult, runs: dict, key: str = "") -> Path:
+def write_bundle(out: Path, name: str, target, profile, exports: dict[str, StageResult], runs: dict, key: str = "") -> Path:
     from edgetune.run import load_run
     from edgetune.runtime.bundle import FORMAT, SCHEMA, load_bundle, pack, write_manifest
     from edgetune.targets.base import CompileInput
 
     final = load_run(runs["final"])
     spec = final.spec
-    onnx = {p: out / f["file"] for p, f in export.output["files"].items()}
+    onnx = {p: out / r.output["file"] for p, r in exports.items()}
     input_name, input_shape = _onnx_input(onnx.get("int8") or onnx["fp32"])
     if profile.size and tuple(profile.size) != tuple(spec.size):
         raise EdgetuneError(f"Target profile {profile.source}: field 'input.size' is {list(profile.size)} but the model was trained at "
@@ -279,7 +307,7 @@ def write_bundle(out: Path, name: str, target, profile, export: StageResult, run
         "preprocess": spec.to_dict(),
         "artifacts": arts,
         "metrics": {**main["metrics"], "pytorch_test": final.test_metrics()},
-        "stages": _history(runs, export, {"target": profile.name, "profile": profile.source, "evaluated_with": target.eval_runtime()}, key),
+        "stages": _history(runs, exports, {"target": profile.name, "profile": profile.source, "evaluated_with": target.eval_runtime()}, key),
         "calibration": _calibration(quant_run),
         "versions": library_versions(),
         "source_run": str(Path(runs["final"]).resolve()),
@@ -323,7 +351,7 @@ def _macs(runs: dict, spec) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _history(runs: dict, export: StageResult, compile_config: dict, key: str) -> list[dict]:
+def _history(runs: dict, exports: dict[str, StageResult], compile_config: dict, key: str) -> list[dict]:
     from edgetune.run import load_run
 
     history: list[dict] = []
@@ -335,8 +363,9 @@ def _history(runs: dict, export: StageResult, compile_config: dict, key: str) ->
                 if ident not in seen:
                     seen.add(ident)
                     history.append(rec)
-    history.append({"stage": "export", "config": {}, "inputs_hash": export.key,
-                    "metrics": {p: {"sha256": f["sha256"], **(f.get("info") or {})} for p, f in export.output["files"].items()}})
+    history.append({"stage": "export", "config": {p: {"activations": (r.output.get("info") or {}).get("activations")} for p, r in exports.items()},
+                    "inputs_hash": sha256_json({p: r.key for p, r in exports.items()}),
+                    "metrics": {p: {"sha256": r.output["sha256"], **(r.output.get("info") or {})} for p, r in exports.items()}})
     history.append({"stage": "compile", "config": compile_config, "inputs_hash": key, "metrics": {}})
     return history
 
@@ -387,7 +416,10 @@ layout NCHW float32, input `{m['input']['name']}` shaped {m['input']['shape']}.
 
 # --- the command ---------------------------------------------------------------
 
-def build(ctx: click.Context, targets: list[str], out: Path, force: bool = False, overrides: dict | None = None) -> dict[str, Path]:
+def build(ctx: click.Context, targets: list[str], out: Path, force: bool = False, overrides: dict | None = None,
+          max_drop: float | None = None, min_agreement: float = 0.99) -> dict[str, Path]:
+    """Run the pipeline for `targets`; with `max_drop`, gate every bundle against
+    its float model afterwards (a failed gate raises, exit status 1)."""
     from edgetune.targets.profile import load_profile
     from edgetune.targets.registry import get_target
 
@@ -395,13 +427,18 @@ def build(ctx: click.Context, targets: list[str], out: Path, force: bool = False
     names = [p.name for p in profiles]
     if len(set(names)) != len(names):
         raise EdgetuneError(f"--target names a profile twice: {', '.join(names)}.")
+    plugins = {p.name: get_target(p) for p in profiles}
     for p in profiles:  # before any training: a missing runtime fails now, not an hour later
         if p.runtime != "tensorrt":
-            get_target(p).require()
+            plugins[p.name].require()
+    config = (ctx.find_root().obj or {}).get("config") or {}
+    if "activations" in (config.get("export") or {}):
+        raise EdgetuneError("Config key 'export.activations' does not apply to build: each target takes the INT8 export its runtime runs "
+                            "best (uint8 activations for ONNX Runtime, as quantized for OpenVINO and TensorRT). Remove the key.")
+    quant_in = quantize_overrides(profiles, config)  # before any training too
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, force)
-    config = (ctx.find_root().obj or {}).get("config") or {}
     started = time.time()
 
     ft_opts, _ = stage_options(ctx, "finetune", **(overrides or {}))
@@ -415,18 +452,59 @@ def build(ctx: click.Context, targets: list[str], out: Path, force: bool = False
             prune_in["round_to"] = max(p.channel_multiple for p in profiles)  # the targets' preferred channel multiple
         r = _training_stage(cache, ctx, "prune", out, upstream, _prune, **prune_in)
         runs["prune"], upstream = out / r.output["run_dir"], r.key
+    runs["float"] = runs.get("prune") or runs["finetune"]
     if any("int8" in p.precisions for p in profiles):  # profiles asking for float only skip QAT
-        r = _training_stage(cache, ctx, "quantize", out, upstream, _quantize, run_dir=Path(runs.get("prune") or runs["finetune"]))
+        r = _training_stage(cache, ctx, "quantize", out, upstream, _quantize, run_dir=Path(runs["float"]), **quant_in)
         runs["quantize"], upstream = out / r.output["run_dir"], r.key
-    runs["final"] = runs.get("quantize") or runs.get("prune") or runs["finetune"]
-    export = _export(cache, ctx, out, Path(runs["final"]), upstream)
+    runs["final"] = runs.get("quantize") or runs["float"]
+
+    exports: dict[tuple[str, str], StageResult] = {}  # (precision, activations) -> the export: each variant once
+
+    def export(precision: str, activations: str) -> StageResult:
+        if (precision, activations) not in exports:
+            exports[precision, activations] = _export(cache, ctx, out, Path(runs["final"]), upstream, precision, activations)
+        return exports[precision, activations]
 
     bundles = {}
     for p in profiles:
-        res = _compile_target(cache, ctx, out, p, export, runs, export.key)
+        res = _compile_target(cache, out, p, plugins[p.name], _exports_for(p, plugins[p.name], bool(runs.get("quantize")), export), runs)
         bundles[p.name] = out / res.output["bundle"]
     _summary(bundles, time.time() - started)
+    if max_drop is not None:
+        gate_bundles(out, bundles, Path(runs["float"]), max_drop, min_agreement)
     return bundles
+
+
+def gate_bundles(out: Path, bundles: dict[str, Path], reference: Path, max_drop: float, min_agreement: float) -> dict:
+    """The CI gate (`edgetune compare`'s) on every bundle: its compiled artifact,
+    through the session that evaluated it, against the float model's PyTorch
+    logits on the test split. Writes OUT/gate-TARGET.json and .xml (JUnit);
+    raises EdgetuneError (exit status 1) naming each failed gate."""
+    from edgetune.bench.artifacts import session_logits
+    from edgetune.compare import gate, junit_xml, print_result
+    from edgetune.evaluate import predict_split
+    from edgetune.run import load_run
+    from edgetune.runtime.bundle import load_bundle
+
+    ref = load_run(reference)
+    ref_logits, labels = predict_split(ref.build_model(), ref.split, ref.spec, "test")
+    paths = [p for p, _ in ref.split.parts["test"]]
+    results, failed = {}, []
+    for target, path in bundles.items():
+        b = load_bundle(path)
+        session = b.open(runtime=b.metrics.get("evaluated_with"))
+        cand = session_logits(session, paths, desc=f"gate {b.name}")
+        result = gate(ref_logits, cand, labels, ref.classes, max_drop, min_agreement,
+                      names={"reference": f"{ref.dir.name} (pytorch, {ref.stage})", "candidate": f"{b.name} ({session.name}, {b.precision})"})
+        print_result(result)
+        write_json(out / f"gate-{target}.json", result.to_dict())
+        write_text(out / f"gate-{target}.xml", junit_xml(result))
+        results[target] = result
+        failed += [f"{target}: {c.message}" for c in result.checks if not c.passed]
+    if failed:
+        raise EdgetuneError("The accuracy gate (build.max-drop / build.min-agreement) failed; the bundles are written but should not ship:\n  - "
+                            + "\n  - ".join(failed) + f"\nReports: {out}/gate-TARGET.json.", exit_code=1)
+    return results
 
 
 def _summary(bundles: dict[str, Path], seconds: float) -> None:

@@ -100,26 +100,34 @@ def fp32_bundle(tmp_path_factory, float_run) -> Path:
 
 # --- built bundles (edgetune build, the whole pipeline) ---------------------------
 
-def tiny_build_config(path: Path, data: Path, finetune_epochs: int = 8, quantize_epochs: int = 1) -> Path:
-    """A build config for the tiny test model: every stage short."""
+def tiny_build_config(path: Path, data: Path, finetune_epochs: int = 8, quantize_epochs: int = 3, **sections) -> Path:
+    """A build config for the tiny test model: every stage short. QAT at lr 1e-3
+    (the quantize default, 1e-5, barely moves a model this small in a few epochs)
+    keeps the model well above chance, so the parity checks mean something.
+    `sections` adds or replaces top-level keys (e.g. build={"max-drop": 1.0})."""
     import yaml
 
     path.write_text(yaml.safe_dump({
         "data": str(data), "model": "test_efficientnet", "pretrained": False, "img-size": 32,
         "finetune": {"epochs": finetune_epochs, "batch-size": 8, "lr": 3e-3, "warmup-epochs": 0},
-        "quantize": {"epochs": quantize_epochs, "batch-size": 8, "warmup-epochs": 0},
+        "quantize": {"epochs": quantize_epochs, "batch-size": 8, "lr": 1e-3, "warmup-epochs": 0},
+        **sections,
     }))
     return path
 
 
+BUILD_TARGETS = ("cpu", "intel", "jetson")
+
+
 @pytest.fixture(scope="session")
 def built_bundles(tmp_path_factory, image_folder) -> Path:
-    """One tiny build for cpu and intel: OUT/bundle-TARGET(/.tar.gz), OUT/build.yaml."""
+    """One tiny build for cpu, intel and jetson from one QAT model:
+    OUT/bundle-TARGET(/.tar.gz), OUT/build.yaml."""
     root = tmp_path_factory.mktemp("build")
     out = root / "out"
     out.mkdir()
     cfg = tiny_build_config(out / "build.yaml", image_folder)
-    run_cli("--config", cfg, "build", "--target", "cpu", "--target", "intel", "--out", out)
+    run_cli("--config", cfg, "build", *[a for t in BUILD_TARGETS for a in ("--target", t)], "--out", out)
     return out
 
 

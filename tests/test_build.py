@@ -1,5 +1,6 @@
 """`edgetune build` end to end on the tiny model: three targets from one trained
-model, the stage cache, resuming a killed build, and `engine build`'s guard."""
+model (signed activations for TensorRT, an export variant per runtime), the stage
+cache, resuming a killed build, the accuracy gate, and `engine build`'s guard."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import shutil
 import signal
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import EDGETUNE, make_images, run_cli, tiny_build_config
+from conftest import BUILD_TARGETS, EDGETUNE, make_images, run_cli, tiny_build_config
+from edgetune.run import load_run
 from edgetune.runtime import backends
 from edgetune.runtime.bundle import load_bundle
 
@@ -20,46 +23,66 @@ def _stage_times(out):
     return {p.stem: json.loads(p.read_text())["finished"] for p in (out / "stages").glob("*.json") if not p.stem.endswith(".pending")}
 
 
-@pytest.fixture(scope="module")
-def jetson_too(built_bundles):
-    """The same build with jetson added: only its compile stage runs."""
-    proc = run_cli("--config", built_bundles / "build.yaml", "build", "--target", "cpu", "--target", "intel", "--target", "jetson", "--out", built_bundles)
-    assert proc.stderr.count("skipped") >= 4  # finetune, quantize, export, compile-cpu, compile-intel
-    return built_bundles
-
-
 @pytest.mark.slow
-def test_one_build_makes_three_bundles(jetson_too):
-    out = jetson_too
+def test_one_build_makes_three_bundles(built_bundles):
+    out = built_bundles
     for target, runtime, files in [("cpu", "onnxruntime", {"model.int8.onnx", "model.fp32.onnx"}),
                                    ("intel", "openvino", {"model.int8.xml", "model.int8.bin", "model.fp32.xml", "model.fp32.bin"}),
                                    ("jetson", "tensorrt", {"model.int8.onnx", "model.fp32.onnx", "trtexec.sh"})]:
         b = load_bundle(out / f"bundle-{target}.tar.gz")
         assert (b.target, b.runtime, b.precision) == (target, runtime, "int8")
         assert files | {"README.md"} == set(b.manifest["files"])
-        assert 0.0 <= b.metrics["test"]["accuracy"] <= 1.0 and b.metrics["latency_ms_p50"] > 0
+        assert b.metrics["test"]["accuracy"] >= 0.8 and b.metrics["latency_ms_p50"] > 0  # well above chance (0.5) after QAT
         assert b.manifest["model"]["backbone"] == "test_efficientnet"
         assert "pip install 'edgetune[" in (b.root / "README.md").read_text()
-    # One trained model for all three: the same source run and the same export.
-    sources = {load_bundle(out / f"bundle-{t}").manifest["source_run"] for t in ("cpu", "intel", "jetson")}
-    assert len(sources) == 1
-    jetson = load_bundle(out / "bundle-jetson")
+    # One trained model for all three: the same source run, quantized with signed
+    # activations because jetson (TensorRT) is among the targets.
+    bundles = {t: load_bundle(out / f"bundle-{t}") for t in ("cpu", "intel", "jetson")}
+    assert len({b.manifest["source_run"] for b in bundles.values()}) == 1
+    assert load_run(bundles["cpu"].source_run).info["quant"]["activations"] == "int8"
+    # Export variants: ONNX Runtime gets uint8 activations (fused integer kernels),
+    # OpenVINO and TensorRT share one signed Q/DQ file, exported once.
+    exported = {t: b.manifest["stages"][-2]["metrics"]["int8"] for t, b in bundles.items()}
+    assert exported["cpu"]["activations"] == "uint8" and set(exported["cpu"]["checks"]["activation_qdq"]) == {"uint8"}
+    assert exported["intel"]["activations"] == exported["jetson"]["activations"] == "keep"
+    assert set(exported["jetson"]["checks"]["activation_qdq"]) == {"int8"}
+    assert exported["intel"]["sha256"] == exported["jetson"]["sha256"] != exported["cpu"]["sha256"]
+    jetson = bundles["jetson"]
     assert jetson.artifact()["checks"]["tensorrt_rules"] == "passed"
     assert jetson.metrics["evaluated_with"] == "onnxruntime"  # no TensorRT here: the same ONNX through ONNX Runtime
     assert "--int8" in (jetson.root / "trtexec.sh").read_text()
-    assert set(_stage_times(out)) >= {"finetune", "quantize", "export", "compile-cpu", "compile-intel", "compile-jetson"}
+    assert set(_stage_times(out)) == {"finetune", "quantize", "export-fp32", "export-int8", "export-int8-uint8",
+                                      "compile-cpu", "compile-intel", "compile-jetson"}
+
+
+def test_signed_activations_follow_the_targets():
+    from edgetune.pipeline import quantize_overrides
+    from edgetune.targets.profile import load_profile
+
+    cpu, jetson = load_profile("cpu"), load_profile("jetson-orin-nano")
+    assert quantize_overrides([cpu], {}) == {}
+    assert quantize_overrides([cpu, jetson], {"quantize": {"activations": "int8"}}) == {"activations": "int8"}
+    assert quantize_overrides([cpu, jetson], {}) == {"activations": "int8"}
+
+
+def test_unsigned_activations_for_a_jetson_target_is_refused_before_training(image_folder, tmp_path):
+    cfg = tiny_build_config(tmp_path / "build.yaml", image_folder)
+    cfg.write_text(cfg.read_text().replace("quantize:\n", "quantize:\n  activations: auto\n"))
+    proc = run_cli("--config", cfg, "build", "--target", "cpu", "--target", "jetson", "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "'quantize.activations'" in proc.stderr and "jetson" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "finetune").exists()
 
 
 @pytest.mark.skipif(backends.available("tensorrt"), reason="TensorRT is installed: the engine test below runs instead")
-def test_engine_build_without_tensorrt_names_the_extra(jetson_too, built_bundles):
-    proc = run_cli("engine", "build", jetson_too / "bundle-jetson", check=False)
+def test_engine_build_without_tensorrt_names_the_extra(built_bundles):
+    proc = run_cli("engine", "build", built_bundles / "bundle-jetson", check=False)
     assert proc.returncode == 2 and "edgetune[tensorrt]" in proc.stderr
     proc = run_cli("engine", "build", built_bundles / "bundle-cpu", check=False)
     assert proc.returncode == 2 and "Jetson bundle" in proc.stderr
 
 
 @pytest.mark.skipif(not backends.available("tensorrt"), reason="needs TensorRT and a GPU")
-def test_engine_build_on_a_gpu(jetson_too, built_bundles, tmp_path):
+def test_engine_build_on_a_gpu(built_bundles, tmp_path):
     from edgetune.runtime.trt import cuda_available
 
     if not cuda_available():
@@ -70,24 +93,56 @@ def test_engine_build_on_a_gpu(jetson_too, built_bundles, tmp_path):
     assert s.name == "tensorrt" and s.run(__import__("numpy").zeros((1, 3, 32, 32), "float32")).shape == (1, 2)
 
 
+def _targets(*names):
+    return [a for t in names for a in ("--target", t)]
+
+
 @pytest.mark.slow
 def test_stage_cache_skips_unchanged_and_reruns_changed(built_bundles, image_folder, tmp_path):
     out = shutil.copytree(built_bundles, tmp_path / "out")
     cfg = tiny_build_config(tmp_path / "build.yaml", image_folder)
     before = _stage_times(out)
-    proc = run_cli("--config", cfg, "build", "--target", "cpu", "--out", out)
+    proc = run_cli("--config", cfg, "build", *_targets(*BUILD_TARGETS), "--out", out)
     assert _stage_times(out) == before  # nothing reran
-    assert proc.stderr.count("skipped") >= 4
+    assert proc.stderr.count("skipped") == len(before)
     assert f"bundle {out / 'bundle-cpu'}" in proc.stdout and "accuracy" in proc.stdout and "latency_ms" in proc.stdout
 
     cfg = tiny_build_config(tmp_path / "changed.yaml", image_folder, quantize_epochs=0)  # only QAT's section changes
     run_cli("--config", cfg, "build", "--target", "cpu", "--out", out)
     after = _stage_times(out)
     assert after["finetune"] == before["finetune"]
-    assert all(after[s] != before[s] for s in ("quantize", "export", "compile-cpu"))
-    assert after["compile-intel"] == before["compile-intel"]  # not asked for this time: left alone
-    assert "compile-jetson" not in after or after["compile-jetson"] == before["compile-jetson"]
-    assert load_bundle(out / "bundle-cpu").manifest["stages"][1]["config"]["epochs"] == 0
+    assert all(after[s] != before[s] for s in ("quantize", "export-int8-uint8", "compile-cpu"))
+    assert all(after[s] == before[s] for s in ("compile-intel", "compile-jetson", "export-int8"))  # not asked for this time: left alone
+    stages = load_bundle(out / "bundle-cpu").manifest["stages"]
+    # Without a TensorRT target the quantize section's own activations (auto) apply.
+    assert stages[1]["config"]["epochs"] == 0 and stages[1]["config"]["activations"] == "auto"
+
+
+@pytest.mark.slow
+def test_build_gate_fails_the_build_after_writing_the_bundles(built_bundles, image_folder, tmp_path):
+    """build.max-drop runs `compare`'s gate on every bundle against the float model."""
+    out = shutil.copytree(built_bundles, tmp_path / "out")
+    before = _stage_times(out)
+    lenient = tiny_build_config(tmp_path / "lenient.yaml", image_folder, build={"max-drop": 100.0, "min-agreement": 0.0})
+    proc = run_cli("--config", lenient, "build", *_targets(*BUILD_TARGETS), "--out", out)
+    assert _stage_times(out) == before  # the gate is no stage: nothing reran
+    gates = {t: json.loads((out / f"gate-{t}.json").read_text()) for t in BUILD_TARGETS}
+    assert all(g["passed"] for g in gates.values()) and "PASS accuracy_drop" in proc.stderr
+    cpu = load_bundle(out / "bundle-cpu")
+    assert gates["cpu"]["candidate"]["accuracy"] == pytest.approx(cpu.metrics["test"]["accuracy"])  # the compiled artifact's
+    assert gates["cpu"]["reference"]["accuracy"] == pytest.approx(load_run(out / "finetune").test_metrics()["accuracy"])
+
+    # Calibration only (no QAT epochs): the tiny model falls towards chance, far
+    # more than the 5 points allowed. The bundle is still written, then the gate fails.
+    strict = tiny_build_config(tmp_path / "strict.yaml", image_folder, quantize_epochs=0, build={"max-drop": 5.0})
+    proc = run_cli("--config", strict, "build", "--target", "cpu", "--out", out, check=False)
+    gate = json.loads((out / "gate-cpu.json").read_text())
+    assert proc.returncode == 1, proc.stderr
+    assert "accuracy gate" in proc.stderr and "cpu: accuracy" in proc.stderr and "Traceback" not in proc.stderr
+    assert not gate["passed"] and gate["accuracy_diff_points"] < -5.0
+    assert gate["candidate"]["accuracy"] == pytest.approx(load_bundle(out / "bundle-cpu").metrics["test"]["accuracy"])  # the new bundle
+    assert _stage_times(out)["compile-cpu"] != before["compile-cpu"]
+    assert ET.parse(out / "gate-cpu.xml").getroot().get("failures") in ("1", "2")  # the drop, maybe the agreement too
 
 
 @pytest.mark.slow

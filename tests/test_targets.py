@@ -29,6 +29,9 @@ def test_built_in_profiles_load_with_their_runtime():
     assert nano.precisions == ["int8", "fp16"]
     assert nano.tensorrt["workspace_mb"] == 512 and nano.tensorrt["builder_optimization_level"] == 3  # own value + inherited one
     assert load_profile("jetson-xavier-nx").tensorrt["min_tensorrt"] == "8.5"
+    # TensorRT has no uint8 Q/DQ: Jetson profiles (and a user's TensorRT profile without the field) need signed activations.
+    assert {load_profile(n).activations for n in BUILT_IN if n.startswith("jetson")} == {"int8"}
+    assert load_profile("cpu").activations == load_profile("intel").activations == "auto"
     assert type(get_target(load_profile("intel"))).__name__ == "IntelTarget"
 
 
@@ -37,6 +40,8 @@ def test_user_profile_file_extends_a_built_in(tmp_path):
     f.write_text("extends: intel\nname: line3-ipc\noptions:\n  device: GPU\n  threads: 4\n")
     p = load_profile(str(f))
     assert (p.name, p.runtime, p.options["device"], p.options["threads"], p.options["performance_hint"]) == ("line3-ipc", "openvino", "GPU", 4, "LATENCY")
+    f.write_text("name: my-orin\nruntime: tensorrt\nprecision: int8\n")  # TensorRT without the field: signed activations all the same
+    assert load_profile(str(f)).activations == "int8"
 
 
 @pytest.mark.parametrize("body, field", [
@@ -47,6 +52,8 @@ def test_user_profile_file_extends_a_built_in(tmp_path):
     ("extends: intel\nname: x\noptions:\n  device: TPU\n", "options.device"),
     ("extends: cpu\nname: x\ninput:\n  batch: 0\n", "input.batch"),
     ("name: x\nprecision: int8\n", "runtime"),
+    ("extends: cpu\nname: x\nquantization:\n  activations: uint4\n", "quantization.activations"),
+    ("extends: jetson\nname: x\nquantization:\n  activations: auto\n", "quantization.activations"),
 ])
 def test_a_wrong_profile_names_the_field(tmp_path, body, field):
     f = tmp_path / "bad.yaml"

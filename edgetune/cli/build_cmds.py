@@ -19,6 +19,10 @@ from edgetune.cli.options import pass_options
 @click.option("--data", default=None, help="Override the images to train on (finetune's --data).")
 @click.option("--model", default=None, help="Override the backbone (finetune's --model).")
 @click.option("--img-size", type=click.IntRange(16, 1024), default=None, help="Override the input size (finetune's --img-size).")
+@click.option("--max-drop", type=click.FloatRange(0), default=None,
+              help="Gate each bundle as `edgetune compare` does: fail (exit 1) when its test accuracy is more than this many points below the float model's.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="With --max-drop: also fail when the bundle and the float model pick the same class on fewer test images than this.")
 @pass_options
 def build(ctx: click.Context, opts: dict):
     """Build device bundles: fine-tune, prune, QAT, export, compile, evaluate.
@@ -28,11 +32,14 @@ def build(ctx: click.Context, opts: dict):
 
     Each stage takes its options from its own section of --config (finetune:,
     prune:, quantize:, export:). A stage whose inputs and config are unchanged is
-    skipped; an interrupted build resumes where it stopped."""
+    skipped; an interrupted build resumes where it stopped. With --max-drop (or
+    build: {max-drop: ...} in the config) every bundle is gated against the float
+    model on the test split after it is written."""
     from edgetune.pipeline import build as run_build
 
     run_build(ctx, list(opts["targets"]), opts["out"], force=opts["force"],
-              overrides={k: opts[k] for k in ("data", "model", "img_size") if opts[k] is not None})
+              overrides={k: opts[k] for k in ("data", "model", "img_size") if opts[k] is not None},
+              max_drop=opts["max_drop"], min_agreement=opts["min_agreement"])
 
 
 @click.command()

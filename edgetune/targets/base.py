@@ -55,6 +55,11 @@ class Target:
         manifest's `artifacts` entries (paths relative to `dest`)."""
         raise NotImplementedError
 
+    def onnx_activations(self) -> str:
+        """Which INT8 export the target compiles from (`export_onnx`'s `activations`):
+        "keep" (the Q/DQ as quantized) unless the runtime runs another form faster."""
+        return "keep"
+
     def eval_runtime(self) -> str:
         """The runtime that evaluates the compiled artifact on the build machine."""
         return self.runtime

@@ -27,6 +27,11 @@ class CpuTarget(Target):
         "graph_optimization": (lambda v: v in GRAPH_LEVELS, f"one of {', '.join(GRAPH_LEVELS)}"),
     }
 
+    def onnx_activations(self) -> str:
+        # int8 activations shifted to uint8 (the same values): ONNX Runtime's x86
+        # kernels are uint8 x int8, so every Conv fuses into an integer kernel.
+        return "uint8"
+
     def compile(self, inp: CompileInput, dest: Path) -> dict[str, dict]:
         self.require()
         arts = {}

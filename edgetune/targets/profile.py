@@ -17,6 +17,8 @@ from edgetune.errors import EdgetuneError
 
 PRECISIONS = ("int8", "fp16", "fp32")
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
+SIGNED_ONLY = ("tensorrt",)  # runtimes without uint8 Q/DQ: their INT8 activations must be signed
 
 
 def _profiles_dir():
@@ -43,6 +45,7 @@ class Profile:
     options: dict
     tensorrt: dict
     source: str  # where it was read from
+    activations: str = "auto"  # INT8 activations the runtime takes: auto (uint8 after ReLU, int8 elsewhere) or int8 only
 
     @property
     def precisions(self) -> list[str]:
@@ -53,7 +56,8 @@ class Profile:
         return {"name": self.name, "description": self.description, "runtime": self.runtime, "precision": self.precision,
                 "fallback": list(self.fallback), "channel_multiple": self.channel_multiple,
                 "input": {"batch": self.batch, "size": list(self.size) if self.size else None},
-                "options": dict(self.options), "tensorrt": dict(self.tensorrt), "source": self.source}
+                "options": dict(self.options), "tensorrt": dict(self.tensorrt), "quantization": {"activations": self.activations},
+                "source": self.source}
 
 
 # field -> (check, what is allowed). Only these keys may appear.
@@ -76,6 +80,10 @@ TOP_FIELDS = {
     "input": (lambda v: isinstance(v, dict), "a mapping with batch and size"),
     "options": (lambda v: isinstance(v, dict), "a mapping of runtime options"),
     "tensorrt": (lambda v: isinstance(v, dict), "a mapping of TensorRT build settings"),
+    "quantization": (lambda v: isinstance(v, dict), "a mapping of INT8 quantization needs (activations)"),
+}
+QUANTIZATION_FIELDS = {
+    "activations": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)} (int8: signed activations only, as TensorRT needs)"),
 }
 INPUT_FIELDS = {
     "batch": (_pos_int, "a positive integer"),
@@ -153,6 +161,12 @@ def load_profile(name_or_path: str | Path) -> Profile:
     _check_fields(trt, TENSORRT_FIELDS, where, "tensorrt.")
     if trt and data["runtime"] != "tensorrt":
         raise EdgetuneError(f"Target profile {where}: field 'tensorrt' applies only to runtime tensorrt, not {data['runtime']}.")
+    quant = data.get("quantization") or {}
+    _check_fields(quant, QUANTIZATION_FIELDS, where, "quantization.")
+    activations = quant.get("activations", "int8" if data["runtime"] in SIGNED_ONLY else "auto")
+    if data["runtime"] in SIGNED_ONLY and activations != "int8":
+        raise EdgetuneError(f"Target profile {where}: field 'quantization.activations' is {activations!r}, but {data['runtime']} has no uint8 "
+                            "quantization; it must be int8.")
     size = inp.get("size")
     if isinstance(size, int):
         size = [size, size]
@@ -163,7 +177,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     fallback = data.get("fallback") or []
     return Profile(name=data["name"], description=data.get("description", ""), runtime=data["runtime"], precision=data["precision"],
                    fallback=tuple(fallback), channel_multiple=data.get("channel_multiple", 1), batch=inp.get("batch", 1),
-                   size=tuple(size) if size else None, options=options, tensorrt=trt, source=where)
+                   size=tuple(size) if size else None, options=options, tensorrt=trt, source=where, activations=activations)
 
 
 def check_option_fields(options: dict, allowed: dict[str, tuple[Any, str]], where: str) -> None:
