@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY, make_images, run_cli
+from conftest import TINY, invoke, make_images, run_cli
 from edgetune.data.sources import load_source
 from edgetune.data.split import make_split
 from edgetune.errors import EdgetuneError
@@ -87,6 +87,6 @@ def test_skip_bad_skips_counts_and_records(folder_with_bad_images, tmp_path):
     assert not used & set(split["skipped"]) and len(used) == 16
 
 
-def test_missing_data_folder_exits_2(tmp_path):
-    proc = run_cli("finetune", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "run", check=False)
-    assert proc.returncode == 2 and "no such file or folder" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_data_folder_exits_2(tmp_path, capsys):
+    assert invoke("finetune", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "run") == 2
+    assert "no such file or folder" in capsys.readouterr().err

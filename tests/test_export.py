@@ -180,3 +180,29 @@ def test_backbone_families_prune_quantize_export(model, tmp_path_factory, capfd)
     assert invoke("quantize", parent, "--mode", "ptq", "--calib-count", "16", "--out", root / "int8") == 0
     r = export_onnx(root / "int8", root / "model.onnx", precision="int8")
     assert r["checks"]["agreement"] >= 0.99 and r["checks"]["weight_qdq"] > 0
+
+
+def test_agreement_check_fails_on_decisive_flips_but_not_on_near_ties(float_run, tmp_path):
+    import onnx
+    import torch
+
+    from edgetune.errors import EdgetuneError
+    from edgetune.export.checks import TIE_MARGIN, compare_with_torch, ort_session
+    from edgetune.export.onnx import _check_images, export_onnx, run_checks
+    from edgetune.run import load_run
+
+    path = tmp_path / "m.onnx"
+    export_onnx(float_run, path, precision="fp32")
+    images = _check_images(load_run(float_run), 16)
+    got = ort_session(path).run(None, {"input": images})[0]
+    tied = got.copy()
+    tied[0] = [0.0, 0.0]
+    tied[0, 1 - got[0].argmax()] = TIE_MARGIN / 2  # PyTorch would pick the other class, but barely
+    c = compare_with_torch(path, tied, images)
+    assert c["agreement"] == pytest.approx(15 / 16) and c["decisive_agreement"] == 1.0
+
+    def swapped(x):  # a decisive, different model: what a broken export looks like
+        return torch.from_numpy(ort_session(path).run(None, {"input": x.numpy()})[0][:, ::-1].copy() * 10)
+
+    with pytest.raises(EdgetuneError, match="decisive"):
+        run_checks(path, onnx.load(str(path)), "fp32", swapped, images)

@@ -11,6 +11,7 @@ import yaml
 from edgetune import log
 from edgetune.data.split import Split
 from edgetune.errors import EdgetuneError
+from edgetune.resources import data_dir
 from edgetune.runtime.files import sha256_file, sha256_json
 
 logger = log.get(__name__)
@@ -27,13 +28,7 @@ class Recipe:
 
 
 def recipe_dir() -> Path:
-    """calibration/ in a checkout; edgetune.recipes inside an installed wheel."""
-    checkout = Path(__file__).resolve().parents[2] / "calibration"
-    if checkout.is_dir():
-        return checkout
-    from importlib.resources import files
-
-    return Path(str(files("edgetune.recipes")))
+    return data_dir("edgetune.recipes", "calibration")
 
 
 def load_recipe(name_or_path: str) -> Recipe:

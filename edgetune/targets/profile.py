@@ -6,7 +6,6 @@ field, the value and what is allowed."""
 from __future__ import annotations
 
 import copy
-import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from edgetune.errors import EdgetuneError
+from edgetune.resources import data_dir
 
 PRECISIONS = ("int8", "fp16", "fp32")
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
@@ -21,11 +21,8 @@ ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
 SIGNED_ONLY = ("tensorrt",)  # runtimes without uint8 Q/DQ: their INT8 activations must be signed
 
 
-def _profiles_dir():
-    try:
-        return importlib.resources.files("edgetune.profiles")
-    except ModuleNotFoundError:  # a source checkout or an editable install: targets/ beside the package
-        return Path(__file__).resolve().parents[2] / "targets"
+def _profiles_dir() -> Path:
+    return data_dir("edgetune.profiles", "targets")
 
 
 def known_profiles() -> list[str]:
