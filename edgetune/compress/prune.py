@@ -113,7 +113,7 @@ def _resume_point(out, steps: int):
 def run_prune(opts: dict, config_record: dict):
     from edgetune.runtime.files import write_json
     from edgetune.train.finetune import train_config
-    from edgetune.train.loop import _save, fit
+    from edgetune.train.loop import fit, save_atomic
 
     started = time.time()
     if (opts.get("ratio") is None) == (opts.get("target_macs") is None):
@@ -148,7 +148,7 @@ def run_prune(opts: dict, config_record: dict):
             row.update(best_epoch=result.best_epoch, val_best=result.best_metric, epochs=result.history)
         history.append(row)
         model.cpu()
-        _save({"arch": record_shapes(model), "state": model.state_dict(), "history": history}, out / "ckpt" / f"step{k}.pt")
+        save_atomic({"arch": record_shapes(model), "state": model.state_dict(), "history": history}, out / "ckpt" / f"step{k}.pt")
     model.cpu().eval()
     macs1, params1 = count_macs(model, size)
     after = stage.test_metrics(model, parent)

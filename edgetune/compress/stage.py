@@ -40,9 +40,9 @@ def test_metrics(model: torch.nn.Module, run: Run, batch_size: int = 64) -> dict
 
 def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: dict, metrics: dict, started: float, **extra) -> None:
     """Save the weights and write run.json (last: it marks the run finished)."""
-    from edgetune.train.loop import _save
+    from edgetune.train.loop import save_atomic
 
-    _save(model.state_dict(), out / "model.pt")
+    save_atomic(model.state_dict(), out / "model.pt")
     inputs = sha256_json({"parent_model": sha256_file(parent.dir / "model.pt"), "config": config})
     history = [*parent.info.get("history", []), stage_record(stage, config, inputs, metrics, started)]
     extra.setdefault("arch", parent.info.get("arch"))

@@ -16,7 +16,7 @@ from edgetune.models.backbone import create_backbone, resolve_preprocess
 from edgetune.models.freeze import check_policy
 from edgetune.run import prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_json
-from edgetune.train.loop import TrainConfig, fit
+from edgetune.train.loop import TrainConfig, fit, save_atomic
 
 logger = log.get(__name__)
 
@@ -55,10 +55,8 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     logger.info("Fine-tuning %s at %dx%d on %s (freeze %s, %d epochs).", opts["model"], *spec.size, cfg.device if cfg.device != "auto" else "auto device", cfg.freeze, cfg.epochs)
     result = fit(model, ImageDataset(split.parts["train"], TrainTransform(spec, augment)), ImageDataset(split.parts["val"], EvalTransform(spec)),
                  split.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="finetune")
-    from edgetune.train.loop import _save
-
     model.cpu().eval()
-    _save(model.state_dict(), out / "model.pt")
+    save_atomic(model.state_dict(), out / "model.pt")
     test = evaluate_model(model, split, spec, "test", batch_size=cfg.batch_size)
     metrics = {"best_epoch": result.best_epoch, "val_best": result.best_metric, "epochs": result.history, "test": _headline(test)}
     record = stage_record("finetune", config_record, sha256_json(split.to_dict()), metrics, started)

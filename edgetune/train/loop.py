@@ -209,8 +209,8 @@ def fit(
                 since_best += 1
             if main:
                 if improved:
-                    _save(model.state_dict(), best_path)
-                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    save_atomic(model.state_dict(), best_path)
+                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                        "history": history, "best": best, "best_epoch": best_epoch, "since_best": since_best}, last_path)
                 logger.info("%s epoch %d/%d: train loss %.4f, val acc %.4f, val F1 %.4f%s", desc, epoch + 1, cfg.epochs, row["train_loss"],
                             val["accuracy"], val["f1"], "  (best)" if improved else "")
@@ -224,6 +224,7 @@ def fit(
     return FitResult(best_epoch=best_epoch, best_metric=best, history=history, stopped_early=stopped)
 
 
-def _save(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
+    """torch.save that never leaves a half-written checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
