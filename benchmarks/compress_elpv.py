@@ -5,6 +5,8 @@ with ONNX Runtime on the test split: accuracy, F1, latency (batch 1, 2 threads),
 MACs and file size.
 
     python benchmarks/compress_elpv.py            # the full benchmark (hours on a CPU)
+    python benchmarks/compress_elpv.py --float benchmarks/work/finetune_elpv/lr2e3_224_freeze
+                                                  # start from finetune_elpv.py's run
     python benchmarks/compress_elpv.py --smoke    # a minute, generated data: checks the script
 
 Goals (issue 3): QAT loses at most 0.5 points against float and beats PTQ;
@@ -85,6 +87,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("benchmarks/work/compress_elpv"))
     p.add_argument("--results", type=Path, default=RESULTS / "compress_elpv.json")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--float", dest="float_run", type=Path, help="an ELPV float run to start from (default: fine-tune finetune_elpv.py's chosen recipe)")
     p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
     a = p.parse_args()
 
@@ -96,8 +99,8 @@ def main() -> None:
     from finetune_elpv import CHOSEN, RECIPES
 
     float_args = ["--data", "elpv", *RECIPES[CHOSEN]]
-    prune_args = ["--steps", "2", "--epochs", "3", "--lr", "5e-4"]
-    qat_args = ["--mode", "qat", "--epochs", "3", "--lr", "1e-5"]
+    prune_args = ["--steps", "2", "--epochs", "2", "--lr", "5e-4"]
+    qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-5"]
     min_time = 3.0
     if a.smoke:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -111,7 +114,7 @@ def main() -> None:
         a.results, min_time = a.work / "smoke.json", 0.2
     w = a.work
     started = time.time()
-    fl = stage(finetune, float_args, w / "float")
+    fl = a.float_run or stage(finetune, float_args, w / "float")
     plan = [
         ("float", fl, "fp32"),
         ("ptq", stage(quantize, [str(fl), "--mode", "ptq"], w / "ptq"), "int8"),

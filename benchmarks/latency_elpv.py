@@ -2,11 +2,14 @@
 FP32/INT8 and pruned + INT8 on both runtimes, batch 1, 2 threads, one run on the
 ELPV test images, every row through `edgetune bench`'s harness.
 
-Build the artifacts first (each build's bundles carry their int8 and fp32 artifacts):
+Build the artifacts first (each build's bundles carry their int8 and fp32 artifacts),
+either from scratch with the example configs, or from compress_elpv.py's QAT runs:
 
-    edgetune --config examples/elpv.yaml build --target cpu --target intel --out runs/elpv
-    edgetune --config examples/elpv-pruned.yaml build --target cpu --target intel --out runs/elpv-pruned
-    python benchmarks/latency_elpv.py --float runs/elpv/finetune \\
+    W=benchmarks/work/compress_elpv
+    edgetune build --target cpu --target intel --from $W/qat --out runs/elpv
+    edgetune build --target cpu --target intel --from $W/pruned30_qat --out runs/elpv-pruned
+    # or: edgetune --config examples/elpv.yaml build ... ; examples/elpv-pruned.yaml
+    python benchmarks/latency_elpv.py --float benchmarks/work/finetune_elpv/lr2e3_224_freeze \\
         --bundle runs/elpv/bundle-cpu --bundle runs/elpv/bundle-intel \\
         --pruned-bundle runs/elpv-pruned/bundle-cpu --pruned-bundle runs/elpv-pruned/bundle-intel
 

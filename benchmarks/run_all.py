@@ -15,14 +15,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 EDGETUNE = [PY, "-m", "edgetune.cli.main"]
+FLOAT = "benchmarks/work/finetune_elpv/lr2e3_224_freeze"  # finetune_elpv.py's chosen recipe
+COMPRESSED = "benchmarks/work/compress_elpv"  # compress_elpv.py's runs: qat, pruned30_qat, ...
+TARGETS = ["--target", "cpu", "--target", "intel"]
+# Each step builds on the one before: one fine-tuning, one QAT per model, reused.
 STEPS = {
     "finetune": [[PY, "benchmarks/finetune_elpv.py"]],
-    "compress": [[PY, "benchmarks/compress_elpv.py"]],
+    "compress": [[PY, "benchmarks/compress_elpv.py", "--float", FLOAT]],
     "latency": [
-        [*EDGETUNE, "--config", "examples/elpv.yaml", "build", "--target", "cpu", "--target", "intel", "--out", "runs/elpv"],
-        [*EDGETUNE, "--config", "examples/elpv-pruned.yaml", "build", "--target", "cpu", "--target", "intel", "--out", "runs/elpv-pruned"],
+        [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/qat", "--out", "runs/elpv"],
+        [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/pruned30_qat", "--out", "runs/elpv-pruned"],
         [PY, "benchmarks/benchmark_app_check.py", "--bundle", "runs/elpv/bundle-intel", "--threads", "2"],
-        [PY, "benchmarks/latency_elpv.py", "--float", "runs/elpv/finetune", "--bundle", "runs/elpv/bundle-cpu", "--bundle", "runs/elpv/bundle-intel",
+        [PY, "benchmarks/latency_elpv.py", "--float", FLOAT, "--bundle", "runs/elpv/bundle-cpu", "--bundle", "runs/elpv/bundle-intel",
          "--pruned-bundle", "runs/elpv-pruned/bundle-cpu", "--pruned-bundle", "runs/elpv-pruned/bundle-intel"],
     ],
     "infer": [[PY, "benchmarks/infer_throughput.py", "runs/elpv/bundle-cpu"]],

@@ -416,10 +416,38 @@ layout NCHW float32, input `{m['input']['name']}` shaped {m['input']['shape']}.
 
 # --- the command ---------------------------------------------------------------
 
+def runs_from(path: Path, quant_in: dict, overrides: dict | None) -> tuple[dict[str, Path], str]:
+    """`build --from RUN`: the training stages an existing run (and, for a
+    quantized run, its float parent: the gate's reference) stands in for, and the
+    inputs hash the stages after it build on: its weights'."""
+    from edgetune.run import is_run, load_run
+
+    if overrides:
+        raise EdgetuneError(f"--from {path} starts from a trained run, so {', '.join('--' + k.replace('_', '-') for k in overrides)} "
+                            "(what fine-tuning trains) cannot apply. Remove them, or build without --from.")
+    run = load_run(path)
+    chain = [run]
+    if run.quantized:
+        parent = run.info.get("parent")
+        if not parent or not is_run(parent):
+            raise EdgetuneError(f"--from {path} is a quantized run whose float parent ({parent}) is no longer on this machine; the build needs it "
+                                "as the accuracy reference and for the FP32 artifacts. Build from the float run instead (QAT then runs in the build).")
+        chain.append(load_run(parent))
+        made = (run.info.get("quant") or {}).get("activations")
+        if quant_in.get("activations") == "int8" and made != "int8":
+            raise EdgetuneError(f"--from {path} was quantized with --activations {made}, but a target here (TensorRT) needs signed int8 "
+                                f"activations. Quantize again with `edgetune quantize {parent} --activations int8`, or build from {parent}.")
+    stages = {"float": "finetune", "pruned": "prune", "qat": "quantize", "ptq": "quantize"}
+    runs = {stages[r.stage]: r.dir.resolve() for r in chain}
+    logger.info("Starting from the %s run %s: %s not rerun.", run.stage, path, ", ".join(sorted(set(runs))))
+    return runs, sha256_json({"from": run.stage, "weights": sha256_file(run.dir / "model.pt")})
+
+
 def build(ctx: click.Context, targets: list[str], out: Path, force: bool = False, overrides: dict | None = None,
-          max_drop: float | None = None, min_agreement: float = 0.99) -> dict[str, Path]:
+          max_drop: float | None = None, min_agreement: float = 0.99, start: Path | None = None) -> dict[str, Path]:
     """Run the pipeline for `targets`; with `max_drop`, gate every bundle against
-    its float model afterwards (a failed gate raises, exit status 1)."""
+    its float model afterwards (a failed gate raises, exit status 1). With
+    `start`, an existing run replaces the training stages up to its own."""
     from edgetune.targets.profile import load_profile
     from edgetune.targets.registry import get_target
 
@@ -441,19 +469,20 @@ def build(ctx: click.Context, targets: list[str], out: Path, force: bool = False
     cache = StageCache(out, force)
     started = time.time()
 
-    ft_opts, _ = stage_options(ctx, "finetune", **(overrides or {}))
-    upstream = data_fingerprint(str(ft_opts["data"]))
-    runs: dict[str, Path] = {}
-    r = _training_stage(cache, ctx, "finetune", out, upstream, _finetune, **(overrides or {}))
-    runs["finetune"], upstream = out / r.output["run_dir"], r.key
-    if "prune" in config:
+    if start is not None:
+        runs, upstream = runs_from(Path(start), quant_in, overrides)
+    else:
+        ft_opts, _ = stage_options(ctx, "finetune", **(overrides or {}))
+        r = _training_stage(cache, ctx, "finetune", out, data_fingerprint(str(ft_opts["data"])), _finetune, **(overrides or {}))
+        runs, upstream = {"finetune": out / r.output["run_dir"]}, r.key
+    if "prune" in config and set(runs) == {"finetune"}:
         prune_in = {"run_dir": runs["finetune"]}
         if "round-to" not in (config.get("prune") or {}) and "round_to" not in (config.get("prune") or {}):
             prune_in["round_to"] = max(p.channel_multiple for p in profiles)  # the targets' preferred channel multiple
         r = _training_stage(cache, ctx, "prune", out, upstream, _prune, **prune_in)
         runs["prune"], upstream = out / r.output["run_dir"], r.key
     runs["float"] = runs.get("prune") or runs["finetune"]
-    if any("int8" in p.precisions for p in profiles):  # profiles asking for float only skip QAT
+    if "quantize" not in runs and any("int8" in p.precisions for p in profiles):  # profiles asking for float only skip QAT
         r = _training_stage(cache, ctx, "quantize", out, upstream, _quantize, run_dir=Path(runs["float"]), **quant_in)
         runs["quantize"], upstream = out / r.output["run_dir"], r.key
     runs["final"] = runs.get("quantize") or runs["float"]

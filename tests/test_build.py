@@ -164,3 +164,28 @@ def test_killed_build_resumes(tmp_path):
     done = run_cli("--config", cfg, "build", "--target", "cpu", "--out", out)
     assert "finetune: resuming" in done.stderr.replace("\n", " ")
     assert load_bundle(out / "bundle-cpu").precision == "int8"
+
+
+def test_build_from_a_quantized_run_compiles_it_without_training(qat_run, float_run, tmp_path, capsys):
+    from conftest import invoke
+
+    out = tmp_path / "out"
+    assert invoke("build", "--target", "cpu", "--from", qat_run, "--out", out) == 0
+    b = load_bundle(out / "bundle-cpu")
+    assert b.source_run == qat_run.resolve()
+    assert set(_stage_times(out)) == {"export-fp32", "export-int8-uint8", "compile-cpu"}  # no training stage ran
+    assert not (out / "finetune").exists() and not (out / "quantize").exists()
+    assert abs(b.metrics["test"]["accuracy"] - load_run(qat_run).test_metrics()["accuracy"]) <= 0.05
+    before = _stage_times(out)
+    assert invoke("build", "--target", "cpu", "--from", qat_run, "--out", out) == 0
+    assert _stage_times(out) == before  # same run, same weights: everything cached
+    capsys.readouterr()
+
+    # A run trained for ONNX Runtime's uint8 activations cannot feed TensorRT.
+    assert invoke("build", "--target", "jetson", "--from", qat_run, "--out", tmp_path / "j") == 2
+    assert "--activations int8" in capsys.readouterr().err
+    # --from replaces fine-tuning, so fine-tuning's overrides are refused.
+    assert invoke("build", "--target", "cpu", "--from", float_run, "--data", "elpv", "--out", tmp_path / "d") == 2
+    assert "--data" in capsys.readouterr().err
+    assert invoke("build", "--target", "cpu", "--from", tmp_path, "--out", tmp_path / "n") == 2
+    assert "not an edgetune run" in capsys.readouterr().err

@@ -16,6 +16,9 @@ from edgetune.cli.options import pass_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/build"), show_default=True,
               help="Build directory: one sub-directory per stage, then bundle-TARGET/ and bundle-TARGET.tar.gz.")
 @click.option("--force", is_flag=True, help="Rerun every stage, even those whose inputs and config are unchanged.")
+@click.option("--from", "start", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="RUN_DIR",
+              help="Start from this run instead of fine-tuning: a float, pruned or quantized run (edgetune finetune/prune/quantize --out). "
+                   "Only the stages after it run.")
 @click.option("--data", default=None, help="Override the images to train on (finetune's --data).")
 @click.option("--model", default=None, help="Override the backbone (finetune's --model).")
 @click.option("--img-size", type=click.IntRange(16, 1024), default=None, help="Override the input size (finetune's --img-size).")
@@ -34,12 +37,13 @@ def build(ctx: click.Context, opts: dict):
     prune:, quantize:, export:). A stage whose inputs and config are unchanged is
     skipped; an interrupted build resumes where it stopped. With --max-drop (or
     build: {max-drop: ...} in the config) every bundle is gated against the float
-    model on the test split after it is written."""
+    model on the test split after it is written. With --from RUN_DIR the build
+    starts from a run you trained with finetune, prune or quantize."""
     from edgetune.pipeline import build as run_build
 
     run_build(ctx, list(opts["targets"]), opts["out"], force=opts["force"],
               overrides={k: opts[k] for k in ("data", "model", "img_size") if opts[k] is not None},
-              max_drop=opts["max_drop"], min_agreement=opts["min_agreement"])
+              max_drop=opts["max_drop"], min_agreement=opts["min_agreement"], start=opts["start"])
 
 
 @click.command()
