@@ -57,6 +57,7 @@ class OpenVinoSession(ArraySession):
         self.labels = _labels(model)
         self.compiled = self.core.compile_model(model, device, self.config)
         self._plain = None if self.built_in else self.compiled
+        self._requests: dict[int, object] = {}
 
     def _plain_compiled(self):
         if self._plain is None:
@@ -64,8 +65,21 @@ class OpenVinoSession(ArraySession):
             self._plain = self.core.compile_model(model, self.device, self.config)
         return self._plain
 
+    def infer(self, compiled, x: np.ndarray) -> np.ndarray:
+        """One synchronous call of `compiled` (self.compiled: the IR's own input)
+        through an InferRequest kept per compiled model, the input shared rather
+        than copied: CompiledModel.__call__ measured 10-20% slower at batch 1."""
+        import openvino as ov
+
+        req = self._requests.get(id(compiled))
+        if req is None:
+            req = self._requests[id(compiled)] = compiled.create_infer_request()
+        req.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+        req.infer()
+        return req.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._plain_compiled()(batch)[0]
+        return self.infer(self._plain_compiled(), batch)
 
     def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         if not self.built_in:
@@ -74,8 +88,8 @@ class OpenVinoSession(ArraySession):
             frames = [frames]
         frames = [to_bgr(f) for f in frames]
         if len({f.shape for f in frames}) == 1:
-            return self.compiled(np.stack(frames))[0]
-        return np.concatenate([self.compiled(f[None])[0] for f in frames])  # sizes differ: one at a time
+            return self.infer(self.compiled, np.stack(frames))
+        return np.concatenate([self.infer(self.compiled, f[None]) for f in frames])  # sizes differ: one at a time
 
 
 def _labels(model) -> list[str] | None:
