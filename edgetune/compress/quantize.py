@@ -170,13 +170,12 @@ def run_quantize(opts: dict, config_record: dict):
                                    opts.get("overflow_fix") or "enable", opts.get("activations") or "auto")
     quant["mode"] = mode
     metrics = {"float_test": before, "calibration_test": stage.test_metrics(qmodel, parent)}
-    metrics["test"] = metrics["calibration_test"]
+    metrics["test"] = metrics["calibration_test"]  # PTQ: the calibrated model is the result
     if mode == "qat" and opts["epochs"] > 0:
         cfg = train_config(opts)
         result = fit(qmodel, *stage.datasets(parent, opts["augment"]), parent.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="qat")
         metrics.update(best_epoch=result.best_epoch, val_best=result.best_metric, epochs=result.history)
-        qmodel.cpu().eval()
-        metrics["test"] = stage.test_metrics(qmodel, parent)
+        metrics["test"] = stage.test_metrics(qmodel.cpu().eval(), parent)
     qmodel.cpu().eval()
     stage.finish(out, parent, mode, qmodel, config_record, metrics, started, quant=quant, calibration=calib)
     _summary(parent, out, mode, metrics, calib)
