@@ -430,8 +430,9 @@ def runs_from(path: Path, quant_in: dict, overrides: dict | None) -> tuple[dict[
     if run.quantized:
         parent = run.info.get("parent")
         if not parent or not is_run(parent):
-            raise EdgetuneError(f"--from {path} is a quantized run whose float parent ({parent}) is no longer on this machine; the build needs it "
-                                "as the accuracy reference and for the FP32 artifacts. Build from the float run instead (QAT then runs in the build).")
+            raise EdgetuneError(f"--from {path} is a quantized run whose float parent ({parent or 'not recorded'}) is not on this machine; the build "
+                                "needs it as the accuracy reference and for the model's MACs and history. Build from the float run instead "
+                                "(QAT then runs in the build).")
         chain.append(load_run(parent))
         made = (run.info.get("quant") or {}).get("activations")
         if quant_in.get("activations") == "int8" and made != "int8":
@@ -439,7 +440,7 @@ def runs_from(path: Path, quant_in: dict, overrides: dict | None) -> tuple[dict[
                                 f"activations. Quantize again with `edgetune quantize {parent} --activations int8`, or build from {parent}.")
     stages = {"float": "finetune", "pruned": "prune", "qat": "quantize", "ptq": "quantize"}
     runs = {stages[r.stage]: r.dir.resolve() for r in chain}
-    logger.info("Starting from the %s run %s: %s not rerun.", run.stage, path, ", ".join(sorted(set(runs))))
+    logger.info("Starting from the %s run %s: %s not rerun.", run.stage, path, ", ".join(sorted(runs)))
     return runs, sha256_json({"from": run.stage, "weights": sha256_file(run.dir / "model.pt")})
 
 

@@ -102,8 +102,8 @@ def fp32_bundle(tmp_path_factory, float_run) -> Path:
 
 def tiny_build_config(path: Path, data: Path, finetune_epochs: int = 8, quantize_epochs: int = 3, **sections) -> Path:
     """A build config for the tiny test model: every stage short. QAT at lr 1e-3
-    (the quantize default, 1e-4, barely moves a model this small in a few epochs)
-    keeps the model well above chance, so the parity checks mean something.
+    (ten times the quantize default, which suits pretrained backbones) keeps this
+    untrained-from-scratch model well above chance, so the parity checks mean something.
     `sections` adds or replaces top-level keys (e.g. build={"max-drop": 1.0})."""
     import yaml
 
