@@ -104,6 +104,7 @@ def main() -> None:
     qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-4"]
     min_time = 3.0
     if a.smoke:
+        a.work = a.work / "smoke"  # never next to (or over) the real runs
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from conftest import make_images
 

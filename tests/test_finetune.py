@@ -84,3 +84,14 @@ def test_bad_freeze_policy_and_weights(tmp_path, image_folder, capsys):
     assert invoke("finetune", "--data", image_folder, *TINY, "--weights", tmp_path / "w.pt", "--out", tmp_path / "r2") == 2
     err = capsys.readouterr().err
     assert "w.pt" in err and "not a loadable state dict" in err
+
+
+def test_weights_from_a_run_keep_its_head_only_when_the_classes_fit(tmp_path):
+    trained = create_backbone("test_efficientnet", 2, pretrained=False)
+    torch.nn.init.normal_(trained.get_classifier().weight)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    same = create_backbone("test_efficientnet", 2, weights=tmp_path / "w.pt")
+    assert torch.equal(same.get_classifier().weight, trained.get_classifier().weight)
+    other = create_backbone("test_efficientnet", 3, weights=tmp_path / "w.pt")
+    assert other.get_classifier().weight.shape[0] == 3
+    assert torch.equal(other.conv_stem.weight, trained.conv_stem.weight)

@@ -78,7 +78,18 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
         _load_in_order(model, OFFLINE_WEIGHTS[name](), f"the offline {name} package")
     if num_classes is not None:
         model.reset_classifier(num_classes)
+        if weights is not None:
+            _keep_fitting_head(model, sd)
     return model
+
+
+def _keep_fitting_head(model: torch.nn.Module, sd: dict) -> None:
+    """Weights from an earlier fine-tune (same classes) keep their trained head, so
+    a run can continue, e.g. at a higher resolution; any other head starts fresh."""
+    own = model.state_dict()
+    head = {k: sd[k] for k in own if k.startswith(model.default_cfg.get("classifier", "\0")) and k in sd}
+    if head and len(head) == sum(k.startswith(model.default_cfg["classifier"]) for k in own) and all(v.shape == own[k].shape for k, v in head.items()):
+        model.load_state_dict(head, strict=False)
 
 
 def resolve_preprocess(model: torch.nn.Module, img_size: int | None) -> PreprocessSpec:
