@@ -6,7 +6,8 @@ import pytest
 
 from conftest import TINY, invoke, make_images, run_cli
 from edgetune.data.sources import load_source
-from edgetune.data.split import make_split
+from edgetune.data.dataset import train_val_datasets
+from edgetune.data.split import Split, make_split
 from edgetune.errors import EdgetuneError
 
 
@@ -31,6 +32,31 @@ def test_elpv_split_is_stratified_seeded_and_quarter_test():
         in_test = sum(strata[p] == key for p, _ in a.parts["test"])
         assert abs(in_test / total - 0.25) < 0.02
     assert make_split(src, seed=1, val_frac=0.15, test_frac=0.25).parts["test"] != a.parts["test"]
+
+
+def test_elpv_soft_labels_are_the_defect_probabilities_and_travel_with_the_split(tmp_path):
+    split = make_split(load_source("elpv"), seed=0, val_frac=0.15, test_frac=0.25)
+    assert {tuple(round(v, 3) for v in t) for t in split.soft.values()} == {(1, 0), (0.667, 0.333), (0.333, 0.667), (0, 1)}
+    assert all((t[1] >= 0.5) == y for p, y in split.parts["train"] for t in [split.soft[p]])
+    split.save(tmp_path / "split.json")
+    assert Split.load(tmp_path / "split.json").soft == split.soft
+    assert "soft" not in make_split(load_source("elpv:4class"), 0, 0.15, 0.25).to_dict()
+
+
+def test_soft_labels_become_training_targets_only_when_asked(tmp_path):
+    from edgetune.data.augment import Augment
+    from edgetune.runtime.preprocess import PreprocessSpec
+
+    split = make_split(load_source(str(make_images(tmp_path, n_per_class=6, size=32))), 0, 0.2, 0.2)
+    first = split.parts["train"][0][0]
+    split.soft = {first: [0.25, 0.75]}  # the other images fall back to one-hot
+    spec, aug = PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none")
+    hard_train, _ = train_val_datasets(split, spec, aug, soft_labels=False)
+    soft_train, val = train_val_datasets(split, spec, aug, soft_labels=True)
+    assert isinstance(hard_train[0][1], int) and isinstance(val[0][1], int)
+    assert soft_train[0][1].tolist() == [0.25, 0.75]
+    for i, (_, y) in enumerate(split.parts["train"][1:], 1):
+        assert soft_train[i][1].tolist() == [float(c == y) for c in range(2)]
 
 
 def test_csv_source_paths_are_relative_to_the_csv(tmp_path):

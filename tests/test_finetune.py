@@ -95,3 +95,32 @@ def test_weights_from_a_run_keep_its_head_only_when_the_classes_fit(tmp_path):
     other = create_backbone("test_efficientnet", 3, weights=tmp_path / "w.pt")
     assert other.get_classifier().weight.shape[0] == 3
     assert torch.equal(other.conv_stem.weight, trained.conv_stem.weight)
+
+
+def test_the_loop_fits_soft_targets(tmp_path):
+    """Trained on 85/15 targets for every image, a model moves towards saying 85%
+    "ok" to each; trained on the same (balanced) hard labels, it does not."""
+    from edgetune.data.augment import Augment
+    from edgetune.data.dataset import train_val_datasets
+    from edgetune.data.sources import load_source
+    from edgetune.data.split import make_split
+    from edgetune.runtime.preprocess import PreprocessSpec
+    from edgetune.train.loop import TrainConfig, fit, predict
+
+    from conftest import make_images
+
+    split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=12, size=32))), 0, 0.2, 0.2)
+    spec, aug = PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none")
+    cfg = TrainConfig(epochs=10, batch_size=4, lr=1e-2, warmup_epochs=0, label_smoothing=0.0)
+    p_ok = {}
+    for soft in (False, True):
+        split.soft = {p: [0.85, 0.15] for p, _ in split.parts["train"]} if soft else {}
+        torch.manual_seed(0)
+        model = create_backbone("test_efficientnet", 2, pretrained=False)
+        train, val = train_val_datasets(split, spec, aug, soft_labels=soft)
+        fit(model, train, val, split.classes, cfg, tmp_path / f"ckpt{soft}")
+        # the last epoch's weights: "best" picks by val accuracy, flat for a constant answer
+        model.load_state_dict(torch.load(tmp_path / f"ckpt{soft}" / "last.pt", weights_only=True)["model"])
+        logits, _ = predict(model, torch.utils.data.DataLoader(train, batch_size=16))
+        p_ok[soft] = float(torch.softmax(torch.from_numpy(logits), 1)[:, 0].mean())
+    assert p_ok[True] > 0.65 and p_ok[True] - p_ok[False] > 0.15, p_ok

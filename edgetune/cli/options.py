@@ -60,6 +60,7 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True),
         click.option("--warmup-epochs", type=click.FloatRange(0), default=warmup, show_default=True),
         click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
+        click.option("--soft-labels/--hard-labels", default=False, show_default=True, help="Train on the label probabilities where the data source has them (ELPV: the defect probability)."),
         click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True, help="Class imbalance: weighted loss, weighted sampler, or nothing."),
         click.option("--freeze", default=freeze, show_default=True, help="full, head, last:N (last N stages + head) or gradual:K (one more stage every K epochs)."),
         click.option("--patience", type=click.IntRange(0), default=0, show_default=True, help="Stop after this many epochs without a better validation metric (0: never)."),

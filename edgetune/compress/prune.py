@@ -144,7 +144,7 @@ def run_prune(opts: dict, config_record: dict):
         logger.info("Prune step %d/%d: %.3f -> %.3f GMACs, %.2fM parameters.", k, steps, macs0 / 1e9, macs / 1e9, params / 1e6)
         row = {"step": k, "ratio": r, "macs": macs, "params": params}
         if cfg.epochs > 0:
-            result = fit(model, *stage.datasets(parent, opts["augment"]), parent.classes, cfg, out / "ckpt" / f"step{k}", resume=False, desc=f"prune step {k}/{steps} recovery")
+            result = fit(model, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt" / f"step{k}", resume=False, desc=f"prune step {k}/{steps} recovery")
             row.update(best_epoch=result.best_epoch, val_best=result.best_metric, epochs=result.history)
         history.append(row)
         model.cpu()

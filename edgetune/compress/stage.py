@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 from edgetune import log
-from edgetune.data.dataset import ImageDataset
-from edgetune.data.transforms import EvalTransform, TrainTransform
+from edgetune.data.dataset import ImageDataset, train_val_datasets
 from edgetune.evaluate import evaluate_model
 from edgetune.run import Run, check_order, load_run, prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_file, sha256_json
@@ -25,9 +24,8 @@ def begin(opts: dict, stage: str) -> tuple[Run, Path]:
     return parent, out
 
 
-def datasets(run: Run, augment) -> tuple[ImageDataset, ImageDataset]:
-    return (ImageDataset(run.split.parts["train"], TrainTransform(run.spec, augment)),
-            ImageDataset(run.split.parts["val"], EvalTransform(run.spec)))
+def datasets(run: Run, opts: dict) -> tuple[ImageDataset, ImageDataset]:
+    return train_val_datasets(run.split, run.spec, opts["augment"], opts.get("soft_labels", False))
 
 
 def headline(m: dict) -> dict:

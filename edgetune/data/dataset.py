@@ -11,19 +11,38 @@ from edgetune.data.transforms import load_rgb
 
 
 class ImageDataset(Dataset):
-    def __init__(self, pairs: list[tuple[str, int]], transform: Callable[[torch.Tensor], torch.Tensor]):
-        self.pairs, self.transform = pairs, transform
+    """Yields (image, label), or (image, class probabilities) when `soft` maps paths
+    to them (for the loss; metrics always use the hard labels)."""
+
+    def __init__(self, pairs: list[tuple[str, int]], transform: Callable[[torch.Tensor], torch.Tensor], soft: dict[str, list[float]] | None = None):
+        self.pairs, self.transform, self.soft = pairs, transform, soft
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int):
         path, label = self.pairs[i]
-        return self.transform(load_rgb(path)), label
+        x = self.transform(load_rgb(path))
+        if self.soft is None:
+            return x, label
+        return x, torch.tensor(self.soft[path], dtype=torch.float32)
 
     @property
     def labels(self) -> list[int]:
         return [y for _, y in self.pairs]
+
+
+def train_val_datasets(split, spec, augment, soft_labels: bool) -> tuple[ImageDataset, ImageDataset]:
+    """What the training loop trains and validates on; with `soft_labels`, the
+    training targets are the source's label probabilities where it has them."""
+    from edgetune.data.transforms import EvalTransform, TrainTransform
+
+    soft = None
+    if soft_labels and split.soft:
+        n = len(split.classes)
+        soft = {p: split.soft.get(p) or [float(c == y) for c in range(n)] for p, y in split.parts["train"]}
+    return (ImageDataset(split.parts["train"], TrainTransform(spec, augment), soft),
+            ImageDataset(split.parts["val"], EvalTransform(spec)))
 
 
 def eval_loader(pairs, transform, batch_size: int, workers: int = 0) -> DataLoader:

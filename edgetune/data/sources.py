@@ -18,6 +18,7 @@ class Item:
     path: str
     label: int
     stratum: str  # what the split stratifies on (class, plus e.g. ELPV's module type)
+    soft: tuple[float, ...] | None = None  # class probabilities, where the labels came from them
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _elpv(spec: str) -> Source:
         level = min(levels, key=lambda v: abs(v - p))
         label = int(p >= 0.5) if task == "binary" else levels[level]
         # Stratify by defect probability and module type, as Deitsch et al. 2019.
-        items.append(Item(str(root / rel), label, f"p{levels[level]}-{kind}"))
+        items.append(Item(str(root / rel), label, f"p{levels[level]}-{kind}", soft=(1 - level, level) if task == "binary" else None))
     classes = ["ok", "defective"] if task == "binary" else ["p0", "p1/3", "p2/3", "p1"]
     return Source(spec, classes, items)
 

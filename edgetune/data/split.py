@@ -4,7 +4,7 @@ stage and `evaluate` use exactly the same images."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune.data.sources import Item, Source
@@ -21,14 +21,16 @@ class Split:
     seed: int
     parts: dict[str, list[tuple[str, int]]]  # split name -> [(path, label)]
     skipped: list[str]
+    soft: dict[str, list[float]] = field(default_factory=dict)  # path -> class probabilities, where the source has them
 
     def to_dict(self) -> dict:
         return {"source": self.source, "classes": self.classes, "seed": self.seed, "skipped": self.skipped,
-                **{k: [list(x) for x in v] for k, v in self.parts.items()}}
+                **{k: [list(x) for x in v] for k, v in self.parts.items()}, **({"soft": self.soft} if self.soft else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Split":
-        return cls(d["source"], list(d["classes"]), int(d["seed"]), {k: [(p, int(y)) for p, y in d[k]] for k in SPLITS}, list(d.get("skipped", [])))
+        return cls(d["source"], list(d["classes"]), int(d["seed"]), {k: [(p, int(y)) for p, y in d[k]] for k in SPLITS}, list(d.get("skipped", [])),
+                   {p: [float(v) for v in t] for p, t in d.get("soft", {}).items()})
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())
@@ -65,4 +67,4 @@ def make_split(source: Source, seed: int, val_frac: float, test_frac: float) -> 
     rest_keys = _stratify_keys([items[i] for i in rest])
     train, val = train_test_split(rest, test_size=val_frac / (1 - test_frac), random_state=seed, stratify=rest_keys)
     parts = {name: [(items[i].path, items[i].label) for i in sorted(part)] for name, part in zip(SPLITS, (train, val, test))}
-    return Split(source.spec, source.classes, seed, parts, source.skipped)
+    return Split(source.spec, source.classes, seed, parts, source.skipped, {it.path: list(it.soft) for it in items if it.soft is not None})

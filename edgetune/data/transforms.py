@@ -54,7 +54,7 @@ def augment_ops(augment: Augment) -> v2.Compose:
         ops.append(v2.RandomRotation(augment.rotate))
     if augment.brightness or augment.contrast:
         ops.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
-    return v2.Compose(ops)
+    return v2.Compose(ops or [v2.Identity()])  # Compose refuses an empty list (--augment none)
 
 
 class TrainTransform:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 from edgetune import log
 from edgetune.data.checks import drop_bad_images
-from edgetune.data.dataset import ImageDataset
+from edgetune.data.dataset import train_val_datasets
 from edgetune.data.sources import load_source
 from edgetune.data.split import Split, make_split
 from edgetune.data.augment import Augment
-from edgetune.data.transforms import EvalTransform, TrainTransform
 from edgetune.models.backbone import create_backbone, resolve_preprocess
 from edgetune.models.freeze import check_policy
 from edgetune.run import prepare_out, stage_record, write_run
@@ -53,8 +52,7 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     augment: Augment = opts["augment"]
     cfg = train_config(opts)
     logger.info("Fine-tuning %s at %dx%d on %s (freeze %s, %d epochs).", opts["model"], *spec.size, cfg.device if cfg.device != "auto" else "auto device", cfg.freeze, cfg.epochs)
-    result = fit(model, ImageDataset(split.parts["train"], TrainTransform(spec, augment)), ImageDataset(split.parts["val"], EvalTransform(spec)),
-                 split.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="finetune")
+    result = fit(model, *train_val_datasets(split, spec, augment, opts.get("soft_labels", False)), split.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="finetune")
     model.cpu().eval()
     save_atomic(model.state_dict(), out / "model.pt")
     test = evaluate_model(model, split, spec, "test", batch_size=cfg.batch_size)
