@@ -34,12 +34,11 @@ def stage(command, args: list[str], out: Path) -> Path:
     if is_run(out):
         return out
     ctx = command.make_context(command.name, [*args, "--out", str(out), "--force"])
-    from edgetune.cli import compress_cmds, train_cmds
+    from edgetune.cli import compress_cmds
     from edgetune.compress.prune import run_prune
     from edgetune.compress.quantize import run_quantize
-    from edgetune.train.finetune import run_finetune
 
-    fn = {train_cmds.finetune: run_finetune, compress_cmds.prune: run_prune, compress_cmds.quantize: run_quantize}[command]
+    fn = {compress_cmds.prune: run_prune, compress_cmds.quantize: run_quantize}[command]
     if command is compress_cmds.quantize:
         ctx.params["ignore"] = list(ctx.params.get("ignore") or [])
     fn(ctx.params, record(ctx))
@@ -93,13 +92,12 @@ def main() -> None:
     a = p.parse_args()
 
     from edgetune.cli.compress_cmds import prune, quantize
-    from edgetune.cli.train_cmds import finetune
     from edgetune.runtime.files import write_json
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from finetune_elpv import CHOSEN, RECIPES
+    from finetune_elpv import CHOSEN, RECIPES, run_recipe
 
-    float_args = ["--data", "elpv", *RECIPES[CHOSEN]]
+    float_recipe, float_extra = RECIPES[CHOSEN], ["--data", "elpv"]
     prune_args = ["--steps", "2", "--epochs", "2", "--lr", "5e-4"]
     qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-4"]
     min_time = 3.0
@@ -109,14 +107,18 @@ def main() -> None:
         from conftest import make_images
 
         data = make_images(a.work / "smoke_data", n_per_class=16, size=40)
-        float_args = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "4", "--lr", "3e-3",
-                      "--batch-size", "8", "--warmup-epochs", "0"]
+        float_recipe = ["--img-size", "32", "--epochs", "4", "--lr", "3e-3", "--batch-size", "8", "--warmup-epochs", "0"]
+        float_extra = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained"]
         prune_args = ["--steps", "1", "--epochs", "1", "--lr", "1e-3", "--batch-size", "8"]
         qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-3", "--batch-size", "8"]
         a.results, min_time = a.work / "smoke.json", 0.2
     w = a.work
     started = time.time()
-    fl = a.float_run or stage(finetune, float_args, w / "float")
+    from edgetune.run import is_run
+
+    fl = a.float_run or w / "float"
+    if not a.float_run and not is_run(fl):
+        run_recipe("float", float_recipe, w, float_extra)
     # (row, its run: made when first needed, precision). Pruned 50% comes last: the
     # latency benchmark needs only the rows before it.
     plan = [

@@ -24,7 +24,11 @@ logger = log.get(__name__)
 def import_nncf():
     """nncf, with its INFO chatter (it resets its logger on import) kept for -vv."""
     import logging
+    import os
 
+    # NNCF compiles its CPU kernels on first use and gives up after 60 s; a busy
+    # 2-core machine takes longer than that.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
     import nncf
 
     logging.getLogger("nncf").setLevel(logging.DEBUG if logging.getLogger().level <= logging.DEBUG else logging.WARNING)
