@@ -55,14 +55,14 @@ def goals(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["precision"] == "int8" and base and r["accuracy"] is not None and base["accuracy"] is not None:
             drop = (base["accuracy"] - r["accuracy"]) * 100
-            out.append({"goal": f"{r['name']} {r['runtime']} int8 within {MAX_INT8_DROP_POINTS} points of float",
+            out.append({"goal": f"{r['stage']} {r['runtime']} int8 within {MAX_INT8_DROP_POINTS} points of (unpruned) float",
                         "value": f"{-drop:+.2f} points", "passed": drop <= MAX_INT8_DROP_POINTS})
     return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--float", dest="float_run", type=Path, required=True, help="the float fine-tuned run (PyTorch eager row)")
+    p.add_argument("--float", dest="float_run", type=Path, help="the float fine-tuned run (PyTorch eager row); required unless --report-only")
     p.add_argument("--bundle", type=Path, action="append", default=[], help="an unpruned bundle (all its precisions are measured)")
     p.add_argument("--pruned-bundle", type=Path, action="append", default=[], help="a pruned bundle (its int8 artifact)")
     p.add_argument("--data", help="labelled images (default: the float run's test split)")
@@ -71,13 +71,18 @@ def main() -> int:
     p.add_argument("--min-runs", type=int, default=200)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="latency_elpv")
+    p.add_argument("--report-only", action="store_true", help="redraw the Markdown and plot from the JSON, measuring nothing")
     args = p.parse_args()
+    if args.report_only:
+        report(args.out / f"{args.name}.json")
+        return 0
 
+    if not args.float_run:
+        p.error("--float RUN_DIR is required")
     from edgetune import log
-    from edgetune.bench.report import markdown as rows_markdown, plot
     from edgetune.bench.runner import RunnerOptions
     from edgetune.bench.suite import run_bench
-    from edgetune.runtime.files import read_json, write_json, write_text
+    from edgetune.runtime.files import write_json
     from edgetune.runtime.timing import Policy
 
     log.setup()
@@ -90,22 +95,31 @@ def main() -> int:
     from edgetune.bench.report import add_speedups
 
     add_speedups(rows)
-    checked = goals(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    title = f"ELPV test images, batch 1, {args.threads} threads"
-    write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": checked, "threads": args.threads, "policy": opts.policy.to_dict()})
-    plot(rows, args.out / f"{args.name}.png", title)
+    write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": goals(rows), "threads": args.threads, "policy": opts.policy.to_dict()})
+    for g in report(args.out / f"{args.name}.json"):
+        print(f"{'PASS' if g['passed'] else 'FAIL'} {g['goal']}: {g['value']}")
+    return 0
+
+
+def report(results: Path) -> list[dict]:
+    """The Markdown table and plot next to `results` (the JSON); rerun alone, it
+    redraws them from the JSON without measuring again."""
+    from edgetune.bench.report import markdown as rows_markdown, plot
+    from edgetune.runtime.files import read_json, write_text
+
+    data = read_json(results)
+    rows, checked = data["rows"], goals(data["rows"])
+    title = f"ELPV test images, batch 1, {data['threads']} threads"
+    plot(rows, results.with_suffix(".png"), title)
     md = [rows_markdown(rows, title), "", "| goal | measured | met |", "|---|---|---|"]
     md += [f"| {g['goal']} | {g['value']} | {'yes' if g['passed'] else '**no**'} |" for g in checked]
-    check = args.out / "benchmark_app_check.json"
+    check = results.parent / "benchmark_app_check.json"
     if check.exists():
         c = read_json(check)
         md += ["", f"Harness against OpenVINO benchmark_app on {Path(c['ir']).name}: p50 {c['harness_p50_ms']:.3f} ms vs median "
                f"{c['benchmark_app_median_ms']:.3f} ms (ratio {c['ratio']:.3f}, {'within' if c['passed'] else 'outside'} ±{c['tolerance']:.0%})."]
-    write_text(args.out / f"{args.name}.md", "\n".join(md) + "\n")
-    for g in checked:
-        print(f"{'PASS' if g['passed'] else 'FAIL'} {g['goal']}: {g['value']}")
-    return 0
+    write_text(results.with_suffix(".md"), "\n".join(md) + "\n")
+    return checked
 
 
 if __name__ == "__main__":
