@@ -43,7 +43,7 @@ def test_elpv_soft_labels_are_the_defect_probabilities_and_travel_with_the_split
     assert "soft" not in make_split(load_source("elpv:4class"), 0, 0.15, 0.25).to_dict()
 
 
-def test_soft_labels_become_training_targets_only_when_asked(tmp_path):
+def test_soft_labels_become_training_targets_only_when_asked(tmp_path, caplog):
     from edgetune.data.augment import Augment
     from edgetune.runtime.preprocess import PreprocessSpec
 
@@ -57,6 +57,9 @@ def test_soft_labels_become_training_targets_only_when_asked(tmp_path):
     assert soft_train[0][1].tolist() == [0.25, 0.75]
     for i, (_, y) in enumerate(split.parts["train"][1:], 1):
         assert soft_train[i][1].tolist() == [float(c == y) for c in range(2)]
+    split.soft = {}  # a source without probabilities: hard labels, and a warning
+    assert isinstance(train_val_datasets(split, spec, aug, soft_labels=True)[0][0][1], int)
+    assert "no label probabilities" in caplog.text
 
 
 def test_csv_source_paths_are_relative_to_the_csv(tmp_path):
