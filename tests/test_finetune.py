@@ -124,3 +124,12 @@ def test_the_loop_fits_soft_targets(tmp_path):
         logits, _ = predict(model, torch.utils.data.DataLoader(train, batch_size=16))
         p_ok[soft] = float(torch.softmax(torch.from_numpy(logits), 1)[:, 0].mean())
     assert p_ok[True] > 0.65 and p_ok[True] - p_ok[False] > 0.15, p_ok
+
+
+def test_same_seed_same_model(image_folder, tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for out, seed in zip(runs, (0, 0, 1)):
+        assert invoke("finetune", "--data", image_folder, *TINY, "--epochs", "1", "--seed", str(seed), "--out", out) == 0
+    a, b, c = (torch.load(r / "model.pt", weights_only=True) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

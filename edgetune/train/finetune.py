@@ -47,6 +47,9 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
     check_policy(opts["freeze"])
     split = split_for(opts, out)
+    import torch
+
+    torch.manual_seed(opts["seed"])  # the new head's (or a random model's) initial weights
     model = create_backbone(opts["model"], len(split.classes), pretrained=opts["pretrained"], weights=opts.get("weights"), drop_rate=opts.get("drop_rate") or 0.0)
     spec = resolve_preprocess(model, opts.get("img_size"))
     augment: Augment = opts["augment"]
