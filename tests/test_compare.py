@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from conftest import invoke, make_fp32_bundle
+from conftest import TINY, invoke, make_fp32_bundle
 from edgetune.compare import gate, junit_xml, markdown, paired_bootstrap
 
 CLASSES = ["ok", "defect"]
@@ -85,12 +85,32 @@ def test_compare_cli_on_a_tiny_model(float_run, fp32_bundle, image_folder, tmp_p
     result = json.loads(js.read_text())
     assert result["passed"] and result["agreement"] == 1.0 and result["candidate"]["name"].startswith("fp32")
     assert md.read_text().startswith("### edgetune accuracy gate: PASSED")
-    # A bundle that feeds the model BGR fails the strict gate: exit status 1.
-    bgr = make_fp32_bundle(float_run, tmp_path / "bgr", channel_order="BGR")
-    assert invoke("compare", float_run, bgr, "--data", image_folder, "--max-drop", "0", "--min-agreement", "1", "--junit", junit) == 1
+    # A bundle that feeds BGR to a model that tells its classes by colour alone
+    # fails the strict gate: exit status 1.
+    colour_run = _colour_only_run(tmp_path)
+    bgr = make_fp32_bundle(colour_run, tmp_path / "bgr", channel_order="BGR")
+    assert invoke("compare", colour_run, bgr, "--max-drop", "0", "--min-agreement", "1", "--junit", junit) == 1
     assert "accuracy gate failed" in capsys.readouterr().err
     assert not all(_testcases(junit.read_text()).values())
     # Usage errors: exit status 2 with a message naming the input.
     assert invoke("compare", float_run, tmp_path / "missing") == 2
     assert "CANDIDATE" in capsys.readouterr().err
     assert invoke("compare", float_run, fp32_bundle, "--max-drop", "-1") == 2
+
+
+def _colour_only_run(tmp_path):
+    """A tiny float run on two classes that differ only in colour (reddish and
+    bluish noise): swapping R and B swaps its answers."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for name, (b, r) in {"blue": (230, 20), "red": (20, 230)}.items():
+        (tmp_path / "colour" / name).mkdir(parents=True)
+        for i in range(20):
+            img = rng.normal(0, 20, (32, 32, 3)) + np.array([b, 100, r])
+            cv2.imwrite(str(tmp_path / "colour" / name / f"{i}.png"), img.clip(0, 255).astype(np.uint8))
+    out = tmp_path / "colour_run"
+    assert invoke("finetune", "--data", tmp_path / "colour", *TINY, "--epochs", "8", "--out", out) == 0
+    # above chance on colour alone: it looks at colour
+    assert json.loads((out / "run.json").read_text())["history"][0]["metrics"]["test"]["accuracy"] >= 0.75
+    return out
