@@ -77,7 +77,7 @@ def test_paired_bootstrap_interval_is_paired():
         gate(_logits(np.zeros(3, int)), _logits(np.zeros(4, int)), np.zeros(3, int), CLASSES)
 
 
-def test_compare_cli_on_a_tiny_model(float_run, fp32_bundle, image_folder, tmp_path, capsys):
+def test_compare_cli_on_a_tiny_model(float_run, fp32_bundle, tmp_path, capsys):
     junit, md, js = tmp_path / "gate.xml", tmp_path / "gate.md", tmp_path / "gate.json"
     # The fp32 bundle against its float run, on the run's own test split: passes.
     assert invoke("compare", float_run, fp32_bundle, "--junit", junit, "--markdown", md, "--json", js) == 0
