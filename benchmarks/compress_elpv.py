@@ -92,6 +92,7 @@ def main() -> None:
     a = p.parse_args()
 
     from edgetune.cli.compress_cmds import prune, quantize
+    from edgetune.run import is_run
     from edgetune.runtime.files import write_json
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -114,8 +115,6 @@ def main() -> None:
         a.results, min_time = a.work / "smoke.json", 0.2
     w = a.work
     started = time.time()
-    from edgetune.run import is_run
-
     fl = a.float_run or w / "float"
     if not a.float_run and not is_run(fl):
         run_recipe("float", float_recipe, w, float_extra)

@@ -47,18 +47,18 @@ def run_recipe(name: str, recipe: list, work: Path, extra: list[str]) -> dict:
     from edgetune.train.finetune import run_finetune
 
     stages = recipe if isinstance(recipe[0], list) else [recipe]
-    started, previous = time.time(), []
+    started, previous, epochs = time.time(), [], 0
     for i, args in enumerate(stages, 1):
         out = work / name if i == len(stages) else work / f"{name}.stage{i}"
         ctx = finetune.make_context("finetune", [*args, *extra, *previous, "--out", str(out), "--force"])
         run_finetune(ctx.params, record(ctx))
-        previous = ["--weights", str(out / "model.pt")]
+        previous, epochs = ["--weights", str(out / "model.pt")], epochs + ctx.params["epochs"]
     wall = time.time() - started
     info = json.loads((out / "run.json").read_text())
     m = info["history"][0]["metrics"]
     return {"dataset": ctx.params["data"], "model": ctx.params["model"], "stage": "float", "runtime": "pytorch", "precision": "fp32", "recipe": name,
             "args": " then ".join(" ".join(a + extra) for a in stages), "accuracy": m["test"]["accuracy"], "f1": m["test"]["f1"],
-            "roc_auc": m["test"].get("roc_auc"), "img_size": ctx.params["img_size"], "epochs": sum(int(a[a.index("--epochs") + 1]) for a in stages),
+            "roc_auc": m["test"].get("roc_auc"), "img_size": ctx.params["img_size"], "epochs": epochs,
             "best_epoch": m["best_epoch"], "train_wall_s": round(wall, 1), "device": ctx.params["device"], "machine": machine(), "date": today()}
 
 

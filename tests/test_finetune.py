@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import EDGETUNE, TINY, invoke, run_cli
+from conftest import EDGETUNE, TINY, invoke, make_images, run_cli
 from edgetune.models.backbone import create_backbone
 from edgetune.models.freeze import apply_freeze, parameter_groups
 
@@ -106,8 +106,6 @@ def test_the_loop_fits_soft_targets(tmp_path):
     from edgetune.data.split import make_split
     from edgetune.runtime.preprocess import PreprocessSpec
     from edgetune.train.loop import TrainConfig, fit, predict
-
-    from conftest import make_images
 
     split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=12, size=32))), 0, 0.2, 0.2)
     spec, aug = PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none")

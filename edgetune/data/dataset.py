@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from edgetune import log
 from edgetune.data.transforms import load_rgb
 
 
@@ -42,8 +43,6 @@ def train_val_datasets(split, spec, augment, soft_labels: bool) -> tuple[ImageDa
         n = len(split.classes)
         soft = {p: split.soft.get(p) or [float(c == y) for c in range(n)] for p, y in split.parts["train"]}
     elif soft_labels:
-        from edgetune import log
-
         log.get(__name__).warning("--soft-labels: %s has no label probabilities (only the built-in ELPV has); training on the hard labels.", split.source)
     return (ImageDataset(split.parts["train"], TrainTransform(spec, augment), soft),
             ImageDataset(split.parts["val"], EvalTransform(spec)))

@@ -65,7 +65,7 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
     if weights is not None:
         sd = load_state_dict_file(weights)
         own = model.state_dict()
-        head = {k for k in own if k.startswith(model.default_cfg.get("classifier", "\0"))}
+        head = _head_keys(model)
         if set(sd) >= set(own) - head and all(sd[k].shape == own[k].shape for k in own if k not in head):
             model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in head}, strict=False)
         else:
@@ -83,13 +83,18 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
     return model
 
 
+def _head_keys(model: torch.nn.Module) -> set[str]:
+    prefix = model.default_cfg.get("classifier")
+    return {k for k in model.state_dict() if prefix and k.startswith(prefix)}
+
+
 def _keep_fitting_head(model: torch.nn.Module, sd: dict) -> None:
     """Weights from an earlier fine-tune (same classes) keep their trained head, so
     a run can continue, e.g. at a higher resolution; any other head starts fresh."""
     own = model.state_dict()
-    head = {k: sd[k] for k in own if k.startswith(model.default_cfg.get("classifier", "\0")) and k in sd}
-    if head and len(head) == sum(k.startswith(model.default_cfg["classifier"]) for k in own) and all(v.shape == own[k].shape for k, v in head.items()):
-        model.load_state_dict(head, strict=False)
+    head = _head_keys(model)
+    if head and all(k in sd and sd[k].shape == own[k].shape for k in head):
+        model.load_state_dict({k: sd[k] for k in head}, strict=False)
 
 
 def resolve_preprocess(model: torch.nn.Module, img_size: int | None) -> PreprocessSpec:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from edgetune import log
 from edgetune.data.checks import drop_bad_images
 from edgetune.data.dataset import train_val_datasets
@@ -47,8 +49,6 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
     check_policy(opts["freeze"])
     split = split_for(opts, out)
-    import torch
-
     torch.manual_seed(opts["seed"])  # the new head's (or a random model's) initial weights
     model = create_backbone(opts["model"], len(split.classes), pretrained=opts["pretrained"], weights=opts.get("weights"), drop_rate=opts.get("drop_rate") or 0.0)
     spec = resolve_preprocess(model, opts.get("img_size"))
