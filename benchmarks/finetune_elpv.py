@@ -38,7 +38,7 @@ RECIPES = {
     "prog192_300": [["--img-size", "192", "--epochs", "10", "--lr", "2e-3", "--freeze", "last:4"],
                     ["--img-size", "300", "--epochs", "3", "--lr", "5e-4", "--freeze", "last:4", "--warmup-epochs", "0.3"]],
 }
-CHOSEN = "lr2e3_224_freeze"
+CHOSEN = "prog192_300"
 
 
 def run_recipe(name: str, recipe: list, work: Path, extra: list[str]) -> dict:
@@ -84,16 +84,22 @@ def main() -> None:
         extra += ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained", "--batch-size", "8"]
         names, a.results = names[:1], a.work / "smoke.json"
         RECIPES[names[0]] = [["--img-size", "32", "--epochs", "1"], ["--img-size", "40", "--epochs", "1"]]
-    rows = []
+    # Rows of recipes not rerun stay in the results (each row says when it ran).
+    rows = [r for r in json.loads(a.results.read_text())["rows"] if r["recipe"] not in names] if a.results.is_file() else []
     for name in names:
-        rows.append(run_recipe(name, RECIPES[name], a.work, extra))
-        print(json.dumps(rows[-1]), flush=True)
-        from edgetune.runtime.files import write_json
+        row = run_recipe(name, RECIPES[name], a.work, extra)
+        print(json.dumps(row), flush=True)
+        rows = sorted([*rows, row], key=lambda r: -r["accuracy"])
+        save(rows, a.results)
 
-        write_json(a.results, {"references": REFERENCES, "rows": rows})
-        write_table(rows, ["recipe", "img_size", "epochs", "best_epoch", "accuracy", "f1", "roc_auc", "train_wall_s", "device"], a.results.with_suffix(".md"),
-                    "ELPV binary fine-tuning, efficientnet_lite0 (offline ImageNet weights)",
-                    "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.\n\nMachine: " + rows[-1]["machine"] + f", {rows[-1]['date']}.")
+
+def save(rows: list[dict], path: Path) -> None:
+    from edgetune.runtime.files import write_json
+
+    write_json(path, {"references": REFERENCES, "rows": rows})
+    write_table(rows, ["recipe", "img_size", "epochs", "best_epoch", "accuracy", "f1", "roc_auc", "train_wall_s", "device", "date"], path.with_suffix(".md"),
+                "ELPV binary fine-tuning, efficientnet_lite0 (offline ImageNet weights)",
+                "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.\n\nMachine: " + rows[0]["machine"] + ".")
 
 
 if __name__ == "__main__":

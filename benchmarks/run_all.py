@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 EDGETUNE = [PY, "-m", "edgetune.cli.main"]
-FLOAT = "benchmarks/work/finetune_elpv/lr2e3_224_freeze"  # finetune_elpv.py's chosen recipe
-COMPRESSED = "benchmarks/work/compress_elpv"  # compress_elpv.py's runs: qat, pruned30_qat, ...
+FLOAT = "benchmarks/work/finetune_elpv/prog192_300"  # finetune_elpv.py's chosen recipe
+COMPRESSED = "benchmarks/work/compress_elpv"  # compress_elpv.py's runs: qat, pruned45_qat, ...
 TARGETS = ["--target", "cpu", "--target", "intel"]
 # Each step builds on the one before: one fine-tuning, one QAT per model, reused.
 STEPS = {
@@ -24,7 +24,7 @@ STEPS = {
     "compress": [[PY, "benchmarks/compress_elpv.py", "--float", FLOAT]],
     "latency": [
         [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/qat", "--out", "runs/elpv"],
-        [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/pruned30_qat", "--out", "runs/elpv-pruned"],
+        [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/pruned45_qat", "--out", "runs/elpv-pruned"],
         [PY, "benchmarks/benchmark_app_check.py", "--bundle", "runs/elpv/bundle-intel", "--threads", "2"],
         [PY, "benchmarks/latency_elpv.py", "--float", FLOAT, "--bundle", "runs/elpv/bundle-cpu", "--bundle", "runs/elpv/bundle-intel",
          "--pruned-bundle", "runs/elpv-pruned/bundle-cpu", "--pruned-bundle", "runs/elpv-pruned/bundle-intel"],

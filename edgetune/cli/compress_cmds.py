@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.options import out_option, pass_options, record, run_argument, train_options
+from edgetune.cli.options import distill_options, out_option, pass_options, record, run_argument, train_options
 
 
 @click.command()
@@ -17,6 +17,7 @@ from edgetune.cli.options import out_option, pass_options, record, run_argument,
 @click.option("--steps", type=click.IntRange(1), default=1, show_default=True, help="Prune in this many steps, each followed by --epochs of recovery fine-tuning.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "fpgm", "lamp", "random"]), default="l1", show_default=True, help="Channel importance: magnitude (l1, l2), FPGM, LAMP or random.")
 @train_options(epochs=3, lr=5e-4, warmup=0.0)
+@distill_options
 @out_option(help="Run directory to write (the pruned model, its layer shapes and metrics).")
 @pass_options
 def prune(ctx: click.Context, opts: dict):
@@ -41,6 +42,7 @@ def prune(ctx: click.Context, opts: dict):
 # lr 1e-4: on ELPV, efficientnet_lite0, 2 epochs of QAT at 1e-5 ended 2.6 points
 # below float (84.1%), at 1e-4 0.9 above (87.7%); see benchmarks/results/compress_elpv.md.
 @train_options(epochs=3, lr=1e-4, warmup=0.0, weight_decay=0.0)
+@distill_options
 @out_option(help="Run directory to write (the quantized model, its NNCF config and calibration record).")
 @pass_options
 def quantize(ctx: click.Context, opts: dict):

@@ -74,6 +74,14 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
     )
 
 
+distill_options = _stack(
+    click.option("--distill", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="Weight of the teacher's predictions in the training loss (knowledge distillation); 0: labels only."),
+    click.option("--teacher", type=click.Path(file_okay=False, path_type=Path),
+                 help="Run directory of the distillation teacher (default: the input run). For QAT of a pruned run, the float run teaches best."),
+)
+
+
 def out_option(required: bool = True, help: str = "Run directory to write."):
     return click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=required, help=help)
 

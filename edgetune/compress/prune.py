@@ -122,6 +122,7 @@ def run_prune(opts: dict, config_record: dict):
     size = tuple(parent.spec.size)
     model = parent.build_model()
     check_prunable(model, parent.model_name)
+    teacher = stage.teacher(opts, parent)
     macs0, params0 = count_macs(model, size)
     before = parent.test_metrics() or stage.test_metrics(model, parent)
     steps, round_to, imp = opts["steps"], opts["round_to"], opts["importance"]
@@ -144,7 +145,8 @@ def run_prune(opts: dict, config_record: dict):
         logger.info("Prune step %d/%d: %.3f -> %.3f GMACs, %.2fM parameters.", k, steps, macs0 / 1e9, macs / 1e9, params / 1e6)
         row = {"step": k, "ratio": r, "macs": macs, "params": params}
         if cfg.epochs > 0:
-            result = fit(model, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt" / f"step{k}", resume=False, desc=f"prune step {k}/{steps} recovery")
+            result = fit(model, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt" / f"step{k}", resume=False, desc=f"prune step {k}/{steps} recovery",
+                         teacher=teacher)
             row.update(best_epoch=result.best_epoch, val_best=result.best_metric, epochs=result.history)
         history.append(row)
         model.cpu()

@@ -177,7 +177,8 @@ def run_quantize(opts: dict, config_record: dict):
     metrics["test"] = metrics["calibration_test"]  # PTQ: the calibrated model is the result
     if mode == "qat" and opts["epochs"] > 0:
         cfg = train_config(opts)
-        result = fit(qmodel, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="qat")
+        result = fit(qmodel, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="qat",
+                     teacher=stage.teacher(opts, parent))
         metrics.update(best_epoch=result.best_epoch, val_best=result.best_metric, epochs=result.history)
         metrics["test"] = stage.test_metrics(qmodel.cpu().eval(), parent)
     qmodel.cpu().eval()

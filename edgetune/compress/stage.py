@@ -9,6 +9,7 @@ import torch
 
 from edgetune import log
 from edgetune.data.dataset import ImageDataset, train_val_datasets
+from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate_model
 from edgetune.run import Run, check_order, load_run, prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_file, sha256_json
@@ -26,6 +27,19 @@ def begin(opts: dict, stage: str) -> tuple[Run, Path]:
 
 def datasets(run: Run, opts: dict) -> tuple[ImageDataset, ImageDataset]:
     return train_val_datasets(run.split, run.spec, opts["augment"], opts.get("soft_labels", False))
+
+
+def teacher(opts: dict, parent: Run) -> torch.nn.Module | None:
+    """The distillation teacher: --teacher RUN_DIR, else the parent run's model;
+    None when --distill is off."""
+    if not opts.get("distill"):
+        return None
+    run = load_run(opts["teacher"]) if opts.get("teacher") else parent
+    if run.classes != parent.classes:
+        raise EdgetuneError(f"--teacher {run.dir}: its classes {run.classes} differ from {parent.classes} of {parent.dir}. "
+                            "Give a run trained on the same data source.")
+    logger.info("Distilling from %s (%s, weight %.2f).", run.dir, run.stage, opts["distill"])
+    return run.build_model()
 
 
 def headline(m: dict) -> dict:

@@ -28,6 +28,7 @@ from edgetune.runtime.files import atomic_path
 
 logger = log.get(__name__)
 METRICS = ("accuracy", "balanced_accuracy", "f1", "loss")
+DISTILL_T = 2.0  # softmax temperature of knowledge distillation (Hinton et al.): softer targets carry the teacher's doubts
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrainConfig:
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
     metric: str = "accuracy"
     seed: int = 0
+    distill: float = 0.0  # weight of the teacher's soft targets in the loss (needs a teacher); 0 = plain labels
     device: str = "auto"
     workers: int = 0
 
@@ -122,9 +124,12 @@ def fit(
     ckpt_dir: Path,
     resume: bool = False,
     desc: str = "train",
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train `model` in place; on return it holds the best validation weights.
-    `ckpt_dir` receives best.pt (state dict) and last.pt (resume state)."""
+    `ckpt_dir` receives best.pt (state dict) and last.pt (resume state). With a
+    `teacher` and `cfg.distill` > 0, the loss mixes the labels with the teacher's
+    tempered predictions (knowledge distillation)."""
     if cfg.metric not in METRICS:
         raise EdgetuneError(f"--metric {cfg.metric!r}: use one of {', '.join(METRICS)}.")
     if cfg.balance not in ("loss", "sampler", "none"):
@@ -143,6 +148,20 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
     train_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if cfg.distill > 0 and teacher is None:
+        raise EdgetuneError(f"--distill {cfg.distill}: distillation needs a teacher model.")
+    if cfg.distill > 0:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = train_model(x)
+        loss = criterion(logits, y)
+        if cfg.distill > 0:
+            with torch.no_grad():
+                target = torch.softmax(teacher(x) / DISTILL_T, dim=1)
+            kd = nn.functional.kl_div(torch.log_softmax(logits / DISTILL_T, dim=1), target, reduction="batchmean") * DISTILL_T**2
+            loss = (1 - cfg.distill) * loss + cfg.distill * kd
+        return loss
 
     history: list[dict] = []
     start, best, best_epoch, since_best = 0, -math.inf, -1, 0
@@ -182,7 +201,7 @@ def fit(
             total, count = 0.0, 0
             for step, (x, y) in enumerate(loader):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = criterion(train_model(x), y)
+                loss = loss_fn(x, y)
                 if not torch.isfinite(loss):
                     kept = f" The last good checkpoint is kept in {last_path}." if last_path.exists() else ""
                     raise EdgetuneError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}.{kept} Lower --lr (now {cfg.lr}) and rerun with --resume.")
