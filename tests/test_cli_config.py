@@ -2,10 +2,14 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import TINY, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_does_not_import_torch():
@@ -63,3 +67,10 @@ def test_bad_choice_and_unreadable_yaml(tmp_path):
     cfg.write_text("finetune: [unclosed\n")
     proc = run_cli("--config", cfg, "finetune", check=False)
     assert proc.returncode == 2 and "not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_example_configs_are_valid(example):
+    # Every key and value of the shipped examples passes the config check.
+    proc = run_cli("--config", ROOT / "examples" / example, "build", "--help", check=False)
+    assert proc.returncode == 0, proc.stderr

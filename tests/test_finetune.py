@@ -131,3 +131,55 @@ def test_same_seed_same_model(image_folder, tmp_path):
     a, b, c = (torch.load(r / "model.pt", weights_only=True) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_loop_hands_back_the_default_memory_layout(tmp_path):
+    """fit trains in channels_last for speed; what callers save and export must be
+    in the default layout, with the outputs of the same weights."""
+    from edgetune.data.augment import Augment
+    from edgetune.data.dataset import train_val_datasets
+    from edgetune.data.sources import load_source
+    from edgetune.data.split import make_split
+    from edgetune.runtime.preprocess import PreprocessSpec
+    from edgetune.train.loop import TrainConfig, fit
+
+    split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
+    spec = PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = create_backbone("test_efficientnet", 2, pretrained=False)
+    fit(model, *train_val_datasets(split, spec, Augment.parse("none"), False), split.classes, TrainConfig(epochs=1, batch_size=4), tmp_path / "ckpt")
+    assert all(p.is_contiguous() for p in model.parameters())
+    saved = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
+    fresh = create_backbone("test_efficientnet", 2, pretrained=False)
+    fresh.load_state_dict(saved)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model.eval()(x), fresh.eval()(x), atol=1e-5)
+
+
+def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
+    from edgetune.data.augment import Augment
+    from edgetune.data.dataset import train_val_datasets
+    from edgetune.data.sources import load_source
+    from edgetune.data.split import make_split
+    from edgetune.errors import EdgetuneError
+    from edgetune.runtime.preprocess import PreprocessSpec
+    from edgetune.train.loop import TrainConfig, fit
+
+    split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
+    data = train_val_datasets(split, PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none"), False)
+    model = create_backbone("test_efficientnet", 2, pretrained=False)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0, ema=0.9, metric="loss")
+    result = fit(model, *data, split.classes, cfg, tmp_path / "ckpt")
+    last = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())  # handed back: the kept average
+    assert not all(torch.equal(v, last["model"][k]) for k, v in last["ema"].items())  # the average lags the weights
+    if result.best_epoch == 2:
+        assert all(torch.equal(v, last["ema"][k]) for k, v in best.items())
+    with pytest.raises(EdgetuneError, match="--ema 1.5"):
+        fit(model, *data, split.classes, TrainConfig(epochs=1, ema=1.5), tmp_path / "ckpt2")
+    # --keep last: the last epoch's average, whichever epoch validated best
+    model = create_backbone("test_efficientnet", 2, pretrained=False)
+    cfg.keep = "last"
+    result = fit(model, *data, split.classes, cfg, tmp_path / "ckpt3")
+    last = torch.load(tmp_path / "ckpt3" / "last.pt", weights_only=True)
+    assert result.kept_epoch == 2 and all(torch.equal(v, last["ema"][k]) for k, v in model.state_dict().items())

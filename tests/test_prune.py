@@ -69,16 +69,25 @@ def test_apply_shapes_rebuilds_exactly(float_run):
         assert torch.equal(model.eval()(x), fresh.eval()(x))
 
 
-def test_target_macs_reaches_the_reduction(float_run):
-    from edgetune.compress.prune import prune_once, ratio_for_macs
+@pytest.mark.parametrize("steps", [1, 2])
+def test_target_macs_reaches_the_reduction_and_no_more(float_run, steps):
+    from edgetune.compress.prune import prune_once, ratio_for_macs, step_ratios
     from edgetune.models.stats import count_macs
     from edgetune.run import load_run
 
     model = load_run(float_run).build_model()
     base, _ = count_macs(model, (32, 32))
-    ratio = ratio_for_macs(model, (32, 32), 0.5, 8, "l1")
-    macs, _ = count_macs(prune_once(copy.deepcopy(model), (32, 32), ratio, 8, "l1"), (32, 32))
-    assert 0 < ratio < 0.95 and macs <= 0.5 * base
+
+    def reduction(ratio):  # as run_prune does it: step by step
+        pruned = copy.deepcopy(model)
+        for r in step_ratios(ratio, steps):
+            prune_once(pruned, (32, 32), r, 2, "l1")
+        return 1 - count_macs(pruned, (32, 32))[0] / base
+
+    # round_to 2: fine enough steps on this tiny model to see a one-shot ratio overshoot
+    ratio = ratio_for_macs(model, (32, 32), 0.4, 2, "l1", steps)
+    assert 0 < ratio < 0.95 and reduction(ratio) >= 0.4
+    assert reduction(ratio - 0.005) < 0.4  # the smallest ratio that reaches it
 
 
 def test_step_ratios_reach_the_total():
@@ -109,3 +118,15 @@ def test_prune_after_quantize_is_rejected(qat_run, tmp_path, capfd):
     assert invoke("prune", qat_run, "--ratio", "0.3", "--out", tmp_path / "p") == 2
     err = capfd.readouterr().err
     assert "'qat' run and cannot be the input of 'pruned'" in err and "pipeline order" in err
+
+
+def test_recovery_trains_with_the_input_runs_augmentations_unless_told(tmp_path, image_folder):
+    from conftest import TINY
+    from edgetune.run import load_run
+
+    assert invoke("finetune", "--data", image_folder, *TINY, "--epochs", "1", "--augment", "hflip,contrast=0.2", "--out", tmp_path / "f") == 0
+    augments = {}
+    for name, extra in (("inherited", []), ("told", ["--augment", "vflip"])):
+        assert invoke("prune", tmp_path / "f", "--ratio", "0.25", "--epochs", "0", *extra, "--out", tmp_path / name) == 0
+        augments[name] = load_run(tmp_path / name).info["history"][-1]["config"]["augment"]
+    assert augments == {"inherited": "hflip,contrast=0.2", "told": "vflip"}

@@ -16,7 +16,7 @@ from edgetune.cli.options import distill_options, out_option, pass_options, reco
 @click.option("--round-to", type=click.IntRange(1), default=8, show_default=True, help="Keep channel counts multiples of this (the target profile's channel multiple).")
 @click.option("--steps", type=click.IntRange(1), default=1, show_default=True, help="Prune in this many steps, each followed by --epochs of recovery fine-tuning.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "fpgm", "lamp", "random"]), default="l1", show_default=True, help="Channel importance: magnitude (l1, l2), FPGM, LAMP or random.")
-@train_options(epochs=3, lr=5e-4, warmup=0.0)
+@train_options(epochs=3, lr=5e-4, warmup=0.0, inherit_augment=True)
 @distill_options
 @out_option(help="Run directory to write (the pruned model, its layer shapes and metrics).")
 @pass_options
@@ -40,8 +40,8 @@ def prune(ctx: click.Context, opts: dict):
               help="auto: uint8 (zero-point 0) after ReLU-like layers, int8 elsewhere (best for ONNX Runtime and OpenVINO); "
                    "int8: every activation signed int8, as TensorRT (Jetson) requires.")
 # lr 1e-4: on ELPV, efficientnet_lite0, 2 epochs of QAT at 1e-5 ended 2.6 points
-# below float (84.1%), at 1e-4 0.9 above (87.7%); see benchmarks/results/compress_elpv.md.
-@train_options(epochs=3, lr=1e-4, warmup=0.0, weight_decay=0.0)
+# below float (84.1%), at 1e-4 0.9 above (87.7%); see benchmarks/results/compress_elpv_224.md.
+@train_options(epochs=3, lr=1e-4, warmup=0.0, weight_decay=0.0, inherit_augment=True)
 @distill_options
 @out_option(help="Run directory to write (the quantized model, its NNCF config and calibration record).")
 @pass_options

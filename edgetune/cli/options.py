@@ -48,10 +48,14 @@ model_options = _stack(
 )
 
 
-def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 1.0, weight_decay: float = 0.05):
-    """The training loop's options; each command that trains sets its own defaults."""
+def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 1.0, weight_decay: float = 0.05, inherit_augment: bool = False):
+    """The training loop's options; each command that trains sets its own defaults.
+    `inherit_augment`: no default augmentation; the stage trains with its input run's."""
     from edgetune.data.augment import DEFAULT_AUGMENT
 
+    augment_help = "Training augmentations: comma list of hflip, vflip, rot90, rotate=DEG, rrc=MIN_AREA, brightness=X, contrast=X; or 'none'."
+    if inherit_augment:
+        augment_help += " Default: those the input run trained with."
     return _stack(
         click.option("--epochs", type=click.IntRange(0), default=epochs, show_default=True, help="Training epochs."),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per step."),
@@ -63,9 +67,14 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         click.option("--soft-labels/--hard-labels", default=False, show_default=True, help="Train on the label probabilities where the data source has them (ELPV: the defect probability)."),
         click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True, help="Class imbalance: weighted loss, weighted sampler, or nothing."),
         click.option("--freeze", default=freeze, show_default=True, help="full, head, last:N (last N stages + head) or gradual:K (one more stage every K epochs)."),
+        click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                     help="Validate and keep a moving average of the weights with this decay per step (e.g. 0.99); 0: the weights themselves."),
+        click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+                     help="Which weights the run keeps: the epoch with the best validation --metric, or the last epoch's "
+                          "(the schedule has annealed there; on a small validation split the best epoch is picked by noise)."),
         click.option("--patience", type=click.IntRange(0), default=0, show_default=True, help="Stop after this many epochs without a better validation metric (0: never)."),
         click.option("--metric", type=click.Choice(["accuracy", "balanced_accuracy", "f1", "loss"]), default="accuracy", show_default=True, help="Validation metric that picks the best checkpoint."),
-        click.option("--augment", type=AugmentType(), default=DEFAULT_AUGMENT, show_default=True, help="Training augmentations: comma list of hflip, vflip, rot90, rotate=DEG, rrc=MIN_AREA, brightness=X, contrast=X; or 'none'."),
+        click.option("--augment", type=AugmentType(), default=None if inherit_augment else DEFAULT_AUGMENT, show_default=not inherit_augment, help=augment_help),
         click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, initialisation, data order and augmentation."),
         click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ..."),
         click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data-loading worker processes."),

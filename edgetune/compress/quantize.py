@@ -165,7 +165,7 @@ def run_quantize(opts: dict, config_record: dict):
     started = time.time()
     mode = opts["mode"]
     recipe = load_recipe(opts["calibration"])
-    parent, out = stage.begin(opts, mode)
+    parent, out = stage.begin(opts, mode, config_record)
     model = parent.build_model()
     before = parent.test_metrics() or stage.test_metrics(model, parent)
     pairs, calib = select(parent.split, recipe, opts.get("calib_count"))
@@ -179,7 +179,7 @@ def run_quantize(opts: dict, config_record: dict):
         cfg = train_config(opts)
         result = fit(qmodel, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="qat",
                      teacher=stage.teacher(opts, parent))
-        metrics.update(best_epoch=result.best_epoch, val_best=result.best_metric, epochs=result.history)
+        metrics.update(best_epoch=result.best_epoch, val_best=result.best_metric, kept_epoch=result.kept_epoch, epochs=result.history)
         metrics["test"] = stage.test_metrics(qmodel.cpu().eval(), parent)
     qmodel.cpu().eval()
     stage.finish(out, parent, mode, qmodel, config_record, metrics, started, quant=quant, calibration=calib)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from edgetune import log
+from edgetune.data.augment import DEFAULT_AUGMENT, Augment
 from edgetune.data.dataset import ImageDataset, train_val_datasets
 from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate_model
@@ -17,12 +18,27 @@ from edgetune.runtime.files import sha256_file, sha256_json
 logger = log.get(__name__)
 
 
-def begin(opts: dict, stage: str) -> tuple[Run, Path]:
-    """The parent run (checked for pipeline order) and the prepared --out."""
+def begin(opts: dict, stage: str, config_record: dict) -> tuple[Run, Path]:
+    """The parent run (checked for pipeline order) and the prepared --out. Without
+    --augment, the stage trains with the augmentations its parent trained with (a
+    recovery or QAT that augments otherwise trains on other images than the model
+    learnt from); `opts` and the record get the resolved value."""
     parent = load_run(opts["run_dir"])
     check_order(parent, stage)
     out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
+    if opts.get("augment") is None:
+        opts["augment"] = inherited_augment(parent)
+        config_record["augment"] = str(opts["augment"])
     return parent, out
+
+
+def inherited_augment(run: Run) -> Augment:
+    """The augmentations of the latest stage in `run`'s history that recorded some."""
+    for rec in reversed(run.info.get("history", [])):
+        value = (rec.get("config") or {}).get("augment")
+        if value is not None:
+            return Augment.parse(value)
+    return Augment.parse(DEFAULT_AUGMENT)
 
 
 def datasets(run: Run, opts: dict) -> tuple[ImageDataset, ImageDataset]:

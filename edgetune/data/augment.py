@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-# Solar cells and most inspected parts have no canonical orientation.
-DEFAULT_AUGMENT = "hflip,vflip,rot90,brightness=0.1,contrast=0.1"
+# Mirror images of a part look like the part; a quarter turn often does not: a fixed
+# line camera sees parts the same way up (ELPV's cells all have horizontal busbars,
+# and rot90 cost points there). Add rot90 for parts that arrive at any angle.
+DEFAULT_AUGMENT = "hflip,vflip,brightness=0.1,contrast=0.1"
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,12 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     model.cpu().eval()
     save_atomic(model.state_dict(), out / "model.pt")
     test = evaluate_model(model, split, spec, "test", batch_size=cfg.batch_size)
-    metrics = {"best_epoch": result.best_epoch, "val_best": result.best_metric, "epochs": result.history, "test": _headline(test)}
+    metrics = {"best_epoch": result.best_epoch, "val_best": result.best_metric, "kept_epoch": result.kept_epoch, "epochs": result.history, "test": _headline(test)}
     record = stage_record("finetune", config_record, sha256_json(split.to_dict()), metrics, started)
     write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record],
               config=config_record, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
-    logger.info("Fine-tuned %s: test accuracy %.4f, F1 %.4f (best epoch %d). Run: %s", opts["model"], test["accuracy"], test["f1"], result.best_epoch, out)
+    logger.info("Fine-tuned %s: test accuracy %.4f, F1 %.4f (weights of epoch %d; best on validation: %d). Run: %s", opts["model"], test["accuracy"], test["f1"],
+                result.kept_epoch, result.best_epoch, out)
     return out
 
 
