@@ -11,14 +11,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    # "AMD EPYC" names several generations: the vector instructions set the speed (and
+    # INT8's gain: VNNI has integer dot products, AVX2 has not) and the last bits of
+    # the arithmetic, so a training run on another generation ends elsewhere.
+    isa = next((name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
     gpu = ""
     try:
         import torch
@@ -27,7 +33,7 @@ def machine() -> str:
             gpu = f", GPU {torch.cuda.get_device_name(0)}"
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, {platform.system()} {platform.release()}"
+    return f"{cpu}{' ' + isa if isa else ''}, {os.cpu_count()} cores{gpu}, {platform.system()} {platform.release()}"
 
 
 def today() -> str:

@@ -116,9 +116,9 @@ def save(rows: list[dict], path: Path) -> None:
     from edgetune.runtime.files import write_json
 
     write_json(path, {"references": REFERENCES, "rows": rows})
-    write_table(rows, ["recipe", "img_size", "epochs", "best_epoch", "kept_epoch", "accuracy", "f1", "roc_auc", "train_wall_s", "device", "date"], path.with_suffix(".md"),
+    write_table(rows, ["recipe", "img_size", "epochs", "best_epoch", "kept_epoch", "accuracy", "f1", "roc_auc", "train_wall_s", "device", "machine", "date", "note"], path.with_suffix(".md"),
                 "ELPV binary fine-tuning, efficientnet_lite0 (offline ImageNet weights)",
-                "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.\n\nMachine: " + rows[0]["machine"] + ".")
+                "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.")
 
 
 if __name__ == "__main__":
