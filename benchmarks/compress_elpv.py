@@ -1,12 +1,12 @@
 """Compression on ELPV binary with efficientnet_lite0, measured in one run:
-float, PTQ INT8, QAT INT8, pruned float (45% fewer MACs; 30% and 50% of the
-channels), pruned (45% fewer MACs) plus QAT INT8. Pruning recovery and the pruned
-model's QAT distil from the float model. Every artifact is exported to ONNX (fp32 or INT8 Q/DQ) and measured
-with ONNX Runtime on the test split: accuracy, F1, latency (batch 1, 2 threads),
-MACs and file size.
+float, PTQ INT8, QAT INT8, pruned float (42% fewer MACs; 30% and 50% of the
+channels), pruned (42% fewer MACs) plus QAT INT8. Pruning recovery and both QATs
+distil from the float model. Every artifact is exported to ONNX (fp32 or INT8
+Q/DQ) and measured with ONNX Runtime on the test split: accuracy, F1, latency
+(batch 1, 2 threads), MACs and file size.
 
     python benchmarks/compress_elpv.py            # the full benchmark (hours on a CPU)
-    python benchmarks/compress_elpv.py --float benchmarks/work/finetune_elpv/prog192_300
+    python benchmarks/compress_elpv.py --float benchmarks/work/finetune_elpv/flips300_ema_last
                                                   # start from finetune_elpv.py's run
     python benchmarks/compress_elpv.py --smoke    # a minute, generated data: checks the script
 
@@ -34,11 +34,13 @@ def slug(label: str) -> str:
 
 def stage(command, args: list[str], out: Path) -> Path:
     """Run one edgetune command in this process; skip it when `out` holds a
-    finished run of the same input run (a new --float redoes every stage)."""
+    finished run made by the same arguments (a new --float or recipe redoes it)."""
     from edgetune.cli.options import record
-    from edgetune.run import is_run, load_run
+    from edgetune.run import is_run
+    from edgetune.runtime.files import write_json
 
-    if is_run(out) and load_run(out).info.get("parent") == str(Path(args[0]).resolve()):
+    made_by = out / "benchmark_args.json"
+    if is_run(out) and made_by.is_file() and json.loads(made_by.read_text()) == [str(Path(args[0]).resolve()), *args[1:]]:
         return out
     ctx = command.make_context(command.name, [*args, "--out", str(out), "--force"])
     from edgetune.cli import compress_cmds
@@ -49,6 +51,7 @@ def stage(command, args: list[str], out: Path) -> Path:
     if command is compress_cmds.quantize:
         ctx.params["ignore"] = list(ctx.params.get("ignore") or [])
     fn(ctx.params, record(ctx))
+    write_json(made_by, [str(Path(args[0]).resolve()), *args[1:]])
     return out
 
 
@@ -94,7 +97,7 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=RESULTS / "compress_elpv.json")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--float", dest="float_run", type=Path, help="an ELPV float run to start from (default: fine-tune finetune_elpv.py's chosen recipe)")
-    p.add_argument("--rows", type=int, default=7, help="only the first N rows (float, ptq, qat, pruned -45%% MACs, pruned+qat, pruned 30%%, pruned 50%%)")
+    p.add_argument("--rows", type=int, default=7, help="only the first N rows (float, ptq, qat, pruned -42%% MACs, pruned+qat, pruned 30%%, pruned 50%%)")
     p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
     a = p.parse_args()
 
@@ -107,9 +110,17 @@ def main() -> None:
 
     float_recipe, float_extra = RECIPES[CHOSEN], ["--data", "elpv"]
     # Recovery distils from the float model: 2 steps x 2 epochs at lr 5e-4 on labels
-    # alone lost 8 points at 30% of the channels (79.4% from 87.2%).
-    prune_args = ["--steps", "2", "--epochs", "3", "--lr", "1e-3", "--distill", "0.5"]
-    qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-4"]
+    # alone lost 8 points at 30% of the channels (79.4% from 87.2%), 2 x 3 distilled
+    # epochs still 3.4 points at 50% fewer MACs (a 0.45 target, overshot before the
+    # steps were simulated); the target now sits just past the 40% asked for. Each
+    # stage keeps its last epoch's weight average, as the float recipe does (the
+    # validation split is too small to pick epochs by); the augmentations are the
+    # float run's.
+    settle = ["--ema", "0.99", "--keep", "last"]
+    prune_args = ["--steps", "2", "--epochs", "4", "--lr", "1e-3", "--distill", "0.5", *settle]
+    # QAT: 2 epochs ended 1.7 points under the 300 px float run (87.3% against 89.0%),
+    # validation accuracy still rising; 4 epochs give it the time.
+    qat_args = ["--mode", "qat", "--epochs", "4", "--lr", "1e-4", "--distill", "0.5", *settle]
     min_time = 3.0
     if a.smoke:
         a.work = a.work / "smoke"  # never next to (or over) the real runs
@@ -119,8 +130,8 @@ def main() -> None:
         data = make_images(a.work / "smoke_data", n_per_class=16, size=40)
         float_recipe = ["--img-size", "32", "--epochs", "4", "--lr", "3e-3", "--batch-size", "8", "--warmup-epochs", "0"]
         float_extra = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained"]
-        prune_args = ["--steps", "1", "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--distill", "0.5"]
-        qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-3", "--batch-size", "8"]
+        prune_args = ["--steps", "1", "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--distill", "0.5", *settle]
+        qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-3", "--batch-size", "8", "--distill", "0.5", *settle]
         a.results, min_time = a.work / "smoke.json", 0.2
     w = a.work
     started = time.time()
@@ -134,8 +145,8 @@ def main() -> None:
         ("float", lambda: fl, "fp32"),
         ("ptq", lambda: stage(quantize, [str(fl), "--mode", "ptq"], w / "ptq"), "int8"),
         ("qat", lambda: stage(quantize, [str(fl), *qat_args], w / "qat"), "int8"),
-        ("pruned -45% MACs", lambda: stage(prune, [str(fl), "--target-macs", "0.45", *prune_args], w / "pruned45"), "fp32"),
-        ("pruned+qat", lambda: stage(quantize, [str(w / "pruned45"), *qat_args, "--distill", "0.5", "--teacher", str(fl)], w / "pruned45_qat"), "int8"),
+        ("pruned -42% MACs", lambda: stage(prune, [str(fl), "--target-macs", "0.42", *prune_args], w / "pruned42"), "fp32"),
+        ("pruned+qat", lambda: stage(quantize, [str(w / "pruned42"), *qat_args, "--teacher", str(fl)], w / "pruned42_qat"), "int8"),
         ("pruned 30%", lambda: stage(prune, [str(fl), "--ratio", "0.3", *prune_args], w / "pruned30"), "fp32"),
         ("pruned 50%", lambda: stage(prune, [str(fl), "--ratio", "0.5", *prune_args], w / "pruned50"), "fp32"),
     ]
