@@ -39,8 +39,8 @@ def stage(command, args: list[str], out: Path) -> Path:
     from edgetune.run import is_run
     from edgetune.runtime.files import write_json
 
-    made_by = out / "benchmark_args.json"
-    if is_run(out) and made_by.is_file() and json.loads(made_by.read_text()) == [str(Path(args[0]).resolve()), *args[1:]]:
+    made_by, resolved = out / "benchmark_args.json", [str(Path(args[0]).resolve()), *args[1:]]
+    if is_run(out) and made_by.is_file() and json.loads(made_by.read_text()) == resolved:
         return out
     ctx = command.make_context(command.name, [*args, "--out", str(out), "--force"])
     from edgetune.cli import compress_cmds
@@ -51,7 +51,7 @@ def stage(command, args: list[str], out: Path) -> Path:
     if command is compress_cmds.quantize:
         ctx.params["ignore"] = list(ctx.params.get("ignore") or [])
     fn(ctx.params, record(ctx))
-    write_json(made_by, [str(Path(args[0]).resolve()), *args[1:]])
+    write_json(made_by, resolved)
     return out
 
 

@@ -54,12 +54,12 @@ def test_killed_run_resumes_with_the_same_epochs(image_folder, tmp_path):
     proc = subprocess.Popen([*EDGETUNE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while _last_epoch(out / "ckpt" / "last.pt") < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = _last_epoch(out / "ckpt" / "last.pt")
-    assert 1 <= done < 3 and not (out / "run.json").exists()
+    assert 1 <= done < 4 and not (out / "run.json").exists()  # tiny epochs: a later one may end before the kill lands
     assert run_cli(*args, check=False).returncode == 2  # an interrupted run needs --resume
     run_cli(*args, "--resume")
     epochs = json.loads((out / "run.json").read_text())["history"][0]["metrics"]["epochs"]

@@ -76,19 +76,23 @@ def _layer_hint(model: nn.Module, e: Exception) -> str:
     return f" at layer {max(names, key=len)}" if names else ""
 
 
+def mac_reduction(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str, steps: int = 1) -> float:
+    """The share of `model`'s MACs that pruning `ratio` of the channels in `steps`
+    steps removes (on a copy; each step rounds the channel counts again)."""
+    pruned = copy.deepcopy(model)
+    for r in step_ratios(ratio, steps):
+        prune_once(pruned, size, r, round_to, imp)
+    return 1 - count_macs(pruned, size)[0] / count_macs(model, size)[0]
+
+
 def ratio_for_macs(model: nn.Module, size: tuple[int, int], reduction: float, round_to: int, imp: str, steps: int = 1) -> float:
     """The channel ratio whose pruning in `steps` steps removes at least `reduction`
-    of the MACs (bisection). Each step rounds the channel counts again, so the steps
-    are simulated: one-shot ratios overshoot (45% asked, 50% removed in 2 steps)."""
-    base, _ = count_macs(model, size)
+    of the MACs (bisection). The steps are simulated: one-shot ratios overshoot
+    (45% asked, 50% removed in 2 steps)."""
     lo, hi = 0.0, 0.95
     for _ in range(8):
         mid = (lo + hi) / 2
-        pruned = copy.deepcopy(model)
-        for r in step_ratios(mid, steps):
-            prune_once(pruned, size, r, round_to, imp)
-        macs, _ = count_macs(pruned, size)
-        if 1 - macs / base >= reduction:
+        if mac_reduction(model, size, mid, round_to, imp, steps) >= reduction:
             hi = mid
         else:
             lo = mid
