@@ -101,12 +101,15 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
     a = p.parse_args()
 
+    from edgetune import log
     from edgetune.cli.compress_cmds import prune, quantize
     from edgetune.run import is_run
     from edgetune.runtime.files import write_json
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from finetune_elpv import CHOSEN, RECIPES, run_recipe
+
+    log.setup()  # each stage's epochs and summary in the log
 
     float_recipe, float_extra = RECIPES[CHOSEN], ["--data", "elpv"]
     # Recovery distils from the float model: 2 steps x 2 epochs at lr 5e-4 on labels

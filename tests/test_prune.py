@@ -68,6 +68,19 @@ def test_apply_shapes_rebuilds_exactly(float_run):
         assert torch.equal(model.eval()(x), fresh.eval()(x))
 
 
+@pytest.mark.parametrize("ratio, widths", [(0.1, (24, 56)), (0.3, (16, 48)), (0.9, (8, 8))])
+def test_kept_channels_round_to_the_nearest_multiple(ratio, widths):
+    """Not down: at 10%, torch-pruning's own rounding keeps 16 of 24 channels."""
+    from torch import nn
+
+    from edgetune.compress.prune import prune_once
+
+    model = nn.Sequential(nn.Conv2d(3, 24, 3), nn.BatchNorm2d(24), nn.ReLU(), nn.Conv2d(24, 64, 3), nn.BatchNorm2d(64), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
+    prune_once(model, (16, 16), ratio, 8, "l1")
+    assert (model[0].out_channels, model[3].out_channels) == widths
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_target_macs_reaches_the_reduction_and_no_more(float_run, steps):
     from edgetune.compress.prune import mac_reduction, ratio_for_macs

@@ -9,6 +9,8 @@ recorded as layer shapes (`shapes.record_shapes`) so it reloads without this cod
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import time
 import warnings
 
@@ -43,10 +45,27 @@ def check_prunable(model: nn.Module, model_name: str) -> None:
                                 "attention heads is not supported. Skip pruning for this model: run `edgetune quantize` on the float run directly.")
 
 
-def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str) -> nn.Module:
-    """Remove `ratio` of the channels of every prunable layer (uniformly), in place."""
+@functools.cache
+def _pruner_class():
     import torch_pruning as tp
 
+    class NearestMultiplePruner(tp.pruner.MetaPruner):
+        """torch-pruning rounds the kept channels *down* to a multiple of round_to,
+        which falls hardest on narrow layers: pruning 17% of efficientnet_lite0's
+        channels in two steps left its 24-channel stage 8 channels and its stem 16
+        of 32, while the wide layers lost 17%. Round to the nearest multiple (half
+        up, at least one multiple, never more than the layer has)."""
+
+        def _round_to(self, n_pruned, current_channels, round_to):
+            keep = max(round_to, math.floor((current_channels - n_pruned) / round_to + 0.5) * round_to)
+            return max(current_channels - min(keep, current_channels), 0)
+
+    return NearestMultiplePruner
+
+
+def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer (uniformly, each kept
+    count rounded to the nearest multiple of `round_to`), in place."""
     if ratio <= 0:
         return model
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -59,7 +78,7 @@ def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: 
             # ConvNeXt's layer-scale gammas are "unwrapped" parameters; torch-pruning
             # prunes their last (channel) dimension, which is what they need.
             warnings.filterwarnings("ignore", message="Unwrapped parameters")
-            pruner = tp.pruner.MetaPruner(model, example, importance=importance(imp), pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to or None)
+            pruner = _pruner_class()(model, example, importance=importance(imp), pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to or None)
             pruner.step()
     except Exception as e:
         raise EdgetuneError(f"torch-pruning cannot prune {type(model).__name__}{_layer_hint(model, e)}: {type(e).__name__}: "
