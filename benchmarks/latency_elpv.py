@@ -7,9 +7,9 @@ either from scratch with the example configs, or from compress_elpv.py's QAT run
 
     W=benchmarks/work/compress_elpv
     edgetune build --target cpu --target intel --from $W/qat --out runs/elpv
-    edgetune build --target cpu --target intel --from $W/pruned45_qat --out runs/elpv-pruned
+    edgetune build --target cpu --target intel --from $W/pruned42_qat --out runs/elpv-pruned
     # or: edgetune --config examples/elpv.yaml build ... ; examples/elpv-pruned.yaml
-    python benchmarks/latency_elpv.py --float benchmarks/work/finetune_elpv/prog192_300 \\
+    python benchmarks/latency_elpv.py --float benchmarks/work/finetune_elpv/flips300_ema_last \\
         --bundle runs/elpv/bundle-cpu --bundle runs/elpv/bundle-intel \\
         --pruned-bundle runs/elpv-pruned/bundle-cpu --pruned-bundle runs/elpv-pruned/bundle-intel
 
