@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, today, write_table  # noqa: E402
 
+# The run that the latency benchmark builds its pruned bundles from (run_all.py).
+PRUNED_QAT = "pruned42_qat"
 COLUMNS = ["stage", "precision", "accuracy", "f1", "accuracy_pytorch", "macs", "size_mb", "latency_ms_p50", "latency_ms_p90", "throughput_fps"]
 
 
@@ -151,7 +153,7 @@ def main() -> None:
         ("ptq", lambda: stage(quantize, [str(fl), "--mode", "ptq"], w / "ptq"), "int8"),
         ("qat", lambda: stage(quantize, [str(fl), *qat_args], w / "qat"), "int8"),
         ("pruned -42% MACs", lambda: stage(prune, [str(fl), "--target-macs", "0.42", *prune_args], w / "pruned42"), "fp32"),
-        ("pruned+qat", lambda: stage(quantize, [str(w / "pruned42"), *qat_args, "--teacher", str(fl)], w / "pruned42_qat"), "int8"),
+        ("pruned+qat", lambda: stage(quantize, [str(w / "pruned42"), *qat_args, "--teacher", str(fl)], w / PRUNED_QAT), "int8"),
         ("pruned 30%", lambda: stage(prune, [str(fl), "--ratio", "0.3", *prune_args], w / "pruned30"), "fp32"),
         ("pruned 50%", lambda: stage(prune, [str(fl), "--ratio", "0.5", *prune_args], w / "pruned50"), "fp32"),
     ]

@@ -13,10 +13,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from compress_elpv import PRUNED_QAT  # noqa: E402
+from finetune_elpv import CHOSEN  # noqa: E402
+
 PY = sys.executable
 EDGETUNE = [PY, "-m", "edgetune.cli.main"]
-FLOAT = "benchmarks/work/finetune_elpv/prog192_300"  # finetune_elpv.py's chosen recipe
-COMPRESSED = "benchmarks/work/compress_elpv"  # compress_elpv.py's runs: qat, pruned45_qat, ...
+FLOAT = f"benchmarks/work/finetune_elpv/{CHOSEN}"  # finetune_elpv.py's chosen recipe
+COMPRESSED = "benchmarks/work/compress_elpv"  # compress_elpv.py's runs
 TARGETS = ["--target", "cpu", "--target", "intel"]
 # Each step builds on the one before: one fine-tuning, one QAT per model, reused.
 STEPS = {
@@ -24,7 +28,7 @@ STEPS = {
     "compress": [[PY, "benchmarks/compress_elpv.py", "--float", FLOAT]],
     "latency": [
         [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/qat", "--out", "runs/elpv"],
-        [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/pruned45_qat", "--out", "runs/elpv-pruned"],
+        [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/{PRUNED_QAT}", "--out", "runs/elpv-pruned"],
         [PY, "benchmarks/benchmark_app_check.py", "--bundle", "runs/elpv/bundle-intel", "--threads", "2"],
         [PY, "benchmarks/latency_elpv.py", "--float", FLOAT, "--bundle", "runs/elpv/bundle-cpu", "--bundle", "runs/elpv/bundle-intel",
          "--pruned-bundle", "runs/elpv-pruned/bundle-cpu", "--pruned-bundle", "runs/elpv-pruned/bundle-intel"],
