@@ -126,11 +126,14 @@ def test_the_loop_fits_soft_targets(tmp_path):
 
 def test_same_seed_same_model(image_folder, tmp_path):
     runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
-    for out, seed in zip(runs, (0, 0, 1)):
-        assert invoke("finetune", "--data", image_folder, *TINY, "--epochs", "1", "--seed", str(seed), "--out", out) == 0
+    for out, seeds in zip(runs, (["0"], ["0"], ["1", "--split-seed", "0"])):
+        assert invoke("finetune", "--data", image_folder, *TINY, "--epochs", "1", "--seed", *seeds, "--out", out) == 0
     a, b, c = (torch.load(r / "model.pt", weights_only=True) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+    # --split-seed keeps the images of each part while --seed changes the training
+    split_a, split_c = (json.loads((r / "split.json").read_text()) for r in (runs[0], runs[2]))
+    assert [split_a[k] for k in ("train", "val", "test")] == [split_c[k] for k in ("train", "val", "test")]
 
 
 def test_the_loop_hands_back_the_default_memory_layout(tmp_path):

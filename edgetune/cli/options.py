@@ -37,6 +37,7 @@ data_options = _stack(
     click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (counted and recorded) instead of stopping."),
     click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True, help="Fraction of images for validation."),
     click.option("--test-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, show_default=True, help="Fraction of images for test (25% as Deitsch et al. 2019)."),
+    click.option("--split-seed", type=int, help="Seeds the split alone (default: --seed): runs with different --seed values then share their test images."),
 )
 
 model_options = _stack(
@@ -75,7 +76,7 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         click.option("--patience", type=click.IntRange(0), default=0, show_default=True, help="Stop after this many epochs without a better validation metric (0: never)."),
         click.option("--metric", type=click.Choice(["accuracy", "balanced_accuracy", "f1", "loss"]), default="accuracy", show_default=True, help="Validation metric that picks the best checkpoint."),
         click.option("--augment", type=AugmentType(), default=None if inherit_augment else DEFAULT_AUGMENT, show_default=not inherit_augment, help=augment_help),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, initialisation, data order and augmentation."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split (unless --split-seed), initialisation, data order and augmentation."),
         click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ..."),
         click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data-loading worker processes."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last completed epoch."),

@@ -33,7 +33,7 @@ def split_for(opts: dict, out: Path) -> Split:
     if opts.get("resume") and path.exists():
         return Split.load(path)
     source = drop_bad_images(load_source(opts["data"]), opts["skip_bad"], logger)
-    split = make_split(source, opts["seed"], opts["val_frac"], opts["test_frac"])
+    split = make_split(source, opts["seed"] if opts.get("split_seed") is None else opts["split_seed"], opts["val_frac"], opts["test_frac"])
     split.save(path)
     counts = split.counts()
     logger.info("Data %s: %s; train/val/test = %d/%d/%d images.", opts["data"], ", ".join(f"{c} {sum(n[i] for n in counts.values())}" for i, c in enumerate(split.classes)),
