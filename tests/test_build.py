@@ -150,7 +150,8 @@ def test_build_gate_fails_the_build_after_writing_the_bundles(built_bundles, ima
 @pytest.mark.slow
 def test_killed_build_resumes(tmp_path):
     data = make_images(tmp_path / "images", n_per_class=16, size=32)
-    cfg = tiny_build_config(tmp_path / "build.yaml", data, finetune_epochs=4, quantize_epochs=0)
+    # Enough epochs that the kill lands inside the stage even on a fast CPU.
+    cfg = tiny_build_config(tmp_path / "build.yaml", data, finetune_epochs=30, quantize_epochs=0)
     out = tmp_path / "out"
     args = [*EDGETUNE, "--config", str(cfg), "build", "--target", "cpu", "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
