@@ -86,24 +86,30 @@ def _save_fig(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: int) -> dict:
-    """The `evaluate` command: metrics + PNGs in the run dir, a table on screen."""
+def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str = "none") -> dict:
+    """The `evaluate` command: metrics + PNGs in the run dir, a table on screen.
+    With test-time augmentation the files are named after it (eval_test_tta-flips.json),
+    so they never replace the single-view ones that the deployed model matches."""
+    from edgetune.models.tta import with_tta
     from edgetune.report import print_metrics
     from edgetune.run import load_run
     from edgetune.runtime.files import write_json
 
     run = load_run(run_dir)
-    model = run.build_model()
+    model = with_tta(run.build_model(), tta)
     logits, labels = predict_split(model, run.split, run.spec, part, batch_size)
     m = classification_metrics(labels, logits, run.classes)
+    m["tta"] = tta
+    suffix = part if tta == "none" else f"{part}_tta-{tta}"
     m["predictions"] = [{"path": p, "label": int(y), "pred": int(k)} for (p, y), k in zip(run.split.parts[part], logits.argmax(1))]
-    plot_confusion(m["confusion_matrix"], run.classes, run.dir / f"confusion_{part}.png", f"{run.model_name} ({run.stage}), {part} split")
-    shown = plot_mistakes(run.split.parts[part], logits, run.classes, run.dir / f"mistakes_{part}.png")
-    m["files"] = {"confusion": str(run.dir / f"confusion_{part}.png"), "mistakes": str(run.dir / f"mistakes_{part}.png")}
-    write_json(run.dir / f"eval_{part}.json", m)
+    views = "" if tta == "none" else f", test-time augmentation {tta}"
+    plot_confusion(m["confusion_matrix"], run.classes, run.dir / f"confusion_{suffix}.png", f"{run.model_name} ({run.stage}), {part} split{views}")
+    shown = plot_mistakes(run.split.parts[part], logits, run.classes, run.dir / f"mistakes_{suffix}.png")
+    m["files"] = {"confusion": str(run.dir / f"confusion_{suffix}.png"), "mistakes": str(run.dir / f"mistakes_{suffix}.png")}
+    write_json(run.dir / f"eval_{suffix}.json", m)
     if json_file:
         write_json(json_file, m)
-    print_metrics(m, run.classes, f"{run.dir} ({run.model_name}, {run.stage}) on the {part} split")
+    print_metrics(m, run.classes, f"{run.dir} ({run.model_name}, {run.stage}) on the {part} split{views}")
     from edgetune import log
 
     log.console.print(f"{shown} most confident mistakes: {m['files']['mistakes']}")

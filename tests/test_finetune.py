@@ -186,3 +186,30 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     result = fit(model, *data, split.classes, cfg, tmp_path / "ckpt3")
     last = torch.load(tmp_path / "ckpt3" / "last.pt", weights_only=True)
     assert result.kept_epoch == 2 and all(torch.equal(v, last["ema"][k]) for k, v in model.state_dict().items())
+
+
+def test_flip_tta_averages_the_four_views_and_ignores_flips_of_the_input():
+    from edgetune.models.tta import FlipTTA
+
+    torch.manual_seed(0)
+    model = create_backbone("test_efficientnet", num_classes=3, pretrained=False).eval()
+    tta = FlipTTA(model, "flips")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), model(torch.flip(x, (3,))), atol=1e-4)  # the model alone is not flip-invariant
+        views = [model(v).softmax(-1) for v in (x, torch.flip(x, (3,)), torch.flip(x, (2,)), torch.flip(x, (2, 3)))]
+        torch.testing.assert_close(tta(x).exp(), torch.stack(views).mean(0))
+        for dims in ((2,), (3,), (2, 3)):
+            torch.testing.assert_close(tta(torch.flip(x, dims)), tta(x), atol=1e-5, rtol=1e-4)
+
+
+def test_evaluate_with_tta_keeps_the_single_view_metrics(float_run, tmp_path, capsys):
+    assert invoke("evaluate", float_run) == 0
+    single = json.loads((float_run / "eval_test.json").read_text())
+    assert invoke("evaluate", float_run, "--tta", "flips", "--json", tmp_path / "tta.json") == 0
+    m = json.loads((tmp_path / "tta.json").read_text())
+    assert m["tta"] == "flips" and single["tta"] == "none" and m["n"] == single["n"]
+    assert json.loads((float_run / "eval_test.json").read_text()) == single
+    assert json.loads((float_run / "eval_test_tta-flips.json").read_text()) == m
+    assert (float_run / "mistakes_test_tta-flips.png").is_file()
+    assert "test-time augmentation flips" in " ".join(capsys.readouterr().err.split())  # the table title says so

@@ -27,8 +27,12 @@ def finetune(ctx: click.Context, opts: dict):
 @click.option("--split", "part", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Which part of the run's split.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the metrics here (default: RUN_DIR/eval_SPLIT.json).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-def evaluate(run_dir: Path, part: str, json_file: Path | None, batch_size: int):
+@click.option("--tta", type=click.Choice(["none", "hflip", "flips"]), default="none", show_default=True,
+              help="Test-time augmentation: average the class probabilities over flipped views (hflip: 2 views, "
+                   "flips: horizontal, vertical and both, 4 views). Costs one forward pass per view; the deployed "
+                   "artifacts stay single-view.")
+def evaluate(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str):
     """Evaluate a run on its own split: metrics, confusion matrix, mistakes gallery."""
     from edgetune.evaluate import evaluate_run
 
-    evaluate_run(run_dir, part, json_file, batch_size)
+    evaluate_run(run_dir, part, json_file, batch_size, tta)
