@@ -188,6 +188,23 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     assert result.kept_epoch == 2 and all(torch.equal(v, last["ema"][k]) for k, v in model.state_dict().items())
 
 
+def test_layer_decay_lowers_each_stage_rate_below_the_one_above():
+    from edgetune.errors import EdgetuneError
+    from edgetune.train.loop import TrainConfig, _optimizer
+
+    model = create_backbone("test_efficientnet", 2, pretrained=False)
+    stages, params = parameter_groups(model), dict(model.named_parameters())
+    lr_of = {id(p): g["lr"] for g in _optimizer(model, TrainConfig(lr=1e-2, layer_decay=0.5)).param_groups for p in g["params"]}
+    assert len(stages) >= 3
+    for i, names in enumerate(stages):  # the head (last) at lr, halved with each stage further down
+        assert [lr_of[id(params[n])] for n in names] == pytest.approx([1e-2 * 0.5 ** (len(stages) - 1 - i)] * len(names))
+    groups = _optimizer(model, TrainConfig(lr=1e-2)).param_groups
+    assert {g["lr"] for g in groups} == {1e-2}
+    assert {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]} == {id(p) for p in params.values() if p.ndim == 1}
+    with pytest.raises(EdgetuneError, match="--layer-decay 0"):
+        _optimizer(model, TrainConfig(layer_decay=0))
+
+
 def test_flip_tta_averages_the_four_views_and_ignores_flips_of_the_input():
     from edgetune.models.tta import FlipTTA
 

@@ -70,6 +70,9 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         click.option("--freeze", default=freeze, show_default=True, help="full, head, last:N (last N stages + head) or gradual:K (one more stage every K epochs)."),
         click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
                      help="Validate and keep a moving average of the weights with this decay per step (e.g. 0.99); 0: the weights themselves."),
+        click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                     help="The head learns at --lr and each stage below it (as --freeze counts them) at this times the rate "
+                          "of the stage above: the general early features move least. 1: one rate for all."),
         click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
                      help="Which weights the run keeps: the epoch with the best validation --metric, or the last epoch's "
                           "(the schedule has annealed there; on a small validation split the best epoch is picked by noise)."),

@@ -23,7 +23,7 @@ from edgetune import log
 from edgetune.data.dataset import ImageDataset
 from edgetune.errors import EdgetuneError
 from edgetune.metrics import classification_metrics
-from edgetune.models.freeze import apply_freeze
+from edgetune.models.freeze import apply_freeze, parameter_groups
 from edgetune.runtime.files import atomic_path
 
 logger = log.get(__name__)
@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     distill: float = 0.0  # weight of the teacher's soft targets in the loss (needs a teacher); 0 = plain labels
     ema: float = 0.0  # decay of a moving average of the weights, which is validated and kept instead of them; 0 = off
+    layer_decay: float = 1.0  # each stage learns at this times the rate of the stage above it; the head at lr; 1 = one rate
     device: str = "auto"
     workers: int = 0
 
@@ -111,14 +112,22 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    if not 0 < cfg.layer_decay <= 1:
+        raise EdgetuneError(f"--layer-decay {cfg.layer_decay}: use a factor in (0, 1]; 1 gives every stage the same learning rate.")
+    # Stages as --freeze counts them (stem ... head): the head, new for the task, learns
+    # at lr, and each stage below at layer_decay times the one above, so the general
+    # early features move least.
+    stages = parameter_groups(model) if cfg.layer_decay < 1 else []
+    scale = {n: cfg.layer_decay ** (len(stages) - 1 - i) for i, names in enumerate(stages) for n in names}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        weight_decay = 0.0 if p.ndim <= 1 or name.endswith(".bias") else cfg.weight_decay
+        groups.setdefault((cfg.lr * scale.get(name, 1.0), weight_decay), []).append(p)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(params, lr=cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
     raise EdgetuneError(f"--optimizer {cfg.optimizer!r}: use adamw or sgd.")
 
 
@@ -243,7 +252,7 @@ def fit(
             val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()) if len(labels) else 0.0
             score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
             row = {"epoch": epoch + 1, "train_loss": total / max(1, count), "val_accuracy": val["accuracy"], "val_f1": val["f1"],
-                   "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"], "trainable_params": n_train}
+                   "val_loss": val["loss"], "lr": max(g["lr"] for g in optimizer.param_groups), "trainable_params": n_train}
             history.append(row)
             improved = score > best
             if improved:
