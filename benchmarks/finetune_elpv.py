@@ -104,6 +104,9 @@ RECIPES = {
     # the head. blocks.5 keeps the chosen recipe's 2e-3; the stages above learn faster,
     # those below slower (blocks.2, the lowest that trains, at 6.7e-4).
     "ld07_ema_last": variant(EMA_LAST, "--lr", "4e-3", "--layer-decay", "0.7"),
+    # Mixup (Zhang et al. 2018) at ImageNet's alpha of 0.2: most blends stay close to
+    # one image, so a thin crack stays visible in them, and the target says how much.
+    "mixup02_ema_last": variant(EMA_LAST, "--mixup", "0.2"),
 }
 CHOSEN = "flips300_ema_last"
 

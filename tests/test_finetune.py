@@ -205,6 +205,39 @@ def test_layer_decay_lowers_each_stage_rate_below_the_one_above():
         _optimizer(model, TrainConfig(layer_decay=0))
 
 
+def test_mixup_blends_each_image_with_the_one_whose_label_it_also_learns(tmp_path):
+    from edgetune.data.augment import Augment
+    from edgetune.data.dataset import train_val_datasets
+    from edgetune.data.sources import load_source
+    from edgetune.data.split import make_split
+    from edgetune.errors import EdgetuneError
+    from edgetune.runtime.preprocess import PreprocessSpec
+    from edgetune.train.loop import TrainConfig, fit, mixup
+
+    # image i is the constant i, so a blend's value tells which image it was mixed with
+    x, y = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 4, 4), torch.tensor([0, 1, 0, 1, 1, 0])
+    torch.manual_seed(0)
+    mixed, y_other, lam = mixup(x, y, torch.distributions.Beta(0.4, 0.4))
+    assert 0 < lam < 1 and lam != 0.5
+    partner = ((mixed[:, 0, 0, 0] - lam * torch.arange(6.0)) / (1 - lam)).round().long()
+    assert sorted(partner.tolist()) == list(range(6)) and torch.equal(y_other, y[partner])
+    assert torch.allclose(mixed[:, 0, 0, 0], lam * torch.arange(6.0) + (1 - lam) * partner)
+
+    # in the loop: seeded like the augmentations (a resumed epoch draws the same), and it changes what is learnt
+    split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
+    data = train_val_datasets(split, PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none"), False)
+    weights = {}
+    for name, alpha in (("a", 0.2), ("b", 0.2), ("plain", 0.0)):
+        torch.manual_seed(0)
+        model = create_backbone("test_efficientnet", 2, pretrained=False)
+        fit(model, *data, split.classes, TrainConfig(epochs=1, batch_size=4, mixup=alpha, keep="last"), tmp_path / name)
+        weights[name] = model.state_dict()
+    assert all(torch.equal(v, weights["b"][k]) for k, v in weights["a"].items())
+    assert not all(torch.equal(v, weights["plain"][k]) for k, v in weights["a"].items())
+    with pytest.raises(EdgetuneError, match="--mixup -1"):
+        fit(model, *data, split.classes, TrainConfig(epochs=1, mixup=-1), tmp_path / "bad")
+
+
 def test_flip_tta_averages_the_four_views_and_ignores_flips_of_the_input():
     from edgetune.models.tta import FlipTTA
 

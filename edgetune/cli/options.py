@@ -73,6 +73,9 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
                      help="The head learns at --lr and each stage below it (as --freeze counts them) at this times the rate "
                           "of the stage above: the general early features move least. 1: one rate for all."),
+        click.option("--mixup", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="Blend each training image with another of its batch, and their targets, by a Beta(ALPHA, ALPHA) weight "
+                          "(mixup; e.g. 0.2). 0: no blending."),
         click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
                      help="Which weights the run keeps: the epoch with the best validation --metric, or the last epoch's "
                           "(the schedule has annealed there; on a small validation split the best epoch is picked by noise)."),

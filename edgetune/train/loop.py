@@ -58,6 +58,7 @@ class TrainConfig:
     distill: float = 0.0  # weight of the teacher's soft targets in the loss (needs a teacher); 0 = plain labels
     ema: float = 0.0  # decay of a moving average of the weights, which is validated and kept instead of them; 0 = off
     layer_decay: float = 1.0  # each stage learns at this times the rate of the stage above it; the head at lr; 1 = one rate
+    mixup: float = 0.0  # Beta(mixup, mixup) weight of each batch blended with a shuffled copy of itself; 0 = off
     device: str = "auto"
     workers: int = 0
 
@@ -131,6 +132,15 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise EdgetuneError(f"--optimizer {cfg.optimizer!r}: use adamw or sgd.")
 
 
+def mixup(x: torch.Tensor, y: torch.Tensor, beta: torch.distributions.Beta) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Each image blended with another of the batch by a weight drawn from `beta`
+    (from torch's seeded generator, so a resumed epoch draws the same): the blend,
+    the other images' labels, and the weight of the first."""
+    lam = float(beta.sample())
+    perm = torch.randperm(len(x), device=x.device)
+    return lam * x + (1 - lam) * x[perm], y[perm], lam
+
+
 def _class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     return torch.tensor(len(labels) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
@@ -158,6 +168,8 @@ def fit(
         raise EdgetuneError(f"--keep {cfg.keep!r}: use best or last.")
     if cfg.balance not in ("loss", "sampler", "none"):
         raise EdgetuneError(f"--balance {cfg.balance!r}: use loss, sampler or none.")
+    if cfg.mixup < 0:
+        raise EdgetuneError(f"--mixup {cfg.mixup}: give the Beta distribution's alpha (e.g. 0.2), or 0 for none.")
     rank, world = _dist()
     main = rank == 0
     device = pick_device(cfg.device)
@@ -182,9 +194,16 @@ def fit(
     ema = _ema(model, cfg.ema) if cfg.ema > 0 else None
     scored = ema.module if ema is not None else model
 
+    mix = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup > 0 else None
+
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if mix is not None:
+            x, y_other, lam = mixup(x, y, mix)
         logits = train_model(x)
         loss = criterion(logits, y)
+        if mix is not None:
+            # the loss of a blend is the blend of the losses on both labels (Zhang et al. 2018)
+            loss = lam * loss + (1 - lam) * criterion(logits, y_other)
         if cfg.distill > 0:
             with torch.no_grad():
                 target = torch.softmax(teacher(x) / DISTILL_T, dim=1)
