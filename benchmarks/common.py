@@ -40,13 +40,18 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
-def write_table(rows: list[dict], columns: list[str], path: Path, title: str, notes: str = "") -> None:
-    """A Markdown table of `rows` (the JSON beside it holds everything)."""
-    from edgetune.runtime.files import write_text
-
+def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+
+
+def write_table(rows: list[dict], columns: list[str], path: Path, title: str, notes: str = "", intro: str = "") -> None:
+    """A Markdown table of `rows` (the JSON beside it holds everything), `intro` above
+    it and `notes` below."""
+    from edgetune.runtime.files import write_text
+
+    lines = [f"# {title}", "", *([intro, ""] if intro else []), *markdown_table(rows, columns)]
     write_text(path, "\n".join(lines + ["", notes]).rstrip() + "\n")
