@@ -173,7 +173,7 @@ def main() -> None:
         save(rows, a.results)
 
 
-GOAL = 0.90  # the bar: test accuracy, within 45 minutes of training on 2 cores
+GOAL = 0.90  # test accuracy to reach within 45 minutes of training on 2 cores
 
 
 def by_recipe(rows: list[dict]) -> list[dict]:
