@@ -55,3 +55,11 @@ def write_table(rows: list[dict], columns: list[str], path: Path, title: str, no
 
     lines = [f"# {title}", "", *([intro, ""] if intro else []), *markdown_table(rows, columns)]
     write_text(path, "\n".join(lines + ["", notes]).rstrip() + "\n")
+
+
+def smoke_data(work: Path, n_per_class: int) -> Path:
+    """Generated images for a --smoke run (checks a script, not its numbers), in
+    WORK/smoke_data; WORK is the smoke run's own folder, never the real runs'."""
+    from edgetune.data.synthetic import make_images
+
+    return make_images(work / "smoke_data", n_per_class=n_per_class, size=40)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, today, write_table  # noqa: E402
+from common import RESULTS, machine, smoke_data, today, write_table  # noqa: E402
 
 # The run that the latency benchmark builds its pruned bundles from (run_all.py).
 PRUNED_QAT = "pruned42_qat"
@@ -35,24 +35,16 @@ def slug(label: str) -> str:
 
 
 def stage(command, args: list[str], out: Path) -> Path:
-    """Run one edgetune command in this process; skip it when `out` holds a
-    finished run made by the same arguments (a new --float or recipe redoes it)."""
-    from edgetune.cli.options import record
+    """Run one edgetune command (edgetune.api.prune or .quantize) in this process;
+    skip it when `out` holds a finished run made by the same arguments (a new
+    --float or recipe redoes it)."""
     from edgetune.run import is_run
     from edgetune.runtime.files import write_json
 
     made_by, resolved = out / "benchmark_args.json", [str(Path(args[0]).resolve()), *args[1:]]
     if is_run(out) and made_by.is_file() and json.loads(made_by.read_text()) == resolved:
         return out
-    ctx = command.make_context(command.name, [*args, "--out", str(out), "--force"])
-    from edgetune.cli import compress_cmds
-    from edgetune.compress.prune import run_prune
-    from edgetune.compress.quantize import run_quantize
-
-    fn = {compress_cmds.prune: run_prune, compress_cmds.quantize: run_quantize}[command]
-    if command is compress_cmds.quantize:
-        ctx.params["ignore"] = list(ctx.params.get("ignore") or [])
-    fn(ctx.params, record(ctx))
+    command(args=[*args, "--out", str(out), "--force"])
     write_json(made_by, resolved)
     return out
 
@@ -60,7 +52,7 @@ def stage(command, args: list[str], out: Path) -> Path:
 def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int, min_time_s: float) -> dict:
     """Export `run_dir` and measure the ONNX file with ONNX Runtime."""
     from edgetune.export.checks import ort_session
-    from edgetune.export.onnx import _float_model, export_onnx
+    from edgetune.export.onnx import float_model, export_onnx
     from edgetune.metrics import classification_metrics
     from edgetune.models.stats import count_macs
     from edgetune.run import load_run
@@ -84,7 +76,7 @@ def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int,
     one = preprocess([read_image(pairs[0][0])], run.spec)
     timing = time_call(lambda: sess.run(None, {name: one}), Policy(warmup=20, min_time_s=min_time_s, min_runs=100))
     t = summarize(timing.samples_s)
-    macs, params = count_macs(_float_model(run), tuple(run.spec.size))
+    macs, params = count_macs(float_model(run), tuple(run.spec.size))
     return {"dataset": "elpv" if run.split.source.startswith("elpv") else run.split.source, "model": run.model_name, "stage": label,
             "runtime": "onnxruntime", "precision": precision, "accuracy": m["accuracy"], "f1": m["f1"],
             "accuracy_pytorch": run.test_metrics().get("accuracy"), "latency_ms_p50": t["p50_ms"], "latency_ms_p90": t["p90_ms"],
@@ -104,11 +96,9 @@ def main() -> None:
     a = p.parse_args()
 
     from edgetune import log
-    from edgetune.cli.compress_cmds import prune, quantize
+    from edgetune.api import prune, quantize
     from edgetune.run import is_run
     from edgetune.runtime.files import write_json
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from finetune_elpv import CHOSEN, RECIPES, run_recipe
 
     log.setup()  # each stage's epochs and summary in the log
@@ -131,10 +121,7 @@ def main() -> None:
     min_time = 3.0
     if a.smoke:
         a.work = a.work / "smoke"  # never next to (or over) the real runs
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from conftest import make_images
-
-        data = make_images(a.work / "smoke_data", n_per_class=16, size=40)
+        data = smoke_data(a.work, n_per_class=16)
         float_recipe = ["--img-size", "32", "--epochs", "4", "--lr", "3e-3", "--batch-size", "8", "--warmup-epochs", "0"]
         float_extra = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained"]
         prune_args = ["--steps", "1", "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--distill", "0.5", *settle]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, markdown_table, today, write_table  # noqa: E402
+from common import RESULTS, machine, markdown_table, smoke_data, today, write_table  # noqa: E402
 
 REFERENCES = {"Deitsch et al. 2019 VGG-19 (fine-tuned CNN)": 0.8842, "Deitsch et al. 2019 SVM": 0.8244}
 
@@ -112,20 +112,19 @@ CHOSEN = "flips300_ema_last"
 
 
 def run_recipe(name: str, recipe: list, work: Path, extra: list[str]) -> dict:
-    from edgetune.cli.options import record
-    from edgetune.cli.train_cmds import finetune
-    from edgetune.evaluate import evaluate_model
+    from edgetune import api
     from edgetune.models.tta import with_tta
     from edgetune.run import load_run
-    from edgetune.train.finetune import run_finetune
+    from edgetune.train.evaluate import evaluate_model
 
     stages = recipe if isinstance(recipe[0], list) else [recipe]
     started, previous, epochs = time.time(), [], 0
     for i, args in enumerate(stages, 1):
         out = work / name if i == len(stages) else work / f"{name}.stage{i}"
-        ctx = finetune.make_context("finetune", [*args, *extra, *previous, "--out", str(out), "--force"])
-        run_finetune(ctx.params, record(ctx))
-        previous, epochs = ["--weights", str(out / "model.pt")], epochs + ctx.params["epochs"]
+        argv = [*args, *extra, *previous, "--out", str(out), "--force"]
+        params, _ = api.resolve("finetune", argv)
+        api.finetune(argv)
+        previous, epochs = ["--weights", str(out / "model.pt")], epochs + params["epochs"]
     wall = time.time() - started
     info = json.loads((out / "run.json").read_text())
     m = info["history"][0]["metrics"]
@@ -133,11 +132,11 @@ def run_recipe(name: str, recipe: list, work: Path, extra: list[str]) -> dict:
     # (`edgetune evaluate --tta flips`): 4x the inference, not the training.
     run = load_run(out)
     tta = evaluate_model(with_tta(run.build_model(), "flips"), run.split, run.spec, "test")
-    return {"dataset": ctx.params["data"], "model": ctx.params["model"], "stage": "float", "runtime": "pytorch", "precision": "fp32", "recipe": name,
+    return {"dataset": params["data"], "model": params["model"], "stage": "float", "runtime": "pytorch", "precision": "fp32", "recipe": name,
             "args": " then ".join(" ".join(a + extra) for a in stages), "accuracy": m["test"]["accuracy"], "f1": m["test"]["f1"],
             "roc_auc": m["test"].get("roc_auc"),
-            "tta_flips_accuracy": tta["accuracy"], "tta_flips_f1": tta["f1"], "img_size": ctx.params["img_size"], "epochs": epochs, "seed": ctx.params["seed"],
-            "best_epoch": m["best_epoch"], "kept_epoch": m.get("kept_epoch", m["best_epoch"]), "train_wall_s": round(wall, 1), "device": ctx.params["device"], "machine": machine(), "date": today()}
+            "tta_flips_accuracy": tta["accuracy"], "tta_flips_f1": tta["f1"], "img_size": params["img_size"], "epochs": epochs, "seed": params["seed"],
+            "best_epoch": m["best_epoch"], "kept_epoch": m.get("kept_epoch", m["best_epoch"]), "train_wall_s": round(wall, 1), "device": params["device"], "machine": machine(), "date": today()}
 
 
 def main() -> None:
@@ -155,10 +154,7 @@ def main() -> None:
     extra = list(a.extra)
     if a.smoke:
         a.work = a.work / "smoke"  # never next to (or over) the real runs
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from conftest import make_images
-
-        data = make_images(a.work / "smoke_data", n_per_class=12, size=40)
+        data = smoke_data(a.work, n_per_class=12)
         extra += ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained", "--batch-size", "8"]
         names, a.results = names[:1], a.work / "smoke.json"
         RECIPES[names[0]] = [["--img-size", "32", "--epochs", "1"], ["--img-size", "40", "--epochs", "1"]]

@@ -45,3 +45,11 @@ def agreement(logits_a, logits_b) -> float:
     """Fraction of samples on which two models pick the same class."""
     a, b = np.asarray(logits_a), np.asarray(logits_b)
     return float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else 1.0
+
+
+HEADLINE = ("n", "accuracy", "balanced_accuracy", "f1", "roc_auc")
+
+
+def headline(m: dict, extra: tuple[str, ...] = ()) -> dict:
+    """The metrics a run or bundle records as its result (no per-image detail)."""
+    return {k: m[k] for k in (*HEADLINE, *extra) if k in m}

@@ -55,7 +55,7 @@ class Run:
 
     def build_model(self, device: str = "cpu"):
         """The trained model, rebuilt from the records (never an unpickled module)."""
-        from edgetune.models.load import load_run_model
+        from edgetune.compress.restore import load_run_model
 
         return load_run_model(self, device)
 

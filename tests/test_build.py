@@ -56,7 +56,7 @@ def test_one_build_makes_three_bundles(built_bundles):
 
 
 def test_signed_activations_follow_the_targets():
-    from edgetune.pipeline import quantize_overrides
+    from edgetune.build.plan import quantize_overrides
     from edgetune.targets.profile import load_profile
 
     cpu, jetson = load_profile("cpu"), load_profile("jetson-orin-nano")

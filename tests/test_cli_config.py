@@ -74,3 +74,14 @@ def test_example_configs_are_valid(example):
     # Every key and value of the shipped examples passes the config check.
     proc = run_cli("--config", ROOT / "examples" / example, "build", "--help", check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_section_takes_an_options_flag_name_too():
+    """`build: {target: cpu}` is build's --target (stored as `targets`); top-level
+    keys stay option names, so a training `data:` never becomes bench's --data."""
+    from edgetune import api
+
+    values, _ = api.resolve("build", config={"build": {"target": "cpu", "from": "runs/float"}})
+    assert values["targets"] == ("cpu",) and str(values["start"]) == "runs/float"
+    values, _ = api.resolve("bench", ["B"], config={"data": "images/", "bench": {"json": "r.json"}})
+    assert values["eval_data"] is None and str(values["json_file"]) == "r.json"

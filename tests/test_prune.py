@@ -44,7 +44,7 @@ def test_prune_lowers_macs_rounds_channels_and_records_metrics(pruned_run, float
 def test_pruned_run_reloads_with_identical_outputs(pruned_run):
     """The reloaded model (timm + recorded shapes + state dict, no pruning code)
     reproduces the test metrics recorded when the pruned model was saved."""
-    from edgetune.evaluate import evaluate_model
+    from edgetune.train.evaluate import evaluate_model
     from edgetune.run import load_run
 
     run = load_run(pruned_run)

@@ -41,7 +41,7 @@ def test_calibration_selection_is_stratified_and_seeded(float_run):
 def test_quantized_run_restores_exactly(qat_run):
     """NNCF config + state dict rebuild the same model: the recorded test metrics
     come back, and two restores give identical outputs."""
-    from edgetune.evaluate import evaluate_model
+    from edgetune.train.evaluate import evaluate_model
     from edgetune.run import load_run
 
     run = load_run(qat_run)

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import REPO, run_cli
 from edgetune.errors import EdgetuneError
-from edgetune.targets.jetson import tensorrt_problems, trtexec_args
+from edgetune.export.checks import tensorrt_problems
+from edgetune.targets.jetson import trtexec_args
 from edgetune.targets.profile import known_profiles, load_profile
 from edgetune.targets.registry import get_target
 

@@ -23,6 +23,7 @@ class Artifact:
     path: Path
     run: Run | None = None
     bundle: Bundle | None = None
+    runtime: str | None = None  # a bundle's session runtime, when not its own (a Jetson bundle's ONNX through ONNX Runtime)
 
     @property
     def kind(self) -> str:
@@ -40,7 +41,7 @@ class Artifact:
     def label(self) -> str:
         if self.run:
             return f"{self.path.name} (pytorch, {self.run.stage})"
-        return f"{self.bundle.name} ({self.bundle.runtime}, {self.bundle.precision})"
+        return f"{self.bundle.name} ({self.runtime or self.bundle.runtime}, {self.bundle.precision})"
 
     def source_run(self) -> Run | None:
         """The run this artifact came from, when it is still on this machine."""
@@ -50,12 +51,12 @@ class Artifact:
         return load_run(src) if src and is_run(src) else None
 
 
-def open_artifact(path: str | Path, what: str = "artifact") -> Artifact:
+def open_artifact(path: str | Path, what: str = "artifact", runtime: str | None = None) -> Artifact:
     path = Path(path)
     if is_run(path):
         return Artifact(path, run=load_run(path))
     if (path / "manifest.json").is_file() or (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))):
-        return Artifact(path, bundle=load_bundle(path))
+        return Artifact(path, bundle=load_bundle(path), runtime=runtime)
     if not path.exists():
         raise EdgetuneError(f"{what} {path}: no such file or directory. Give a run directory (edgetune finetune/prune/quantize --out) or a bundle (edgetune build).")
     raise EdgetuneError(f"{what} {path}: neither a run directory (no run.json) nor a bundle (no manifest.json, not a .tar.gz).")
@@ -126,7 +127,8 @@ def predict(artifact: Artifact, images: Labelled, threads: int | None = None, ba
 
         logits, _ = torch_predict(artifact.run.build_model(), eval_loader(images.pairs, EvalTransform(artifact.run.spec), batch_size=64))
         return logits
-    return session_logits(artifact.bundle.open(threads=threads), [p for p, _ in images.pairs], batch_size, artifact.label)
+    session = artifact.bundle.open(threads=threads, runtime=artifact.runtime)
+    return session_logits(session, [p for p, _ in images.pairs], batch_size, artifact.label)
 
 
 def session_logits(session, paths: list[str], batch_size: int = 16, desc: str = "") -> np.ndarray:

@@ -1,5 +1,5 @@
-"""`build`, `inspect` and `engine build`. Thin: the work is in edgetune.pipeline,
-edgetune.targets and edgetune.runtime. `inspect` and `engine` never import torch."""
+"""`build`, `inspect` and `engine build`. Thin: the work is in edgetune.build,
+edgetune.stages and edgetune.runtime. `inspect` and `engine` never import torch."""
 
 from __future__ import annotations
 
@@ -39,11 +39,14 @@ def build(ctx: click.Context, opts: dict):
     build: {max-drop: ...} in the config) every bundle is gated against the float
     model on the test split after it is written. With --from RUN_DIR the build
     starts from a run you trained with finetune, prune or quantize."""
-    from edgetune.pipeline import build as run_build
+    from edgetune.build import BuildRequest, build as run_build
+    from edgetune.cli.config import stage_options
 
-    run_build(ctx, list(opts["targets"]), opts["out"], force=opts["force"],
-              overrides={k: opts[k] for k in ("data", "model", "img_size") if opts[k] is not None},
-              max_drop=opts["max_drop"], min_agreement=opts["min_agreement"], start=opts["start"])
+    overrides = {k: opts[k] for k in ("data", "model", "img_size") if opts[k] is not None}
+    options = {stage: stage_options(ctx, stage, **(overrides if stage == "finetune" else {})) for stage in ("finetune", "prune", "quantize", "export")}
+    config = (ctx.find_root().obj or {}).get("config") or {}
+    run_build(BuildRequest(list(opts["targets"]), opts["out"], options, config, force=opts["force"], max_drop=opts["max_drop"],
+                           min_agreement=opts["min_agreement"], start=opts["start"], overrides=overrides))
 
 
 @click.command()
@@ -95,7 +98,7 @@ def engine_build(bundle: Path, precisions: tuple[str, ...], dla_core: str, works
     if dla_core not in ("profile", "none") and not dla_core.isdigit():
         raise EdgetuneError(f"--dla-core {dla_core}: give a DLA core number (0, 1), 'none' or 'profile'.")
     core = dla_core if dla_core == "profile" else (None if dla_core == "none" else int(dla_core))
-    from edgetune.targets.jetson import build_engines
+    from edgetune.runtime.trt_build import build_engines
 
     record = build_engines(b, list(precisions) or None, core, workspace_mb, force)
     log.console.print(f"Engines for {record['gpu']} (TensorRT {record['tensorrt']}, CUDA {record['cuda']}): "

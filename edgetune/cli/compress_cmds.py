@@ -22,7 +22,7 @@ from edgetune.cli.options import distill_options, out_option, pass_options, reco
 @pass_options
 def prune(ctx: click.Context, opts: dict):
     """Remove channels structurally (torch-pruning DepGraph), with recovery fine-tuning."""
-    from edgetune.compress.prune import run_prune
+    from edgetune.stages.prune import run_prune
 
     run_prune(opts, record(ctx))
 
@@ -47,7 +47,7 @@ def prune(ctx: click.Context, opts: dict):
 @pass_options
 def quantize(ctx: click.Context, opts: dict):
     """Quantize to INT8 with NNCF: symmetric, per-channel weights, zero-point 0."""
-    from edgetune.compress.quantize import run_quantize
+    from edgetune.stages.quantize import run_quantize
 
     opts["ignore"] = list(opts.get("ignore") or [])
     run_quantize(opts, record(ctx))

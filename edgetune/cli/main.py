@@ -66,7 +66,7 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: int, quiet: bool)
     log.setup(verbose=verbose, quiet=quiet)
     ctx.obj = {"config_file": config_file, "config": {}}
     if config_file is not None:
-        from edgetune.config import build_default_map, load_yaml
+        from edgetune.cli.config import build_default_map, load_yaml
 
         cfg = load_yaml(config_file)
         ctx.default_map = build_default_map(cfg, cli, ctx, config_file)

@@ -17,7 +17,7 @@ from edgetune.cli.options import data_options, model_options, out_option, pass_o
 @pass_options
 def finetune(ctx: click.Context, opts: dict):
     """Fine-tune a pretrained timm backbone on labelled images."""
-    from edgetune.train.finetune import run_finetune
+    from edgetune.stages.finetune import run_finetune
 
     run_finetune(opts, record(ctx))
 
@@ -33,6 +33,6 @@ def finetune(ctx: click.Context, opts: dict):
                    "artifacts stay single-view.")
 def evaluate(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str):
     """Evaluate a run on its own split: metrics, confusion matrix, mistakes gallery."""
-    from edgetune.evaluate import evaluate_run
+    from edgetune.report import evaluate_run
 
     evaluate_run(run_dir, part, json_file, batch_size, tta)

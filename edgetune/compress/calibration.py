@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
 from edgetune import log
 from edgetune.data.split import Split
 from edgetune.errors import EdgetuneError
 from edgetune.resources import data_dir
-from edgetune.runtime.files import sha256_file, sha256_json
+from edgetune.runtime.files import read_yaml, sha256_file, sha256_json
 
 logger = log.get(__name__)
 KEYS = {"count", "split", "strategy", "seed"}
@@ -38,12 +36,9 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not path.is_file():
         known = sorted(p.stem for p in recipe_dir().glob("*.yaml"))
         raise EdgetuneError(f"--calibration {name_or_path}: no such recipe ({path}). Give a YAML file or one of: {', '.join(known) or 'none'}.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise EdgetuneError(f"Calibration recipe {path} is not valid YAML: {e}".replace("\n", " ")) from None
-    if not isinstance(data, dict) or set(data) - KEYS:
-        raise EdgetuneError(f"Calibration recipe {path}: unknown key(s) {sorted(set(data) - KEYS) if isinstance(data, dict) else data!r}; allowed: {', '.join(sorted(KEYS))}.")
+    data = read_yaml(path, "Calibration recipe")
+    if set(data) - KEYS:
+        raise EdgetuneError(f"Calibration recipe {path}: unknown key(s) {sorted(set(data) - KEYS)}; allowed: {', '.join(sorted(KEYS))}.")
     r = Recipe(name=path.stem, **data)
     if not isinstance(r.count, int) or r.count < 1:
         raise EdgetuneError(f"Calibration recipe {path}: count {r.count!r} must be a positive integer.")

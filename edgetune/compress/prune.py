@@ -4,22 +4,20 @@ Pruning runs in steps; each step removes a share of the channels (a fresh
 pruner on the current model, so a finished step is a self-contained checkpoint)
 and is followed by recovery fine-tuning through the shared training loop. Channel
 counts stay multiples of `round_to`; the classifier is never pruned. The result is
-recorded as layer shapes (`shapes.record_shapes`) so it reloads without this code."""
+recorded as layer shapes (`shapes.record_shapes`) so it reloads without this code.
+The stage driver (steps, recovery, records) is edgetune/stages/prune.py."""
 
 from __future__ import annotations
 
 import copy
 import functools
 import math
-import time
 import warnings
 
 import torch
 from torch import nn
 
 from edgetune import log
-from edgetune.compress import stage
-from edgetune.compress.shapes import apply_shapes, record_shapes
 from edgetune.errors import EdgetuneError
 from edgetune.models.stats import count_macs
 
@@ -127,80 +125,3 @@ def step_ratios(total: float, steps: int) -> list[float]:
         ratios.append(1 - target / kept)
         kept = target
     return ratios
-
-
-def _resume_point(out, steps: int):
-    """The last finished step saved in `out/ckpt` (its number, arch, weights), if any."""
-    for k in range(steps, 0, -1):
-        path = out / "ckpt" / f"step{k}.pt"
-        if path.exists():
-            return k, torch.load(path, map_location="cpu", weights_only=True)
-    return 0, None
-
-
-def run_prune(opts: dict, config_record: dict):
-    from edgetune.runtime.files import write_json
-    from edgetune.train.finetune import train_config
-    from edgetune.train.loop import fit, save_atomic
-
-    started = time.time()
-    if (opts.get("ratio") is None) == (opts.get("target_macs") is None):
-        raise EdgetuneError("Give exactly one of --ratio (share of channels to remove, e.g. 0.3) or --target-macs (share of MACs to remove, e.g. 0.5).")
-    parent, out = stage.begin(opts, "pruned", config_record)
-    size = tuple(parent.spec.size)
-    model = parent.build_model()
-    check_prunable(model, parent.model_name)
-    teacher = stage.teacher(opts, parent)
-    macs0, params0 = count_macs(model, size)
-    before = parent.test_metrics() or stage.test_metrics(model, parent)
-    steps, round_to, imp = opts["steps"], opts["round_to"], opts["importance"]
-    ratio = opts.get("ratio")
-    if ratio is None:
-        ratio = ratio_for_macs(model, size, opts["target_macs"], round_to, imp, steps)
-        logger.info("--target-macs %.2f: pruning %.1f%% of the channels.", opts["target_macs"], 100 * ratio)
-    cfg = train_config(opts)
-    done, saved = _resume_point(out, steps) if opts.get("resume") else (0, None)
-    if saved is not None:
-        apply_shapes(model, saved["arch"])
-        model.load_state_dict(saved["state"])
-        logger.info("Resuming pruning after step %d of %d.", done, steps)
-    history = saved["history"] if saved is not None else []
-    for k, r in enumerate(step_ratios(ratio, steps), start=1):
-        if k <= done:
-            continue
-        prune_once(model, size, r, round_to, imp)
-        macs, params = count_macs(model, size)
-        logger.info("Prune step %d/%d: %.3f -> %.3f GMACs, %.2fM parameters.", k, steps, macs0 / 1e9, macs / 1e9, params / 1e6)
-        row = {"step": k, "ratio": r, "macs": macs, "params": params}
-        if cfg.epochs > 0:
-            result = fit(model, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt" / f"step{k}", resume=False, desc=f"prune step {k}/{steps} recovery",
-                         teacher=teacher)
-            row.update(best_epoch=result.best_epoch, val_best=result.best_metric, kept_epoch=result.kept_epoch, epochs=result.history)
-        history.append(row)
-        model.cpu()
-        save_atomic({"arch": record_shapes(model), "state": model.state_dict(), "history": history}, out / "ckpt" / f"step{k}.pt")
-    model.cpu().eval()
-    macs1, params1 = count_macs(model, size)
-    after = stage.test_metrics(model, parent)
-    metrics = {"before": {"macs": macs0, "params": params0, "test": before}, "after": {"macs": macs1, "params": params1, "test": after},
-               "ratio": ratio, "round_to": round_to, "importance": imp, "steps": history, "test": after}
-    stage.finish(out, parent, "pruned", model, config_record, metrics, started, arch=record_shapes(model))
-    write_json(out / "prune.json", {k: metrics[k] for k in ("before", "after", "ratio", "round_to", "importance")})
-    _summary(parent, out, metrics)
-    return out
-
-
-def _summary(parent, out, m) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"Pruned {parent.model_name}: {out}")
-    for col in ("", "MACs", "parameters", "test accuracy", "test F1"):
-        t.add_column(col, justify="right")
-    for name in ("before", "after"):
-        r = m[name]
-        t.add_row(name, f"{r['macs'] / 1e6:.2f} M", f"{r['params'] / 1e6:.3f} M", f"{r['test'].get('accuracy', float('nan')):.4f}", f"{r['test'].get('f1', float('nan')):.4f}")
-    b, a = m["before"], m["after"]
-    t.add_row("change", f"{100 * (a['macs'] / b['macs'] - 1):+.1f}%", f"{100 * (a['params'] / b['params'] - 1):+.1f}%",
-              f"{a['test'].get('accuracy', 0) - b['test'].get('accuracy', 0):+.4f}", "")
-    if not log.quiet():
-        log.console.print(t)

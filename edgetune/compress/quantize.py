@@ -5,17 +5,16 @@ Symmetric INT8 throughout: weights per output channel, activations per tensor,
 zero-point 0 everywhere (what TensorRT's explicit quantization needs). BatchNorm
 is folded into the convolutions first, so the exported graph is Conv + Q/DQ that
 runtimes fuse into integer kernels. The run stores NNCF's config (where each
-quantizer sits) plus the state dict; `restore_quantized` rebuilds it."""
+quantizer sits) plus the state dict; `restore_quantized` rebuilds it. The stage
+driver (calibration recipe, QAT, records) is edgetune/stages/quantize.py."""
 
 from __future__ import annotations
 
 import re
-import time
 
 import torch
 
 from edgetune import log
-from edgetune.compress import stage
 from edgetune.errors import EdgetuneError
 
 logger = log.get(__name__)
@@ -154,50 +153,3 @@ def calibration_tensors(run, pairs) -> list[torch.Tensor]:
 
     t = EvalTransform(run.spec)
     return [t(load_rgb(p)).unsqueeze(0) for p, _ in pairs]
-
-
-def run_quantize(opts: dict, config_record: dict):
-    """The `quantize` command: PTQ (calibration only) or QAT (calibration + fit)."""
-    from edgetune.compress.calibration import load_recipe, select
-    from edgetune.train.finetune import train_config
-    from edgetune.train.loop import fit
-
-    started = time.time()
-    mode = opts["mode"]
-    recipe = load_recipe(opts["calibration"])
-    parent, out = stage.begin(opts, mode, config_record)
-    model = parent.build_model()
-    before = parent.test_metrics() or stage.test_metrics(model, parent)
-    pairs, calib = select(parent.split, recipe, opts.get("calib_count"))
-    logger.info("Calibrating INT8 quantizers of %s on %d images (recipe '%s', hash %s).", parent.model_name, calib["count"], recipe.name, calib["hash"][:12])
-    qmodel, quant = quantize_model(model, calibration_tensors(parent, pairs), tuple(parent.spec.size), opts.get("ignore") or [], opts.get("fold_bn", True),
-                                   opts.get("overflow_fix") or "enable", opts.get("activations") or "auto")
-    quant["mode"] = mode
-    metrics = {"float_test": before, "calibration_test": stage.test_metrics(qmodel, parent)}
-    metrics["test"] = metrics["calibration_test"]  # PTQ: the calibrated model is the result
-    if mode == "qat" and opts["epochs"] > 0:
-        cfg = train_config(opts)
-        result = fit(qmodel, *stage.datasets(parent, opts), parent.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="qat",
-                     teacher=stage.teacher(opts, parent))
-        metrics.update(best_epoch=result.best_epoch, val_best=result.best_metric, kept_epoch=result.kept_epoch, epochs=result.history)
-        metrics["test"] = stage.test_metrics(qmodel.cpu().eval(), parent)
-    qmodel.cpu().eval()
-    stage.finish(out, parent, mode, qmodel, config_record, metrics, started, quant=quant, calibration=calib)
-    _summary(parent, out, mode, metrics, calib)
-    return out
-
-
-def _summary(parent, out, mode, metrics, calib) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"{mode.upper()} INT8: {parent.model_name} -> {out}")
-    for col in ("model", "test accuracy", "test F1"):
-        t.add_column(col, justify="right" if col != "model" else "left")
-    rows = [("float (parent)", metrics["float_test"]), ("after calibration", metrics["calibration_test"])]
-    if mode == "qat":
-        rows.append(("after QAT", metrics["test"]))
-    for name, m in rows:
-        t.add_row(name, f"{m.get('accuracy', float('nan')):.4f}", f"{m.get('f1', float('nan')):.4f}")
-    if not log.quiet():
-        log.console.print(t)
-        log.console.print(f"Calibrated on {calib['count']} images" + (f" ({calib['short']} fewer than the recipe asks)" if calib["short"] else "") + f", hash {calib['hash'][:16]}.")

@@ -2,7 +2,9 @@
 
 Static: onnx.checker, standard ops only, and every weight Q/DQ in the form the
 runtimes (TensorRT's explicit quantization above all) accept: int8, per output
-channel, zero-point 0. Dynamic: ONNX Runtime agrees with PyTorch on real images."""
+channel, zero-point 0. A target plug-in that needs more names its rules
+(`Target.qdq_rules`, e.g. "tensorrt"), checked by `rule_problems` when the build
+compiles for it. Dynamic: ONNX Runtime agrees with PyTorch on real images."""
 
 from __future__ import annotations
 
@@ -130,3 +132,123 @@ def compare_with_torch(path, torch_logits: np.ndarray, inputs: np.ndarray, batch
     return {"images": int(len(inputs)), "agreement": agreement(torch_logits, got), "decisive_images": int(decisive.sum()),
             "decisive_agreement": agreement(torch_logits[decisive], got[decisive]), "tie_margin": TIE_MARGIN,
             "max_logit_diff": float(np.abs(torch_logits - got).max()) if len(got) else 0.0}
+
+
+# --- TensorRT's explicit-quantization rules (the jetson targets) ---------------
+
+# ONNX operators TensorRT's parser imports (onnx-tensorrt, TensorRT 8.5-10).
+TRT_OPS = set("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip Concat
+Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf
+Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
+Greater GreaterOrEqual GridSample GroupNormalization HardSigmoid HardSwish Hardmax Identity If InstanceNormalization
+IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool LRN MatMul Max
+MaxPool Mean Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
+QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2
+ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+ReverseSequence RoiAlign Round ScaledTanh Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh
+Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
+Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def _weight_axis(node, weight_index: int) -> int | None:
+    """The output-channel axis of a layer's weight: where per-channel scales must lie."""
+    if weight_index != 1:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return -1  # MatMul: the last axis of B
+
+
+def tensorrt_problems(model) -> tuple[list[str], list[str]]:
+    """TensorRT explicit-quantization rules on an ONNX ModelProto: (problems that
+    keep the engine from being INT8 or from building, notes worth knowing). The
+    same problem on many nodes is one line with a count and examples."""
+    from onnx import TensorProto, numpy_helper
+
+    found: dict[str, list[str]] = {}
+
+    def problem(message: str, node=None) -> None:
+        found.setdefault(message, []).append(node.name or node.output[0] if node is not None else "")
+
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        problem(f"opset {opset}: per-channel Q/DQ needs opset >= 13")
+    consts = {i.name: i for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output:
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                consts[n.output[0]] = value
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            consumers.setdefault(name, []).append((n, i))
+
+    for n in graph.node:
+        if n.domain not in ("", "ai.onnx") or n.op_type not in TRT_OPS:
+            problem(f"operator {n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type} is not imported by TensorRT's ONNX parser", n)
+
+    for n in graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        users = consumers.get(n.output[0], [])
+        if n.op_type == "DequantizeLinear" and users and all(u.op_type in QUANTIZABLE and i == 2 for u, i in users):
+            problem("a bias is quantized (int32 Q/DQ); TensorRT takes float biases", n)
+            continue
+        if len(n.input) < 2 or n.input[1] not in consts:
+            problem(f"{n.op_type}: the scale must be a constant", n)
+            continue
+        scale = numpy_helper.to_array(consts[n.input[1]])
+        if (scale <= 0).any():
+            problem(f"{n.op_type}: scales must be positive", n)
+        if len(n.input) < 3 or not n.input[2]:
+            problem(f"{n.op_type}: no zero-point, so ONNX defaults to uint8; TensorRT needs int8 with zero-point 0", n)
+        elif n.input[2] not in consts:
+            problem(f"{n.op_type}: the zero-point must be a constant", n)
+        else:
+            zp = consts[n.input[2]]
+            if zp.data_type != TensorProto.INT8:
+                problem(f"{n.op_type}: zero-point type {TensorProto.DataType.Name(zp.data_type).lower()}; TensorRT needs int8 (symmetric)", n)
+            if numpy_helper.to_array(zp).any():
+                problem(f"{n.op_type}: zero-point is not 0 (asymmetric); TensorRT needs symmetric quantization", n)
+        if scale.size > 1 and n.op_type == "DequantizeLinear":
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            rank = len(numpy_helper.to_array(consts[n.input[0]]).shape) if n.input[0] in consts else None
+            want = {_weight_axis(u, i) for u, i in users if u.op_type in QUANTIZABLE}
+            want = {rank - 1 if (w == -1 and rank) else w for w in want}
+            if not want or None in want:
+                problem("per-channel scales on an activation; TensorRT needs per-tensor activation scales", n)
+            elif (axis % rank if rank else axis) not in want:
+                problem(f"per-channel weight scales on axis {axis}; TensorRT needs the output-channel axis ({sorted(want)[0]})", n)
+
+    unquantized = []
+    for n in graph.node:
+        if n.op_type not in QUANTIZABLE:
+            continue
+        fed = [bool(name) and name in producer and producer[name].op_type == "DequantizeLinear" for name in n.input[:2]]
+        if all(fed):
+            continue
+        # Q/DQ before one input only: TensorRT folds the weight's DQ and runs the layer in float (FP16).
+        unquantized.append(f"{n.name or n.output[0]}" + (f" (Q/DQ before its {'input' if fed[0] else 'weight'} only)" if any(fed) else ""))
+    notes = [f"{len(unquantized)} Conv/Gemm/MatMul layer(s) without Q/DQ before both inputs run in FP16: "
+             f"{', '.join(unquantized[:5])}{' ...' if len(unquantized) > 5 else ''}"] if unquantized else []
+    problems = [f"{msg}" + (f" ({len(names)}x, e.g. {', '.join(n for n in names[:3] if n)})" if any(names) else "") for msg, names in found.items()]
+    return problems, notes
+
+
+RULES = {"tensorrt": tensorrt_problems}
+
+
+def rule_problems(model, rules: str) -> tuple[list[str], list[str]]:
+    """(problems, notes) of a named rule set on an ONNX ModelProto."""
+    return RULES[rules](model)

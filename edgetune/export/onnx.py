@@ -24,7 +24,7 @@ MIN_AGREEMENT = 0.99
 PRECISIONS = ("fp32", "int8")
 
 
-def _float_model(run):
+def float_model(run):
     """The float weights of a run: its own, or a quantized run's float parent's."""
     from edgetune.run import load_run
 
@@ -52,7 +52,7 @@ def _model_for(run, precision: str):
 
         reference = run.build_model()
         return nncf.strip(reference, example_input=torch.zeros(1, 3, *size)).eval(), reference
-    reference = _float_model(run)
+    reference = float_model(run)
     import copy
 
     model = copy.deepcopy(reference)

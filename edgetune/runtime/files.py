@@ -49,6 +49,35 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def parse_yaml(text: str, where: str) -> dict:
+    """The top-level mapping of a YAML document (safe load; empty: {}). `where`
+    names it in errors, e.g. "Config file x.yaml"."""
+    import yaml
+
+    from edgetune.errors import EdgetuneError
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise EdgetuneError(f"{where} is not valid YAML: {e}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise EdgetuneError(f"{where} must hold a mapping of keys to values, not a {type(data).__name__}.")
+    return data
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> dict:
+    """`parse_yaml` of a file; `what` says what it is ("Config file")."""
+    from edgetune.errors import EdgetuneError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise EdgetuneError(f"{what} {path} cannot be read: {e.strerror or e}.") from None
+    return parse_yaml(text, f"{what} {path}")
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -33,7 +33,12 @@ class CompileInput:
 
 
 class Target:
+    """A plug-in declares what it can build and how; the compile stage does the rest."""
+
     runtime = "?"
+    precisions: tuple[str, ...] = ()  # the artifacts it can produce
+    signed_activations = False  # True: its runtime takes only signed int8 activations (no uint8 Q/DQ)
+    qdq_rules: str | None = None  # extra Q/DQ rules its INT8 ONNX must pass (export/checks.py RULES)
     OPTIONS: dict[str, tuple[Any, str]] = {}
 
     def __init__(self, profile: Profile):
@@ -49,6 +54,14 @@ class Target:
 
     def require(self) -> None:
         backends.require(self.runtime)
+
+    def check_profile(self) -> None:
+        """Refuse, before any training, a profile this plug-in cannot build."""
+        wrong = [p for p in self.profile.precisions if p not in self.precisions]
+        if wrong:
+            raise EdgetuneError(f"Target profile {self.profile.source}: precision {', '.join(wrong)} in 'precision'/'fallback' cannot be built for "
+                                f"{self.runtime}; it builds {', '.join(self.precisions)}. Change the profile's precision or fallback.")
+        self.require()
 
     def compile(self, inp: CompileInput, dest: Path) -> dict[str, dict]:
         """Write the artifacts for the profile's precisions into `dest`; return the

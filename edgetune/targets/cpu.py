@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from edgetune import log
-from edgetune.errors import EdgetuneError
 from edgetune.runtime.files import atomic_path
 from edgetune.runtime.ort import GRAPH_LEVELS, session_options
 from edgetune.targets.base import CompileInput, Target, int_at_least
@@ -22,6 +21,7 @@ OFFLINE_LEVEL = "extended"  # portable across CPUs; "all" adds layout transforms
 
 class CpuTarget(Target):
     runtime = "onnxruntime"
+    precisions = ("int8", "fp32")  # ONNX Runtime's CPU provider has no fp16 kernels
     OPTIONS = {
         "threads": (int_at_least(0), "an integer >= 0 (0: all cores)"),
         "graph_optimization": (lambda v: v in GRAPH_LEVELS, f"one of {', '.join(GRAPH_LEVELS)}"),
@@ -36,8 +36,6 @@ class CpuTarget(Target):
         self.require()
         arts = {}
         for precision in self.profile.precisions:
-            if precision == "fp16":
-                raise EdgetuneError(f"Target profile {self.profile.source}: ONNX Runtime on CPU has no fp16 kernels; use int8 or fp32 in 'precision'/'fallback'.")
             name = f"model.{precision}.onnx"
             optimized = optimize(inp.onnx_for(precision), dest / name, inp.input_shape)
             options = {"threads": self.profile.options.get("threads", 0), "graph_optimization": self.profile.options.get("graph_optimization", "all"),

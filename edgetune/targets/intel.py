@@ -18,6 +18,7 @@ HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 class IntelTarget(Target):
     runtime = "openvino"
+    precisions = ("int8", "fp16", "fp32")
     OPTIONS = {
         "device": (lambda v: isinstance(v, str) and v.split(":")[0].split(".")[0] in ("CPU", "GPU", "NPU", "AUTO", "MULTI", "HETERO"),
                    "an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO"),

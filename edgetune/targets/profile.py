@@ -10,15 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgetune.errors import EdgetuneError
 from edgetune.resources import data_dir
+from edgetune.runtime.files import parse_yaml
 
 PRECISIONS = ("int8", "fp16", "fp32")
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
-SIGNED_ONLY = ("tensorrt",)  # runtimes without uint8 Q/DQ: their INT8 activations must be signed
 
 
 def _profiles_dir() -> Path:
@@ -116,12 +114,7 @@ def _merge(base: dict, over: dict) -> dict:
 def _read(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict, str]:
     """The raw mapping of a profile, with `extends:` resolved."""
     text, where = _locate(str(name_or_path))
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise EdgetuneError(f"Target profile {where} is not valid YAML: {e}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise EdgetuneError(f"Target profile {where} must be a mapping of fields (name, runtime, precision, ...), not {type(data).__name__}.")
+    data = parse_yaml(text, f"Target profile {where}")
     _check_fields(data, TOP_FIELDS, where)
     parent = data.get("extends")
     if parent:
@@ -160,17 +153,18 @@ def load_profile(name_or_path: str | Path) -> Profile:
         raise EdgetuneError(f"Target profile {where}: field 'tensorrt' applies only to runtime tensorrt, not {data['runtime']}.")
     quant = data.get("quantization") or {}
     _check_fields(quant, QUANTIZATION_FIELDS, where, "quantization.")
-    activations = quant.get("activations", "int8" if data["runtime"] in SIGNED_ONLY else "auto")
-    if data["runtime"] in SIGNED_ONLY and activations != "int8":
+    from edgetune.targets.registry import plugin_for
+
+    plugin = plugin_for(data["runtime"])
+    activations = quant.get("activations", "int8" if plugin.signed_activations else "auto")
+    if plugin.signed_activations and activations != "int8":
         raise EdgetuneError(f"Target profile {where}: field 'quantization.activations' is {activations!r}, but {data['runtime']} has no uint8 "
                             "quantization; it must be int8.")
     size = inp.get("size")
     if isinstance(size, int):
         size = [size, size]
-    from edgetune.targets.registry import plugin_for
-
     options = data.get("options") or {}
-    plugin_for(data["runtime"]).check_options(options, where)
+    plugin.check_options(options, where)
     fallback = data.get("fallback") or []
     return Profile(name=data["name"], description=data.get("description", ""), runtime=data["runtime"], precision=data["precision"],
                    fallback=tuple(fallback), channel_multiple=data.get("channel_multiple", 1), batch=inp.get("batch", 1),

@@ -1,5 +1,6 @@
-"""What prune and quantize share: the parent run, the datasets of its split, and
-writing the finished stage (model.pt, metrics, run.json with the history)."""
+"""What the training stages share: their options as a `TrainConfig`, the parent
+run, the datasets of its split, writing the finished stage (model.pt, metrics,
+run.json with the history), and `TrainingStage`, the build's driver around them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,20 @@ from edgetune import log
 from edgetune.data.augment import DEFAULT_AUGMENT, Augment
 from edgetune.data.dataset import ImageDataset, train_val_datasets
 from edgetune.errors import EdgetuneError
-from edgetune.evaluate import evaluate_model
+from edgetune.metrics import headline
 from edgetune.run import Run, check_order, load_run, prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_file, sha256_json
+from edgetune.stages.base import Result, Stage, StageOptions, fresh_dir
+from edgetune.train.evaluate import evaluate_model
+from edgetune.train.loop import TrainConfig, save_atomic
 
 logger = log.get(__name__)
+
+
+def train_config(opts: dict) -> TrainConfig:
+    """The training loop's settings from a command's options."""
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: opts[k] for k in fields if opts.get(k) is not None})
 
 
 def begin(opts: dict, stage: str, config_record: dict) -> tuple[Run, Path]:
@@ -58,21 +68,39 @@ def teacher(opts: dict, parent: Run) -> torch.nn.Module | None:
     return run.build_model()
 
 
-def headline(m: dict) -> dict:
-    return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "f1", "roc_auc") if k in m}
-
-
 def test_metrics(model: torch.nn.Module, run: Run, batch_size: int = 64) -> dict:
     return headline(evaluate_model(model.eval(), run.split, run.spec, "test", batch_size=batch_size))
 
 
 def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: dict, metrics: dict, started: float, **extra) -> None:
     """Save the weights and write run.json (last: it marks the run finished)."""
-    from edgetune.train.loop import save_atomic
-
     save_atomic(model.state_dict(), out / "model.pt")
     inputs = sha256_json({"parent_model": sha256_file(parent.dir / "model.pt"), "config": config})
     history = [*parent.info.get("history", []), stage_record(stage, config, inputs, metrics, started)]
     extra.setdefault("arch", parent.info.get("arch"))
     write_run(out, stage=stage, model=parent.model_name, classes=parent.classes, spec=parent.spec, split=parent.split, history=history,
               config=config, parent=str(parent.dir.resolve()), **extra)
+
+
+class TrainingStage(Stage):
+    """A build's fine-tune, prune or quantize stage: the driver `train(values,
+    record)` (the same function as the command's) in OUT/NAME, which it keeps
+    when resuming. Its input, if any, is the run it trains from."""
+
+    def __init__(self, name: str, train, options: StageOptions, inputs: tuple[str, ...] = (), source_key: str = ""):
+        self.name, self.train, self.options, self.inputs = name, train, options, inputs
+        self.source_key = source_key  # fine-tuning: the data's fingerprint
+
+    def config(self) -> dict:
+        return self.options.hashed()
+
+    def key(self, upstream: list[str]) -> str:
+        return super().key(upstream or [self.source_key])
+
+    def run(self, inputs: list[Result], out: Path, resume: bool) -> dict:
+        d = fresh_dir(out / self.name, resume)
+        values = {**self.options.values, "out": d, "resume": resume and (d / "ckpt" / "last.pt").exists(), "force": True}
+        if inputs:
+            values["run_dir"] = out / inputs[0].output["run_dir"]
+        self.train(values, dict(self.options.record))
+        return {"run_dir": self.name}  # relative to OUT: a build directory can be moved

@@ -13,26 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from edgetune.errors import EdgetuneError
+from edgetune.runtime.files import read_yaml
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise EdgetuneError(f"Config file {path} cannot be read: {e.strerror or e}.") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise EdgetuneError(f"Config file {path} is not valid YAML: {e}".replace("\n", " ")) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise EdgetuneError(f"Config file {path} must hold a mapping of keys to values, not a {type(data).__name__}.")
-    return data
+    return read_yaml(path, "Config file")
 
 
 def _key(name: str) -> str:
@@ -41,6 +28,17 @@ def _key(name: str) -> str:
 
 def _options(cmd: click.Command) -> dict[str, click.Option]:
     return {p.name: p for p in cmd.params if isinstance(p, click.Option) and p.name and not p.hidden}
+
+
+def _flag_names(opts: dict[str, click.Option]) -> dict[str, str]:
+    """A section may also use an option's flag (`target: cpu` for build's
+    --target, stored as `targets`): flag name -> option name, where they differ."""
+    out = {}
+    for name, p in opts.items():
+        for flag in p.opts:
+            if flag.startswith("--") and _key(flag[2:]) != name and _key(flag[2:]) not in opts:
+                out[_key(flag[2:])] = name
+    return out
 
 
 def _check_value(file: Path, where: str, param: click.Option, value: Any, ctx: click.Context) -> Any:
@@ -89,11 +87,13 @@ def build_default_map(cfg: dict, group: click.Group, ctx: click.Context, file: P
         for k, v in shared.items():
             if _key(k) in opts:
                 m[_key(k)] = _check_value(file, f"{prefix}{k}", opts[_key(k)], v, ctx)
+        flags = _flag_names(opts)
         for k, v in section.items():
-            if _key(str(k)) not in opts:
-                allowed = ", ".join(sorted(n.replace("_", "-") for n in opts))
+            key = flags.get(_key(str(k)), _key(str(k)))
+            if key not in opts:
+                allowed = ", ".join(sorted({n.replace("_", "-") for n in opts} | {f.replace("_", "-") for f in flags}))
                 raise EdgetuneError(f"Config file {file}: unknown key '{prefix}{name}.{k}'. The {name} command accepts: {allowed}.")
-            m[_key(k)] = _check_value(file, f"{prefix}{name}.{k}", opts[_key(k)], v, ctx)
+            m[key] = _check_value(file, f"{prefix}{name}.{k}", opts[key], v, ctx)
         default_map[name] = m
     return default_map
 
@@ -117,3 +117,17 @@ def command_options(ctx: click.Context, path: str) -> dict[str, Any]:
         unset = raw is None or type(raw).__name__ == "Sentinel"  # click >= 8.2 marks "no default" with a sentinel
         values[name] = None if unset else p.type_cast_value(sub_ctx, raw)
     return values
+
+
+def stage_options(ctx: click.Context, stage: str, **overrides):
+    """A stage's resolved options for `build` (edgetune.stages.base.StageOptions):
+    the command's defaults overlaid with the config section and `overrides`, and
+    their YAML-safe record."""
+    from edgetune.cli.options import record
+    from edgetune.stages.base import StageOptions
+
+    values = {**command_options(ctx, stage), **overrides}
+    root = ctx.find_root()
+    rec = record(click.Context(root.command.get_command(root, stage), info_name=stage, parent=root), **values)
+    rec["command"] = f"edgetune build ({stage} stage)"
+    return StageOptions(values, rec)

@@ -15,16 +15,14 @@ from edgetune.data.split import Split, make_split
 from edgetune.data.augment import Augment
 from edgetune.models.backbone import create_backbone, resolve_preprocess
 from edgetune.models.freeze import check_policy
+from edgetune.metrics import headline
 from edgetune.run import prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_json
-from edgetune.train.loop import TrainConfig, fit, save_atomic
+from edgetune.stages.common import train_config
+from edgetune.train.evaluate import evaluate_model
+from edgetune.train.loop import fit, save_atomic
 
 logger = log.get(__name__)
-
-
-def train_config(opts: dict) -> TrainConfig:
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: opts[k] for k in fields if opts.get(k) is not None})
 
 
 def split_for(opts: dict, out: Path) -> Split:
@@ -43,8 +41,6 @@ def split_for(opts: dict, out: Path) -> Split:
 
 def run_finetune(opts: dict, config_record: dict) -> Path:
     """Fine-tune per `opts` (the finetune command's options); returns the run dir."""
-    from edgetune.evaluate import evaluate_model
-
     started = time.time()
     out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
     check_policy(opts["freeze"])
@@ -59,7 +55,7 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     model.cpu().eval()
     save_atomic(model.state_dict(), out / "model.pt")
     test = evaluate_model(model, split, spec, "test", batch_size=cfg.batch_size)
-    metrics = {"best_epoch": result.best_epoch, "val_best": result.best_metric, "kept_epoch": result.kept_epoch, "epochs": result.history, "test": _headline(test)}
+    metrics = {"best_epoch": result.best_epoch, "val_best": result.best_metric, "kept_epoch": result.kept_epoch, "epochs": result.history, "test": headline(test)}
     record = stage_record("finetune", config_record, sha256_json(split.to_dict()), metrics, started)
     write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record],
               config=config_record, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
@@ -67,6 +63,3 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
                 result.kept_epoch, result.best_epoch, out)
     return out
 
-
-def _headline(m: dict) -> dict:
-    return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "f1", "roc_auc") if k in m}

@@ -1,0 +1,84 @@
+"""Which stages a build runs, in order: fine-tune -> prune (when the config has a
+prune section) -> quantize (when a target wants INT8) -> one export per ONNX
+variant the targets need -> one compile per target. `build()` runs the list.
+
+One QAT model serves every target of a build: when a target's runtime needs
+signed INT8 activations (TensorRT), the quantize stage makes them all signed."""
+
+from __future__ import annotations
+
+from edgetune.build.cache import data_fingerprint
+from edgetune.errors import EdgetuneError
+from edgetune.stages.base import Stage, StageOptions
+
+TRAINING = ("finetune", "prune", "quantize")
+
+
+def quantize_overrides(profiles: list, config: dict) -> dict:
+    """The quantize stage's activations: signed int8 when any target's runtime
+    needs it (TensorRT has no uint8 Q/DQ), so one QAT model serves every target of
+    the build; otherwise the quantize section's own value (default auto)."""
+    signed = [p.name for p in profiles if p.activations == "int8" and "int8" in p.precisions]
+    if not signed:
+        return {}
+    asked = (config.get("quantize") or {}).get("activations")
+    if asked is not None and asked != "int8":
+        raise EdgetuneError(f"Config key 'quantize.activations' is {asked!r}, but target {', '.join(signed)} needs signed int8 activations "
+                            "(TensorRT has no uint8 quantization). Set quantize.activations: int8 (or remove the key), or build "
+                            f"{', '.join(signed)} in a separate build.")
+    return {"activations": "int8"}
+
+
+def prune_overrides(profiles: list, config: dict) -> dict:
+    """Pruning keeps channel counts a multiple of the targets' preferred one,
+    unless the prune section sets round-to itself."""
+    section = config.get("prune") or {}
+    if "round-to" in section or "round_to" in section:
+        return {}
+    return {"round_to": max(p.channel_multiple for p in profiles)}
+
+
+def check_config(config: dict) -> None:
+    if "activations" in (config.get("export") or {}):
+        raise EdgetuneError("Config key 'export.activations' does not apply to build: each target takes the INT8 export its runtime runs "
+                            "best (uint8 activations for ONNX Runtime, as quantized for OpenVINO and TensorRT). Remove the key.")
+
+
+def plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins: dict, given: tuple[str, ...] = ()) -> list[Stage]:
+    """The build's stages in order. `options`: each stage's resolved options;
+    `config`: what the user's config file set (by section); `given`: training
+    roles an existing run stands in for (`build --from`)."""
+    from edgetune.stages.common import TrainingStage
+    from edgetune.stages.compile import CompileStage
+    from edgetune.stages.export import ExportStage
+    from edgetune.stages.finetune import run_finetune
+    from edgetune.stages.prune import run_prune
+    from edgetune.stages.quantize import run_quantize
+
+    check_config(config)
+    quant_in = quantize_overrides(profiles, config)  # before any training: a conflict fails now
+    stages: list[Stage] = []
+    runs = [r for r in TRAINING if r in given]
+    if not runs:
+        ft = options["finetune"]
+        stages.append(TrainingStage("finetune", run_finetune, ft, source_key=data_fingerprint(str(ft.values["data"]))))
+        runs.append("finetune")
+    if "prune" in config and runs == ["finetune"]:
+        stages.append(TrainingStage("prune", run_prune, options["prune"].with_values(**prune_overrides(profiles, config)), inputs=(runs[-1],)))
+        runs.append("prune")
+    if "quantize" not in runs and any("int8" in p.precisions for p in profiles):  # profiles asking for float only skip QAT
+        stages.append(TrainingStage("quantize", run_quantize, options["quantize"].with_values(**quant_in), inputs=(runs[-1],)))
+        runs.append("quantize")
+    final = runs[-1]
+
+    exports: dict[str, Stage] = {}  # one export stage per variant, shared by the targets that need it
+    compiles = []
+    for p in profiles:
+        target = plugins[p.name]
+        wanted = sorted({"int8" if q == "int8" else "fp32" for q in p.precisions}) if "quantize" in runs else ["fp32"]
+        chosen = {}
+        for precision in wanted:
+            stage = ExportStage(precision, target.onnx_activations() if precision == "int8" else "keep", options["export"], final)
+            chosen[precision] = exports.setdefault(stage.name, stage).name
+        compiles.append(CompileStage(p, target, chosen, {r: r for r in runs}))
+    return [*stages, *exports.values(), *compiles]

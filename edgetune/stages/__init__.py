@@ -1,0 +1,1 @@
+"""One driver per stage over one interface (base.py): finetune, prune, quantize, export, compile (bundle)."""
