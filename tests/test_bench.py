@@ -1,5 +1,5 @@
-"""`edgetune bench` on this machine: rows in the DESIGN.md format, the PyTorch
-baseline through the same runner, JSON, Markdown and PNG."""
+"""`edgetune bench` on this machine: rows in the results-row format (docs/measure.md),
+the PyTorch baseline through the same runner, JSON, Markdown and PNG."""
 
 from __future__ import annotations
 

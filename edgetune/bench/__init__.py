@@ -1,2 +1,2 @@
 """Benchmarking: artifacts (runs and bundles) measured by one timing harness,
-locally or on a device over SSH, reported as rows (DESIGN.md's row format)."""
+locally or on a device over SSH, reported as rows (docs/measure.md: the row format)."""

@@ -1,5 +1,5 @@
-"""Results rows (the row format of DESIGN.md plus detail) and their reports: a rich
-table, JSON, Markdown and a PNG of accuracy against p50 latency."""
+"""Results rows (the row format in docs/measure.md, plus detail) and their reports:
+a rich table, JSON, Markdown and a PNG of accuracy against p50 latency."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from edgetune.metrics import agreement, classification_metrics
 
-# The row fields every results file has, in order (DESIGN.md); detail follows them.
+# The row fields every results file has, in order (docs/measure.md); detail follows them.
 ROW_FIELDS = ("dataset", "model", "stage", "runtime", "precision", "accuracy", "f1", "latency_ms_p50", "latency_ms_p90",
               "latency_ms_p99", "throughput_fps", "size_mb", "macs", "machine", "date")
 
