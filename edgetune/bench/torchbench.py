@@ -46,7 +46,7 @@ def run_info(run) -> dict:
     from edgetune.models.stats import count_macs
 
     # MACs of the (pruned) architecture before quantization wrappers.
-    arch = create_backbone(run.model_name, len(run.classes), pretrained=False)
+    arch = create_backbone(run.model_name, len(run.classes), pretrained=False, img_size=tuple(run.spec.size))
     if run.info.get("arch"):
         from edgetune.compress.shapes import apply_shapes
 

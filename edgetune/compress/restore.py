@@ -10,7 +10,7 @@ from edgetune.models.backbone import create_backbone
 
 
 def load_run_model(run, device: str = "cpu") -> torch.nn.Module:
-    model = create_backbone(run.model_name, len(run.classes), pretrained=False)
+    model = create_backbone(run.model_name, len(run.classes), pretrained=False, img_size=tuple(run.spec.size))
     if run.info.get("arch"):
         from edgetune.compress.shapes import apply_shapes
 

@@ -56,26 +56,34 @@ def load_state_dict_file(path: str | Path) -> dict:
     return sd
 
 
-def create_backbone(name: str, num_classes: int | None, pretrained: bool = True, weights: str | Path | None = None, drop_rate: float = 0.0) -> torch.nn.Module:
+def create_backbone(name: str, num_classes: int | None, pretrained: bool = True, weights: str | Path | None = None, drop_rate: float = 0.0,
+                    img_size: int | tuple[int, int] | None = None) -> torch.nn.Module:
     """A timm model with ImageNet (or the given) weights and a fresh `num_classes` head
     (`None` keeps the pretrained ImageNet head).
 
     Pretrained weights come from a local package when one ships them (offline,
-    reproducible), else from timm's hub."""
+    reproducible), else from timm's hub. `img_size` reaches models built for one
+    input size (ViT, DeiT: timm's `fixed_input_size`) at creation, and timm resamples
+    their pretrained position embeddings to it; other models take any size as they are."""
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise EdgetuneError(f"--model {name}: not a timm model name." + (f" Similar: {', '.join(close)}." if close else " See timm.list_models()."))
+    size = _size_kwargs(name, img_size)
     hub = pretrained and weights is None and name not in OFFLINE_PACKAGES
     try:
-        model = timm.create_model(name, pretrained=hub, drop_rate=drop_rate)
+        model = timm.create_model(name, pretrained=hub, drop_rate=drop_rate, **size)
     except Exception as e:
+        if size and not hub:
+            raise _size_error(name, size["img_size"], e) from None
         if hub:
             raise EdgetuneError(f"--model {name}: pretrained weights could not be downloaded from timm's hub ({str(e).splitlines()[0]}). Without a network, pass --weights PATH to a local state dict or --no-pretrained.") from None
         raise
+    if size:
+        _check_size(model, name, size["img_size"])
     if weights is not None:
-        sd = load_state_dict_file(weights)
+        sd = _resample_pos_embed(model, load_state_dict_file(weights))
         own = model.state_dict()
         head = _head_keys(model)
         if set(sd) >= set(own) - head and all(sd[k].shape == own[k].shape for k in own if k not in head):
@@ -89,10 +97,96 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
     elif pretrained and name in OFFLINE_PACKAGES:
         _load_in_order(model, offline_weights(name), f"the offline {name} package")
     if num_classes is not None:
-        model.reset_classifier(num_classes)
+        _replace_head(model, name, num_classes)
         if weights is not None:
             _keep_fitting_head(model, sd)
     return model
+
+
+def _default_size(name: str) -> tuple[int, int]:
+    import timm
+
+    return tuple(timm.get_pretrained_cfg(name).input_size[1:])
+
+
+def _size_kwargs(name: str, img_size) -> dict:
+    """`{"img_size": (h, w)}` for a fixed-size model asked for another size, else {}."""
+    import timm
+
+    if not img_size:
+        return {}
+    size = (int(img_size), int(img_size)) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None or not cfg.fixed_input_size or size == tuple(cfg.input_size[1:]):
+        return {}
+    return {"img_size": size}
+
+
+def _sizes_taken(name: str) -> list[str]:
+    """The input sizes of `name`'s pretrained variants (timm's tags), e.g. ['224x224']."""
+    import timm
+
+    sizes = {_default_size(name)}
+    for tagged in timm.list_pretrained(f"{name}.*"):
+        cfg = timm.get_pretrained_cfg(tagged)
+        if cfg is not None:
+            sizes.add(tuple(cfg.input_size[1:]))
+    return [f"{h}x{w}" for h, w in sorted(sizes)]
+
+
+def _size_error(name: str, size: tuple[int, int], e: Exception) -> EdgetuneError:
+    return EdgetuneError(f"--model {name} cannot be built for --img-size {size[0]}: it is made for a fixed input size and timm cannot change it "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). It takes {', '.join(_sizes_taken(name))} "
+                         "(its pretrained variants): use one of those, or a model that takes any size (ResNet, EfficientNet, ConvNeXt, MobileNet).")
+
+
+@torch.no_grad()
+def _check_size(model: torch.nn.Module, name: str, size: tuple[int, int]) -> None:
+    """A patch model needs a size its patches divide; any other fixed-size model
+    must at least run at the size it was built for (some accept `img_size` and
+    still fail on it)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        if size[0] % ph or size[1] % pw:
+            raise EdgetuneError(f"--img-size {size[0]} does not suit --model {name}: its patch size is {ph}, and {size[0]} is not a multiple of {ph}. "
+                                f"Use a multiple of {ph}, e.g. {max(ph, size[0] // ph * ph)} or {(size[0] // ph + 1) * ph}.")
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, 3, *size))
+    except Exception as e:
+        raise _size_error(name, size, e) from None
+    finally:
+        model.train(was_training)
+
+
+def _replace_head(model: torch.nn.Module, name: str, num_classes: int) -> None:
+    """A fresh `num_classes` classifier, or a clear error for a timm model that has
+    no replaceable head (an encoder or feature extractor)."""
+    if not hasattr(model, "reset_classifier"):
+        raise EdgetuneError(f"--model {name} ({type(model).__name__}) has no classifier head that edgetune can replace: it is a feature extractor "
+                            "or encoder without reset_classifier(). Choose a classification model, e.g. the same family without the _enc/_features suffix.")
+    try:
+        model.reset_classifier(num_classes)
+    except Exception as e:
+        raise EdgetuneError(f"--model {name}: its classifier head could not be replaced with a {num_classes}-class one ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}). Choose another classification model.") from None
+    if getattr(model, "num_classes", num_classes) != num_classes:
+        raise EdgetuneError(f"--model {name}: after replacing its head it still reports {model.num_classes} classes, not {num_classes}. Choose another classification model.")
+
+
+def _resample_pos_embed(model: torch.nn.Module, sd: dict) -> dict:
+    """Weights saved at another input size (a ViT fine-tuned at 224, now at 160):
+    the absolute position embedding resampled to this model's grid, as timm does
+    for its own pretrained weights."""
+    own = getattr(model, "pos_embed", None)
+    if not isinstance(own, torch.Tensor) or "pos_embed" not in sd or sd["pos_embed"].shape == own.shape:
+        return sd
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    grid = model.patch_embed.grid_size
+    return {**sd, "pos_embed": resample_abs_pos_embed(sd["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix)}
 
 
 def _head_keys(model: torch.nn.Module) -> set[str]:

@@ -46,7 +46,8 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     check_policy(opts["freeze"])
     split = split_for(opts, out)
     torch.manual_seed(opts["seed"])  # the new head's (or a random model's) initial weights
-    model = create_backbone(opts["model"], len(split.classes), pretrained=opts["pretrained"], weights=opts.get("weights"), drop_rate=opts.get("drop_rate") or 0.0)
+    model = create_backbone(opts["model"], len(split.classes), pretrained=opts["pretrained"], weights=opts.get("weights"), drop_rate=opts.get("drop_rate") or 0.0,
+                           img_size=opts.get("img_size"))
     spec = resolve_preprocess(model, opts.get("img_size"))
     augment: Augment = opts["augment"]
     cfg = train_config(opts)
