@@ -14,7 +14,7 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
-def _const(model_proto, name: str):
+def const_value(model_proto, name: str):
     """The value of an initializer or Constant output, else None."""
     from onnx import numpy_helper
 
@@ -49,27 +49,48 @@ def weight_dequantizers(model_proto) -> list:
         return False
 
     return [n for n in model_proto.graph.node
-            if n.op_type == "DequantizeLinear" and _const(model_proto, n.input[0]) is not None and feeds_weight(n.output[0])]
+            if n.op_type == "DequantizeLinear" and const_value(model_proto, n.input[0]) is not None and feeds_weight(n.output[0])]
+
+
+def weight_axis(node, weight_index: int, rank: int) -> int | None:
+    """The output-channel axis of a layer's weight (input `weight_index` of `node`,
+    `rank` dimensions): where its per-channel scales must lie."""
+    if weight_index != 1:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
+    return rank - 1 if node.op_type == "MatMul" else None  # MatMul: the last axis of B
 
 
 def qdq_problems(model_proto) -> list[str]:
-    """Empty when no custom ops remain and every weight Q/DQ is int8, per-channel on
-    axis 0 (the output channels) with zero-point 0."""
+    """Empty when no custom ops remain and every weight Q/DQ is int8, per output
+    channel (axis 0 of a Conv, the last axis of a MatMul's B) with zero-point 0."""
     problems = [f"custom op {op} (only standard ONNX ops may remain)" for op in custom_ops(model_proto)]
+    users: dict[str, list] = {}
+    for n in model_proto.graph.node:
+        for i, inp in enumerate(n.input):
+            users.setdefault(inp, []).append((n, i))
     for node in weight_dequantizers(model_proto):
         name = node.name or node.output[0]
-        w = _const(model_proto, node.input[0])
-        scale = _const(model_proto, node.input[1])
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        w = const_value(model_proto, node.input[0])
+        scale = const_value(model_proto, node.input[1])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
+        # A weight feeding its layer directly has a known output axis; behind a Transpose, axis 0.
+        want = {weight_axis(u, i, w.ndim) for u, i in users.get(node.output[0], []) if u.op_type in WEIGHT_OPS} - {None} or {0}
+        out_axis = min(want)
         if w.dtype == np.int32:
             continue  # a bias in int32 (scale = input scale x weight scale) is not a weight quantizer
         if w.dtype != np.int8:
             problems.append(f"weight {node.input[0]} ({name}) is {w.dtype}, not int8")
-        zp = _const(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        zp = const_value(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if zp is not None and np.any(zp != 0):
             problems.append(f"weight {node.input[0]} ({name}) has zero-point {zp.ravel()[:4].tolist()}..., not 0")
-        if scale is None or scale.size != w.shape[0] or (w.shape[0] > 1 and axis not in (0, -w.ndim)):
-            problems.append(f"weight {node.input[0]} ({name}) is not quantized per output channel on axis 0 "
+        if scale is None or scale.size != w.shape[out_axis] or (w.shape[out_axis] > 1 and axis != out_axis) or len(want) > 1:
+            problems.append(f"weight {node.input[0]} ({name}) is not quantized per output channel on axis {out_axis} "
                             f"(scale of {None if scale is None else scale.size} values, axis {axis}, weight shape {list(w.shape)})")
     return problems
 
@@ -83,7 +104,7 @@ def activation_problems(model_proto, activations: str = "keep") -> list[str]:
     for node in model_proto.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or id(node) in weights:
             continue  # weights are qdq_problems' job
-        zp = _const(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.uint8)
+        zp = const_value(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.uint8)
         values = set(zp.ravel().tolist())
         ok = values == {0} if activations == "keep" else (zp.dtype == np.uint8 and values <= {0, 128} and len(values) == 1)
         if not ok:
@@ -97,7 +118,7 @@ def activation_types(model_proto) -> dict[str, int]:
     out: dict[str, int] = {}
     for n in model_proto.graph.node:
         if n.op_type == "QuantizeLinear" and len(n.input) > 2:
-            zp = _const(model_proto, n.input[2])
+            zp = const_value(model_proto, n.input[2])
             if zp is not None:
                 key = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}.get(zp.dtype, str(zp.dtype))
                 out[key] = out.get(key, 0) + 1

@@ -122,6 +122,77 @@ def _fold_weight_quantizers(model_proto) -> int:
     return folded
 
 
+def _fold_weight_transposes(model_proto) -> int:
+    """int8 weight -> DequantizeLinear -> Transpose  =>  transposed int8 weight ->
+    DequantizeLinear (its per-channel axis moved along). The exporter writes a
+    Linear on 3-D tokens (ViT) as MatMul(x, Transpose(W)); ONNX Runtime fuses a
+    MatMul into an integer kernel and TensorRT quantizes it only when the weight's
+    DequantizeLinear feeds the MatMul directly."""
+    from onnx import helper, numpy_helper
+
+    g = model_proto.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    folded = 0
+    for t in [n for n in g.node if n.op_type == "Transpose"]:
+        dq = producer.get(t.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or uses.get(dq.output[0]) != 1:
+            continue
+        w = numpy_helper.to_array(inits[dq.input[0]])
+        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), list(range(w.ndim))[::-1])
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
+        name = dq.input[0] + "_T"
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.transpose(perm)), name))
+        dq.input[0] = name
+        for a in [a for a in dq.attribute if a.name == "axis"]:
+            dq.attribute.remove(a)
+        dq.attribute.append(helper.make_attribute("axis", perm.index(axis)))
+        dq.output[0] = t.output[0]
+        g.node.remove(t)
+        folded += 1
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)
+    return folded
+
+
+def dequantize_constants(model_proto) -> int:
+    """DequantizeLinear on a constant that no Conv, Gemm or MatMul takes as its weight
+    => the float constant it computes (bit for bit). NNCF quantizes LayerNorm's scale
+    (ConvNeXt, ViT), but no runtime has an integer LayerNorm: the int8 copy saves a
+    few hundred bytes and leaves a constant Q/DQ that is neither a layer weight nor
+    an activation, which TensorRT's rules and ONNX Runtime's uint8 form do not expect."""
+    from onnx import numpy_helper
+
+    from edgetune.export.checks import const_value, weight_dequantizers
+
+    g = model_proto.graph
+    weights = {id(n) for n in weight_dequantizers(model_proto)}
+    done = 0
+    for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and id(n) not in weights]:
+        q = const_value(model_proto, dq.input[0])
+        scale = const_value(model_proto, dq.input[1])
+        if q is None or scale is None:
+            continue
+        zp = const_value(model_proto, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, q.dtype)
+        shape = [1] * q.ndim
+        if scale.size > 1:
+            shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = scale.size
+        value = ((q.astype(np.int32) - zp.astype(np.int32).reshape(shape if zp.size > 1 else [1] * q.ndim)).astype(np.float32)
+                 * scale.astype(np.float32).reshape(shape))
+        g.initializer.append(numpy_helper.from_array(value.astype(np.float32), dq.output[0]))
+        g.node.remove(dq)
+        done += 1
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)
+    return done
+
+
 def shift_activations_to_uint8(model_proto) -> int:
     """Activation Q/DQ int8 with zero-point 0 -> uint8 with zero-point 128: the
     same real values (q + 128, same scale), so the model computes exactly the
@@ -207,6 +278,9 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
         proto = onnx.load(str(tmp))
         _remove_identities(proto)
         folded = _fold_weight_quantizers(proto) if precision == "int8" else 0
+        if precision == "int8":
+            _fold_weight_transposes(proto)
+            dequantize_constants(proto)
         if precision == "int8" and activations == "uint8":
             shift_activations_to_uint8(proto)
         proto.doc_string = f"edgetune {run.model_name} ({run.stage}) {precision}"
