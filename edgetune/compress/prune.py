@@ -35,12 +35,40 @@ def importance(name: str):
     return table[name]()
 
 
+def _attention_layers(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules()
+            if hasattr(m, "num_heads") and (hasattr(m, "qkv") or hasattr(m, "q_proj") or isinstance(m, nn.MultiheadAttention))]
+
+
+def mlp_hidden_layers(model: nn.Module) -> list[nn.Module]:
+    """The first Linear of each plain timm MLP (Linear -> activation -> Linear): its
+    output channels are the MLP's hidden width, which nothing outside the MLP sees."""
+    from timm.layers import Mlp
+
+    return [m.fc1 for m in model.modules() if type(m) is Mlp and isinstance(m.fc1, nn.Linear) and isinstance(m.fc2, nn.Linear)]
+
+
 def check_prunable(model: nn.Module, model_name: str) -> None:
-    """Refuse models whose attention heads would need pruning: name the layer."""
-    for name, m in model.named_modules():
-        if hasattr(m, "num_heads") and (hasattr(m, "qkv") or hasattr(m, "q_proj") or isinstance(m, nn.MultiheadAttention)):
-            raise EdgetuneError(f"{model_name} cannot be pruned: layer '{name}' ({type(m).__name__}) is multi-head attention, and pruning "
-                                "attention heads is not supported. Skip pruning for this model: run `edgetune quantize` on the float run directly.")
+    """Refuse, before any training, models that pruning cannot shrink: attention
+    without plain MLPs beside it (pruning attention heads is not supported)."""
+    attention = _attention_layers(model)
+    if attention and not mlp_hidden_layers(model):
+        m = model.get_submodule(attention[0])
+        raise EdgetuneError(f"{model_name} cannot be pruned: layer '{attention[0]}' ({type(m).__name__}) is multi-head attention, and pruning "
+                            "attention heads is not supported (nor are its MLPs plain Linear -> activation -> Linear ones whose hidden channels "
+                            "could be pruned instead). Skip pruning for this model: run `edgetune quantize` on the float run directly.")
+
+
+def _ignored_layers(model: nn.Module) -> list[nn.Module]:
+    """What pruning leaves alone: the classifier; in a model with attention, every
+    layer but the MLPs' first Linear, so only the MLP hidden channels are removed
+    (the token width runs through every block's attention and residual sums)."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    ignored = [m for m in (classifier,) if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+    if _attention_layers(model):
+        hidden = {id(m) for m in mlp_hidden_layers(model)}
+        ignored += [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in hidden]
+    return ignored
 
 
 @functools.cache
@@ -63,11 +91,11 @@ def _pruner_class():
 
 def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer (uniformly, each kept
-    count rounded to the nearest multiple of `round_to`), in place."""
+    count rounded to the nearest multiple of `round_to`), in place. In a model with
+    attention (ViT, DeiT) only the MLP hidden channels are prunable."""
     if ratio <= 0:
         return model
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    ignored = [m for m in (classifier,) if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+    ignored = _ignored_layers(model)
     example = torch.randn(1, 3, *size, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
