@@ -135,6 +135,10 @@ def ratio_for_macs(model: nn.Module, size: tuple[int, int], reduction: float, ro
     of the MACs (bisection). The steps are simulated: one-shot ratios overshoot
     (45% asked, 50% removed in 2 steps)."""
     lo, hi = 0.0, 0.95
+    most = mac_reduction(model, size, hi, round_to, imp, steps)
+    if most < reduction:  # e.g. a ViT, whose MLP hidden channels alone are prunable
+        raise EdgetuneError(f"--target-macs {reduction:g}: pruning {type(model).__name__} removes at most {most:.0%} of its MACs "
+                            f"(95% of its prunable channels). Ask for less, or give --ratio.")
     for _ in range(8):
         mid = (lo + hi) / 2
         if mac_reduction(model, size, mid, round_to, imp, steps) >= reduction:

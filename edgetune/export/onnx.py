@@ -76,6 +76,12 @@ def _remove_identities(model_proto) -> None:
             node.input[i] = name
 
 
+def _drop_unused_initializers(graph) -> None:
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
 def _fold_weight_quantizers(model_proto) -> int:
     """Constant weight -> QuantizeLinear -> DequantizeLinear  =>  int8 weight -> DequantizeLinear.
     Rounds half to even and saturates, exactly as QuantizeLinear does."""
@@ -116,9 +122,7 @@ def _fold_weight_quantizers(model_proto) -> int:
                     user.input[i] = name
         g.node.remove(q)
         folded += 1
-    used = {i for n in g.node for i in n.input}
-    for init in [i for i in g.initializer if i.name not in used]:
-        g.initializer.remove(init)
+    _drop_unused_initializers(g)
     return folded
 
 
@@ -154,9 +158,7 @@ def _fold_weight_transposes(model_proto) -> int:
         dq.output[0] = t.output[0]
         g.node.remove(t)
         folded += 1
-    used = {i for n in g.node for i in n.input}
-    for init in [i for i in g.initializer if i.name not in used]:
-        g.initializer.remove(init)
+    _drop_unused_initializers(g)
     return folded
 
 
@@ -187,9 +189,7 @@ def dequantize_constants(model_proto) -> int:
         g.initializer.append(numpy_helper.from_array(value.astype(np.float32), dq.output[0]))
         g.node.remove(dq)
         done += 1
-    used = {i for n in g.node for i in n.input}
-    for init in [i for i in g.initializer if i.name not in used]:
-        g.initializer.remove(init)
+    _drop_unused_initializers(g)
     return done
 
 

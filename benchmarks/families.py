@@ -1,0 +1,125 @@
+"""The seed families side by side at 224 px, batch 1, 2 threads, in one run: MACs,
+parameters, PyTorch eager FP32, ONNX Runtime FP32/INT8 and OpenVINO FP32/INT8 p50
+latency (every row through `edgetune bench`'s harness), and each INT8 artifact's
+top-1 agreement with the PyTorch FP32 model.
+
+Each model is built by `edgetune build --target cpu --target intel --target jetson`
+at its default size (random initial weights: no download; no fine-tuning; PTQ on
+the generated images), then benchmarked with `edgetune bench`:
+
+    python benchmarks/families.py [--model NAME ...]
+
+Writes benchmarks/results/families.{json,md}. Builds live in benchmarks/work/families
+(a rerun reuses them; the build's stage cache skips finished work). Latency does not
+depend on the weights, so random ones measure the speed; agreement on random weights
+is a lower bound (their logits are nearly tied; trained models' are decisive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from common import RESULTS, machine, today, write_table
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "work" / "families"
+EDGETUNE = [sys.executable, "-m", "edgetune.cli.main"]
+MODELS = ["resnet18", "resnet50", "mobilenetv3_large_100", "efficientnet_lite0", "efficientnet_b0", "convnext_atto", "convnext_nano",
+          "vit_tiny_patch16_224", "deit_tiny_patch16_224"]
+SIZE = 224
+
+
+def make_images(root: Path, n_per_class: int = 24, seed: int = 0) -> Path:
+    """Two classes of 224 px images: smooth bright noise, the second with a dark line."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(("ok", "defect")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = cv2.GaussianBlur(rng.normal(160, 40, (SIZE, SIZE, 3)), (0, 0), 3).clip(0, 255).astype(np.uint8)
+            if c:
+                off = int(rng.integers(-SIZE // 4, SIZE // 4))
+                cv2.line(img, (0, SIZE // 2 + off), (SIZE - 1, SIZE // 2 - off), (20, 20, 20), 8)
+            cv2.imwrite(str(root / name / f"{i:03d}.png"), img)
+    return root
+
+
+def build(model: str, data: Path) -> Path:
+    out = WORK / model
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = out / "build.yaml"
+    cfg.write_text(yaml.safe_dump({"data": str(data), "model": model, "pretrained": False, "img-size": SIZE,
+                                   "finetune": {"epochs": 0, "batch-size": 16}, "quantize": {"mode": "ptq", "calib-count": 32}}))
+    subprocess.run([*EDGETUNE, "--config", str(cfg), "build", "--target", "cpu", "--target", "intel", "--target", "jetson", "--out", str(out)],
+                   cwd=ROOT, check=True)
+    return out
+
+
+def bench(out: Path, data: Path, threads: int, min_time: float, min_runs: int) -> list[dict]:
+    """PyTorch FP32 (the float run) and every precision of the cpu and intel bundles."""
+    from edgetune.runtime.files import read_json
+
+    path = out / "bench.json"
+    subprocess.run([*EDGETUNE, "bench", str(out / "finetune"), str(out / "bundle-cpu"), str(out / "bundle-intel"), "--precision", "all",
+                    "--no-baseline", "--batch", "1", "--threads", str(threads), "--min-time", str(min_time), "--min-runs", str(min_runs),
+                    "--data", str(data), "--json", str(path)], cwd=ROOT, check=True)
+    data = read_json(path)
+    return data["rows"] if isinstance(data, dict) else data
+
+
+def summary(model: str, rows: list[dict]) -> dict:
+    by = {(r["runtime"], r["precision"]): r for r in rows}
+    p50 = {k: r["latency_ms_p50"] for k, r in by.items()}
+    torch_row = by[("pytorch", "fp32")]
+    out = {"model": model, "macs": torch_row["macs"], "params": torch_row["params"], "pytorch_fp32_ms": p50[("pytorch", "fp32")]}
+    for runtime, short in (("onnxruntime", "ort"), ("openvino", "ov")):
+        fp32, int8 = p50.get((runtime, "fp32")), p50.get((runtime, "int8"))
+        out.update({f"{short}_fp32_ms": fp32, f"{short}_int8_ms": int8, f"{short}_int8_speedup": fp32 / int8 if fp32 and int8 else None,
+                    f"{short}_int8_agreement": by.get((runtime, "int8"), {}).get("agreement")})
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", choices=MODELS, help="only these (default: all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-time", type=float, default=3.0)
+    p.add_argument("--min-runs", type=int, default=50)
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    args = p.parse_args()
+    data = WORK / "images"
+    if not data.is_dir():
+        make_images(data)
+    rows, table = [], []
+    for model in args.model or MODELS:
+        got = bench(build(model, data), data, args.threads, args.min_time, args.min_runs)
+        for r in got:
+            r.update(dataset="generated-224", stage="float" if r["runtime"] == "pytorch" else "ptq", machine=machine(), date=today(), note=args.note)
+            r.pop("speedup_vs_pytorch", None)
+        rows += got
+        table.append(summary(model, got))
+        print(table[-1], flush=True)
+    from edgetune.runtime.files import write_json
+
+    write_json(RESULTS / "families.json", {"rows": rows, "summary": table, "threads": args.threads, "image_size": SIZE, "note": args.note})
+    for t in table:
+        t.update(mmacs=t["macs"] / 1e6, mparams=t["params"] / 1e6)
+    write_table(table, ["model", "mmacs", "mparams", "pytorch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "ort_int8_speedup", "ov_fp32_ms", "ov_int8_ms",
+                        "ov_int8_speedup", "ort_int8_agreement", "ov_int8_agreement"], RESULTS / "families.md",
+                f"Seed families at {SIZE} px, batch 1, {args.threads} threads (p50 ms)",
+                intro=f"Machine: {machine()}, {today()}. Random initial weights, PTQ INT8 (`edgetune build`), every latency from `edgetune bench` "
+                      "in one run. Speedup: FP32 p50 over INT8 p50 of the same runtime. Agreement: INT8 top-1 against PyTorch FP32 on the "
+                      "48 generated images (random weights give near-tied logits: a lower bound)." + (f" {args.note}" if args.note else ""),
+                notes="Ops that stay float in ONNX Runtime's INT8 graph (no x86 integer kernel for them): LayerNormalization, GELU (Erf), "
+                      "Softmax inputs of attention and the attention MatMuls (their inputs are not quantized), layer-scale Mul. See docs/families.md.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""The real seed architectures (not timm's `test_*` twins) through `edgetune build`
+on cpu, intel and jetson at a small --img-size: ResNet, MobileNet, EfficientNet,
+ConvNeXt (pruned too) and ViT. Their larger siblings (resnet50, efficientnet_b0,
+convnext_nano, deit_tiny) share the code paths; they get the cheaper PTQ + export
+checks. The sizes fixed-size models take, and the refusals, are checked in process."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+import yaml
+
+from conftest import BUILD_TARGETS, invoke, make_images, run_cli
+from edgetune.errors import EdgetuneError
+from edgetune.runtime.bundle import load_bundle
+
+SIZE = 32
+FAST = {"batch-size": 16, "lr": 1e-3, "warmup-epochs": 0}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("families") / "images", n_per_class=12, size=SIZE)
+
+
+def _config(path, data, model: str, **sections) -> str:
+    path.write_text(yaml.safe_dump({
+        "data": str(data), "model": model, "pretrained": False, "img-size": SIZE,
+        "finetune": {"epochs": 1, **FAST}, "quantize": {"mode": "ptq", "calib-count": 8}, **sections}))
+    return str(path)
+
+
+def _int8_export(bundle) -> dict:
+    return bundle.manifest["stages"][-2]["metrics"]["int8"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet18", "mobilenetv3_large_100", "efficientnet_lite0", "convnext_atto", "vit_tiny_patch16_224"])
+def test_real_architecture_builds_for_every_target(model, images, tmp_path):
+    # ConvNeXt is pruned as well (its layer-scale gammas and LayerNorms follow the channels).
+    prune = {"prune": {"ratio": 0.3, "round-to": 8, "epochs": 0}} if model == "convnext_atto" else {}
+    out = tmp_path / "out"
+    run_cli("--config", _config(tmp_path / "build.yaml", images, model, **prune), "build",
+            *[a for t in BUILD_TARGETS for a in ("--target", t)], "--out", out)
+    bundles = {t: load_bundle(out / f"bundle-{t}.tar.gz") for t in BUILD_TARGETS}
+    for target, b in bundles.items():
+        assert b.manifest["model"]["backbone"] == model and b.precision == "int8"
+        assert b.manifest["input"]["shape"][1:] == [3, SIZE, SIZE] and b.manifest["preprocess"]["size"] == [SIZE, SIZE]
+        assert {"README.md", *b.artifact()["files"]} <= set(b.manifest["files"])
+        checks = _int8_export(b)["checks"]
+        assert checks["decisive_agreement"] >= 0.99 and checks["weight_qdq"] > 0, (target, checks)
+    assert set(_int8_export(bundles["cpu"])["checks"]["activation_qdq"]) == {"uint8"}
+    assert set(_int8_export(bundles["jetson"])["checks"]["activation_qdq"]) == {"int8"}
+    assert bundles["jetson"].artifact()["checks"]["tensorrt_rules"] == "passed"
+    if prune:
+        assert bundles["cpu"].manifest["model"]["pruned"] is True
+        macs = json.loads((out / "prune" / "prune.json").read_text())
+        assert macs["after"]["macs"] < 0.8 * macs["before"]["macs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet50", "efficientnet_b0", "convnext_nano", "deit_tiny_patch16_224"])
+def test_larger_sibling_quantizes_and_exports(model, images, tmp_path):
+    """PTQ + both INT8 exports with all their checks (agreement with PyTorch, Q/DQ
+    rules, the uint8 form) and TensorRT's rules on the signed one."""
+    from edgetune.export.onnx import export_onnx
+    from edgetune.targets.jetson import tensorrt_problems
+
+    fast = [a for k, v in FAST.items() for a in (f"--{k}", v)]
+    assert invoke("finetune", "--data", images, "--model", model, "--no-pretrained", "--img-size", SIZE, "--epochs", 0, *fast,
+                  "--out", tmp_path / "float") == 0
+    assert invoke("quantize", tmp_path / "float", "--mode", "ptq", "--calib-count", 8, "--activations", "int8", "--out", tmp_path / "int8") == 0
+    for activations in ("keep", "uint8"):
+        r = export_onnx(tmp_path / "int8", tmp_path / f"{activations}.onnx", precision="int8", activations=activations, check_images=24)
+        assert r["checks"]["decisive_agreement"] >= 0.99 and r["checks"]["weight_qdq"] > 0
+    problems, _ = tensorrt_problems(onnx.load(str(tmp_path / "keep.onnx")))
+    assert problems == []
+
+
+def test_img_size_reaches_a_vit_and_pretrained_position_embeddings_follow(tmp_path):
+    from edgetune.models.backbone import create_backbone, resolve_preprocess
+
+    at224 = create_backbone("vit_tiny_patch16_224", 2, pretrained=False)
+    torch.save(at224.state_dict(), tmp_path / "w.pt")
+    at64 = create_backbone("vit_tiny_patch16_224", 2, weights=tmp_path / "w.pt", img_size=64).eval()
+    assert at64.pos_embed.shape[1] == 1 + 4 * 4 and resolve_preprocess(at64, 64).size == (64, 64)
+    assert torch.equal(at64.pos_embed[:, 0], at224.pos_embed[:, 0])  # the class token's embedding is kept
+    assert at64(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+    assert create_backbone("resnet18", 2, pretrained=False, img_size=64) is not None  # any-size models take no img_size
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--model", "vit_tiny_patch16_224", "--img-size", "60"], ["--img-size 60", "patch size is 16", "48 or 64"]),
+    (["--model", "efficientformer_l1", "--img-size", "64"], ["efficientformer_l1", "224x224"]),
+    (["--model", "qwen3_vit_88m_enc"], ["no classifier head", "qwen3_vit_88m_enc"]),
+])
+def test_sizes_and_heads_a_model_cannot_take_are_refused(args, needles, images, tmp_path, capfd):
+    code = invoke("finetune", "--data", images, "--no-pretrained", "--epochs", "1", *args, "--out", tmp_path / "run")
+    err = capfd.readouterr().err
+    assert code == 2 and all(n in err for n in needles), err
+    assert "Traceback" not in err and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_attention_without_plain_mlps_is_refused_before_pruning():
+    from torch import nn
+
+    from edgetune.compress.prune import check_prunable
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_heads, self.qkv = 2, nn.Linear(8, 24)
+
+    with pytest.raises(EdgetuneError, match="attn.*multi-head attention"):
+        check_prunable(nn.ModuleDict({"attn": Attention()}), "toy")
+
+
+def test_a_vit_mac_target_beyond_its_mlps_is_refused():
+    from edgetune.compress.prune import mac_reduction, ratio_for_macs
+    from edgetune.models.backbone import create_backbone
+
+    model = create_backbone("test_vit", 2, pretrained=False, img_size=32)
+    assert 0 < mac_reduction(model, (32, 32), 0.5, 8, "l1") < 0.5  # only the MLP hidden channels go
+    with pytest.raises(EdgetuneError, match="--target-macs 0.95: pruning VisionTransformer removes at most"):
+        ratio_for_macs(model, (32, 32), 0.95, 8, "l1")
