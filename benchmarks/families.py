@@ -117,7 +117,7 @@ def main() -> int:
                       "in one run. Speedup: FP32 p50 over INT8 p50 of the same runtime. Agreement: INT8 top-1 against PyTorch FP32 on the "
                       "48 generated images (random weights give near-tied logits: a lower bound)." + (f" {args.note}" if args.note else ""),
                 notes="Ops that stay float in ONNX Runtime's INT8 graph (no x86 integer kernel for them): LayerNormalization, GELU (Erf), "
-                      "Softmax inputs of attention and the attention MatMuls (their inputs are not quantized), layer-scale Mul. See docs/families.md.")
+                      "Softmax inputs of attention and the attention MatMuls (their inputs are not quantized), layer-scale Mul. See docs/compression.md (ConvNeXt and ViT).")
     return 0
 
 

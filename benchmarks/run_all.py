@@ -34,6 +34,7 @@ STEPS = {
          "--pruned-bundle", "runs/elpv-pruned/bundle-cpu", "--pruned-bundle", "runs/elpv-pruned/bundle-intel"],
     ],
     "infer": [[PY, "benchmarks/infer_throughput.py", "runs/elpv/bundle-cpu"]],
+    "families": [[PY, "benchmarks/families.py"]],  # independent of the ELPV steps
 }
 
 

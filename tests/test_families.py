@@ -67,7 +67,7 @@ def test_larger_sibling_quantizes_and_exports(model, images, tmp_path):
     """PTQ + both INT8 exports with all their checks (agreement with PyTorch, Q/DQ
     rules, the uint8 form) and TensorRT's rules on the signed one."""
     from edgetune.export.onnx import export_onnx
-    from edgetune.targets.jetson import tensorrt_problems
+    from edgetune.export.checks import tensorrt_problems
 
     fast = [a for k, v in FAST.items() for a in (f"--{k}", v)]
     assert invoke("finetune", "--data", images, "--model", model, "--no-pretrained", "--img-size", SIZE, "--epochs", 0, *fast,

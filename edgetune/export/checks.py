@@ -52,9 +52,9 @@ def weight_dequantizers(model_proto) -> list:
             if n.op_type == "DequantizeLinear" and const_value(model_proto, n.input[0]) is not None and feeds_weight(n.output[0])]
 
 
-def weight_axis(node, weight_index: int, rank: int) -> int | None:
+def weight_axis(node, weight_index: int, rank: int | None) -> int | None:
     """The output-channel axis of a layer's weight (input `weight_index` of `node`,
-    `rank` dimensions): where its per-channel scales must lie."""
+    `rank` dimensions, None if unknown): where its per-channel scales must lie."""
     if weight_index != 1:
         return None
     if node.op_type == "Conv":
@@ -63,7 +63,9 @@ def weight_axis(node, weight_index: int, rank: int) -> int | None:
         return 1
     if node.op_type == "Gemm":
         return 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
-    return rank - 1 if node.op_type == "MatMul" else None  # MatMul: the last axis of B
+    if node.op_type == "MatMul":
+        return rank - 1 if rank else -1  # the last axis of B
+    return None
 
 
 def qdq_problems(model_proto) -> list[str]:
@@ -174,20 +176,6 @@ Transpose Trilu Unsqueeze Upsample Where Xor
 QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
-def _weight_axis(node, weight_index: int) -> int | None:
-    """The output-channel axis of a layer's weight: where per-channel scales must lie."""
-    if weight_index != 1:
-        return None
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    return -1  # MatMul: the last axis of B
-
-
 def tensorrt_problems(model) -> tuple[list[str], list[str]]:
     """TensorRT explicit-quantization rules on an ONNX ModelProto: (problems that
     keep the engine from being INT8 or from building, notes worth knowing). The
@@ -245,8 +233,7 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
         if scale.size > 1 and n.op_type == "DequantizeLinear":
             axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
             rank = len(numpy_helper.to_array(consts[n.input[0]]).shape) if n.input[0] in consts else None
-            want = {_weight_axis(u, i) for u, i in users if u.op_type in QUANTIZABLE}
-            want = {rank - 1 if (w == -1 and rank) else w for w in want}
+            want = {weight_axis(u, i, rank) for u, i in users if u.op_type in QUANTIZABLE}
             if not want or None in want:
                 problem("per-channel scales on an activation; TensorRT needs per-tensor activation scales", n)
             elif (axis % rank if rank else axis) not in want:
