@@ -44,7 +44,7 @@ def test_real_architecture_builds_for_every_target(model, images, tmp_path):
     prune = {"prune": {"ratio": 0.3, "round-to": 8, "epochs": 0}} if model == "convnext_atto" else {}
     out = tmp_path / "out"
     run_cli("--config", _config(tmp_path / "build.yaml", images, model, **prune), "build",
-            *[a for t in BUILD_TARGETS for a in ("--target", t)], "--out", out)
+            *[a for t in BUILD_TARGETS for a in ("--target", t)], "--out", out, timeout=3600)
     bundles = {t: load_bundle(out / f"bundle-{t}.tar.gz") for t in BUILD_TARGETS}
     for target, b in bundles.items():
         assert b.manifest["model"]["backbone"] == model and b.precision == "int8"
