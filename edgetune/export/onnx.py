@@ -199,7 +199,13 @@ def shift_activations_to_uint8(model_proto) -> int:
     same. ONNX Runtime's x86 CPU kernels are uint8-activation x int8-weight; with
     every activation in uint8, each DQ -> Conv -> Q becomes one QLinearConv and
     each residual Add a QLinearAdd (int8 activations leave some Convs in float
-    between DequantizeLinear and QuantizeLinear). Weights stay int8, zero-point 0."""
+    between DequantizeLinear and QuantizeLinear). Weights stay int8, zero-point 0.
+
+    A signed quantizer right after a ReLU (or Clip from 0: ReLU6), as a model made
+    for TensorRT has, becomes uint8 with zero-point 0 instead: its values are 0..127
+    either way, and ONNX Runtime drops a ReLU whose quantizer already clamps at 0 and
+    fuses Conv + ReLU (with zero-point 128 the ReLU stays and so does a float Conv).
+    The one difference: uint8 saturates at 255 steps where int8 stopped at 127."""
     from onnx import numpy_helper
 
     g = model_proto.graph
@@ -212,6 +218,16 @@ def shift_activations_to_uint8(model_proto) -> int:
             return None
         return numpy_helper.to_array(v) if hasattr(v, "data_type") else numpy_helper.to_array(v.attribute[0].t)
 
+    producer = {o: n for n in g.node for o in n.output}
+
+    def non_negative(name: str) -> bool:
+        node = producer.get(name)
+        if node is None:
+            return False
+        low = value(node.input[1]) if node.op_type == "Clip" and len(node.input) > 1 and node.input[1] else None
+        return node.op_type == "Relu" or (low is not None and float(low) >= 0)
+
+    after_relu = {q.output[0] for q in g.node if q.op_type == "QuantizeLinear" and non_negative(q.input[0])}
     shifted, n = {}, 0
     for node in g.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or value(node.input[0]) is not None:
@@ -219,9 +235,12 @@ def shift_activations_to_uint8(model_proto) -> int:
         zp = value(node.input[2])
         if zp is None or zp.dtype != np.int8:
             continue
-        name = node.input[2] + "_uint8"
+        quantized = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
+        to_zero = quantized in after_relu and not zp.any()
+        name = node.input[2] + ("_uint8_0" if to_zero else "_uint8")
         if name not in shifted:
-            shifted[name] = numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), name)
+            new_zp = np.zeros(zp.shape, np.uint8) if to_zero else (zp.astype(np.int16) + 128).astype(np.uint8)
+            shifted[name] = numpy_helper.from_array(new_zp, name)
             g.initializer.append(shifted[name])
         node.input[2] = name
         n += 1
