@@ -126,3 +126,34 @@ def test_a_vit_mac_target_beyond_its_mlps_is_refused():
     assert 0 < mac_reduction(model, (32, 32), 0.5, 8, "l1") < 0.5  # only the MLP hidden channels go
     with pytest.raises(EdgetuneError, match="--target-macs 0.95: pruning VisionTransformer removes at most"):
         ratio_for_macs(model, (32, 32), 0.95, 8, "l1")
+
+
+def test_uint8_form_puts_a_relu_output_at_zero_point_0_and_the_rest_at_128():
+    """Signed activations (a model quantized for TensorRT too): after ReLU uint8 with
+    zero-point 0, so ONNX Runtime drops the ReLU and fuses; elsewhere 128. Same outputs."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetune.export.checks import activation_problems
+    from edgetune.export.onnx import shift_activations_to_uint8
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(rng.integers(-60, 60, (4, 3, 1, 1)).astype(np.int8), "w"),
+             numpy_helper.from_array(np.full(4, 0.02, np.float32), "ws"), numpy_helper.from_array(np.zeros(4, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0), helper.make_node("Conv", ["xd", "wf"], ["y"]),
+             helper.make_node("Relu", ["y"], ["r"]), helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(0, 2, (1, 3, 4, 4)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert shift_activations_to_uint8(model) == 4 and activation_problems(model, "uint8") == []
+    zps = {n.output[0]: numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n.input[2])) for n in model.graph.node
+           if n.op_type == "QuantizeLinear"}
+    assert zps["xq"].dtype == zps["rq"].dtype == np.uint8 and int(zps["xq"]) == 128 and int(zps["rq"]) == 0
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(before, after)
