@@ -55,6 +55,7 @@ def test_user_profile_file_extends_a_built_in(tmp_path):
     ("name: x\nprecision: int8\n", "runtime"),
     ("extends: cpu\nname: x\nquantization:\n  activations: uint4\n", "quantization.activations"),
     ("extends: jetson\nname: x\nquantization:\n  activations: auto\n", "quantization.activations"),
+    ("extends: cpu\nname: x\nfallback: [fp32, bf16]\n", "bf16"),
 ])
 def test_a_wrong_profile_names_the_field(tmp_path, body, field):
     f = tmp_path / "bad.yaml"
