@@ -42,7 +42,10 @@ def _batches(ctx, param, value) -> list[int]:
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]", help="Benchmark the bundles on this device over SSH (repeat for several; they run concurrently).")
 @click.option("--identity", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key for --device (default: your keys and agent).")
 @click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path), default=Path("~/.ssh/known_hosts"), show_default=True, help="Host keys the device must match.")
-@click.option("--accept-host-key", is_flag=True, help="Accept a device's unknown or CHANGED host key and record it in --known-hosts. Only after checking its fingerprint.")
+@click.option("--accept-host-key", is_flag=True, help="Accept a device's UNKNOWN host key and record it in --known-hosts (like OpenSSH's "
+              "accept-new). A changed key stays refused.")
+@click.option("--host-key-fingerprint", metavar="SHA256:...", help="Accept the device's host key, unknown or changed, only if it has this "
+              "fingerprint (checked on the device: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), and record it in --known-hosts.")
 @click.option("--remote-python", default="python3", show_default=True, help="Python on the device (with numpy, OpenCV and the bundle's runtime).")
 @click.option("--connect-timeout", type=click.FloatRange(1), default=15.0, show_default=True, help="Seconds to connect and authenticate.")
 @click.option("--remote-timeout", type=click.FloatRange(1), default=1800.0, show_default=True, help="Seconds without output from the device before giving up.")
@@ -64,6 +67,7 @@ def bench(ctx: click.Context, o: dict):
 
     opts = RunnerOptions(o["threads"], o["batches"], Policy(o["warmup"], o["min_time"], o["min_runs"]), runtime=o["runtime"])
     ssh = SSHOptions(identity=o["identity"], known_hosts=o["known_hosts"].expanduser(), accept_host_key=o["accept_host_key"],
+                     host_key_fingerprint=o["host_key_fingerprint"],
                      remote_python=o["remote_python"], connect_timeout=o["connect_timeout"], idle_timeout=o["remote_timeout"])
     run_bench(list(o["artifacts"]), data=o["eval_data"], opts=opts, precision=o["precision"], baseline=o["baseline"], devices=list(o["devices"]),
               ssh=ssh, json_file=o["json_file"], md_file=o["md_file"], png_file=o["png_file"], skip_bad=o["skip_bad"], command=ctx.command_path)
