@@ -36,7 +36,7 @@ def _batches(ctx, param, value) -> list[int]:
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed calls before measuring.")
 @click.option("--min-time", type=click.FloatRange(0), default=2.0, show_default=True, help="Measure at least this many seconds ...")
 @click.option("--min-runs", type=click.IntRange(1), default=50, show_default=True, help="... and at least this many calls.")
-@click.option("--precision", help="Which artifact of each bundle: int8, fp16, fp32, or 'all' (default: the bundle's main one).")
+@click.option("--precision", help="Which artifact of each bundle: int8, fp16, bf16, fp32, or 'all' (default: the bundle's main one).")
 @click.option("--runtime", help="Run bundles with this runtime instead of their own, e.g. onnxruntime for a Jetson bundle's ONNX.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Add the float PyTorch model the bundles came from as a baseline row.")
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]", help="Benchmark the bundles on this device over SSH (repeat for several; they run concurrently).")
