@@ -80,12 +80,13 @@ def bench(ctx: click.Context, o: dict):
 @click.option("--max-drop", type=click.FloatRange(0), default=0.5, show_default=True, help="Largest accuracy drop allowed, in points (0.5 = half a percent).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Smallest top-1 agreement allowed (fraction).")
 @threads_option
+@click.option("--precision", help="Which artifact of the CANDIDATE bundle: int8, fp16, bf16, fp32 (default: its main one).")
 @click.option("--junit", type=FILE, help="Write JUnit XML: one test case per gate.")
 @click.option("--markdown", "md_file", type=FILE, help="Write a Markdown summary (e.g. >> $GITHUB_STEP_SUMMARY).")
 @click.option("--json", "json_file", type=FILE, help="Write the comparison as JSON.")
 @skip_bad_option
 @click.pass_context
-def compare(ctx: click.Context, reference: Path, candidate: Path, eval_data, max_drop, min_agreement, threads, junit, md_file, json_file, skip_bad):
+def compare(ctx: click.Context, reference: Path, candidate: Path, eval_data, max_drop, min_agreement, threads, precision, junit, md_file, json_file, skip_bad):
     """CI gate: CANDIDATE (e.g. the INT8 bundle) against REFERENCE (e.g. the float run).
 
     Both are evaluated on the same labelled images. Exit status 1 when the accuracy
@@ -93,7 +94,7 @@ def compare(ctx: click.Context, reference: Path, candidate: Path, eval_data, max
     --min-agreement; 0 when both gates pass; 2 for a usage error."""
     from edgetune.compare import run_compare
 
-    result = run_compare(reference, candidate, eval_data, max_drop, min_agreement, threads, junit, md_file, json_file, skip_bad)
+    result = run_compare(reference, candidate, eval_data, max_drop, min_agreement, threads, junit, md_file, json_file, skip_bad, precision=precision)
     if not result.passed:
         failed = "; ".join(c.message for c in result.checks if not c.passed)
         raise EdgetuneError(f"The accuracy gate failed: {failed}.", exit_code=1)
