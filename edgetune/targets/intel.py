@@ -1,7 +1,8 @@
 """`intel`: OpenVINO IR (.xml/.bin) with the preprocessing built in by OpenVINO's
 PrePostProcessor: the device feeds uint8 BGR frames (N, H, W, 3) of any size and
 gets logits. Class names and the preprocessing spec sit in the IR's runtime info,
-so the IR alone is enough for an OpenVINO application."""
+so the IR alone is enough for an OpenVINO application. edgetune's own session
+preprocesses with OpenCV instead (faster on a CPU: see edgetune.runtime.ov)."""
 
 from __future__ import annotations
 
