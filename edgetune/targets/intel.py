@@ -21,7 +21,7 @@ HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 class IntelTarget(Target):
     runtime = "openvino"
-    precisions = ("int8", "fp16", "fp32")
+    precisions = ("int8", "fp16", "bf16", "fp32")
     OPTIONS = {
         "device": (lambda v: isinstance(v, str) and v.split(":")[0].split(".")[0] in ("CPU", "GPU", "NPU", "AUTO", "MULTI", "HETERO"),
                    "an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO"),
@@ -42,6 +42,11 @@ class IntelTarget(Target):
                                             input={"name": inp.input_name, "shape": inp.input_shape}, preprocess_built_in=True,
                                             frames_input={"dtype": "uint8", "layout": "NHWC", "color": "BGR", "size": "any"}, options=options)
         return arts
+
+    def check_profile(self) -> None:
+        super().check_profile()
+        if self.profile.precision == "bf16":
+            self.bf16_checked([self.profile.precision])  # refused before any training where this machine cannot run it
 
     def bf16_checked(self, precisions: list[str]) -> list[str]:
         """`precisions` less a bf16 fallback that this machine cannot evaluate (its

@@ -14,8 +14,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.resources import data_dir
 from edgetune.runtime.files import parse_yaml
 
-PRECISIONS = ("int8", "fp16", "bf16", "fp32")
-BF16_RUNTIMES = ("openvino",)  # bf16 artifacts: OpenVINO on a CPU with AVX512_BF16 or AMX
+PRECISIONS = ("int8", "fp16", "bf16", "fp32")  # bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (the plug-ins say which they build)
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
 
@@ -167,9 +166,6 @@ def load_profile(name_or_path: str | Path) -> Profile:
     options = data.get("options") or {}
     plugin.check_options(options, where)
     fallback = data.get("fallback") or []
-    if "bf16" in (data["precision"], *fallback) and data["runtime"] not in BF16_RUNTIMES:
-        raise EdgetuneError(f"Target profile {where}: precision 'bf16' is for runtime {', '.join(BF16_RUNTIMES)} only, not {data['runtime']}; "
-                            "remove it from 'precision'/'fallback'.")
     return Profile(name=data["name"], description=data.get("description", ""), runtime=data["runtime"], precision=data["precision"],
                    fallback=tuple(fallback), channel_multiple=data.get("channel_multiple", 1), batch=inp.get("batch", 1),
                    size=tuple(size) if size else None, options=options, tensorrt=trt, source=where, activations=activations)
