@@ -83,6 +83,7 @@ def main() -> int:
     p.add_argument("--min-runs", type=int, default=200)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="latency_elpv")
+    p.add_argument("--note", default="", help="how the artifacts were made and what else loaded the machine: written with the results")
     p.add_argument("--report-only", action="store_true", help="redraw the Markdown and plot from the JSON, measuring nothing")
     args = p.parse_args()
     if args.report_only:
@@ -107,7 +108,8 @@ def main() -> int:
     from edgetune.bench.report import add_speedups
 
     add_speedups(rows)
-    write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": goals(rows), "threads": args.threads, "policy": opts.policy.to_dict()})
+    write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": goals(rows), "threads": args.threads, "policy": opts.policy.to_dict(),
+                                                "note": args.note})
     for g in report(args.out / f"{args.name}.json"):
         print(f"{'PASS' if g['passed'] else 'FAIL'} {g['goal']}: {g['value']}")
     return 0
@@ -123,7 +125,7 @@ def report(results: Path) -> list[dict]:
     rows, checked = data["rows"], goals(data["rows"])
     title = f"ELPV test images, batch 1, {data['threads']} threads"
     plot(rows, results.with_suffix(".png"), title)
-    md = [rows_markdown(rows, title), "", "| goal | measured | met |", "|---|---|---|"]
+    md = [rows_markdown(rows, title), *([data["note"], ""] if data.get("note") else []), "", "| goal | measured | met |", "|---|---|---|"]
     md += [f"| {g['goal']} | {g['value']} | {'yes' if g['passed'] else '**no**'} |" for g in checked]
     check = results.parent / "benchmark_app_check.json"
     if check.exists():
