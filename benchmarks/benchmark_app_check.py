@@ -60,7 +60,7 @@ def open_ir(args, tmp: Path):
 
 def input_shape(session) -> list[int]:
     """The batch-1 shape of the IR's own input (what benchmark_app feeds)."""
-    port = session.compiled.inputs[0]
+    port = (session.built_in_compiled() if session.built_in else session.compiled).inputs[0]
     dims = []
     ps = port.get_partial_shape()
     nhwc = ps.rank.get_length() == 4 and ps[3].is_static and ps[3].get_length() == 3
@@ -79,18 +79,19 @@ def harness_p50(session, shape: list[int], seconds: float) -> float:
     is called through the session's own call, since `run` would use the float-input twin."""
     if session.built_in:
         frame = np.full(shape, 128, np.uint8)
-        fn = lambda: session.infer(session.compiled, frame)  # noqa: E731
+        fn = lambda: session.infer(session.built_in_compiled(), frame)  # noqa: E731
     else:
         x = np.zeros(shape, np.float32)
         fn = lambda: session.run(x)  # noqa: E731
     return time_call(fn, Policy(warmup=20, min_time_s=seconds, min_runs=100)).stats()["p50_ms"]
 
 
-def benchmark_app_median(ir: Path, shape: list[int], threads: int, seconds: float, tmp: Path) -> tuple[float, str]:
+def benchmark_app_median(ir: Path, shape: list[int], threads: int, precision_hint: str, seconds: float, tmp: Path) -> tuple[float, str]:
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    # benchmark_app refuses -nthreads together with -hint; the thread count goes in as a device property.
+    # benchmark_app refuses -nthreads together with -hint; the thread count goes in as a device property,
+    # with the session's inference precision (left unset, a bf16-capable CPU runs f32 IRs in bf16).
     config = tmp / "cpu_config.json"
-    write_json(config, {"CPU": {"INFERENCE_NUM_THREADS": str(threads)}})
+    write_json(config, {"CPU": {"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": precision_hint}})
     cmd = [exe, "-m", str(ir), "-d", "CPU", "-hint", "latency", "-api", "sync", "-b", "1", "-load_config", str(config),
            "-t", str(int(max(1, seconds))), "-data_shape", "[" + ",".join(map(str, shape)) + "]"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -123,7 +124,7 @@ def main() -> int:
         ours, theirs, cmd = [], [], ""
         for _ in range(args.rounds):
             ours.append(harness_p50(session, shape, args.seconds))
-            median, cmd = benchmark_app_median(ir, shape, args.threads, args.seconds, Path(tmp))
+            median, cmd = benchmark_app_median(ir, shape, args.threads, session.config["INFERENCE_PRECISION_HINT"], args.seconds, Path(tmp))
             theirs.append(median)
     h, b = float(np.median(ours)), float(np.median(theirs))
     # Each round's pair ran back to back, so the ratio within a round cancels the

@@ -1,6 +1,7 @@
 """ELPV latency/accuracy table: PyTorch eager FP32, ONNX Runtime FP32/INT8, OpenVINO
-FP32/INT8 and pruned + INT8 on both runtimes, batch 1, 2 threads, one run on the
-ELPV test images, every row through `edgetune bench`'s harness.
+FP32/BF16/INT8 and pruned + INT8 on both runtimes, batch 1, 2 threads, one run on the
+ELPV test images, every row through `edgetune bench`'s harness: the model call and
+end to end from a 640x480 uint8 frame.
 
 Build the artifacts first (each build's bundles carry their int8 and fp32 artifacts),
 either from scratch with the example configs, or from compress_elpv.py's QAT runs:
@@ -33,9 +34,12 @@ SPEED_GOALS = [
     ("OpenVINO INT8 vs PyTorch eager FP32", ("openvino", "int8", False), ("pytorch", "fp32", False), 10.0),
     ("pruned OpenVINO INT8 vs PyTorch eager FP32", ("openvino", "int8", True), ("pytorch", "fp32", False), 15.0),
     ("OpenVINO INT8 vs OpenVINO FP32", ("openvino", "int8", False), ("openvino", "fp32", False), 2.0),
+    ("OpenVINO BF16 vs OpenVINO FP32", ("openvino", "bf16", False), ("openvino", "fp32", False), 1.0),
     ("ONNX Runtime INT8 vs ONNX Runtime FP32", ("onnxruntime", "int8", False), ("onnxruntime", "fp32", False), 1.5),
 ]
 MAX_INT8_DROP_POINTS = 0.5
+MAX_PREPROCESS_MS = 0.5  # end to end (640x480 frame -> logits) over the model call, p50
+MIN_FP32_AGREEMENT = 0.999  # an fp32 artifact against PyTorch: the same class on this share of images
 
 
 def _key(row: dict) -> tuple[str, str, bool]:
@@ -52,6 +56,14 @@ def goals(rows: list[dict]) -> list[dict]:
             ratio = by[slow]["latency_ms_p50"] / by[fast]["latency_ms_p50"]
             out.append({"goal": f"{name} >= {need:g}x", "value": f"{ratio:.2f}x", "passed": ratio >= need})
     base = by.get(("pytorch", "fp32", False))
+    for r in rows:
+        if r["runtime"] != "pytorch" and r.get("e2e_ms_p50") is not None:
+            pre = r["e2e_ms_p50"] - r["latency_ms_p50"]
+            out.append({"goal": f"{r['stage']} {r['runtime']} {r['precision']} end to end within {MAX_PREPROCESS_MS} ms of the model call",
+                        "value": f"{pre:+.2f} ms", "passed": pre <= MAX_PREPROCESS_MS})
+        if r["precision"] == "fp32" and r["runtime"] != "pytorch" and r.get("agreement") is not None:
+            out.append({"goal": f"{r['stage']} {r['runtime']} fp32 agrees with PyTorch on >= {MIN_FP32_AGREEMENT:.1%}",
+                        "value": f"{r['agreement']:.2%} (ran {r.get('inference_precision') or '?'})", "passed": r["agreement"] >= MIN_FP32_AGREEMENT})
     for r in rows:
         if r["precision"] == "int8" and base and r["accuracy"] is not None and base["accuracy"] is not None:
             drop = (base["accuracy"] - r["accuracy"]) * 100
@@ -71,6 +83,7 @@ def main() -> int:
     p.add_argument("--min-runs", type=int, default=200)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="latency_elpv")
+    p.add_argument("--note", default="", help="how the artifacts were made and what else loaded the machine: written with the results")
     p.add_argument("--report-only", action="store_true", help="redraw the Markdown and plot from the JSON, measuring nothing")
     args = p.parse_args()
     if args.report_only:
@@ -95,7 +108,8 @@ def main() -> int:
     from edgetune.bench.report import add_speedups
 
     add_speedups(rows)
-    write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": goals(rows), "threads": args.threads, "policy": opts.policy.to_dict()})
+    write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": goals(rows), "threads": args.threads, "policy": opts.policy.to_dict(),
+                                                "note": args.note})
     for g in report(args.out / f"{args.name}.json"):
         print(f"{'PASS' if g['passed'] else 'FAIL'} {g['goal']}: {g['value']}")
     return 0
@@ -111,7 +125,7 @@ def report(results: Path) -> list[dict]:
     rows, checked = data["rows"], goals(data["rows"])
     title = f"ELPV test images, batch 1, {data['threads']} threads"
     plot(rows, results.with_suffix(".png"), title)
-    md = [rows_markdown(rows, title), "", "| goal | measured | met |", "|---|---|---|"]
+    md = [rows_markdown(rows, title), *([data["note"], ""] if data.get("note") else []), "", "| goal | measured | met |", "|---|---|---|"]
     md += [f"| {g['goal']} | {g['value']} | {'yes' if g['passed'] else '**no**'} |" for g in checked]
     check = results.parent / "benchmark_app_check.json"
     if check.exists():

@@ -184,14 +184,16 @@ def write_reports(result: GateResult, junit: Path | None, md: Path | None, json_
 
 
 def run_compare(reference: Path, candidate: Path, data: str | None, max_drop: float, min_agreement: float, threads: int | None,
-                junit: Path | None, md: Path | None, json_file: Path | None, skip_bad: bool = False, runtime: str | None = None) -> GateResult:
+                junit: Path | None, md: Path | None, json_file: Path | None, skip_bad: bool = False, runtime: str | None = None,
+                precision: str | None = None) -> GateResult:
     """The `compare` command: both artifacts on the same images, then the gate.
-    `runtime`: run a CANDIDATE bundle through this runtime instead of its own."""
+    `runtime`: run a CANDIDATE bundle through this runtime instead of its own;
+    `precision`: which of its artifacts (default: its main one)."""
     from edgetune.bench.artifacts import labelled_images, open_artifact, predict
     from edgetune.errors import EdgetuneError
 
     ref = open_artifact(reference, "REFERENCE")
-    cand = open_artifact(candidate, "CANDIDATE", runtime)
+    cand = open_artifact(candidate, "CANDIDATE", runtime, precision)
     images = labelled_images(data, ref, skip_bad) or labelled_images(None, cand)
     if images is None:
         raise EdgetuneError(f"No labelled images to compare on: give --data (a folder, CSV or elpv); {reference} has no run with a test split on this machine.")

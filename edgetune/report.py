@@ -100,7 +100,7 @@ def _save_fig(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str = "none") -> dict:
+def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str = "none", data: str | None = None) -> dict:
     """The `evaluate` command: metrics + PNGs in the run dir, a table on screen.
     With test-time augmentation the files are named after it (eval_test_tta-flips.json),
     so they never replace the single-view ones that the deployed model matches."""
@@ -109,7 +109,7 @@ def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: i
     from edgetune.runtime.files import write_json
     from edgetune.train.evaluate import predict_split
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, data)
     model = with_tta(run.build_model(), tta)
     logits, labels = predict_split(model, run.split, run.spec, part, batch_size)
     m = classification_metrics(labels, logits, run.classes)

@@ -67,7 +67,9 @@ def is_run(path: Path) -> bool:
     return (Path(path) / "run.json").is_file()
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, data: str | None = None) -> Run:
+    """`data`: where the run's data source is on this machine, when its recorded
+    --data does not point there (split.json's paths are relative to the source)."""
     path = Path(path)
     if not path.is_dir():
         raise EdgetuneError(f"{path}: no such run directory. Give the --out folder of an edgetune finetune, prune or quantize run.")
@@ -79,7 +81,7 @@ def load_run(path: str | Path) -> Run:
         if info.get("format") != FORMAT:
             raise ValueError(f"format is {info.get('format')!r}, not {FORMAT!r}")
         spec = PreprocessSpec.from_dict(read_json(path / "preprocess.json"))
-        split = Split.load(path / "split.json")
+        split = Split.load(path / "split.json", data)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise EdgetuneError(f"{path}: not a valid edgetune run ({e}).") from None
     return Run(path, info, spec, split)

@@ -44,3 +44,31 @@ def test_bench_usage_errors(fp32_bundle, tmp_path, capsys):
     assert "ssh://user@host[:port]" in capsys.readouterr().err
     assert invoke("bench", fp32_bundle, "--precision", "int8") == 2
     assert "no int8 artifact" in capsys.readouterr().err
+
+
+def test_plot_labels_stage_and_precision_pareto_front_no_overlaps(tmp_path):
+    """Pruned and unpruned bundles of one runtime and precision read apart; points
+    crowded together still get labels that do not overlap; the axis is log."""
+    from edgetune.bench.report import pareto_front, plot
+
+    def row(name, stage, runtime, precision, acc, ms, ran=None):
+        return {"name": name, "stage": stage, "runtime": runtime, "precision": precision, "accuracy": acc, "latency_ms_p50": ms,
+                "inference_precision": ran}
+
+    rows = [row("run-float", "float", "pytorch", "fp32", 0.677, 19.6),
+            row("bundle-cpu", "qat", "onnxruntime", "fp32", 0.677, 4.93, "fp32"),
+            row("bundle-cpu", "qat", "onnxruntime", "int8", 0.672, 2.22, "fp32"),
+            row("bundle-cpu", "pruned+qat", "onnxruntime", "int8", 0.668, 2.21, "fp32"),  # same runtime/precision, another stage
+            row("bundle-intel", "qat", "openvino", "fp32", 0.677, 2.53, "fp32"),
+            row("bundle-intel", "qat", "openvino", "bf16", 0.676, 2.50, "bf16"),
+            row("bundle-intel", "qat", "openvino", "int8", 0.674, 1.91, "fp32"),
+            row("bundle-intel", "pruned+qat", "openvino", "int8", 0.670, 1.28, "fp32"),
+            row("bundle-gpu", "qat", "openvino", "fp16", 0.675, 1.90, "bf16")]
+    drawn = plot(rows, tmp_path / "plot.png", "test")
+    texts, boxes = zip(*drawn["labels"])
+    assert "pruned+qat onnxruntime int8" in texts and "qat onnxruntime int8" in texts and "qat openvino fp16 (ran bf16)" in texts
+    assert len(set(texts)) == len(rows)
+    assert not [(texts[i], texts[j]) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert drawn["xscale"] == "log"
+    assert [r["latency_ms_p50"] for r in pareto_front(rows)] == [1.28, 1.90, 2.50, 2.53]  # 1.91 ms is beaten by 1.90 ms at a higher accuracy
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -25,6 +25,10 @@ def _stage_times(out):
 
 @pytest.mark.slow
 def test_one_build_makes_three_bundles(built_bundles):
+    import openvino as ov
+
+    from edgetune.runtime.ov import has_bf16
+
     out = built_bundles
     for target, runtime, files in [("cpu", "onnxruntime", {"model.int8.onnx", "model.fp32.onnx"}),
                                    ("intel", "openvino", {"model.int8.xml", "model.int8.bin", "model.fp32.xml", "model.fp32.bin"}),
@@ -47,6 +51,13 @@ def test_one_build_makes_three_bundles(built_bundles):
     assert exported["intel"]["activations"] == exported["jetson"]["activations"] == "keep"
     assert set(exported["jetson"]["checks"]["activation_qdq"]) == {"int8"}
     assert exported["intel"]["sha256"] == exported["jetson"]["sha256"] != exported["cpu"]["sha256"]
+    # OpenVINO: every artifact's float layers ran in the precision it is named for (read back
+    # from the compiled model); bf16 shares the fp32 IR and is there only where this CPU has bf16.
+    intel = bundles["intel"]
+    ran = {p: a["metrics"]["inference_precision"] for p, a in intel.manifest["artifacts"].items()}
+    assert ran["int8"] == ran["fp32"] == "fp32" and intel.metrics["inference_precision"] == "fp32"
+    assert ran.get("bf16", "bf16") == "bf16" and ("bf16" in ran) == has_bf16(ov.Core())
+    assert bundles["cpu"].metrics["inference_precision"] == "fp32"
     jetson = bundles["jetson"]
     assert jetson.artifact()["checks"]["tensorrt_rules"] == "passed"
     assert jetson.metrics["evaluated_with"] == "onnxruntime"  # no TensorRT here: the same ONNX through ONNX Runtime

@@ -138,6 +138,23 @@ def test_failing_alarm_command_does_not_stop_inference(session, tmp_path):
         infer(session, video, tmp_path / "cls", alarms=[parse_alarm("scratch:0.5")])
 
 
+def test_fps_covers_inference_only_and_a_hanging_alarm_action_is_reported_apart(session, tmp_path, capsys):
+    """One alarm action that hangs past the end of the video: the summary's FPS is
+    over the inference period; the shutdown wait for the action is its own figure."""
+    from edgetune.camera.stats import print_summary
+
+    video = write_video(tmp_path / "line.avi", [grey(BRIGHT)] * 20)
+    hang = shlex.join([sys.executable, "-c", "import time; time.sleep(2.5)"])
+    records, summary = infer(session, video, tmp_path, alarms=[parse_alarm("defect:0.5")], alarm_frames=1, on_alarm=hang)
+    assert len(records) == 20 and summary["alarm_actions"] == {"done": 1, "failed": 0}
+    assert summary["alarm_actions_wait_seconds"] >= 1.5 and summary["shutdown_seconds"] >= summary["alarm_actions_wait_seconds"]
+    assert summary["seconds"] < 1.5 and summary["fps"] == pytest.approx(20 / summary["seconds"], rel=0.01)
+    assert not summary["alarm_actions_unfinished"]
+    print_summary(summary)
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert "s of inference" in out and "waiting for alarm actions" in out
+
+
 def test_truncated_and_damaged_videos_finish_cleanly(session, tmp_path):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(20)]

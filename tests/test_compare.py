@@ -96,6 +96,12 @@ def test_compare_cli_on_a_tiny_model(float_run, fp32_bundle, tmp_path, capsys):
     assert invoke("compare", float_run, tmp_path / "missing") == 2
     assert "CANDIDATE" in capsys.readouterr().err
     assert invoke("compare", float_run, fp32_bundle, "--max-drop", "-1") == 2
+    # --precision gates another artifact of the bundle (e.g. OpenVINO's bf16); one it lacks is a usage error.
+    assert invoke("compare", float_run, fp32_bundle, "--precision", "fp32", "--json", js) == 0
+    assert "fp32" in json.loads(js.read_text())["candidate"]["name"]
+    capsys.readouterr()
+    assert invoke("compare", float_run, fp32_bundle, "--precision", "bf16") == 2
+    assert "no bf16 artifact" in capsys.readouterr().err
 
 
 def _colour_only_run(tmp_path):

@@ -1,6 +1,7 @@
 """Data sources, the split, bad images."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,47 @@ def test_skip_bad_skips_counts_and_records(folder_with_bad_images, tmp_path):
 def test_missing_data_folder_exits_2(tmp_path, capsys):
     assert invoke("finetune", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "run") == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_split_json_stores_paths_relative_to_the_source(tmp_path):
+    """ELPV's images live in one virtualenv's site-packages: split.json must not
+    name that folder, and must load in another environment (another recorded root)."""
+    split = make_split(load_source("elpv"), seed=0, val_frac=0.15, test_frac=0.25)
+    split.save(tmp_path / "split.json")
+    saved = json.loads((tmp_path / "split.json").read_text())
+    assert saved["paths"] == "relative" and saved["source"] == "elpv"
+    assert all(not p.startswith("/") and "site-packages" not in p for k in ("train", "val", "test") for p, _ in saved[k])
+    assert all(not p.startswith("/") for p in saved["soft"])
+    saved["root"] = "/elsewhere/venv/lib/python3.11/site-packages/elpv_dataset/data"  # written by another environment
+    (tmp_path / "split.json").write_text(json.dumps(saved))
+    loaded = Split.load(tmp_path / "split.json")
+    assert loaded.parts == split.parts and loaded.soft == split.soft  # resolved against this environment's package
+    assert all(Path(p).is_file() for p, _ in loaded.parts["test"][:20])
+
+
+def test_old_split_json_with_absolute_paths_still_loads(tmp_path):
+    folder = make_images(tmp_path / "imgs", n_per_class=4)
+    split = make_split(load_source(str(folder)), 0, 0.25, 0.25)
+    old = {k: v for k, v in split.to_dict().items() if k not in ("root", "paths")}
+    for k in ("train", "val", "test"):
+        old[k] = [[str(folder / p), y] for p, y in old[k]]
+    (tmp_path / "split.json").write_text(json.dumps(old))
+    assert Split.load(tmp_path / "split.json").parts == split.parts
+
+
+def test_a_run_copied_elsewhere_evaluates_with_its_data_there(float_run, image_folder, tmp_path):
+    """The run and its images copied to another place (another machine): `evaluate
+    --data NEW_FOLDER` finds them there, with the same metrics."""
+    import shutil
+
+    from edgetune.run import load_run
+
+    run = shutil.copytree(float_run, tmp_path / "run")
+    data = shutil.copytree(image_folder, tmp_path / "data")
+    saved = json.loads((run / "split.json").read_text())
+    saved["source"] = saved["root"] = "/machine-a/images"  # as written on the other machine
+    (run / "split.json").write_text(json.dumps(saved))
+    assert all(p.startswith(str(data)) for p, _ in load_run(run, str(data)).split.parts["test"])
+    assert invoke("evaluate", run, "--data", data, "--json", tmp_path / "m.json") == 0
+    want = json.loads((float_run / "run.json").read_text())["history"][-1]["metrics"]["test"]["accuracy"]
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == pytest.approx(want)

@@ -47,9 +47,9 @@ def test_records_match_evaluate_predictions_frame_by_frame(float_run, fp32_bundl
 
 @pytest.mark.parametrize("target", ["cpu", "intel"])
 def test_built_bundle_records_match_its_own_session(built_bundles, image_folder, tmp_path, target):
-    """INT8 bundles from `edgetune build`: ONNX Runtime (preprocessing in the capture
-    thread) and OpenVINO (preprocessing built into the IR, raw frames): per-frame
-    classes and scores equal the bundle session's on the source images."""
+    """INT8 bundles from `edgetune build`, ONNX Runtime and OpenVINO (both with the
+    preprocessing in the capture thread): per-frame classes and scores equal the
+    bundle session's on the source images."""
     from edgetune.metrics import softmax
     from edgetune.runtime.bundle import load_bundle
 

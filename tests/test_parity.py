@@ -61,16 +61,17 @@ def test_full_runtime_path_agrees_with_pytorch(cpu_bundle):
 
 @pytest.mark.slow
 def test_openvino_built_in_preprocessing_matches_onnx_path(cpu_bundle, intel_bundle):
-    """Raw uint8 frames of another size: the IR's own preprocessing gives the same
-    top-1 as the ONNX path's OpenCV preprocessing."""
+    """Raw uint8 frames of another size: the IR's own preprocessing (what an OpenVINO
+    application runs) and the session's OpenCV path give the ONNX path's top-1."""
     run = load_run(load_bundle(cpu_bundle).source_run)
     frames = [cv2.resize(read_image(p), (75, 57), interpolation=cv2.INTER_AREA) for p, _ in run.split.parts["test"]]
     onnx_path = load_bundle(cpu_bundle).open().run_frames(frames)
     intel = load_bundle(intel_bundle).open()
-    built_in = intel.run_frames(frames)
-    plain = intel.run(preprocess(frames, intel.spec))
-    assert built_in.shape == onnx_path.shape == (len(frames), len(run.classes))
+    built_in = intel.run_frames_built_in(frames)
+    opencv = intel.run_frames(frames)
+    assert built_in.shape == opencv.shape == onnx_path.shape == (len(frames), len(run.classes))
     assert agreement(built_in, onnx_path) == 1.0
-    assert agreement(built_in, plain) == 1.0
-    mixed = intel.run_frames([frames[0], cv2.resize(frames[1], (40, 90))])  # different sizes in one call
+    assert agreement(built_in, opencv) == 1.0
+    np.testing.assert_array_equal(opencv, intel.run(preprocess(frames, intel.spec)))  # run_frames = OpenCV preprocessing + run
+    mixed = intel.run_frames_built_in([frames[0], cv2.resize(frames[1], (40, 90))])  # different sizes in one call
     assert mixed.shape == (2, len(run.classes))

@@ -143,22 +143,50 @@ def test_remote_bench_over_loopback_uses_only_the_uploaded_runtime(sshd, fp32_bu
     assert _leftovers() == before  # the remote directory is gone
 
 
-def test_changed_host_key_is_refused_unless_accepted(sshd, tmp_path):
+def _fingerprint(pub: Path) -> str:
+    """OpenSSH's SHA256 fingerprint of a .pub file, as ssh-keygen -lf prints it."""
+    import base64
+    import hashlib
+
+    blob = base64.b64decode(pub.read_text().split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def test_changed_host_key_is_refused_even_with_accept_host_key(sshd, tmp_path):
+    """Like OpenSSH's accept-new: --accept-host-key never takes a CHANGED key; only
+    the new key's fingerprint, checked on the device, does."""
     known = sshd.known_hosts(tmp_path / "known_hosts", key=sshd.other_host_key)
+    old = known.read_text()
+    device = remote.parse_device(sshd.device())
+    new_fp = _fingerprint(sshd.host_key.with_suffix(".pub"))
     with pytest.raises(EdgetuneError, match="host key CHANGED") as e:
-        remote.connect(remote.parse_device(sshd.device()), _options(sshd, tmp_path, known_hosts=known))
-    assert "SHA256:" in str(e.value) and "--accept-host-key" in str(e.value)
-    remote.connect(remote.parse_device(sshd.device()), _options(sshd, tmp_path, known_hosts=known, accept_host_key=True)).close()
+        remote.connect(device, _options(sshd, tmp_path, known_hosts=known))
+    assert new_fp in str(e.value) and "ssh-keygen -R" in str(e.value) and f"--host-key-fingerprint {new_fp}" in str(e.value)
+    with pytest.raises(EdgetuneError, match="host key CHANGED.*accepts unknown keys only"):
+        remote.connect(device, _options(sshd, tmp_path, known_hosts=known, accept_host_key=True))
+    wrong_fp = _fingerprint(sshd.other_host_key.with_suffix(".pub"))
+    with pytest.raises(EdgetuneError, match="not the fingerprint given"):
+        remote.connect(device, _options(sshd, tmp_path, known_hosts=known, host_key_fingerprint=wrong_fp))
+    assert known.read_text() == old  # nothing recorded while refused
+    remote.connect(device, _options(sshd, tmp_path, known_hosts=known, host_key_fingerprint=new_fp)).close()
     assert (sshd.host_key.with_suffix(".pub").read_text().split()[1]) in known.read_text()  # the new key replaced the old
     assert sshd.other_host_key.with_suffix(".pub").read_text().split()[1] not in known.read_text()
-    remote.connect(remote.parse_device(sshd.device()), _options(sshd, tmp_path, known_hosts=known)).close()  # now trusted
+    remote.connect(device, _options(sshd, tmp_path, known_hosts=known)).close()  # now trusted
+    with pytest.raises(EdgetuneError, match="SHA256: and 43 base64"):
+        remote.connect(device, _options(sshd, tmp_path, known_hosts=known, host_key_fingerprint="MD5:ab:cd"))
 
 
-def test_unknown_host_key_is_refused(sshd, tmp_path):
+def test_unknown_host_key_is_refused_unless_accepted(sshd, tmp_path):
     known = tmp_path / "empty_known_hosts"
+    device = remote.parse_device(sshd.device())
     with pytest.raises(EdgetuneError, match="host key is unknown"):
-        remote.connect(remote.parse_device(sshd.device()), _options(sshd, tmp_path, known_hosts=known))
+        remote.connect(device, _options(sshd, tmp_path, known_hosts=known))
+    with pytest.raises(EdgetuneError, match="not the SHA256:.* given with --host-key-fingerprint"):
+        remote.connect(device, _options(sshd, tmp_path, known_hosts=known, host_key_fingerprint=_fingerprint(sshd.other_host_key.with_suffix(".pub"))))
     assert not known.exists()
+    remote.connect(device, _options(sshd, tmp_path, known_hosts=known, accept_host_key=True)).close()  # accept-new
+    assert sshd.host_key.with_suffix(".pub").read_text().split()[1] in known.read_text()
+    remote.connect(device, _options(sshd, tmp_path, known_hosts=known)).close()
 
 
 def test_wrong_user_key_is_refused(sshd, tmp_path):

@@ -147,3 +147,13 @@ def test_trtexec_command_carries_the_profile_settings():
     args = trtexec_args(art, "int8", {"workspace_mb": 512, "dla_core": 0, "builder_optimization_level": 3}, batch=2)
     assert {"--int8", "--fp16", "--memPoolSize=workspace:512", "--useDLACore=0", "--allowGPUFallback",
             "--shapes=input:2x3x64x64", "--timingCacheFile=engine/timing.cache"} <= set(args)
+
+
+def test_bf16_is_an_openvino_precision_only(tmp_path):
+    """bf16 artifacts are OpenVINO's: another runtime's profile asking for it is refused before training."""
+    f = tmp_path / "cpu-bf16.yaml"
+    f.write_text("extends: cpu\nname: x\nfallback: [fp32, bf16]\n")
+    with pytest.raises(EdgetuneError, match="precision bf16 .* cannot be built for onnxruntime"):
+        get_target(load_profile(str(f))).check_profile()
+    assert "bf16" in load_profile("intel").precisions
+    get_target(load_profile("intel")).check_profile()

@@ -24,6 +24,7 @@ class Artifact:
     run: Run | None = None
     bundle: Bundle | None = None
     runtime: str | None = None  # a bundle's session runtime, when not its own (a Jetson bundle's ONNX through ONNX Runtime)
+    precision: str | None = None  # which artifact of a bundle; None: its main one
 
     @property
     def kind(self) -> str:
@@ -41,7 +42,7 @@ class Artifact:
     def label(self) -> str:
         if self.run:
             return f"{self.path.name} (pytorch, {self.run.stage})"
-        return f"{self.bundle.name} ({self.runtime or self.bundle.runtime}, {self.bundle.precision})"
+        return f"{self.bundle.name} ({self.runtime or self.bundle.runtime}, {self.precision or self.bundle.precision})"
 
     def source_run(self) -> Run | None:
         """The run this artifact came from, when it is still on this machine."""
@@ -51,12 +52,18 @@ class Artifact:
         return load_run(src) if src and is_run(src) else None
 
 
-def open_artifact(path: str | Path, what: str = "artifact", runtime: str | None = None) -> Artifact:
+def open_artifact(path: str | Path, what: str = "artifact", runtime: str | None = None, precision: str | None = None) -> Artifact:
+    """A run or a bundle; for a bundle, `runtime` runs it through another runtime and
+    `precision` picks its artifact (int8, fp32, bf16, ...)."""
     path = Path(path)
     if is_run(path):
+        if precision:
+            raise EdgetuneError(f"--precision {precision}: {what} {path} is a run (PyTorch, fp32); --precision picks an artifact of a bundle.")
         return Artifact(path, run=load_run(path))
     if (path / "manifest.json").is_file() or (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))):
-        return Artifact(path, bundle=load_bundle(path), runtime=runtime)
+        bundle = load_bundle(path)
+        bundle.artifact(precision)  # names the bundle and what it has when missing
+        return Artifact(path, bundle=bundle, runtime=runtime, precision=precision)
     if not path.exists():
         raise EdgetuneError(f"{what} {path}: no such file or directory. Give a run directory (edgetune finetune/prune/quantize --out) or a bundle (edgetune build).")
     raise EdgetuneError(f"{what} {path}: neither a run directory (no run.json) nor a bundle (no manifest.json, not a .tar.gz).")
@@ -127,7 +134,7 @@ def predict(artifact: Artifact, images: Labelled, threads: int | None = None, ba
 
         logits, _ = torch_predict(artifact.run.build_model(), eval_loader(images.pairs, EvalTransform(artifact.run.spec), batch_size=64))
         return logits
-    session = artifact.bundle.open(threads=threads, runtime=artifact.runtime)
+    session = artifact.bundle.open(threads=threads, runtime=artifact.runtime, precision=artifact.precision)
     return session_logits(session, [p for p, _ in images.pairs], batch_size, artifact.label)
 
 

@@ -65,7 +65,8 @@ def parse_device(url: str) -> Device:
 class SSHOptions:
     identity: Path | None = None
     known_hosts: Path = field(default_factory=lambda: Path.home() / ".ssh" / "known_hosts")
-    accept_host_key: bool = False
+    accept_host_key: bool = False  # an UNKNOWN host key only, like OpenSSH's accept-new; never a changed one
+    host_key_fingerprint: str | None = None  # "SHA256:...": accept the server's key, unknown or changed, when it has this fingerprint
     remote_python: str = "python3"
     connect_timeout: float = 15.0
     idle_timeout: float = 1800.0  # no output for this long: the device is stuck (a TensorRT build is silent for minutes)
@@ -81,25 +82,41 @@ class UnknownHostKey(Exception):
         self.key = key
 
 
-class _Refuse(paramiko.MissingHostKeyPolicy):
-    def missing_host_key(self, client, hostname, key):
-        raise UnknownHostKey(key)
+class WrongFingerprint(Exception):
+    def __init__(self, key: paramiko.PKey):
+        self.key = key
 
 
-class _Accept(paramiko.MissingHostKeyPolicy):
-    """The user explicitly accepted the server's key: record it."""
+class _KeyPolicy(paramiko.MissingHostKeyPolicy):
+    """A key known_hosts lacks: accepted (and recorded) when it has the fingerprint the
+    user gave, or with `accept_unknown`; refused otherwise."""
 
-    def __init__(self):
+    def __init__(self, accept_unknown: bool, expected: str | None):
+        self.accept_unknown, self.expected = accept_unknown, expected
         self.accepted: paramiko.PKey | None = None
 
     def missing_host_key(self, client, hostname, key):
+        if self.expected is not None and fingerprint(key) != self.expected:
+            raise WrongFingerprint(key)
+        if self.expected is None and not self.accept_unknown:
+            raise UnknownHostKey(key)
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.accepted = key
 
 
+def check_fingerprint(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", value):
+        raise EdgetuneError(f"--host-key-fingerprint {value!r}: give it as OpenSSH prints it, SHA256: and 43 base64 characters "
+                            "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on the device).")
+    return value
+
+
 def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
-    """An authenticated client whose server key matches known_hosts (or was
-    accepted with `accept_host_key`, which then records it there)."""
+    """An authenticated client whose server key matches known_hosts, or, recorded
+    there then, is unknown and accepted with `accept_host_key`, or has the
+    `host_key_fingerprint` the user checked on the device. A CHANGED key is refused
+    unless it has that fingerprint (OpenSSH's accept-new never takes a changed key)."""
+    expected = check_fingerprint(opts.host_key_fingerprint)
     if opts.identity is not None and not Path(opts.identity).is_file():
         raise EdgetuneError(f"--identity {opts.identity}: no such key file.")
     client = paramiko.SSHClient()
@@ -109,7 +126,7 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
             client.load_host_keys(str(known))
         except (OSError, paramiko.SSHException) as e:
             raise EdgetuneError(f"--known-hosts {known}: cannot be read ({e}).") from None
-    policy = _Accept() if opts.accept_host_key else _Refuse()
+    policy = _KeyPolicy(opts.accept_host_key, expected)
     client.set_missing_host_key_policy(policy)
     kwargs = dict(hostname=device.host, port=device.port, username=device.user, timeout=opts.connect_timeout,
                   banner_timeout=opts.connect_timeout, auth_timeout=opts.connect_timeout)
@@ -120,13 +137,16 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
         try:
             client.connect(**kwargs)
         except paramiko.BadHostKeyException as e:
-            if not opts.accept_host_key:
+            if expected is None or fingerprint(e.key) != expected:
+                client.close()
+                given = (f" It is not the fingerprint given with --host-key-fingerprint ({expected})." if expected else
+                         " --accept-host-key accepts unknown keys only, never a changed one." if opts.accept_host_key else "")
                 raise EdgetuneError(
                     f"{where}: the host key CHANGED. known_hosts ({known}) has {fingerprint(e.expected_key)}, the server offers "
                     f"{fingerprint(e.key)}. This can be a reinstalled device or someone intercepting the connection; the connection "
-                    f"was refused. If the device was reinstalled, check the new fingerprint on it (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
-                    f"then run: ssh-keygen -R '{device.known_hosts_name}' -f {known}, or pass --accept-host-key.") from None
-            logger.warning("%s: replacing the changed host key %s with %s (--accept-host-key).", where, fingerprint(e.expected_key), fingerprint(e.key))
+                    f"was refused.{given} If the device was reinstalled, check the new fingerprint on it (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
+                    f"then run: ssh-keygen -R '{device.known_hosts_name}' -f {known}, or pass --host-key-fingerprint {fingerprint(e.key)}.") from None
+            logger.warning("%s: replacing the changed host key %s with %s (--host-key-fingerprint).", where, fingerprint(e.expected_key), fingerprint(e.key))
             del client.get_host_keys()[device.known_hosts_name]
             client.connect(**kwargs)
     except UnknownHostKey as e:
@@ -134,7 +154,12 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
         raise EdgetuneError(
             f"{where}: the host key is unknown (not in {known}); the server offers {e.key.get_name()} {fingerprint(e.key)}. "
             f"Check that fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add it "
-            f"(ssh-keyscan -p {device.port} {device.host} >> {known}) or pass --accept-host-key.") from None
+            f"(ssh-keyscan -p {device.port} {device.host} >> {known}), or pass --host-key-fingerprint with it, or --accept-host-key.") from None
+    except WrongFingerprint as e:
+        client.close()
+        raise EdgetuneError(f"{where}: the server offers host key {e.key.get_name()} {fingerprint(e.key)}, not the {expected} given with "
+                            "--host-key-fingerprint; the connection was refused. Check the fingerprint on the device "
+                            "(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub).") from None
     except paramiko.AuthenticationException:
         client.close()
         key = f"the key {opts.identity}" if opts.identity else "your SSH keys and agent"
@@ -154,7 +179,7 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
     except (paramiko.SSHException, OSError) as e:
         client.close()
         raise EdgetuneError(f"{where}: SSH connection failed: {e}.") from None
-    if isinstance(policy, _Accept) and policy.accepted is not None:
+    if policy.accepted is not None:
         from edgetune.runtime.files import atomic_path
 
         with atomic_path(known) as tmp:

@@ -39,7 +39,9 @@ def make_row(result: dict, dataset: str | None, labels: np.ndarray | None = None
         "latency_ms_mean": lat["model"]["mean_ms"],
         "latency_ms_std": lat["model"]["std_ms"],
         "latency_runs": lat["model"]["n"],
+        "inference_precision": result.get("inference_precision"),
         "e2e_ms_p50": lat["e2e"]["p50_ms"],
+        "e2e_frame": result.get("e2e_frame"),
         "e2e_ms_p99": lat["e2e"]["p99_ms"],
         "throughput_batch": int(best_batch),
         "throughput_by_batch": {b: t["fps"] for b, t in result["throughput"].items()},
@@ -70,6 +72,13 @@ def add_speedups(rows: list[dict]) -> None:
         row["speedup_vs_pytorch"] = base["latency_ms_p50"] / row["latency_ms_p50"] if base else None
 
 
+def precision_label(r: dict) -> str:
+    """The artifact's precision, and what it really ran in where that differs
+    (an fp16 IR on a CPU without fp16: "fp16 (ran bf16)")."""
+    ran, prec = r.get("inference_precision"), r["precision"]
+    return prec if ran in (None, prec) or (prec == "int8" and ran == "fp32") else f"{prec} (ran {ran})"
+
+
 def _f(v, fmt: str, none: str = "-") -> str:
     return none if v is None else format(v, fmt)
 
@@ -78,7 +87,7 @@ COLUMNS = [  # header, row -> text
     ("artifact", lambda r: r["name"]),
     ("stage", lambda r: r["stage"] or "-"),
     ("runtime", lambda r: r["runtime"]),
-    ("prec.", lambda r: r["precision"]),
+    ("prec.", lambda r: precision_label(r)),
     ("accuracy", lambda r: _f(r["accuracy"], ".4f")),
     ("F1", lambda r: _f(r["f1"], ".4f")),
     ("agree", lambda r: _f(r["agreement"], ".4f")),
@@ -86,6 +95,7 @@ COLUMNS = [  # header, row -> text
     ("p90 ms", lambda r: _f(r["latency_ms_p90"], ".3f")),
     ("p99 ms", lambda r: _f(r["latency_ms_p99"], ".3f")),
     ("e2e p50 ms", lambda r: _f(r["e2e_ms_p50"], ".3f")),
+    ("pre ms", lambda r: _f(r["e2e_ms_p50"] - r["latency_ms_p50"] if r.get("e2e_ms_p50") is not None else None, "+.3f")),
     ("img/s", lambda r: f"{r['throughput_fps']:.1f} (b{r['throughput_batch']})"),
     ("speedup", lambda r: _f(r.get("speedup_vs_pytorch"), ".2f") + ("x" if r.get("speedup_vs_pytorch") else "")),
     ("size MB", lambda r: _f(r["size_mb"], ".2f")),
@@ -113,35 +123,112 @@ def markdown(rows: list[dict], title: str) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fn(r).replace("|", "/") for _, fn in COLUMNS) + " |" for r in rows]
     lines += ["", "Latency is the model call alone at batch 1 (p50/p90/p99 over all timed runs, outliers kept); "
-              "e2e adds preprocessing from a uint8 frame. Speedup is against PyTorch float on the same machine."]
+              "e2e adds preprocessing from a uint8 camera frame (640x480 unless `--frame` says otherwise), pre = e2e p50 - p50. "
+              "Speedup is against PyTorch float on the same machine."]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    """Accuracy against p50 latency, one labelled point per row."""
+def point_label(r: dict, rows: list[dict]) -> str:
+    """What tells a point apart: stage (float, pruned, pruned+qat, ...), runtime and
+    precision; the artifact's name too where two rows would read alike."""
+    def short(x):
+        return f"{x.get('stage') or '-'} {x['runtime']} {precision_label(x)}"
+
+    label = short(r)
+    return label if sum(short(x) == label for x in rows) == 1 else f"{label}\n{r['name']}"
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The rows no other row beats on both accuracy and p50 latency, fastest first."""
+    pts = sorted((r for r in rows if r["accuracy"] is not None), key=lambda r: (r["latency_ms_p50"], -r["accuracy"]))
+    front, best = [], -1.0
+    for r in pts:
+        if r["accuracy"] > best:
+            front.append(r)
+            best = r["accuracy"]
+    return front
+
+
+# Label positions tried around a point (offset in points, horizontal alignment): right, left,
+# then further above and below, until a label inside the axes overlaps neither another label nor a point.
+_OFFSETS = [((7, 3), "left"), ((-7, 3), "right"), ((7, -11), "left"), ((-7, -11), "right")] + [
+    ((dx, dy * k), ha) for k in range(2, 40) for dy in (9, -9) for dx, ha in (((7, "left"), (-7, "right")))]
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> list:
+    """Annotations for `points`, each at the first position of `_OFFSETS` where its box
+    overlaps no label placed before it; far ones get a leader line."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    marker = 3  # px around each point that a label must not cover
+    taken = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker) for px, py in ax.transData.transform(points)]
+    placed = []
+    for (x, y), text in sorted(zip(points, labels), key=lambda pl: (pl[0][0], -pl[0][1])):
+        for i, (offset, ha) in enumerate(_OFFSETS):
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, ha=ha, va="bottom", fontsize=8,
+                              arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if i >= 4 else None)
+            ann.update_positions(renderer)
+            text_box = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
+            box = Bbox.from_extents(text_box.x0 - 1, text_box.y0 - 1, text_box.x1 + 1, text_box.y1 + 1)
+            inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
+            if (inside and not any(box.overlaps(t) for t in taken)) or i == len(_OFFSETS) - 1:
+                break
+            ann.remove()
+        taken.append(box)
+        placed.append(ann)
+    return placed
+
+
+def plot(rows: list[dict], path: Path, title: str) -> dict:
+    """Accuracy against p50 latency (log axis), one labelled point per row and the
+    Pareto front (the rows nothing beats on both). Returns what was drawn: the x
+    scale and each label's text and box (display units)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.text import Text
 
     from edgetune.runtime.files import atomic_path
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    rows = [r for r in rows if r["latency_ms_p50"] and r["latency_ms_p50"] > 0]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    ax.set_xscale("log")
+    front = pareto_front(rows)
+    if len(front) > 1:
+        ax.step([r["latency_ms_p50"] for r in front], [r["accuracy"] for r in front], where="post", color="tab:green", alpha=0.6,
+                lw=1.5, label="Pareto front (nothing faster and more accurate)")
+    points, labels = [], []
     for r in rows:
         y = r["accuracy"] if r["accuracy"] is not None else float("nan")
-        ax.scatter(r["latency_ms_p50"], y, s=60)
-        ax.annotate(f"{r['name']}\n{r['runtime']} {r['precision']}", (r["latency_ms_p50"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    lat = [r["latency_ms_p50"] for r in rows]
-    if lat and max(lat) / max(min(lat), 1e-9) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("p50 latency, batch 1 (ms)")
+        ax.scatter(r["latency_ms_p50"], y, s=60 if r in front else 36, color="tab:green" if r in front else "tab:blue", zorder=3)
+        points.append((r["latency_ms_p50"], y))
+        labels.append(point_label(r, rows))
+    lat = [x for x, _ in points]
+    if lat:  # room for the labels on both sides
+        ax.set_xlim(min(lat) / 1.6, max(lat) * 1.6)
+    accs = [y for _, y in points if y == y]
+    if accs:
+        pad = max(0.02, (max(accs) - min(accs)) * 0.25)
+        ax.set_ylim(min(accs) - pad, min(1.0, max(accs)) + pad)
+    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
+    if len(front) > 1:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    annotations = place_labels(ax, points, labels)
+    renderer = fig.canvas.get_renderer()
+    drawn = {"xscale": ax.get_xscale(), "labels": [(a.get_text(), Text.get_window_extent(a, renderer)) for a in annotations]}
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    return drawn
 
 
 def write_outputs(rows: list[dict], title: str, json_file: Path | None, md_file: Path | None, png_file: Path | None, meta: dict) -> None:

@@ -22,6 +22,7 @@ class TorchSession:
 
     name = "pytorch"
     precision = "fp32"  # a QAT run's model computes in float with fake quantizers
+    inference_precision = "fp32"
 
     def __init__(self, model, spec: PreprocessSpec, threads: int | None = None):
         import torch

@@ -106,6 +106,11 @@ class AlarmActions:
         if self._thread.is_alive():
             self._queue.put(record)
 
+    @property
+    def running(self) -> bool:
+        """An action is still running (or queued) after close() stopped waiting."""
+        return self._thread.is_alive()
+
     def close(self, wait: float = 15.0) -> None:
         """Let queued actions finish (up to `wait` seconds)."""
         if self._thread.is_alive():

@@ -107,7 +107,7 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
     stats, rate = Stats(), Rate()
     started = datetime.now(timezone.utc)
     checked_size = tuple(size) if size and all(size) else None
-    stopped_by, error = None, None
+    stopped_by, error, actions_wait = None, None, 0.0
 
     with _Signals(stop) as signals:
         capture.start()
@@ -152,6 +152,7 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
             error = e
             raise
         finally:
+            stats.stop()  # the inference period ends here; what follows is shutdown, reported apart
             stop.set()
             capture.join(timeout=10)
             if capture.error is not None and error is None:
@@ -159,11 +160,16 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
             stopped_by = signals.name or stopped_by or _why(capture, opts, error)
             for closer in (writer.close, video.close if video else None, display.close if display else None, actions.close):
                 if closer:
+                    t0 = time.monotonic()
                     try:
                         closer()
                     except Exception as e:  # one failing output must not lose the others
                         log.error("Closing an output failed: %s", e)
-            summary = _summary(opts, spec, mode, session, started, stats, buffer, capture, writer, video, alarms, stopped_by, extra)
+                    if closer == actions.close:
+                        actions_wait = time.monotonic() - t0
+            shutdown = {"shutdown_seconds": round(time.monotonic() - stats.ended, 3), "alarm_actions_wait_seconds": round(actions_wait, 3),
+                        "alarm_actions_unfinished": actions.running}
+            summary = _summary(opts, spec, mode, session, started, stats, buffer, capture, writer, video, alarms, stopped_by, {**(extra or {}), **shutdown})
             if opts.summary:
                 write_json(opts.summary, summary)
     if capture.error is not None:
@@ -174,8 +180,8 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
 def _prepare_in_capture(session, rois: list[Roi]):
     """Where a session's `run_frames` is exactly the manifest's preprocessing followed
     by `run` (every session that doesn't override it), the preprocessing can run in
-    the capture thread, overlapped with the model. Sessions with preprocessing built
-    into the artifact (OpenVINO) get raw frames through `run_frames` instead."""
+    the capture thread, overlapped with the model. Sessions with their own
+    `run_frames` (the PyTorch baseline) get raw frames through it instead."""
     from edgetune.runtime.backends import ArraySession
     from edgetune.runtime.preprocess import preprocess
 
@@ -238,7 +244,7 @@ def _summary(opts, spec, mode, session, started, stats: Stats, buffer, capture: 
         "rois": [r.name for r in opts.rois],
         "started": started.isoformat(timespec="milliseconds"),
         "ended": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 3),  # of inference: the shutdown after it is in shutdown_seconds
         "stopped_by": stopped_by,
         "frames_read": capture.stats.read,
         "frames_inferred": stats.frames,

@@ -26,6 +26,7 @@ class Stats:
         self.alarms = 0
         self.latency = array.array("f")  # ms per model call (preprocess + inference)
         self._mark = (self.started, 0, 0)  # time, frames, latency count at the last status line
+        self.ended: float | None = None  # when inference stopped (shutdown after it is not inference time)
 
     def add(self, latencies_ms: list[float]) -> None:
         self.frames += 1
@@ -43,8 +44,14 @@ class Stats:
             "p50_ms": float(np.median(recent)) if len(recent) else None,
         }
 
+    def stop(self) -> None:
+        """Inference is over: elapsed() and FPS stop counting (the first call wins)."""
+        if self.ended is None:
+            self.ended = time.monotonic()
+
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds of inference: up to stop(), or up to now while running."""
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
 
 
 def print_summary(s: dict) -> None:
@@ -53,8 +60,10 @@ def print_summary(s: dict) -> None:
 
     lat = s["latency_ms"]
     lines = [
-        f"[bold]{s['frames_inferred']}[/] frames from {s['source']} in {s['seconds']:.1f} s ({s['fps']:.1f} FPS), stopped by {s['stopped_by']}.",
+        f"[bold]{s['frames_inferred']}[/] frames from {s['source']} in {s['seconds']:.1f} s of inference ({s['fps']:.1f} FPS), stopped by {s['stopped_by']}.",
         f"Latency per model call: p50 {_ms(lat['p50'])}, p90 {_ms(lat['p90'])}, p99 {_ms(lat['p99'])}.",
+        *([f"Shutdown took {s['shutdown_seconds']:.1f} s after inference, {s['alarm_actions_wait_seconds']:.1f} s of it waiting for alarm actions"
+           + (" (still running, not waited for)" if s["alarm_actions_unfinished"] else "") + "."] if s["shutdown_seconds"] >= 0.5 else []),
         f"Dropped {s['dropped']}, corrupt {s['corrupt']}, reconnects {s['reconnects']}, alarms {s['alarms']}"
         + (f" ({s['alarm_actions']['failed']} alarm action(s) failed)" if s["alarm_actions"]["failed"] else "") + ".",
         f"{s['records']} records -> {s['outputs']['records']}"

@@ -36,13 +36,16 @@ def _batches(ctx, param, value) -> list[int]:
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed calls before measuring.")
 @click.option("--min-time", type=click.FloatRange(0), default=2.0, show_default=True, help="Measure at least this many seconds ...")
 @click.option("--min-runs", type=click.IntRange(1), default=50, show_default=True, help="... and at least this many calls.")
-@click.option("--precision", help="Which artifact of each bundle: int8, fp16, fp32, or 'all' (default: the bundle's main one).")
+@click.option("--precision", help="Which artifact of each bundle: int8, fp16, bf16, fp32, or 'all' (default: the bundle's main one).")
 @click.option("--runtime", help="Run bundles with this runtime instead of their own, e.g. onnxruntime for a Jetson bundle's ONNX.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Add the float PyTorch model the bundles came from as a baseline row.")
 @click.option("--device", "devices", multiple=True, metavar="ssh://USER@HOST[:PORT]", help="Benchmark the bundles on this device over SSH (repeat for several; they run concurrently).")
 @click.option("--identity", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key for --device (default: your keys and agent).")
 @click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path), default=Path("~/.ssh/known_hosts"), show_default=True, help="Host keys the device must match.")
-@click.option("--accept-host-key", is_flag=True, help="Accept a device's unknown or CHANGED host key and record it in --known-hosts. Only after checking its fingerprint.")
+@click.option("--accept-host-key", is_flag=True, help="Accept a device's UNKNOWN host key and record it in --known-hosts (like OpenSSH's "
+              "accept-new). A changed key stays refused.")
+@click.option("--host-key-fingerprint", metavar="SHA256:...", help="Accept the device's host key, unknown or changed, only if it has this "
+              "fingerprint (checked on the device: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), and record it in --known-hosts.")
 @click.option("--remote-python", default="python3", show_default=True, help="Python on the device (with numpy, OpenCV and the bundle's runtime).")
 @click.option("--connect-timeout", type=click.FloatRange(1), default=15.0, show_default=True, help="Seconds to connect and authenticate.")
 @click.option("--remote-timeout", type=click.FloatRange(1), default=1800.0, show_default=True, help="Seconds without output from the device before giving up.")
@@ -64,6 +67,7 @@ def bench(ctx: click.Context, o: dict):
 
     opts = RunnerOptions(o["threads"], o["batches"], Policy(o["warmup"], o["min_time"], o["min_runs"]), runtime=o["runtime"])
     ssh = SSHOptions(identity=o["identity"], known_hosts=o["known_hosts"].expanduser(), accept_host_key=o["accept_host_key"],
+                     host_key_fingerprint=o["host_key_fingerprint"],
                      remote_python=o["remote_python"], connect_timeout=o["connect_timeout"], idle_timeout=o["remote_timeout"])
     run_bench(list(o["artifacts"]), data=o["eval_data"], opts=opts, precision=o["precision"], baseline=o["baseline"], devices=list(o["devices"]),
               ssh=ssh, json_file=o["json_file"], md_file=o["md_file"], png_file=o["png_file"], skip_bad=o["skip_bad"], command=ctx.command_path)
@@ -76,12 +80,13 @@ def bench(ctx: click.Context, o: dict):
 @click.option("--max-drop", type=click.FloatRange(0), default=0.5, show_default=True, help="Largest accuracy drop allowed, in points (0.5 = half a percent).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Smallest top-1 agreement allowed (fraction).")
 @threads_option
+@click.option("--precision", help="Which artifact of the CANDIDATE bundle: int8, fp16, bf16, fp32 (default: its main one).")
 @click.option("--junit", type=FILE, help="Write JUnit XML: one test case per gate.")
 @click.option("--markdown", "md_file", type=FILE, help="Write a Markdown summary (e.g. >> $GITHUB_STEP_SUMMARY).")
 @click.option("--json", "json_file", type=FILE, help="Write the comparison as JSON.")
 @skip_bad_option
 @click.pass_context
-def compare(ctx: click.Context, reference: Path, candidate: Path, eval_data, max_drop, min_agreement, threads, junit, md_file, json_file, skip_bad):
+def compare(ctx: click.Context, reference: Path, candidate: Path, eval_data, max_drop, min_agreement, threads, precision, junit, md_file, json_file, skip_bad):
     """CI gate: CANDIDATE (e.g. the INT8 bundle) against REFERENCE (e.g. the float run).
 
     Both are evaluated on the same labelled images. Exit status 1 when the accuracy
@@ -89,7 +94,7 @@ def compare(ctx: click.Context, reference: Path, candidate: Path, eval_data, max
     --min-agreement; 0 when both gates pass; 2 for a usage error."""
     from edgetune.compare import run_compare
 
-    result = run_compare(reference, candidate, eval_data, max_drop, min_agreement, threads, junit, md_file, json_file, skip_bad)
+    result = run_compare(reference, candidate, eval_data, max_drop, min_agreement, threads, junit, md_file, json_file, skip_bad, precision=precision)
     if not result.passed:
         failed = "; ".join(c.message for c in result.checks if not c.passed)
         raise EdgetuneError(f"The accuracy gate failed: {failed}.", exit_code=1)

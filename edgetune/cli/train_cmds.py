@@ -31,8 +31,10 @@ def finetune(ctx: click.Context, opts: dict):
               help="Test-time augmentation: average the class probabilities over flipped views (hflip: 2 views, "
                    "flips: horizontal, vertical and both, 4 views). Costs one forward pass per view; the deployed "
                    "artifacts stay single-view.")
-def evaluate(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str):
+@click.option("--data", help="Where the run's data source is on this machine, if not where its own --data points from here "
+              "(split.json keeps paths relative to the source).")
+def evaluate(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str, data: str | None):
     """Evaluate a run on its own split: metrics, confusion matrix, mistakes gallery."""
     from edgetune.report import evaluate_run
 
-    evaluate_run(run_dir, part, json_file, batch_size, tta)
+    evaluate_run(run_dir, part, json_file, batch_size, tta, data)

@@ -27,6 +27,23 @@ class Source:
     classes: list[str]
     items: list[Item]
     skipped: list[str] = field(default_factory=list)
+    root: str | None = None  # the folder the items' paths are under (a run's split.json stores them relative to it)
+
+
+def source_root(spec: str) -> Path | None:
+    """Where source `spec` keeps its images on this machine, without listing them:
+    ELPV's data folder in this Python's elpv-dataset package, a folder source itself,
+    a CSV's folder; None where it is not here."""
+    if spec.split(":")[0] == "elpv":
+        try:
+            import elpv_dataset
+        except ImportError:
+            return None
+        return Path(elpv_dataset.__file__).parent / "data"
+    path = Path(spec)
+    if path.is_file():
+        return path.parent.resolve()
+    return path.resolve() if path.is_dir() else None
 
 
 def load_source(spec: str) -> Source:
@@ -52,7 +69,7 @@ def _folder(root: Path) -> Source:
         if not files:
             raise EdgetuneError(f"--data {root}: class folder '{d.name}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). Add images or remove the folder.")
         items += [Item(str(f.resolve()), label, d.name) for f in files]
-    return Source(str(root), classes, items)
+    return Source(str(root), classes, items, root=str(root.resolve()))
 
 
 def _csv(path: Path) -> Source:
@@ -71,7 +88,7 @@ def _csv(path: Path) -> Source:
     classes = sorted({label for _, label in rows})
     index = {c: i for i, c in enumerate(classes)}
     items = [Item(str((path.parent / p).resolve()), index[label], label) for p, label in rows]
-    return Source(str(path), classes, items)
+    return Source(str(path), classes, items, root=str(path.parent.resolve()))
 
 
 def _elpv(spec: str) -> Source:
@@ -82,7 +99,7 @@ def _elpv(spec: str) -> Source:
         import elpv_dataset
     except ImportError:
         raise EdgetuneError("--data elpv needs the elpv-dataset package: pip install 'edgetune[train]'.") from None
-    root = Path(elpv_dataset.__file__).parent / "data"
+    root = source_root(spec)
     items = []
     levels = {0.0: 0, 1 / 3: 1, 2 / 3: 2, 1.0: 3}
     for line in (root / "labels.csv").read_text().split("\n"):
@@ -95,7 +112,7 @@ def _elpv(spec: str) -> Source:
         # Stratify by defect probability and module type, as Deitsch et al. 2019.
         items.append(Item(str(root / rel), label, f"p{levels[level]}-{kind}", soft=(1 - level, level) if task == "binary" else None))
     classes = ["ok", "defective"] if task == "binary" else ["p0", "p1/3", "p2/3", "p1"]
-    return Source(spec, classes, items)
+    return Source(spec, classes, items, root=str(root))
 
 
 def _check_classes(source: Source) -> None:

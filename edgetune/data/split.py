@@ -1,13 +1,20 @@
 """Seeded, stratified train/val/test split, saved with the run so that every later
-stage and `evaluate` use exactly the same images."""
+stage and `evaluate` use exactly the same images.
+
+split.json stores each image's path relative to its data source's root (the folder,
+the CSV's folder, ELPV's folder inside the elpv-dataset package), with the source
+spec; loading resolves them against where that source is on this machine. So a run
+copied to another machine, or used from another virtualenv, finds its images there.
+Older split.json files with absolute paths load as they are."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgetune.data.sources import Item, Source
+from edgetune.data.sources import Item, Source, source_root
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.files import read_json, write_json
 
@@ -22,25 +29,56 @@ class Split:
     parts: dict[str, list[tuple[str, int]]]  # split name -> [(path, label)]
     skipped: list[str]
     soft: dict[str, list[float]] = field(default_factory=dict)  # path -> class probabilities, where the source has them
+    root: str | None = None  # the source's root where the images were found (in memory, paths are absolute)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "classes": self.classes, "seed": self.seed, "skipped": self.skipped,
-                **{k: [list(x) for x in v] for k, v in self.parts.items()}, **({"soft": self.soft} if self.soft else {})}
+        """The split.json record: paths relative to `root` (portable), `root` itself for reference."""
+        rel = self._relative
+        return {"source": self.source, "root": self.root, "paths": "relative" if self.root else "absolute", "classes": self.classes,
+                "seed": self.seed, "skipped": [rel(p) for p in self.skipped], **{k: [[rel(p), y] for p, y in v] for k, v in self.parts.items()},
+                **({"soft": {rel(p): t for p, t in self.soft.items()}} if self.soft else {})}
+
+    def _relative(self, path: str) -> str:
+        return Path(os.path.relpath(path, self.root)).as_posix() if self.root else path
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Split":
-        return cls(d["source"], list(d["classes"]), int(d["seed"]), {k: [(p, int(y)) for p, y in d[k]] for k in SPLITS}, list(d.get("skipped", [])),
-                   {p: [float(v) for v in t] for p, t in d.get("soft", {}).items()})
+    def from_dict(cls, d: dict, data: str | None = None) -> "Split":
+        """`data`: where the source is on this machine, when not where its spec (or the
+        recorded root) points from here."""
+        root = resolve_root(d, data) if d.get("paths") == "relative" else None
+        def here(p):
+            return str(root / p) if root is not None else p
+
+        return cls(d["source"], list(d["classes"]), int(d["seed"]), {k: [(here(p), int(y)) for p, y in d[k]] for k in SPLITS},
+                   [here(p) for p in d.get("skipped", [])], {here(p): [float(v) for v in t] for p, t in d.get("soft", {}).items()},
+                   str(root) if root is not None else d.get("root"))
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: Path) -> "Split":
-        return cls.from_dict(read_json(path))
+    def load(cls, path: Path, data: str | None = None) -> "Split":
+        return cls.from_dict(read_json(path), data)
 
     def counts(self) -> dict[str, list[int]]:
         return {k: [sum(1 for _, y in v if y == c) for c in range(len(self.classes))] for k, v in self.parts.items()}
+
+
+def resolve_root(d: dict, data: str | None = None) -> Path:
+    """The root a relative split.json resolves against: the first of `data`, the
+    recorded source spec and the recorded root that holds the split's first image
+    (else the first that exists, else the recorded root: the missing file is then
+    named when it is read)."""
+    first = next((p for k in SPLITS for p, _ in d.get(k, [])), None)
+    candidates = [source_root(s) for s in (data, d["source"]) if s] + ([Path(d["root"])] if d.get("root") else [])
+    candidates = [c for c in candidates if c is not None]
+    for c in candidates:
+        if first is None or (c / first).is_file():
+            return c
+    existing = [c for c in candidates if c.is_dir()]
+    if existing:
+        return existing[0]
+    return candidates[0] if candidates else Path(".")
 
 
 def _stratify_keys(items: list[Item]) -> list[str]:
@@ -67,4 +105,4 @@ def make_split(source: Source, seed: int, val_frac: float, test_frac: float) -> 
     rest_keys = _stratify_keys([items[i] for i in rest])
     train, val = train_test_split(rest, test_size=val_frac / (1 - test_frac), random_state=seed, stratify=rest_keys)
     parts = {name: [(items[i].path, items[i].label) for i in sorted(part)] for name, part in zip(SPLITS, (train, val, test))}
-    return Split(source.spec, source.classes, seed, parts, source.skipped, {it.path: list(it.soft) for it in items if it.soft is not None})
+    return Split(source.spec, source.classes, seed, parts, source.skipped, {it.path: list(it.soft) for it in items if it.soft is not None}, source.root)

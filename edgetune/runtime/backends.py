@@ -60,6 +60,7 @@ class ArraySession:
 
     name = "?"
     precision = "?"
+    inference_precision: str | None = None  # what the float layers compute in, where the runtime says
     fixed_batch: int | None = None
 
     def __init__(self, spec: PreprocessSpec):

@@ -1,7 +1,7 @@
 """Benchmark one artifact in this process and write the result as JSON.
 
     python -m edgetune.runtime.devicebench BUNDLE --out result.json [--threads N]
-        [--batch 1,8] [--images FILE] [--warmup 10] [--min-time 2] [--min-runs 50]
+        [--batch 1,8] [--images FILE] [--frame 640x480] [--warmup 10] [--min-time 2] [--min-runs 50]
 
 It is what `edgetune bench` runs for every bundle: in a fresh process on this
 machine, or on the device over SSH. Torch-free: it needs numpy, OpenCV and the
@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 PROGRESS = "@@progress "
 ERROR = "@@error "
 SCHEMA = 1
+FRAME = "640x480"  # the end-to-end latency's frame: a VGA camera's
 HEAVY_MODULES = ("torch", "timm", "nncf", "torchvision")
 
 
@@ -220,7 +221,8 @@ def measure(session, spec, policy, batches: list[int], frame, images: str | None
         xb = np.repeat(x1, b, axis=0)
         t = timed(f"throughput b{b}", lambda: session.run(xb))
         throughput[str(b)] = {"fps": throughput_fps(b, t), **summarize(t.samples_s)}
-    result = {"latency": {"model": model.stats(), "e2e": e2e.stats()}, "throughput": throughput, "logits": None}
+    result = {"latency": {"model": model.stats(), "e2e": e2e.stats()}, "throughput": throughput, "logits": None,
+              "inference_precision": getattr(session, "inference_precision", None)}
     if images:
         total = count_images(images)
         rep = Reporter("accuracy", total)
@@ -283,6 +285,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runtime", default=None, help="run the artifact with another runtime (e.g. onnxruntime for a Jetson ONNX)")
     p.add_argument("--batch", default="1", help="comma list of batch sizes")
     p.add_argument("--images", default=None)
+    p.add_argument("--frame", default=FRAME, help="WIDTHxHEIGHT of the uint8 frame the end-to-end latency starts from (a camera's)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--min-time", type=float, default=2.0)
     p.add_argument("--min-runs", type=int, default=50)
@@ -310,13 +313,9 @@ def main(argv=None, opener: Opener | None = None) -> int:
         load_s = time.perf_counter() - t0
         if callable(info):  # facts that take time to gather (MACs) stay out of load_s
             info = info()
-        if args.images:
-            frame = read_image_from(args.images)
-        else:  # no images: a mid-gray frame at the model's own size
-            import numpy as np
-
-            frame = np.full((*spec.size, 3), 128, np.uint8)
+        frame = camera_frame(args.frame, read_image_from(args.images) if args.images else None)
         result = measure(session, spec, policy, batches, frame, args.images)
+        result["e2e_frame"] = args.frame
     except (EdgetuneError, BadImageError) as e:
         emit(ERROR, kind="usage", message=str(e))
         return 2
@@ -347,6 +346,24 @@ def main(argv=None, opener: Opener | None = None) -> int:
 
     write_json(args.out, out)
     return 0
+
+
+def camera_frame(size: str, image=None):
+    """A uint8 BGR frame of `size` ("WIDTHxHEIGHT"): `image` scaled to it, or mid-gray."""
+    import cv2
+    import numpy as np
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+        if w < 1 or h < 1:
+            raise ValueError
+    except ValueError:
+        from edgetune.errors import EdgetuneError
+
+        raise EdgetuneError(f"--frame {size!r}: give the frame size as WIDTHxHEIGHT, e.g. 640x480.") from None
+    if image is None:
+        return np.full((h, w, 3), 128, np.uint8)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def read_image_from(images: str):

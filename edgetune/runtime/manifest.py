@@ -52,9 +52,9 @@ def describe(bundle: Bundle, console: Console) -> None:
     for precision, a in m["artifacts"].items():
         met = a.get("metrics", {})
         arts.add_row(precision + (" (main)" if precision == m["precision"] else ""), a["file"] + (f" (+{len(a.get('files', [])) - 1})" if len(a.get("files", [])) > 1 else ""), _num(a.get("size_bytes"), "B"),
-                     "built in" if a.get("preprocess_built_in") else "runtime (OpenCV)", _pct(met.get("test", {}).get("accuracy")),
+                     "runtime (OpenCV); the IR has its own too" if a.get("preprocess_built_in") else "runtime (OpenCV)", _pct(met.get("test", {}).get("accuracy")),
                      _pct(met.get("test", {}).get("f1")), f"{met['latency_ms_p50']:.2f} ms" if "latency_ms_p50" in met else "-",
-                     met.get("evaluated_with", "-"))
+                     met.get("evaluated_with", "-") + (f" (ran {met['inference_precision']})" if met.get("inference_precision") else ""))
     console.print(arts)
 
     stages = Table(title="Stages", title_justify="left")

@@ -32,6 +32,7 @@ def session_options(threads: int | None = None, graph_optimization: str = "all")
 
 class OrtSession(ArraySession):
     name = "onnxruntime"
+    inference_precision = "fp32"  # the CPU execution provider computes float layers in fp32
 
     def __init__(self, path: Path, spec: PreprocessSpec, precision: str, threads: int | None = None, graph_optimization: str = "all"):
         import onnxruntime as ort

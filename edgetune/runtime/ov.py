@@ -1,10 +1,20 @@
 """OpenVINO session (the `intel` target).
 
-The bundle's IR has the preprocessing built in (PrePostProcessor: uint8 BGR NHWC
-frames of any size -> resize -> RGB -> mean/std -> NCHW), so `run_frames` hands
-raw frames to OpenVINO. `run` takes the already-preprocessed float32 NCHW batch
-like every other session: it uses the same IR cut after its preprocessing (the
-node the build named `PLAIN_INPUT_NODE`), compiled on first use."""
+The bundle's IR has a preprocessing built in for OpenVINO applications
+(PrePostProcessor: uint8 BGR NHWC frames of any size -> resize -> RGB -> mean/std
+-> NCHW). This session does not use it: it cuts the IR after that preprocessing
+(at the node the build named `PLAIN_INPUT_NODE`) and feeds the float32 NCHW batch
+that the one OpenCV preprocessing definition makes, like every other session.
+OpenVINO's Interpolate on a whole 640x480 float frame measured 4-12 ms on a
+2-core CPU, with dynamic or static shapes, NHWC or NCHW, `linear` or
+`linear_onnx`, against 0.35 ms for OpenCV's resize and normalisation; resizing
+in uint8 first was still 1.1 ms and no longer matched training's float resize
+(docs/bundles.md has the table). `run_frames_built_in` runs the IR's own preprocessing
+(the parity test holds it to the same top-1).
+
+Every artifact is compiled with an explicit INFERENCE_PRECISION_HINT: left unset,
+OpenVINO runs an "fp32" IR in bf16 on a CPU with AVX512_BF16 or AMX. The precision
+the compiled model actually runs in is read back (`inference_precision`)."""
 
 from __future__ import annotations
 
@@ -13,17 +23,50 @@ from typing import Sequence
 
 import numpy as np
 
+from edgetune.errors import EdgetuneError
 from edgetune.runtime.backends import ArraySession
 from edgetune.runtime.preprocess import PreprocessSpec, to_bgr
 
 PLAIN_INPUT_NODE = "edgetune_preprocessed"
+# artifact precision -> INFERENCE_PRECISION_HINT: what the layers outside INT8 compute in.
+INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}
+# OpenVINO's element type name -> the precision words of edgetune's rows and manifests.
+PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
-def compile_config(threads: int | None, hint: str = "LATENCY") -> dict:
-    cfg = {"PERFORMANCE_HINT": hint}
+def compile_config(threads: int | None, hint: str = "LATENCY", precision: str = "fp32") -> dict:
+    cfg = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION.get(precision, "f32")}
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = int(threads)
     return cfg
+
+
+def has_bf16(core, device: str = "CPU") -> bool:
+    """Does `device` compute in bf16 natively (AVX512_BF16 or AMX on a CPU)?"""
+    try:
+        return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:  # a device OpenVINO does not know here
+        return False
+
+
+def require_bf16(core, device: str, where: str) -> None:
+    if not has_bf16(core, device):
+        raise EdgetuneError(f"{where}: the bf16 artifact needs a device that computes in bf16 (on a CPU: AVX512_BF16 or AMX), "
+                            f"and OpenVINO's {device} here does not (its capabilities: {', '.join(_capabilities(core, device)) or 'unknown'}). "
+                            "Use the bundle's fp32 or int8 artifact (--precision fp32 / int8).")
+
+
+def _capabilities(core, device: str) -> list[str]:
+    try:
+        return list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError:
+        return []
+
+
+def ran_precision(compiled) -> str:
+    """The precision a compiled model's float layers run in, read back from OpenVINO."""
+    name = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return PRECISION_NAMES.get(name, name)
 
 
 def plain_model(model, input_shape: Sequence[int | None], input_name: str = "input"):
@@ -50,25 +93,22 @@ class OpenVinoSession(ArraySession):
         self.precision, self.device = precision, device
         self.core = ov.Core()
         self.path = Path(path)
-        self.config = compile_config(threads, hint)
+        if precision == "bf16":
+            require_bf16(self.core, device, str(path))
+        self.config = compile_config(threads, hint, precision)
         self.input_shape = [None, *list(input_shape)[1:]]
         model = self.core.read_model(str(path))
         self.built_in = any(op.get_friendly_name() == PLAIN_INPUT_NODE for op in model.get_ordered_ops())
         self.labels = _labels(model)
-        self.compiled = self.core.compile_model(model, device, self.config)
-        self._plain = None if self.built_in else self.compiled
+        self.compiled = self.core.compile_model(plain_model(model, self.input_shape) if self.built_in else model, device, self.config)
+        self.inference_precision = ran_precision(self.compiled)
+        self._built_in = None
         self._requests: dict[int, object] = {}
 
-    def _plain_compiled(self):
-        if self._plain is None:
-            model = plain_model(self.core.read_model(str(self.path)), self.input_shape)
-            self._plain = self.core.compile_model(model, self.device, self.config)
-        return self._plain
-
     def infer(self, compiled, x: np.ndarray) -> np.ndarray:
-        """One synchronous call of `compiled` (self.compiled: the IR's own input)
-        through an InferRequest kept per compiled model, the input shared rather
-        than copied: CompiledModel.__call__ measured 10-20% slower at batch 1."""
+        """One synchronous call of `compiled` through an InferRequest kept per
+        compiled model, the input shared rather than copied: CompiledModel.__call__
+        measured 10-20% slower at batch 1."""
         import openvino as ov
 
         req = self._requests.get(id(compiled))
@@ -79,17 +119,25 @@ class OpenVinoSession(ArraySession):
         return req.get_output_tensor(0).data.copy()  # the request reuses its output buffer
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.infer(self._plain_compiled(), batch)
+        return self.infer(self.compiled, batch)
 
-    def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+    def built_in_compiled(self):
+        """The whole IR, its built-in preprocessing included (what an OpenVINO
+        application without edgetune runs), compiled on first use."""
         if not self.built_in:
-            return super().run_frames(frames)
+            raise EdgetuneError(f"{self.path}: this IR has no built-in preprocessing.")
+        if self._built_in is None:
+            self._built_in = self.core.compile_model(self.core.read_model(str(self.path)), self.device, self.config)
+        return self._built_in
+
+    def run_frames_built_in(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 BGR frames of any size through the IR's own preprocessing."""
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = [frames]
         frames = [to_bgr(f) for f in frames]
         if len({f.shape for f in frames}) == 1:
-            return self.infer(self.compiled, np.stack(frames))
-        return np.concatenate([self.infer(self.compiled, f[None]) for f in frames])  # sizes differ: one at a time
+            return self.infer(self.built_in_compiled(), np.stack(frames))
+        return np.concatenate([self.infer(self.built_in_compiled(), f[None]) for f in frames])  # sizes differ: one at a time
 
 
 def _labels(model) -> list[str] | None:

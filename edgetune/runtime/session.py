@@ -11,7 +11,8 @@ import numpy as np
 @runtime_checkable
 class Session(Protocol):
     name: str  # "onnxruntime", "openvino", "tensorrt", "pytorch"
-    precision: str  # "fp32", "fp16", "int8"
+    precision: str  # the artifact's: "fp32", "bf16", "fp16", "int8"
+    inference_precision: str | None  # what its float layers ran in, read back from the runtime where it says
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Model call alone: float32 NCHW, already preprocessed -> float32 logits (N, classes)."""

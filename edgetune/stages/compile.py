@@ -85,6 +85,7 @@ def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path) -
         metrics = {"test": evaluate_session(session, test, inp.classes, f"{profile.name} {precision}: test split via {session.name}")}
         metrics.update(measure_latency(session, spec, profile.options.get("threads") or None))
         metrics["evaluated_with"] = session.name
+        metrics["inference_precision"] = session.inference_precision  # read back from the runtime (e.g. fp32, not bf16)
         art["metrics"] = metrics
         logger.info("bundle-%s %s via %s: test accuracy %.4f, F1 %.4f, %.2f ms (batch 1, this machine).", profile.name, precision, session.name,
                     metrics["test"]["accuracy"], metrics["test"]["f1"], metrics["latency_ms_p50"])

@@ -1,24 +1,27 @@
 """`intel`: OpenVINO IR (.xml/.bin) with the preprocessing built in by OpenVINO's
 PrePostProcessor: the device feeds uint8 BGR frames (N, H, W, 3) of any size and
 gets logits. Class names and the preprocessing spec sit in the IR's runtime info,
-so the IR alone is enough for an OpenVINO application."""
+so the IR alone is enough for an OpenVINO application. edgetune's own session
+preprocesses with OpenCV instead (faster on a CPU: see edgetune.runtime.ov)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from edgetune import log
 from edgetune.runtime.files import atomic_path
-from edgetune.runtime.ov import PLAIN_INPUT_NODE
+from edgetune.runtime.ov import PLAIN_INPUT_NODE, has_bf16, require_bf16
 from edgetune.runtime.preprocess import PreprocessSpec
 from edgetune.targets.base import CompileInput, Target, int_at_least
 
+logger = log.get(__name__)
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
 class IntelTarget(Target):
     runtime = "openvino"
-    precisions = ("int8", "fp16", "fp32")
+    precisions = ("int8", "fp16", "bf16", "fp32")
     OPTIONS = {
         "device": (lambda v: isinstance(v, str) and v.split(":")[0].split(".")[0] in ("CPU", "GPU", "NPU", "AUTO", "MULTI", "HETERO"),
                    "an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO"),
@@ -29,14 +32,38 @@ class IntelTarget(Target):
     def compile(self, inp: CompileInput, dest: Path) -> dict[str, dict]:
         self.require()
         arts = {}
-        for precision in self.profile.precisions:
-            xml = f"model.{precision}.xml"
-            write_ir(inp.onnx_for(precision), dest / xml, inp.spec, inp.classes, compress_to_fp16=precision == "fp16")
+        for precision in self.bf16_checked(self.profile.precisions):
+            # bf16 is the fp32 IR compiled with a bf16 inference precision: the files are shared.
+            xml = f"model.{'fp32' if precision == 'bf16' else precision}.xml"
+            if not (dest / xml).exists():
+                write_ir(inp.onnx_for(precision), dest / xml, inp.spec, inp.classes, compress_to_fp16=precision == "fp16")
             options = {k: self.profile.options[k] for k in ("device", "performance_hint", "threads") if k in self.profile.options}
             arts[precision] = self.artifact(precision, [xml, xml[:-4] + ".bin"], "openvino-ir", dest,
                                             input={"name": inp.input_name, "shape": inp.input_shape}, preprocess_built_in=True,
                                             frames_input={"dtype": "uint8", "layout": "NHWC", "color": "BGR", "size": "any"}, options=options)
         return arts
+
+    def check_profile(self) -> None:
+        super().check_profile()
+        if self.profile.precision == "bf16":
+            self.bf16_checked([self.profile.precision])  # refused before any training where this machine cannot run it
+
+    def bf16_checked(self, precisions: list[str]) -> list[str]:
+        """`precisions` less a bf16 fallback that this machine cannot evaluate (its
+        device has no bf16); a bf16 main precision is refused, naming the profile."""
+        if "bf16" not in precisions:
+            return precisions
+        import openvino as ov
+
+        device = self.profile.options.get("device", "CPU")
+        core = ov.Core()
+        if has_bf16(core, device):
+            return precisions
+        if self.profile.precision == "bf16":
+            require_bf16(core, device, f"Target profile {self.profile.source} (precision bf16)")
+        logger.warning("Target profile %s: no bf16 artifact, since OpenVINO's %s here does not compute in bf16 "
+                       "(needs AVX512_BF16 or AMX); the bundle has %s.", self.profile.source, device, ", ".join(p for p in precisions if p != "bf16"))
+        return [p for p in precisions if p != "bf16"]
 
     def readme(self, manifest: dict) -> str:
         return ("Install on the device: `pip install 'edgetune[openvino]'` (numpy, OpenCV and OpenVINO; no torch).\n"

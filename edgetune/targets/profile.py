@@ -14,7 +14,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.resources import data_dir
 from edgetune.runtime.files import parse_yaml
 
-PRECISIONS = ("int8", "fp16", "fp32")
+PRECISIONS = ("int8", "fp16", "bf16", "fp32")  # bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (the plug-ins say which they build)
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
 
