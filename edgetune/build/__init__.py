@@ -27,6 +27,7 @@ from edgetune.build.cache import StageCache
 from edgetune.build.plan import plan, quantize_overrides
 from edgetune.errors import EdgetuneError
 from edgetune.stages.base import Result, StageOptions
+from edgetune.train import distributed
 
 logger = log.get(__name__)
 STAGE_OF_RUN = {"float": "finetune", "pruned": "prune", "qat": "quantize", "ptq": "quantize"}
@@ -66,11 +67,16 @@ def build(req: BuildRequest) -> dict[str, Path]:
     out = Path(req.out).resolve()
     given = runs_from(Path(req.start), quantize_overrides(profiles, req.config), req.overrides) if req.start else {}
     stages = plan(req.options, req.config, profiles, plugins, tuple(given))
-    out.mkdir(parents=True, exist_ok=True)
+    # Under torchrun the training stages run on every rank, the others on rank 0 alone.
+    finetune = req.options.get("finetune")
+    distributed.setup((finetune.values.get("device") if finetune else None) or "auto")
+    distributed.on_main(lambda: out.mkdir(parents=True, exist_ok=True))
     cache = StageCache(out, req.force)
     started = time.time()
     results: dict[str, Result] = dict(given)
     for stage in stages:
+        if not stage.distributed and not distributed.leave():
+            return {}  # the other ranks have trained their part: export, compile and bundles are rank 0's
         results[stage.name] = cache.run(stage, [results[name] for name in stage.inputs])
     bundles = {p.name: out / results[f"compile-{p.name}"].output["bundle"] for p in profiles}
     summary(bundles, time.time() - started)

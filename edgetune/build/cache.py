@@ -10,6 +10,7 @@ from pathlib import Path
 from edgetune import __version__, log
 from edgetune.runtime.files import read_json, sha256_file, sha256_json, write_json
 from edgetune.stages.base import Result, Stage
+from edgetune.train import distributed
 
 logger = log.get(__name__)
 STAGES_DIR = "stages"
@@ -35,22 +36,32 @@ class StageCache:
 
     def run(self, stage: Stage, inputs: list[Result]) -> Result:
         """`stage`'s result: the cached one when its key is unchanged and its
-        output still on disk, else a fresh (or resumed) run of it."""
+        output still on disk, else a fresh (or resumed) run of it. Under torchrun
+        rank 0 reads and writes the records, and every rank follows its decision."""
         key = stage.key([r.key for r in inputs])
-        rec = self.done(stage.name, key)
-        if rec is not None and stage.still_there(self.out, rec["output"]):
+        rec, resume = distributed.on_main(lambda: self._decide(stage, key))
+        if rec is not None:
             logger.info("[bold]%s[/]: unchanged (inputs %s), skipped.", stage.name, key[:12], extra={"markup": True})
             return Result(stage.name, key, rec["output"], cached=True)
-        resume = not self.force and self.pending_key(stage.name) == key
         logger.info("[bold]%s[/]: %s (inputs %s).", stage.name, "resuming" if resume else "running", key[:12], extra={"markup": True})
         started = time.time()
-        write_json(self._path(stage.name, pending=True), {"stage": stage.name, "inputs_hash": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        self._path(stage.name).unlink(missing_ok=True)
+        main = distributed.is_main()
+        if main:
+            write_json(self._path(stage.name, pending=True), {"stage": stage.name, "inputs_hash": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            self._path(stage.name).unlink(missing_ok=True)
         output = stage.run(inputs, self.out, resume)
-        write_json(self._path(stage.name), {"stage": stage.name, "inputs_hash": key, "output": output, "seconds": round(time.time() - started, 1),
-                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        self._path(stage.name, pending=True).unlink(missing_ok=True)
+        if main:
+            write_json(self._path(stage.name), {"stage": stage.name, "inputs_hash": key, "output": output, "seconds": round(time.time() - started, 1),
+                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            self._path(stage.name, pending=True).unlink(missing_ok=True)
         return Result(stage.name, key, output)
+
+    def _decide(self, stage: Stage, key: str) -> tuple[dict | None, bool]:
+        """(the finished record to reuse, or None; whether to resume an interrupted run)."""
+        rec = self.done(stage.name, key)
+        if rec is not None and stage.still_there(self.out, rec["output"]):
+            return rec, False
+        return None, not self.force and self.pending_key(stage.name) == key
 
 
 def data_fingerprint(data: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -73,7 +75,32 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: int, quiet: bool)
         ctx.obj["config"] = cfg
 
 
+class Terminated(BaseException):
+    """SIGTERM: under torchrun, the agent stopping this process (another rank failed)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _distributed_failure(e: BaseException) -> str | None:
+    """The message for a torchrun process that lost its group, else None."""
+    if not {"RANK", "WORLD_SIZE"} <= set(os.environ) or os.environ["WORLD_SIZE"] == "1":
+        return None
+    where = f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}"
+    again = "Epochs already finished are kept: rerun the same torchrun command with --resume to continue from the last full one."
+    if isinstance(e, Terminated):
+        return f"{where}: stopped by torchrun (SIGTERM), because another rank failed or the job was cancelled. {again}"
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(e, getattr(dist, "DistError", ())) or "gloo" in str(e).lower() or "nccl" in str(e).lower():
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{where}: lost contact with the other ranks ({type(e).__name__}: {first[:300]}). One of them failed or was killed: see its output above. {again}"
+    return None
+
+
 def main(argv=None):
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        signal.signal(signal.SIGTERM, _terminate)  # torchrun stops the others when one rank fails: say so, and exit non-zero
     try:
         # Without standalone mode Click returns ctx.exit()'s code instead of exiting.
         code = cli.main(args=argv, prog_name="edgetune", standalone_mode=False)
@@ -91,6 +118,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("Interrupted: finished work is saved; rerun with --resume to continue.", err=True)
         sys.exit(130)
+    except (Exception, Terminated) as e:
+        message = _distributed_failure(e)
+        if message is None:
+            raise
+        click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+        sys.exit(143 if isinstance(e, Terminated) else 1)
     logging.shutdown()
     sys.exit(code if isinstance(code, int) else 0)
 

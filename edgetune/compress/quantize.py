@@ -133,19 +133,41 @@ def _count_quantizers(qmodel) -> dict:
 def restore_quantized(model: torch.nn.Module, run, state: dict) -> torch.nn.Module:
     """Rebuild a quantized run's model from its NNCF config and state dict
     (`model` is the run's fresh float architecture, already resized if pruned)."""
+    model = rebuild_quantized(model, run.info["quant"], tuple(run.spec.size))
+    model.load_state_dict(state)
+    return model
+
+
+def rebuild_quantized(model: torch.nn.Module, record: dict, size: tuple[int, int]) -> torch.nn.Module:
+    """The quantizers `quantize_model` placed (its `record`), on `model`'s float
+    architecture, not yet initialised: BatchNorm folded as it was, then NNCF's config."""
     import_nncf()
     from nncf.torch import load_from_config
 
     from edgetune.compress.fold import fix_input_size, fold_batchnorm
 
-    q = run.info["quant"]
-    if q.get("fixed_input_size"):
-        fix_input_size(model, tuple(run.spec.size))
-    if q.get("fold_bn"):
-        fold_batchnorm(model, tuple(run.spec.size), check=False)
-    model = load_from_config(model.cpu().eval(), q["nncf_config"])
-    model.load_state_dict(state)
-    return model
+    if record.get("fixed_input_size"):
+        fix_input_size(model, size)
+    if record.get("fold_bn"):
+        fold_batchnorm(model, size, check=False)
+    return load_from_config(model.cpu().eval(), record["nncf_config"])
+
+
+def broadcast_quantizers(qmodel: torch.nn.Module, device: torch.device) -> int:
+    """Give every process of the initialised torch.distributed group rank 0's
+    quantizer parameters, the way NNCF's distributed QAT does it
+    (`QuantizationController.distributed()` in NNCF 2.x): each quantizer's own
+    `broadcast_initialized_params`, in an order every rank shares (sorted names).
+    Returns how many quantizers were shared."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    quantizers = sorted((name, m) for name, m in get_hook_storage(qmodel).named_hooks() if isinstance(m, BaseQuantizer))
+    for _, q in quantizers:
+        q.to(device)  # NCCL broadcasts GPU tensors only
+        q.broadcast_initialized_params(src=0)
+        q.set_levels()  # the integer range follows the broadcast bits and sign
+    return len(quantizers)
 
 
 def calibration_tensors(run, pairs) -> list[torch.Tensor]:

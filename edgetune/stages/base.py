@@ -57,6 +57,7 @@ class Result:
 class Stage:
     name: str = "?"
     inputs: tuple[str, ...] = ()
+    distributed: bool = False  # under torchrun, run by every rank (training); else by rank 0 alone
 
     def key(self, upstream: list[str]) -> str:
         """Hash of what decides this stage's result; `upstream` are its inputs' keys."""

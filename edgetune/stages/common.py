@@ -16,6 +16,7 @@ from edgetune.metrics import headline
 from edgetune.run import Run, check_order, load_run, prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_file, sha256_json
 from edgetune.stages.base import Result, Stage, StageOptions, fresh_dir
+from edgetune.train import distributed
 from edgetune.train.evaluate import evaluate_model
 from edgetune.train.loop import TrainConfig, save_atomic
 
@@ -32,10 +33,12 @@ def begin(opts: dict, stage: str, config_record: dict) -> tuple[Run, Path]:
     """The parent run (checked for pipeline order) and the prepared --out. Without
     --augment, the stage trains with the augmentations its parent trained with (a
     recovery or QAT that augments otherwise trains on other images than the model
-    learnt from); `opts` and the record get the resolved value."""
+    learnt from); `opts` and the record get the resolved value. Under torchrun
+    every rank reads the parent run; rank 0 alone prepares --out."""
+    distributed.setup(opts.get("device") or "auto")
     parent = load_run(opts["run_dir"])
     check_order(parent, stage)
-    out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
+    out = distributed.on_main(lambda: prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False)))
     if opts.get("augment") is None:
         opts["augment"] = inherited_augment(parent)
         config_record["augment"] = str(opts["augment"])
@@ -72,20 +75,30 @@ def test_metrics(model: torch.nn.Module, run: Run, batch_size: int = 64) -> dict
     return headline(evaluate_model(model.eval(), run.split, run.spec, "test", batch_size=batch_size))
 
 
-def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: dict, metrics: dict, started: float, **extra) -> None:
-    """Save the weights and write run.json (last: it marks the run finished)."""
-    save_atomic(model.state_dict(), out / "model.pt")
-    inputs = sha256_json({"parent_model": sha256_file(parent.dir / "model.pt"), "config": config})
-    history = [*parent.info.get("history", []), stage_record(stage, config, inputs, metrics, started)]
-    extra.setdefault("arch", parent.info.get("arch"))
-    write_run(out, stage=stage, model=parent.model_name, classes=parent.classes, spec=parent.spec, split=parent.split, history=history,
-              config=config, parent=str(parent.dir.resolve()), **extra)
+def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: dict, metrics: dict, started: float, trained: bool = True,
+           **extra) -> None:
+    """Save the weights and write run.json (last: it marks the run finished); under
+    torchrun rank 0 writes and every rank waits for it. A stage that `trained`
+    records its scale-out (world size, batch sizes)."""
+    if distributed.is_main():
+        save_atomic(model.state_dict(), out / "model.pt")
+        inputs = sha256_json({"parent_model": sha256_file(parent.dir / "model.pt"), "config": config})
+        record = stage_record(stage, config, inputs, metrics, started)
+        if trained:
+            record.update(distributed.batch_record(config.get("batch-size") or config.get("batch_size")))
+        history = [*parent.info.get("history", []), record]
+        extra.setdefault("arch", parent.info.get("arch"))
+        write_run(out, stage=stage, model=parent.model_name, classes=parent.classes, spec=parent.spec, split=parent.split, history=history,
+                  config=config, parent=str(parent.dir.resolve()), **extra)
+    distributed.barrier()
 
 
 class TrainingStage(Stage):
     """A build's fine-tune, prune or quantize stage: the driver `train(values,
     record)` (the same function as the command's) in OUT/NAME, which it keeps
     when resuming. Its input, if any, is the run it trains from."""
+
+    distributed = True
 
     def __init__(self, name: str, train, options: StageOptions, inputs: tuple[str, ...] = (), source_key: str = ""):
         self.name, self.train, self.options, self.inputs = name, train, options, inputs
@@ -98,8 +111,12 @@ class TrainingStage(Stage):
         return super().key(upstream or [self.source_key])
 
     def run(self, inputs: list[Result], out: Path, resume: bool) -> dict:
-        d = fresh_dir(out / self.name, resume)
-        values = {**self.options.values, "out": d, "resume": resume and (d / "ckpt" / "last.pt").exists(), "force": True}
+        d = out / self.name
+
+        def prepare() -> bool:  # on rank 0
+            return (fresh_dir(d, resume) / "ckpt" / "last.pt").exists() and resume
+
+        values = {**self.options.values, "out": d, "resume": distributed.on_main(prepare), "force": True}
         if inputs:
             values["run_dir"] = out / inputs[0].output["run_dir"]
         self.train(values, dict(self.options.record))

@@ -19,6 +19,7 @@ from edgetune.metrics import headline
 from edgetune.run import prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_json
 from edgetune.stages.common import train_config
+from edgetune.train import distributed
 from edgetune.train.evaluate import evaluate_model
 from edgetune.train.loop import fit, save_atomic
 
@@ -42,9 +43,11 @@ def split_for(opts: dict, out: Path) -> Split:
 def run_finetune(opts: dict, config_record: dict) -> Path:
     """Fine-tune per `opts` (the finetune command's options); returns the run dir."""
     started = time.time()
-    out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
+    distributed.setup(opts.get("device") or "auto")
+    # rank 0 checks --out and makes (or reloads) the split; every rank trains on that split
+    out = distributed.on_main(lambda: prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False)))
     check_policy(opts["freeze"])
-    split = split_for(opts, out)
+    split = Split.from_dict(distributed.on_main(lambda: split_for(opts, out).to_dict()))
     torch.manual_seed(opts["seed"])  # the new head's (or a random model's) initial weights
     model = create_backbone(opts["model"], len(split.classes), pretrained=opts["pretrained"], weights=opts.get("weights"), drop_rate=opts.get("drop_rate") or 0.0,
                            img_size=opts.get("img_size"))
@@ -54,12 +57,14 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     logger.info("Fine-tuning %s at %dx%d on %s (freeze %s, %d epochs).", opts["model"], *spec.size, cfg.device if cfg.device != "auto" else "auto device", cfg.freeze, cfg.epochs)
     result = fit(model, *train_val_datasets(split, spec, augment, opts.get("soft_labels", False)), split.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="finetune")
     model.cpu().eval()
-    save_atomic(model.state_dict(), out / "model.pt")
     test = evaluate_model(model, split, spec, "test", batch_size=cfg.batch_size)
     metrics = {"best_epoch": result.best_epoch, "val_best": result.best_metric, "kept_epoch": result.kept_epoch, "epochs": result.history, "test": headline(test)}
-    record = stage_record("finetune", config_record, sha256_json(split.to_dict()), metrics, started)
-    write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record],
-              config=config_record, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
+    record = {**stage_record("finetune", config_record, sha256_json(split.to_dict()), metrics, started), **distributed.batch_record(cfg.batch_size)}
+    if distributed.is_main():
+        save_atomic(model.state_dict(), out / "model.pt")
+        write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record],
+                  config=config_record, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
+    distributed.barrier()  # the run is final when every rank has finished with it
     logger.info("Fine-tuned %s: test accuracy %.4f, F1 %.4f (weights of epoch %d; best on validation: %d). Run: %s", opts["model"], test["accuracy"], test["f1"],
                 result.kept_epoch, result.best_epoch, out)
     return out

@@ -15,6 +15,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.models.stats import count_macs
 from edgetune.runtime.files import write_json
 from edgetune.stages import common
+from edgetune.train import distributed
 from edgetune.train.loop import fit, save_atomic
 
 logger = log.get(__name__)
@@ -47,7 +48,7 @@ def run_prune(opts: dict, config_record: dict):
         ratio = ratio_for_macs(model, size, opts["target_macs"], round_to, imp, steps)
         logger.info("--target-macs %.2f: pruning %.1f%% of the channels.", opts["target_macs"], 100 * ratio)
     cfg = common.train_config(opts)
-    done, saved = _resume_point(out, steps) if opts.get("resume") else (0, None)
+    done, saved = distributed.on_main(lambda: _resume_point(out, steps) if opts.get("resume") else (0, None))
     if saved is not None:
         apply_shapes(model, saved["arch"])
         model.load_state_dict(saved["state"])
@@ -56,7 +57,9 @@ def run_prune(opts: dict, config_record: dict):
     for k, r in enumerate(step_ratios(ratio, steps), start=1):
         if k <= done:
             continue
+        torch.manual_seed(cfg.seed * 100003 + k)  # --importance random: the same channels on every rank
         prune_once(model, size, r, round_to, imp)
+        distributed.check_same(model, f"The model pruned in step {k}")
         macs, params = count_macs(model, size)
         logger.info("Prune step %d/%d: %.3f -> %.3f GMACs, %.2fM parameters.", k, steps, macs0 / 1e9, macs / 1e9, params / 1e6)
         row = {"step": k, "ratio": r, "macs": macs, "params": params}
@@ -66,14 +69,16 @@ def run_prune(opts: dict, config_record: dict):
             row.update(best_epoch=result.best_epoch, val_best=result.best_metric, kept_epoch=result.kept_epoch, epochs=result.history)
         history.append(row)
         model.cpu()
-        save_atomic({"arch": record_shapes(model), "state": model.state_dict(), "history": history}, out / "ckpt" / f"step{k}.pt")
+        if distributed.is_main():
+            save_atomic({"arch": record_shapes(model), "state": model.state_dict(), "history": history}, out / "ckpt" / f"step{k}.pt")
     model.cpu().eval()
     macs1, params1 = count_macs(model, size)
     after = common.test_metrics(model, parent)
     metrics = {"before": {"macs": macs0, "params": params0, "test": before}, "after": {"macs": macs1, "params": params1, "test": after},
                "ratio": ratio, "round_to": round_to, "importance": imp, "steps": history, "test": after}
-    common.finish(out, parent, "pruned", model, config_record, metrics, started, arch=record_shapes(model))
-    write_json(out / "prune.json", {k: metrics[k] for k in ("before", "after", "ratio", "round_to", "importance")})
+    if distributed.is_main():
+        write_json(out / "prune.json", {k: metrics[k] for k in ("before", "after", "ratio", "round_to", "importance")})
+    common.finish(out, parent, "pruned", model, config_record, metrics, started, trained=cfg.epochs > 0, arch=record_shapes(model))
     _summary(parent, out, metrics)
     return out
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from edgetune import log
 from edgetune.compress.calibration import load_recipe, select
-from edgetune.compress.quantize import calibration_tensors, quantize_model
+from edgetune.compress.quantize import broadcast_quantizers, calibration_tensors, quantize_model, rebuild_quantized
 from edgetune.stages import common
+from edgetune.train import distributed
 from edgetune.train.loop import fit
 
 logger = log.get(__name__)
@@ -25,8 +28,7 @@ def run_quantize(opts: dict, config_record: dict):
     before = parent.test_metrics() or common.test_metrics(model, parent)
     pairs, calib = select(parent.split, recipe, opts.get("calib_count"))
     logger.info("Calibrating INT8 quantizers of %s on %d images (recipe '%s', hash %s).", parent.model_name, calib["count"], recipe.name, calib["hash"][:12])
-    qmodel, quant = quantize_model(model, calibration_tensors(parent, pairs), tuple(parent.spec.size), opts.get("ignore") or [], opts.get("fold_bn", True),
-                                   opts.get("overflow_fix") or "enable", opts.get("activations") or "auto")
+    qmodel, quant = _calibrate_once(model, lambda: calibration_tensors(parent, pairs), tuple(parent.spec.size), opts)
     quant["mode"] = mode
     metrics = {"float_test": before, "calibration_test": common.test_metrics(qmodel, parent)}
     metrics["test"] = metrics["calibration_test"]  # PTQ: the calibrated model is the result
@@ -37,9 +39,31 @@ def run_quantize(opts: dict, config_record: dict):
         metrics.update(best_epoch=result.best_epoch, val_best=result.best_metric, kept_epoch=result.kept_epoch, epochs=result.history)
         metrics["test"] = common.test_metrics(qmodel.cpu().eval(), parent)
     qmodel.cpu().eval()
-    common.finish(out, parent, mode, qmodel, config_record, metrics, started, quant=quant, calibration=calib)
+    common.finish(out, parent, mode, qmodel, config_record, metrics, started, trained=mode == "qat" and opts["epochs"] > 0, quant=quant, calibration=calib)
     _summary(parent, out, mode, metrics, calib)
     return out
+
+
+def _calibrate_once(model: torch.nn.Module, tensors, size: tuple[int, int], opts: dict):
+    """`quantize_model` on the calibration images (`tensors()`), run once: under
+    torchrun rank 0 calibrates, the other ranks place the same quantizers from its
+    NNCF config and receive their parameters by NNCF's broadcast; then every rank
+    checks that it holds the same model."""
+    made = {}
+
+    def calibrate() -> dict:
+        made["model"], record = quantize_model(model, tensors(), size, opts.get("ignore") or [], opts.get("fold_bn", True),
+                                               opts.get("overflow_fix") or "enable", opts.get("activations") or "auto")
+        return record
+
+    record = distributed.on_main(calibrate)
+    if not distributed.active():
+        return made["model"], record
+    qmodel = made["model"] if "model" in made else rebuild_quantized(model, record, size)
+    distributed.broadcast_state(qmodel)  # NNCF's Fast Bias Correction rewrote biases on rank 0 while calibrating
+    broadcast_quantizers(qmodel, distributed.collective_device())
+    distributed.check_same(qmodel, "The calibrated INT8 model")
+    return qmodel, record
 
 
 def _summary(parent, out, mode, metrics, calib) -> None:

@@ -3,9 +3,12 @@ training all run through `fit`.
 
 Resumable: every finished epoch writes `last.pt` atomically (weights, optimizer,
 scheduler, history); data order and augmentation are seeded per epoch, so a resumed
-run replays exactly the epochs it lost. Ready for `torchrun`: under an initialised
-process group it uses DistributedDataParallel and a DistributedSampler, and only
-rank 0 writes."""
+run replays exactly the epochs it lost. Under `torchrun` (see distributed.py) it
+trains a DistributedDataParallel model, each rank on its DistributedSampler share of
+the training images (`batch_size` images per rank and step: the global batch is
+`batch_size` x world size; the learning rate is not scaled); validation predictions
+are gathered from every rank, so each rank decides on the whole split; only rank 0
+logs and writes checkpoints."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler, Subset, WeightedRandomSampler
 
 from edgetune import log
 from edgetune.data.dataset import ImageDataset
@@ -25,6 +28,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.metrics import classification_metrics
 from edgetune.models.freeze import apply_freeze, parameter_groups
 from edgetune.runtime.files import atomic_path
+from edgetune.train import distributed
 
 logger = log.get(__name__)
 METRICS = ("accuracy", "balanced_accuracy", "f1", "loss")
@@ -76,21 +80,20 @@ class FitResult:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    """The device for `--device NAME` (under torchrun: this rank's GPU)."""
+    return distributed.device_for(name)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over a loader, in eval mode."""
+    """Logits and labels over a loader, in eval mode. Under torchrun every rank
+    predicts its share of the images and receives all of them, in loader order:
+    every rank must call it."""
     device = device or next(model.parameters()).device
+    world = distributed.world_size()
+    if world > 1:
+        mine = range(distributed.rank(), len(loader.dataset), world)
+        loader = DataLoader(Subset(loader.dataset, mine), batch_size=loader.batch_size, num_workers=loader.num_workers)
     was_training = model.training
     model.eval()
     logits, labels = [], []
@@ -98,9 +101,28 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = 
         logits.append(model(_nhwc(x.to(device))).float().cpu().numpy())
         labels.append(np.asarray(y))
     model.train(was_training)
+    if world > 1:
+        shares = [s for s in distributed.all_gather((list(mine), logits, labels)) if s[1]]
+        order = np.argsort(np.concatenate([s[0] for s in shares])) if shares else []
+        logits = [np.concatenate([a for s in shares for a in s[1]])[order]] if shares else []
+        labels = [np.concatenate([a for s in shares for a in s[2]])[order]] if shares else []
     if not logits:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(logits), np.concatenate(labels)
+
+
+class RankShare(Sampler):
+    """This rank's share of a sampler that every rank draws identically (the same
+    seeded generator): every `world`-th index, equal counts on every rank."""
+
+    def __init__(self, base: Sampler, rank: int, world: int):
+        self.base, self.rank, self.world = base, rank, world
+
+    def __len__(self) -> int:
+        return len(self.base) // self.world
+
+    def __iter__(self):
+        return iter(list(self.base)[self.rank::self.world][:len(self)])
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -170,8 +192,8 @@ def fit(
         raise EdgetuneError(f"--balance {cfg.balance!r}: use loss, sampler or none.")
     if cfg.mixup < 0:
         raise EdgetuneError(f"--mixup {cfg.mixup}: give the Beta distribution's alpha (e.g. 0.2), or 0 for none.")
-    rank, world = _dist()
-    main = rank == 0
+    rank, world = distributed.rank(), distributed.world_size()
+    main = distributed.is_main()
     device = pick_device(cfg.device)
     model.to(device, memory_format=NHWC)
     ckpt_dir = Path(ckpt_dir)
@@ -183,7 +205,7 @@ def fit(
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
-    train_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    train_model, trainable = model, None
     if cfg.distill > 0 and teacher is None:
         raise EdgetuneError(f"--distill {cfg.distill}: distillation needs a teacher model.")
     if cfg.distill > 0:
@@ -213,8 +235,9 @@ def fit(
 
     history: list[dict] = []
     start, best, best_epoch, since_best = 0, -math.inf, -1, 0
-    if resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=True)
+    # Rank 0 reads the checkpoint and hands it to the others: their machines need not see --out.
+    state = distributed.on_main(lambda: torch.load(last_path, map_location="cpu", weights_only=True) if resume and last_path.exists() else None)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -234,18 +257,24 @@ def fit(
     with progress:
         for epoch in range(start, cfg.epochs):
             n_train = apply_freeze(model, cfg.freeze, epoch)
+            if world > 1 and trainable != (now := [p.requires_grad for p in model.parameters()]):
+                # DDP reduces the gradients of the parameters that train when it wraps the
+                # model: wrap again when --freeze changes them.
+                train_model, trainable = _ddp(model, device), now
             # Seeded per epoch: a resumed run sees the same order and augmentations.
             torch.manual_seed(cfg.seed * 100003 + epoch)
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            if world > 1:
-                sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.seed)
-                sampler.set_epoch(epoch)
-            elif cfg.balance == "sampler":
+            if cfg.balance == "sampler":
                 w = weights[torch.tensor(train_set.labels)]
                 sampler = WeightedRandomSampler(w, num_samples=len(train_set), replacement=True, generator=gen)
+                sampler = RankShare(sampler, rank, world) if world > 1 else sampler
+            elif world > 1:
+                # each rank a disjoint share of a permutation seeded by seed and epoch
+                sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.seed)
+                sampler.set_epoch(epoch)
             else:
                 sampler = torch.utils.data.RandomSampler(train_set, generator=gen)
-            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=len(train_set) > cfg.batch_size)
+            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=len(sampler) > cfg.batch_size)
             task = progress.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
             train_model.train()
             total, count = 0.0, 0
@@ -265,13 +294,15 @@ def fit(
                 count += len(y)
                 progress.update(task, advance=1, info=f"loss {total / count:.4f}")
             progress.remove_task(task)
+            total, count = distributed.all_sum([total, count])
 
             logits, labels = predict(scored, val_loader, device)
             val = classification_metrics(labels, logits, classes, full=False)
             val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()) if len(labels) else 0.0
             score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
             row = {"epoch": epoch + 1, "train_loss": total / max(1, count), "val_accuracy": val["accuracy"], "val_f1": val["f1"],
-                   "val_loss": val["loss"], "lr": max(g["lr"] for g in optimizer.param_groups), "trainable_params": n_train}
+                   "val_loss": val["loss"], "lr": max(g["lr"] for g in optimizer.param_groups), "trainable_params": n_train,
+                   "train_images": int(count)}
             history.append(row)
             improved = score > best
             if improved:
@@ -292,8 +323,10 @@ def fit(
                 break
 
     kept_epoch = history[-1]["epoch"] if history else -1
-    if cfg.keep == "best" and best_path.exists():
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    if cfg.keep == "best" and distributed.on_main(best_path.exists):
+        if main:
+            model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        distributed.broadcast_state(model)  # rank 0 alone wrote best.pt
         kept_epoch = best_epoch
     elif ema is not None:
         model.load_state_dict(ema.module.state_dict())
@@ -301,6 +334,11 @@ def fit(
     if teacher is not None:
         teacher.to(memory_format=torch.contiguous_format)
     return FitResult(best_epoch=best_epoch, best_metric=best, kept_epoch=kept_epoch, history=history, stopped_early=stopped)
+
+
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` wrapped for data-parallel training (its weights copied from rank 0)."""
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _ema(model: nn.Module, decay: float):
