@@ -29,8 +29,10 @@ def setup(verbose: int = 0, quiet: bool = False) -> None:
     # Libraries we drive are chatty at INFO.
     for name in ("nncf", "torch_pruning", "PIL", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
-    if not main_process():
-        warnings.simplefilter("ignore")  # rank 0 shows the same warnings
+    if not main_process():  # rank 0 shows the same warnings
+        warnings.simplefilter("ignore")
+        for name in ("nncf", "torch", "timm"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def quiet() -> bool:

@@ -3,13 +3,17 @@
 Each rank records into $EDGETUNE_PROBE_DIR/rank{RANK}.json what the tests check and
 the CLI does not report: the training images its DistributedSampler handed it in
 each epoch, every file it renamed into place (atomic writes), and a hash of the
-model's weights after each training loop. Nothing is replaced: the real CLI runs."""
+model's weights after each training loop; and its process id in rank{RANK}.pid at
+start. With $EDGETUNE_PROBE_SLOW (seconds) each training image is handed out that
+much later, so that a test can stop a rank mid-epoch. Nothing is replaced: the
+real CLI runs."""
 
 from __future__ import annotations
 
 import atexit
 import json
 import os
+import time
 from pathlib import Path
 
 import torch.utils.data
@@ -26,7 +30,10 @@ _sampler_iter = torch.utils.data.DistributedSampler.__iter__
 def _iter(self):
     indices = list(_sampler_iter(self))
     record["samples"].append({"epoch": self.epoch, "indices": indices})
-    return iter(indices)
+    slow = float(os.environ.get("EDGETUNE_PROBE_SLOW", 0))
+    for i in indices:
+        time.sleep(slow)
+        yield i
 
 
 _replace = os.replace
@@ -46,15 +53,18 @@ def _fit_logged(model, *args, **kwargs):
     return result
 
 
+PROBE_DIR = Path(os.environ["EDGETUNE_PROBE_DIR"])
+
+
 def _dump():
-    path = Path(os.environ["EDGETUNE_PROBE_DIR"]) / f"rank{record['rank']}.json"
-    path.write_text(json.dumps(record))
+    (PROBE_DIR / f"rank{record['rank']}.json").write_text(json.dumps(record))
 
 
 torch.utils.data.DistributedSampler.__iter__ = _iter
 os.replace = _replace_logged
 loop.fit = _fit_logged
 atexit.register(_dump)
+(PROBE_DIR / f"rank{record['rank']}.pid").write_text(str(os.getpid()))
 
 if __name__ == "__main__":
     main()

@@ -163,10 +163,11 @@ def broadcast_quantizers(qmodel: torch.nn.Module, device: torch.device) -> int:
     from nncf.torch.quantization.layers import BaseQuantizer
 
     quantizers = sorted((name, m) for name, m in get_hook_storage(qmodel).named_hooks() if isinstance(m, BaseQuantizer))
-    for _, q in quantizers:
-        q.to(device)  # NCCL broadcasts GPU tensors only
-        q.broadcast_initialized_params(src=0)
-        q.set_levels()  # the integer range follows the broadcast bits and sign
+    with torch.no_grad():  # an in-place copy into trainable scales, not a step autograd should see
+        for _, q in quantizers:
+            q.to(device)  # NCCL broadcasts GPU tensors only
+            q.broadcast_initialized_params(src=0)
+            q.set_levels()  # the integer range follows the broadcast bits and sign
     return len(quantizers)
 
 

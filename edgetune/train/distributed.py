@@ -103,7 +103,7 @@ def setup(device: str = "auto") -> torch.device:
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()), device_id=dev if dev.type == "cuda" else None)
     except Exception as e:  # DistStoreError, RuntimeError, TimeoutError: all mean "could not join"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise EdgetuneError(f"Rank {rank()} could not join the process group at {where} (MASTER_ADDR:MASTER_PORT from torchrun) within "
                             f"{timeout_s()} s: {first}. Check that every node's torchrun has the same --rdzv-endpoint, that it is "
                             f"reachable from this machine, and that the other nodes were started (--nnodes).") from None
@@ -177,12 +177,14 @@ def broadcast_state(module: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers into every rank's `module` (same architecture)."""
     if not active():
         return
-    for t in module.state_dict().values():
-        if isinstance(t, torch.Tensor):
-            on = t if t.device.type == collective_device().type else t.to(collective_device())
-            dist.broadcast(on, src=0)
-            if on is not t:
-                t.copy_(on)
+    device = collective_device()
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            if isinstance(t, torch.Tensor):
+                on = t if t.device.type == device.type else t.to(device)
+                dist.broadcast(on, src=0)
+                if on is not t:
+                    t.copy_(on)
 
 
 def fingerprint(module: torch.nn.Module) -> str:
