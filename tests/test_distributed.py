@@ -102,7 +102,7 @@ def test_resume_continues_from_the_last_full_epoch(resumed):
     record = info["history"][0]
     assert [e["epoch"] for e in record["metrics"]["epochs"]] == list(range(1, EPOCHS + 1))
     assert (record["world_size"], record["batch_size_per_rank"], record["global_batch_size"], record["backend"]) == (2, 4, 8, "gloo")
-    assert all(e["train_images"] == N_TRAIN for e in record["metrics"]["epochs"])  # both ranks' steps, summed
+    assert all(e["train_images"] == N_TRAIN and e["train_seconds"] > 0 for e in record["metrics"]["epochs"])  # both ranks' steps, summed
 
 
 def test_each_rank_trains_on_a_disjoint_half(resumed):

@@ -59,7 +59,9 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         augment_help += " Default: those the input run trained with."
     return _stack(
         click.option("--epochs", type=click.IntRange(0), default=epochs, show_default=True, help="Training epochs."),
-        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per step."),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+                     help="Images per step and process: under torchrun the global batch is this times the number of "
+                          "processes, and --lr is used as given (not scaled)."),
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=lr, show_default=True, help="Peak learning rate (cosine schedule with warm-up)."),
         click.option("--weight-decay", type=click.FloatRange(0), default=weight_decay, show_default=True),
         click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True),
@@ -83,7 +85,8 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         click.option("--metric", type=click.Choice(["accuracy", "balanced_accuracy", "f1", "loss"]), default="accuracy", show_default=True, help="Validation metric that picks the best checkpoint."),
         click.option("--augment", type=AugmentType(), default=None if inherit_augment else DEFAULT_AUGMENT, show_default=not inherit_augment, help=augment_help),
         click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split (unless --split-seed), initialisation, data order and augmentation."),
-        click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ..."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ... Under torchrun: "
+                     "auto, cuda or cpu; each process takes the GPU of its local rank."),
         click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data-loading worker processes."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last completed epoch."),
         click.option("--force", is_flag=True, help="Replace what --out already holds."),

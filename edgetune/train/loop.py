@@ -13,6 +13,7 @@ logs and writes checkpoints."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -277,7 +278,7 @@ def fit(
             loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=len(sampler) > cfg.batch_size)
             task = progress.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
             train_model.train()
-            total, count = 0.0, 0
+            total, count, tick = 0.0, 0, time.perf_counter()
             for step, (x, y) in enumerate(loader):
                 x, y = _nhwc(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
                 loss = loss_fn(x, y)
@@ -295,6 +296,7 @@ def fit(
                 progress.update(task, advance=1, info=f"loss {total / count:.4f}")
             progress.remove_task(task)
             total, count = distributed.all_sum([total, count])
+            seconds = time.perf_counter() - tick  # the training steps of every rank (all_sum waits for the last)
 
             logits, labels = predict(scored, val_loader, device)
             val = classification_metrics(labels, logits, classes, full=False)
@@ -302,7 +304,7 @@ def fit(
             score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
             row = {"epoch": epoch + 1, "train_loss": total / max(1, count), "val_accuracy": val["accuracy"], "val_f1": val["f1"],
                    "val_loss": val["loss"], "lr": max(g["lr"] for g in optimizer.param_groups), "trainable_params": n_train,
-                   "train_images": int(count)}
+                   "train_images": int(count), "train_seconds": round(seconds, 3)}
             history.append(row)
             improved = score > best
             if improved:
