@@ -139,16 +139,16 @@ def on_main(fn: Callable[[], T]) -> T:
     if not active():
         return fn()
     box: list[Any] = [None]
+    failed: BaseException | None = None
     if is_main():
         try:
             box[0] = ("ok", fn())
-        except EdgetuneError as e:
-            box[0] = ("error", str(e))
         except BaseException as e:
-            box[0] = ("error", f"rank 0 failed: {type(e).__name__}: {e}")
-            dist.broadcast_object_list(box, src=0)
-            raise
+            failed = e
+            box[0] = ("error", str(e) if isinstance(e, EdgetuneError) else f"rank 0 failed: {type(e).__name__}: {e}")
     dist.broadcast_object_list(box, src=0)
+    if failed is not None:
+        raise failed
     status, value = box[0]
     if status == "error":
         raise EdgetuneError(value)
