@@ -194,3 +194,14 @@ def test_unreachable_rendezvous_times_out_naming_it(as_rank, capfd, tmp_path):
     err = capfd.readouterr().err
     assert f"could not join the process group at 127.0.0.1:{port}" in err, err
     assert time.time() - started < 60
+
+
+def test_commands_that_do_not_train_run_on_rank_0_alone(as_rank, capfd, tmp_path):
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        as_rank.setenv(k, v)
+    assert invoke("evaluate", tmp_path / "no-such-run") == 0  # rank 1 leaves it to rank 0
+    assert capfd.readouterr().err == ""
+    as_rank.setenv("RANK", "0")
+    as_rank.setenv("LOCAL_RANK", "0")
+    assert invoke("evaluate", tmp_path / "no-such-run") == 2
+    assert "no such run directory" in capfd.readouterr().err

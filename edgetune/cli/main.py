@@ -31,6 +31,8 @@ COMMANDS = {
     "verify": "edgetune.cli.measure_cmds:verify",
     "infer": "edgetune.cli.infer_cmd:infer",
 }
+# What trains on every process under torchrun; any other command runs on rank 0 alone.
+DISTRIBUTED = {"finetune", "prune", "quantize", "build"}
 
 
 class LazyGroup(click.Group):
@@ -66,6 +68,8 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: int, quiet: bool)
     from edgetune import log
 
     log.setup(verbose=verbose, quiet=quiet)
+    if not log.main_process() and ctx.invoked_subcommand not in DISTRIBUTED:
+        ctx.exit(0)  # e.g. `torchrun ... edgetune evaluate`: one process does it, not N racing on the same files
     ctx.obj = {"config_file": config_file, "config": {}}
     if config_file is not None:
         from edgetune.cli.config import build_default_map, load_yaml
