@@ -47,7 +47,7 @@ def run_finetune(opts: dict, config_record: dict) -> Path:
     # rank 0 checks --out and makes (or reloads) the split; every rank trains on that split
     out = distributed.on_main(lambda: prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False)))
     check_policy(opts["freeze"])
-    split = Split.from_dict(distributed.on_main(lambda: split_for(opts, out).to_dict()))
+    split = Split.from_dict(distributed.on_main(lambda: split_for(opts, out).to_dict()), opts["data"])  # paths found where --data is here
     torch.manual_seed(opts["seed"])  # the new head's (or a random model's) initial weights
     model = create_backbone(opts["model"], len(split.classes), pretrained=opts["pretrained"], weights=opts.get("weights"), drop_rate=opts.get("drop_rate") or 0.0,
                            img_size=opts.get("img_size"))
