@@ -144,11 +144,14 @@ def test_fps_covers_inference_only_and_a_hanging_alarm_action_is_reported_apart(
     from edgetune.camera.stats import print_summary
 
     video = write_video(tmp_path / "line.avi", [grey(BRIGHT)] * 20)
-    hang = shlex.join([sys.executable, "-c", "import time; time.sleep(2.5)"])
+    hang = shlex.join([sys.executable, "-c", "import time; time.sleep(5)"])
     records, summary = infer(session, video, tmp_path, alarms=[parse_alarm("defect:0.5")], alarm_frames=1, on_alarm=hang)
     assert len(records) == 20 and summary["alarm_actions"] == {"done": 1, "failed": 0}
-    assert summary["alarm_actions_wait_seconds"] >= 1.5 and summary["shutdown_seconds"] >= summary["alarm_actions_wait_seconds"]
-    assert summary["seconds"] < 1.5 and summary["fps"] == pytest.approx(20 / summary["seconds"], rel=0.01)
+    # The action sleeps 5 s from its frame on: what inference has not covered of it is
+    # the shutdown wait (a loaded machine slows inference, so no tighter bound).
+    assert summary["alarm_actions_wait_seconds"] >= 1.0 and summary["shutdown_seconds"] >= summary["alarm_actions_wait_seconds"]
+    assert summary["seconds"] + summary["alarm_actions_wait_seconds"] >= 4.5
+    assert summary["seconds"] < 4.0 and summary["fps"] == pytest.approx(20 / summary["seconds"], rel=0.01)
     assert not summary["alarm_actions_unfinished"]
     print_summary(summary)
     out = " ".join("".join(capsys.readouterr()).split())
