@@ -3,6 +3,7 @@ speaks: the other ranks show errors alone (their output would repeat rank 0's)."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -41,3 +42,14 @@ def quiet() -> bool:
 
 def get(name: str) -> logging.Logger:
     return logging.getLogger(name)
+
+
+@contextlib.contextmanager
+def progress(desc: str, total: int):
+    """A transient rich progress bar; yields `advance(n)`. Silent with -q."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  transient=True, disable=_quiet) as bar:
+        task = bar.add_task(desc, total=total)
+        yield lambda n=1: bar.advance(task, n)

@@ -261,6 +261,45 @@ def _check_images(run, n: int) -> np.ndarray:
     return preprocess([read_image(p) for p, _ in pairs], run.spec)
 
 
+def save_onnx(model, size: tuple[int, int], out: Path, precision: str, opset: int, activations: str, output_names: list[str], doc: str):
+    """torch.onnx.export of `model` (input `INPUT_NAME`, dynamic batch on the input
+    and every output) to `out`, atomically; then identities removed and, for INT8,
+    the weights' quantizers folded into int8 initializers (and activations shifted
+    to uint8 with `activations="uint8"`). Returns (the ModelProto, weights folded)."""
+    import onnx
+    import torch
+
+    from edgetune.runtime.files import atomic_path
+
+    example = torch.zeros(1, 3, *size)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(tmp), opset_version=int(opset), input_names=[INPUT_NAME], output_names=list(output_names),
+                          dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]}, do_constant_folding=True, dynamo=False)
+        proto = onnx.load(str(tmp))
+        _remove_identities(proto)
+        folded = _fold_weight_quantizers(proto) if precision == "int8" else 0
+        if precision == "int8":
+            _fold_weight_transposes(proto)
+            dequantize_constants(proto)
+        if precision == "int8" and activations == "uint8":
+            shift_activations_to_uint8(proto)
+        proto.doc_string = doc
+        onnx.save(proto, str(tmp))
+    return proto, folded
+
+
+def check_options(precision: str, opset, activations: str, out: Path) -> None:
+    if precision not in PRECISIONS:
+        raise EdgetuneError(f"--precision {precision!r}: use fp32 or int8.")
+    if not 13 <= int(opset) <= 21:
+        raise EdgetuneError(f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default).")
+    if activations not in ("keep", "uint8"):
+        raise EdgetuneError(f"--activations {activations!r}: use keep (as quantized, zero-point 0) or uint8 (ONNX Runtime on x86).")
+    if Path(out).suffix != ".onnx":
+        raise EdgetuneError(f"--out {out}: the file name must end in .onnx.")
+
+
 def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, activations: str = "keep", check_images: int = 200) -> dict:
     """Write `run`'s model to `out` as ONNX and check it; returns what was written
     (path, precision, input/output names, layout, input shape, opset, activations, checks).
@@ -270,40 +309,16 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
     and ONNX Runtime take either); "uint8" shifts int8 activations to uint8 with
     zero-point 128, numerically identical, so that ONNX Runtime on x86 fuses every
     Conv (see `shift_activations_to_uint8`)."""
-    import onnx
-    import torch
-
     from edgetune.run import Run, load_run
-    from edgetune.runtime.files import atomic_path, sha256_file
+    from edgetune.runtime.files import sha256_file
 
     if not isinstance(run, Run):
         run = load_run(run)
-    if precision not in PRECISIONS:
-        raise EdgetuneError(f"--precision {precision!r}: use fp32 or int8.")
-    if not 13 <= int(opset) <= 21:
-        raise EdgetuneError(f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default).")
-    if activations not in ("keep", "uint8"):
-        raise EdgetuneError(f"--activations {activations!r}: use keep (as quantized, zero-point 0) or uint8 (ONNX Runtime on x86).")
+    check_options(precision, opset, activations, out)
     out = Path(out)
-    if out.suffix != ".onnx":
-        raise EdgetuneError(f"--out {out}: the file name must end in .onnx.")
     model, reference = _model_for(run, precision)
     h, w = run.spec.size
-    example = torch.zeros(1, 3, h, w)
-    with atomic_path(out) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(tmp), opset_version=int(opset), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, do_constant_folding=True, dynamo=False)
-        proto = onnx.load(str(tmp))
-        _remove_identities(proto)
-        folded = _fold_weight_quantizers(proto) if precision == "int8" else 0
-        if precision == "int8":
-            _fold_weight_transposes(proto)
-            dequantize_constants(proto)
-        if precision == "int8" and activations == "uint8":
-            shift_activations_to_uint8(proto)
-        proto.doc_string = f"edgetune {run.model_name} ({run.stage}) {precision}"
-        onnx.save(proto, str(tmp))
+    proto, folded = save_onnx(model, (h, w), out, precision, opset, activations, [OUTPUT_NAME], f"edgetune {run.model_name} ({run.stage}) {precision}")
     result = {"path": str(out), "precision": precision, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NCHW",
               "input_shape": [-1, 3, int(h), int(w)], "opset": int(opset),
               "activations": activations if precision == "int8" else None, "sha256": sha256_file(out), "size_mb": out.stat().st_size / 2**20,
@@ -315,10 +330,10 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
     return result
 
 
-def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "keep") -> dict:
-    """Every post-export check; raises EdgetuneError naming what failed."""
+def static_checks(path: Path, proto, precision: str, activations: str = "keep") -> int:
+    """onnx.checker, standard ops, the Q/DQ forms; raises naming what failed.
+    Returns the number of quantized weights."""
     import onnx
-    import torch
 
     from edgetune.export import checks as C
 
@@ -336,6 +351,16 @@ def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray,
         problems.append("BatchNormalization left unfolded")
     if problems:
         raise EdgetuneError(f"Export {path} fails its checks: " + "; ".join(problems[:6]) + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
+    return n_qdq
+
+
+def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "keep") -> dict:
+    """Every post-export check; raises EdgetuneError naming what failed."""
+    import torch
+
+    from edgetune.export import checks as C
+
+    n_qdq = static_checks(path, proto, precision, activations)
     with torch.no_grad():
         ref = np.concatenate([reference(torch.from_numpy(images[i:i + 32])).float().numpy() for i in range(0, len(images), 32)])
     cmp = C.compare_with_torch(path, ref, images)

@@ -66,24 +66,37 @@ class ArraySession:
     def __init__(self, spec: PreprocessSpec):
         self.spec = spec
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    output_names: list[str] = []
+
+    def _infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, in `output_names` order."""
         raise NotImplementedError
 
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._infer_all(batch)[0]
+
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._batched(batch, lambda b: [self._infer(b)])[0]
+
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """All outputs by name (e.g. an anomaly model's `score` and `map`)."""
+        return dict(zip(self.output_names, self._batched(batch, self._infer_all)))
+
+    def _batched(self, batch: np.ndarray, call) -> list[np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[None]
         n = self.fixed_batch
         if n is None or len(batch) == n:
-            return self._infer(batch)
+            return call(batch)
         parts = []
         for i in range(0, len(batch), n):
             chunk = batch[i:i + n]
             pad = n - len(chunk)
             if pad:  # the last, short chunk: pad with zeros, drop their outputs
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            parts.append(self._infer(chunk)[: n - pad])
-        return np.concatenate(parts)
+            parts.append([o[: n - pad] for o in call(chunk)])
+        return [np.concatenate(outs) for outs in zip(*parts)]
 
     def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return self.run(preprocess(frames, self.spec))

@@ -14,7 +14,10 @@ The manifest is the contract between the build machine and the device
     runtime        "onnxruntime" | "openvino" | "tensorrt"
     precision      precision of the main artifact: "int8" | "fp16" | "fp32"
     model          {"backbone", "stage" (qat|ptq|float ...), "pruned", "macs", "params"}
-    classes        class names, index = logit column
+    classes        class names, index = logit column (an anomaly bundle: normal, anomalous)
+    task           "classification" (or absent) | "anomaly"
+    anomaly        an anomaly bundle's threshold, normalisation and map size
+                   (see `edgetune.runtime.anomaly`); its model outputs `score` and `map`
     input          {"name", "shape" [N, 3, H, W] (N null: any batch), "layout" "NCHW",
                     "dtype" "float32", "frames": what run_frames takes}
     preprocess     the PreprocessSpec (size, mean, std, interpolation, channel order)
@@ -125,7 +128,16 @@ class Bundle:
         runtime = runtime or art.get("runtime", self.runtime)
         if runtime == "onnxruntime" and art.get("format") != "onnx":
             raise EdgetuneError(f"Bundle {self.root}: the {art['precision']} artifact is {art.get('format')}, which ONNX Runtime cannot run.")
-        return open_session(runtime, self.root / art["file"], self.spec, art, threads=threads, root=self.root)
+        session = open_session(runtime, self.root / art["file"], self.spec, art, threads=threads, root=self.root)
+        if self.task == "anomaly":
+            from edgetune.runtime.anomaly import AnomalySession, Normalisation
+
+            return AnomalySession(session, Normalisation.from_dict(self.manifest.get("anomaly") or {}))
+        return session
+
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task", "classification")
 
     def verify(self) -> None:
         verify_files(self.root, self.manifest)

@@ -44,9 +44,13 @@ class OrtSession(ArraySession):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.session.run(self.output_names[:1], {self.input_name: batch})[0]
+
+    def _infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: batch})
 
 
 def open_session(path: Path, spec: PreprocessSpec, artifact: dict, threads: int | None = None, **_) -> OrtSession:

@@ -120,7 +120,7 @@ class TensorRTSession(ArraySession):
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         batch = self.engine.get_tensor_shape(self.input)[0]
         self.fixed_batch = int(batch) if batch > 0 else None
         self.stream = _check(self.cudart.cudaStreamCreate())
@@ -136,18 +136,20 @@ class TensorRTSession(ArraySession):
             self.context.set_tensor_address(name, ptr)
         return ptr
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output tensor needs a device address, so all are copied back."""
         cudart = self.cudart
         self.context.set_input_shape(self.input, tuple(batch.shape))
-        out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=np.float32)
+        outs = [np.empty(tuple(self.context.get_tensor_shape(name)), dtype=np.float32) for name in self.output_names]
         src = self._buffer(self.input, batch.nbytes)
-        dst = self._buffer(self.output, out.nbytes)
+        dsts = [self._buffer(name, out.nbytes) for name, out in zip(self.output_names, outs)]
         _check(cudart.cudaMemcpyAsync(src, batch.ctypes.data, batch.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execution failed")
-        _check(cudart.cudaMemcpyAsync(out.ctypes.data, dst, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+        for out, dst in zip(outs, dsts):
+            _check(cudart.cudaMemcpyAsync(out.ctypes.data, dst, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
         _check(cudart.cudaStreamSynchronize(self.stream))
-        return out
+        return outs
 
     def __del__(self):
         for ptr, _ in getattr(self, "_buffers", {}).values():

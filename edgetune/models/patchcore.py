@@ -1,0 +1,173 @@
+"""PatchCore (Roth et al., CVPR 2022) on a timm CNN, as one exportable module.
+
+    image -> backbone feature maps at strides 8 and 16 (`features_only`; ResNet's
+    layer2 + layer3) -> 3x3 average pool each (local neighbourhood aggregation)
+    -> the stride-16 map resized (bilinear) to the stride-8 grid, channels
+    concatenated: one D-dim embedding per patch -> squared distance to every
+    memory-bank row as ||a||^2 - 2 a.b + ||b||^2 (one MatMul) -> min over the
+    bank (nearest neighbour) -> sqrt -> image score = max over patches; map =
+    patch scores upsampled (bilinear) to the input and Gaussian-smoothed.
+
+Only standard ONNX ops (Conv, AveragePool, Resize, Concat, MatMul, ReduceMin,
+ReduceMax, Sqrt, Pad), so one graph runs on ONNX Runtime, OpenVINO and TensorRT.
+The paper's image-score re-weighting by the nearest neighbour's own neighbours
+is left out: the image score is the largest patch score (anomalib with
+num_neighbors=1), which keeps the graph free of ArgMax/Gather/TopK.
+
+The memory bank is a greedy k-center coreset of the normal images' patch
+embeddings, chosen on a random projection (Johnson-Lindenstrauss) to keep the
+greedy loop cheap."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetune.errors import EdgetuneError
+
+STRIDES = (8, 16)  # the mid-level stages PatchCore takes (ResNet: layer2, layer3)
+PROJECTION_DIM = 128
+
+
+def feature_indices(name: str) -> list[int]:
+    """`features_only` indices of the stride-8 and stride-16 stages of `name`; a
+    clear refusal for a model without them (a ViT: one stride-16 token grid)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise EdgetuneError(f"--model {name}: not a timm model name. PatchCore takes a CNN such as resnet18, efficientnet_lite0 or convnext_atto.")
+    try:
+        info = timm.create_model(name, pretrained=False, features_only=True).feature_info
+        reductions = list(info.reduction())
+    except Exception as e:  # noqa: BLE001 - timm raises several kinds for models without feature maps
+        raise EdgetuneError(f"--model {name}: timm cannot give its intermediate feature maps ({str(e).splitlines()[0]}); PatchCore needs a CNN backbone.") from None
+    idx = [reductions.index(s) for s in STRIDES if s in reductions]
+    if len(idx) != len(STRIDES) or len(set(reductions)) < 2:
+        raise EdgetuneError(f"--model {name}: PatchCore needs a CNN's mid-level feature maps at strides {' and '.join(map(str, STRIDES))} "
+                            f"(ResNet's layer2 + layer3); this model's features are at strides {sorted(set(reductions))}. A ViT's patch tokens "
+                            "form a single stride-16 grid already mixed globally by attention, which is not the local, multi-scale patch "
+                            "feature PatchCore relies on; ViTs are refused. Use a CNN: resnet18, efficientnet_lite0, convnext_atto, ...")
+    return idx
+
+
+def create_features(name: str, indices: list[int], pretrained: bool = True, weights=None) -> nn.Module:
+    """timm's `features_only` network for `indices`, with the ImageNet (or given)
+    weights of the whole model loaded by name (offline packages included)."""
+    import timm
+
+    from edgetune.models.backbone import create_backbone
+
+    features = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(indices))
+    if pretrained or weights is not None:
+        full = create_backbone(name, None, pretrained=pretrained, weights=weights).state_dict()
+        own = features.state_dict()
+        # FeatureListNet names a nested stage `stages_2` where the model has `stages.2`.
+        mapped = {k: full.get(k, full.get(re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k))) for k in own}
+        missing = [k for k, v in mapped.items() if v is None or v.shape != own[k].shape]
+        if missing:
+            raise EdgetuneError(f"--model {name}: the pretrained weights do not fit its feature layers (e.g. {', '.join(missing[:3])}).")
+        features.load_state_dict(mapped)
+    return features
+
+
+class PatchEmbedder(nn.Module):
+    """Image -> patch embeddings (N, D, h, w) on the stride-8 grid. The part INT8
+    quantizes: everything with weights."""
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.features = features
+        self.pool = nn.AvgPool2d(3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = [self.pool(f) for f in self.features(x)]
+        size = maps[0].shape[-2:]
+        return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1)
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = int(4 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def map_sigma(size: tuple[int, int]) -> float:
+    """Smoothing of the heat map: anomalib's sigma 4 at 256 px, scaled to the input."""
+    return max(1.0, 4.0 * min(size) / 256)
+
+
+class PatchCore(nn.Module):
+    """(N, 3, H, W) normalised images -> (score (N,), map (N, H, W)): raw
+    nearest-neighbour distances to the memory bank (N x h*w x M in one MatMul)."""
+
+    def __init__(self, embedder: PatchEmbedder, bank: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]):
+        super().__init__()
+        self.embedder = embedder
+        self.size, self.grid = tuple(size), tuple(grid)
+        self.register_buffer("bank_t", bank.t().contiguous())  # (D, M): the MatMul's right-hand side
+        self.register_buffer("bank_sq", (bank * bank).sum(1))  # (M,)
+        k = gaussian_kernel(map_sigma(self.size))
+        self.register_buffer("blur_h", k.view(1, 1, 1, -1))
+        self.register_buffer("blur_v", k.view(1, 1, -1, 1))
+
+    @property
+    def bank_rows(self) -> int:
+        return int(self.bank_t.shape[1])
+
+    def patch_scores(self, emb: torch.Tensor) -> torch.Tensor:
+        """(N, D, h, w) embeddings -> (N, h*w) distances to the nearest bank row."""
+        a = emb.flatten(2).transpose(1, 2)  # (N, h*w, D)
+        d2 = (a * a).sum(-1, keepdim=True) - 2 * torch.matmul(a, self.bank_t) + self.bank_sq
+        return d2.amin(-1).clamp_min(0).sqrt()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patch = self.patch_scores(self.embedder(x))
+        score = patch.amax(-1)
+        m = F.interpolate(patch.reshape(-1, 1, *self.grid), size=self.size, mode="bilinear", align_corners=False)
+        r = self.blur_h.shape[-1] // 2
+        m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="reflect"), self.blur_h)
+        m = F.conv2d(F.pad(m, (0, 0, r, r), mode="reflect"), self.blur_v)
+        return score, m[:, 0]
+
+
+def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, progress=None) -> torch.Tensor:
+    """Indices of `count` rows of `features` (P, D) chosen by greedy k-center:
+    each pick is the row farthest from all picked so far (the paper's minimax
+    facility location), measured on a Gaussian random projection to
+    PROJECTION_DIM dims."""
+    gen = torch.Generator().manual_seed(seed)
+    z = features.float()
+    if z.shape[1] > PROJECTION_DIM:
+        z = z @ (torch.randn(z.shape[1], PROJECTION_DIM, generator=gen) / math.sqrt(PROJECTION_DIM))
+    count = max(1, min(int(count), len(z)))
+    picked = torch.empty(count, dtype=torch.long)
+    picked[0] = int(torch.randint(len(z), (1,), generator=gen))
+    nearest = ((z - z[picked[0]]) ** 2).sum(1)
+    for i in range(1, count):
+        picked[i] = int(nearest.argmax())
+        nearest = torch.minimum(nearest, ((z - z[picked[i]]) ** 2).sum(1))
+        if progress is not None and i % 256 == 0:
+            progress(i)
+    return picked
+
+
+def bank_mb(rows: int, dim: int) -> float:
+    return rows * dim * 4 / 2**20
+
+
+def build_patchcore(name: str, size: tuple[int, int], pretrained: bool = True, weights=None, bank: torch.Tensor | None = None,
+                    indices: list[int] | None = None) -> PatchCore:
+    """A PatchCore module for backbone `name` at input `size` (an empty bank of the
+    right width when `bank` is None: fitting fills it; restoring loads it)."""
+    indices = indices if indices is not None else feature_indices(name)
+    embedder = PatchEmbedder(create_features(name, indices, pretrained, weights)).eval()
+    with torch.no_grad():
+        probe = embedder(torch.zeros(1, 3, *size))
+    if bank is None:
+        bank = torch.zeros(1, probe.shape[1])
+    return PatchCore(embedder, bank, size, tuple(probe.shape[-2:])).eval()

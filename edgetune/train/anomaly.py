@@ -1,0 +1,180 @@
+"""Fitting PatchCore on the normal images of a split: patch embeddings of the
+train split's `--normal` images -> greedy coreset (the memory bank, bounded in
+MB) -> threshold and normalisation on the validation split -> a run directory
+like any other stage's (task "anomaly"; model.pt holds backbone and bank).
+
+Only the normal class of the train split is ever seen while fitting; labelled
+anomalies in train are not used. Validation anomalies, where there are some,
+choose the threshold (F1-optimal); otherwise a quantile of the normal scores."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetune import log
+from edgetune.errors import EdgetuneError
+from edgetune.runtime.anomaly import CLASSES, TASK, Normalisation
+
+logger = log.get(__name__)
+MIN_NORMAL = 10
+DEFAULTS = {"coreset": 0.1, "max_bank_mb": 256.0, "max_false_alarm": 0.01, "batch_size": 16}
+
+
+def normal_index(classes: list[str], normal: str | None, source: str) -> int:
+    if not normal:
+        raise EdgetuneError(f"--task anomaly needs --normal CLASS: the class of good parts to fit on. Classes in {source}: {', '.join(classes)}.")
+    if normal not in classes:
+        raise EdgetuneError(f"--normal {normal}: no such class in {source}. Its classes are: {', '.join(classes)}.")
+    return classes.index(normal)
+
+
+def anomalous_labels(pairs: list[tuple[str, int]], normal: int) -> np.ndarray:
+    return np.array([y != normal for _, y in pairs], dtype=bool)
+
+
+@torch.no_grad()
+def embed_images(embedder, paths: list[str], spec, batch_size: int = 16, desc: str = "") -> torch.Tensor:
+    """(images, D, h, w) patch embeddings of `paths`, preprocessed as in training."""
+    from edgetune.data.dataset import eval_loader
+    from edgetune.data.transforms import EvalTransform
+
+    out = []
+    with log.progress(desc or "embedding", total=len(paths)) as advance:
+        for x, _ in eval_loader([(p, 0) for p in paths], EvalTransform(spec), batch_size):
+            out.append(embedder(x))
+            advance(len(x))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def score_images(model, paths: list[str], spec, batch_size: int = 16, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Raw (scores (N,), maps (N, H, W)) of a PatchCore module on image files."""
+    from edgetune.data.dataset import eval_loader
+    from edgetune.data.transforms import EvalTransform
+
+    scores, maps = [], []
+    with log.progress(desc or "scoring", total=len(paths)) as advance:
+        for x, _ in eval_loader([(p, 0) for p in paths], EvalTransform(spec), batch_size):
+            s, m = model(x)
+            scores.append(s.numpy())
+            maps.append(m.numpy())
+            advance(len(x))
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, seed: int, batch_size: int) -> dict:
+    """Fill `model`'s memory bank from the normal images at `paths`; returns its record."""
+    from edgetune.models.patchcore import bank_mb, greedy_coreset
+
+    if not 0 < coreset <= 1:
+        raise EdgetuneError(f"--coreset {coreset}: give the fraction of patch features to keep, in (0, 1] (0.1 keeps one in ten).")
+    emb = embed_images(model.embedder, paths, spec, batch_size, "patch features of normal images")
+    n, dim, h, w = emb.shape
+    patches = emb.permute(0, 2, 3, 1).reshape(-1, dim)
+    rows = max(1, int(round(len(patches) * coreset)))
+    size_mb = bank_mb(rows, dim)
+    if size_mb > max_bank_mb:
+        raise EdgetuneError(f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches x --coreset {coreset:g}): "
+                            f"{size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower --coreset (e.g. {coreset * max_bank_mb / size_mb / 1.05:.3g}) "
+                            f"or --img-size (now {spec.size[0]}; the patch grid shrinks with its square), or raise --max-bank-mb.")
+    started = time.time()
+    with log.progress(f"coreset: {rows} of {len(patches)} patches", total=rows) as advance:
+        last = [0]
+
+        def step(i):
+            advance(i - last[0])
+            last[0] = i
+
+        idx = greedy_coreset(patches, rows, seed, step)
+        advance(rows - last[0])
+    bank = patches[idx].contiguous()
+    model.bank_t = bank.t().contiguous()
+    model.bank_sq = (bank * bank).sum(1)
+    return {"rows": rows, "dim": dim, "size_mb": round(size_mb, 3), "patches": int(len(patches)), "images": n, "grid": [h, w],
+            "coreset": coreset, "coreset_seconds": round(time.time() - started, 1)}
+
+
+def calibrate(model, split, spec, normal: int, max_false_alarm: float, batch_size: int) -> tuple[Normalisation, dict]:
+    """Threshold + normalisation from the validation split's raw scores."""
+    from edgetune.metrics import anomaly_threshold
+
+    val = split.parts["val"]
+    y = anomalous_labels(val, normal)
+    if (~y).sum() == 0:
+        raise EdgetuneError(f"The validation split holds no '{split.classes[normal]}' images to set the threshold on; give more data or a larger --val-frac.")
+    if not 0 < max_false_alarm < 1:
+        raise EdgetuneError(f"--max-false-alarm {max_false_alarm}: give the share of normal images allowed to raise an alarm, in (0, 1) (0.01 = 1%).")
+    scores, _ = score_images(model, [p for p, _ in val], spec, batch_size, "validation scores")
+    threshold, rule = anomaly_threshold(y, scores, max_false_alarm)
+    norm = Normalisation.from_scores(threshold, scores, spec.size, rule, split.classes[normal])
+    return norm, {"val_scores_raw": {"min": float(scores.min()), "max": float(scores.max())}}
+
+
+def evaluate_split(model, split, spec, normal: int, norm: Normalisation, part: str = "test", batch_size: int = 16) -> dict:
+    from edgetune.metrics import anomaly_metrics
+
+    pairs = split.parts[part]
+    scores, _ = score_images(model, [p for p, _ in pairs], spec, batch_size, f"{part} scores")
+    return anomaly_metrics(anomalous_labels(pairs, normal), norm.apply(scores))
+
+
+def run_fit(opts: dict, config_record: dict) -> Path:
+    """`finetune --task anomaly`: fit, threshold, evaluate, write the run; returns its dir."""
+    from edgetune.models.backbone import resolve_preprocess
+    from edgetune.models.patchcore import build_patchcore, feature_indices
+    from edgetune.run import prepare_out, stage_record, write_run
+    from edgetune.runtime.files import sha256_json
+    from edgetune.train.finetune import split_for
+    from edgetune.train.loop import save_atomic
+
+    started = time.time()
+    opts = {**DEFAULTS, **{k: v for k, v in opts.items() if v is not None}}
+    out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
+    indices = feature_indices(opts["model"])  # a ViT is refused before any data is read
+    split = split_for(opts, out)
+    normal = normal_index(split.classes, opts.get("normal"), opts["data"])
+    train = [p for p, y in split.parts["train"] if y == normal]
+    if len(train) < MIN_NORMAL:
+        raise EdgetuneError(f"--normal {split.classes[normal]}: the train split holds only {len(train)} image(s) of that class; PatchCore needs at "
+                            f"least {MIN_NORMAL} normal images to fit on (hundreds are better). Add images of good parts.")
+    torch.manual_seed(opts["seed"])
+    import timm
+
+    spec = resolve_preprocess(timm.create_model(opts["model"], pretrained=False), opts.get("img_size"))
+    model = build_patchcore(opts["model"], tuple(spec.size), opts["pretrained"], opts.get("weights"), indices=indices)
+    logger.info("Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.", len(train), split.classes[normal], opts["model"],
+                *spec.size, opts["coreset"])
+    bank = fit_bank(model, train, spec, float(opts["coreset"]), float(opts["max_bank_mb"]), int(opts["seed"]), int(opts["batch_size"]))
+    norm, val_info = calibrate(model, split, spec, normal, float(opts["max_false_alarm"]), int(opts["batch_size"]))
+    test = evaluate_split(model, split, spec, normal, norm, "test", int(opts["batch_size"]))
+    save_atomic(model.state_dict(), out / "model.pt")
+    metrics = {"test": test, "bank": bank, "threshold": norm.to_dict(), **val_info, "fit_seconds": round(time.time() - started, 1)}
+    record = stage_record("fit", config_record, sha256_json(split.to_dict()), metrics, started)
+    anomaly = {**norm.to_dict(), "normal_index": normal, "feature_indices": indices, "bank": bank, "classes": CLASSES}
+    write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record], config=config_record,
+              task=TASK, anomaly=anomaly, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
+    auroc = test.get("auroc")
+    logger.info("PatchCore on %s: bank %d x %d (%.1f MB); test AUROC %s, F1 %.3f, false alarms %s at threshold %.4g (raw; %s). Run: %s",
+                opts["model"], bank["rows"], bank["dim"], bank["size_mb"], f"{auroc:.4f}" if auroc is not None else "-", test["f1"],
+                f"{100 * test['false_alarm_rate']:.1f}%" if test["false_alarm_rate"] is not None else "-", norm.threshold_raw, norm.rule, out)
+    return out
+
+
+def load_patchcore(run):
+    """A fitted anomaly run's PatchCore module, rebuilt from its records (weights_only)."""
+    from edgetune.models.patchcore import build_patchcore
+
+    info = run.info.get("anomaly") or {}
+    bank = info.get("bank") or {}
+    model = build_patchcore(run.model_name, tuple(run.spec.size), pretrained=False, bank=torch.zeros(int(bank["rows"]), int(bank["dim"])),
+                            indices=list(info["feature_indices"]))
+    model.load_state_dict(torch.load(run.dir / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def run_norm(run) -> Normalisation:
+    return Normalisation.from_dict(run.info["anomaly"])
