@@ -50,11 +50,12 @@ class GateResult:
         return -self.diff_points
 
     def to_dict(self) -> dict:
-        keep = ("n", "accuracy", "balanced_accuracy", "f1", "per_class")
+        keep = ("n", "accuracy", "balanced_accuracy", "f1", "per_class", "auroc", "aupr", "false_alarm_rate", "n_anomalous")
         return {
             "passed": self.passed,
             "reference": {"name": self.names["reference"], **{k: self.reference[k] for k in keep if k in self.reference}},
             "candidate": {"name": self.names["candidate"], **{k: self.candidate[k] for k in keep if k in self.candidate}},
+            "metric": "auroc" if any(c.name == "auroc_drop" for c in self.checks) else "accuracy",
             "accuracy_diff_points": self.diff_points,
             "accuracy_diff_ci95_points": list(self.ci_points),
             "agreement": self.agreement,
@@ -100,6 +101,52 @@ def gate(reference_logits, candidate_logits, labels, classes: list[str], max_dro
     return GateResult(rm, cm, list(classes), diff, ci, agree, recall, checks, names or {"reference": "reference", "candidate": "candidate"})
 
 
+def anomaly_gate(reference_logits, candidate_logits, labels, max_drop: float = 1.0, names: dict | None = None, n_resamples: int = 1000,
+                 seed: int = 0) -> GateResult:
+    """The gate for anomaly models (logits as `edgetune.runtime.anomaly.score_logits`
+    gives them; labels 0 normal, 1 anomalous): image AUROC may drop by at most
+    `max_drop` points. Accuracy, F1 and the false-alarm rate at the threshold,
+    and the flag agreement, are reported, not gated (PTQ moves scores near the
+    threshold; the ranking is what the AUROC holds)."""
+    from sklearn.metrics import roc_auc_score
+
+    from edgetune.metrics import anomaly_metrics
+    from edgetune.runtime.anomaly import CLASSES, THRESHOLD, logits_scores
+
+    ref, cand = np.asarray(reference_logits), np.asarray(candidate_logits)
+    y = np.asarray(labels).astype(bool)
+    if ref.shape != cand.shape or len(ref) != len(y):
+        raise ValueError(f"reference logits {ref.shape}, candidate logits {cand.shape} and {len(y)} labels must cover the same images")
+    if y.all() or not y.any():
+        from edgetune.errors import EdgetuneError
+
+        raise EdgetuneError(f"The anomaly gate needs normal and anomalous images; these {len(y)} images are all {'anomalous' if y.all() else 'normal'}.")
+    rs, cs = logits_scores(ref), logits_scores(cand)
+    rm = {**classification_metrics(y.astype(int), ref, CLASSES, full=False), **anomaly_metrics(y, rs, THRESHOLD), "f1_macro": None}
+    cm = {**classification_metrics(y.astype(int), cand, CLASSES, full=False), **anomaly_metrics(y, cs, THRESHOLD), "f1_macro": None}
+    diff = (cm["auroc"] - rm["auroc"]) * 100
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_resamples):  # paired: the same resampled images for both
+        i = rng.integers(0, len(y), len(y))
+        if y[i].all() or not y[i].any():
+            continue
+        diffs.append(roc_auc_score(y[i], cs[i]) - roc_auc_score(y[i], rs[i]))
+    ci = (float(np.percentile(diffs, 2.5) * 100), float(np.percentile(diffs, 97.5) * 100)) if diffs else (diff, diff)
+    agree = top1_agreement(ref, cand)
+    recall = {c: (cm["per_class"][c]["recall"] - rm["per_class"][c]["recall"]) * 100 for c in CLASSES}
+    drop = -diff
+    checks = [Check("auroc_drop", drop <= max_drop + 1e-9, drop, max_drop,
+                    f"image AUROC {rm['auroc']:.4f} -> {cm['auroc']:.4f}: a drop of {drop:.2f} points (limit {max_drop:g}; 95% CI of the "
+                    f"difference {ci[0]:+.2f} to {ci[1]:+.2f} points); at the threshold F1 {rm['f1']:.3f} -> {cm['f1']:.3f}, false alarms "
+                    f"{rm['false_alarm_rate']:.2%} -> {cm['false_alarm_rate']:.2%}, flags agree on {agree:.2%}")]
+    return GateResult(rm, cm, list(CLASSES), diff, ci, agree, recall, checks, names or {"reference": "reference", "candidate": "candidate"})
+
+
+def is_anomaly_gate(result: GateResult) -> bool:
+    return any(c.name == "auroc_drop" for c in result.checks)
+
+
 # --- reports -----------------------------------------------------------------
 
 def junit_xml(result: GateResult, suite: str = "edgetune.compare") -> str:
@@ -136,16 +183,21 @@ def markdown(result: GateResult) -> str:
         "|---|---|---|---|",
     ]
     for ch in result.checks:
-        value = f"{ch.value:.2f} points" if ch.name == "accuracy_drop" else f"{ch.value:.2%}"
-        limit = f"<= {ch.limit:g} points" if ch.name == "accuracy_drop" else f">= {ch.limit:.2%}"
+        value = f"{ch.value:.2f} points" if ch.name.endswith("_drop") else f"{ch.value:.2%}"
+        limit = f"<= {ch.limit:g} points" if ch.name.endswith("_drop") else f">= {ch.limit:.2%}"
         lines.append(f"| {ch.name.replace('_', ' ')} | {'pass' if ch.passed else '**FAIL**'} | {value} | {limit} |")
     lines += [
         "",
         "| | reference | candidate | difference |",
         "|---|---|---|---|",
-        f"| accuracy | {r['accuracy']:.2%} | {c['accuracy']:.2%} | {result.diff_points:+.2f} points (95% CI {result.ci_points[0]:+.2f} to {result.ci_points[1]:+.2f}) |",
-        f"| F1 (macro) | {r['f1']:.4f} | {c['f1']:.4f} | {(c['f1'] - r['f1']) * 100:+.2f} points |",
     ]
+    if is_anomaly_gate(result):
+        lines += [f"| image AUROC | {r['auroc']:.4f} | {c['auroc']:.4f} | {result.diff_points:+.2f} points (95% CI {result.ci_points[0]:+.2f} to {result.ci_points[1]:+.2f}) |",
+                  f"| F1 (anomalous, at the threshold) | {r['f1']:.4f} | {c['f1']:.4f} | {(c['f1'] - r['f1']) * 100:+.2f} points |",
+                  f"| false-alarm rate | {r['false_alarm_rate']:.2%} | {c['false_alarm_rate']:.2%} | {(c['false_alarm_rate'] - r['false_alarm_rate']) * 100:+.2f} points |"]
+    else:
+        lines += [f"| accuracy | {r['accuracy']:.2%} | {c['accuracy']:.2%} | {result.diff_points:+.2f} points (95% CI {result.ci_points[0]:+.2f} to {result.ci_points[1]:+.2f}) |",
+                  f"| F1 (macro) | {r['f1']:.4f} | {c['f1']:.4f} | {(c['f1'] - r['f1']) * 100:+.2f} points |"]
     for cls in result.classes:
         lines.append(f"| recall `{cls}` | {r['per_class'][cls]['recall']:.2%} | {c['per_class'][cls]['recall']:.2%} | {result.recall_delta_points[cls]:+.2f} points |")
     lines.append(f"| top-1 agreement | | | {result.agreement:.2%} |")
@@ -161,8 +213,13 @@ def print_result(result: GateResult) -> None:
     for col in ("", "reference", "candidate", "difference"):
         t.add_column(col, justify="left" if not col else "right")
     r, c = result.reference, result.candidate
-    t.add_row("accuracy", f"{r['accuracy']:.4f}", f"{c['accuracy']:.4f}", f"{result.diff_points:+.2f} pt [{result.ci_points[0]:+.2f}, {result.ci_points[1]:+.2f}]")
-    t.add_row("F1 (macro)", f"{r['f1']:.4f}", f"{c['f1']:.4f}", f"{(c['f1'] - r['f1']) * 100:+.2f} pt")
+    if is_anomaly_gate(result):
+        t.add_row("image AUROC", f"{r['auroc']:.4f}", f"{c['auroc']:.4f}", f"{result.diff_points:+.2f} pt [{result.ci_points[0]:+.2f}, {result.ci_points[1]:+.2f}]")
+        t.add_row("F1 (anomalous)", f"{r['f1']:.4f}", f"{c['f1']:.4f}", f"{(c['f1'] - r['f1']) * 100:+.2f} pt")
+        t.add_row("false-alarm rate", f"{r['false_alarm_rate']:.4f}", f"{c['false_alarm_rate']:.4f}", f"{(c['false_alarm_rate'] - r['false_alarm_rate']) * 100:+.2f} pt")
+    else:
+        t.add_row("accuracy", f"{r['accuracy']:.4f}", f"{c['accuracy']:.4f}", f"{result.diff_points:+.2f} pt [{result.ci_points[0]:+.2f}, {result.ci_points[1]:+.2f}]")
+        t.add_row("F1 (macro)", f"{r['f1']:.4f}", f"{c['f1']:.4f}", f"{(c['f1'] - r['f1']) * 100:+.2f} pt")
     for cls in result.classes:
         t.add_row(f"recall {cls}", f"{r['per_class'][cls]['recall']:.4f}", f"{c['per_class'][cls]['recall']:.4f}", f"{result.recall_delta_points[cls]:+.2f} pt")
     t.add_row("top-1 agreement", "", "", f"{result.agreement:.4f}")
@@ -183,6 +240,13 @@ def write_reports(result: GateResult, junit: Path | None, md: Path | None, json_
         write_json(json_file, result.to_dict())
 
 
+def is_anomaly_artifact(artifact) -> bool:
+    """A bundle of task anomaly or an anomaly run (fitted with --task anomaly)."""
+    if artifact.bundle is not None:
+        return artifact.bundle.task == "anomaly"
+    return artifact.run is not None and artifact.run.task == "anomaly"
+
+
 def run_compare(reference: Path, candidate: Path, data: str | None, max_drop: float, min_agreement: float, threads: int | None,
                 junit: Path | None, md: Path | None, json_file: Path | None, skip_bad: bool = False, runtime: str | None = None,
                 precision: str | None = None) -> GateResult:
@@ -197,13 +261,16 @@ def run_compare(reference: Path, candidate: Path, data: str | None, max_drop: fl
     images = labelled_images(data, ref, skip_bad) or labelled_images(None, cand)
     if images is None:
         raise EdgetuneError(f"No labelled images to compare on: give --data (a folder, CSV or elpv); {reference} has no run with a test split on this machine.")
-    images = images.for_classes(ref.classes, f"REFERENCE {reference}")
+    images = images.for_classes(ref.classes, f"REFERENCE {reference}", ref.normal_class)
     if list(cand.classes) != list(ref.classes):
         raise EdgetuneError(f"CANDIDATE {candidate} predicts classes {cand.classes}, REFERENCE {reference} predicts {ref.classes}: they are not comparable.")
     ref_logits = predict(ref, images, threads)
     cand_logits = predict(cand, images, threads)
-    result = gate(ref_logits, cand_logits, images.labels, images.classes, max_drop, min_agreement,
-                  names={"reference": ref.label, "candidate": cand.label})
+    names = {"reference": ref.label, "candidate": cand.label}
+    if is_anomaly_artifact(ref):
+        result = anomaly_gate(ref_logits, cand_logits, images.labels, max_drop if max_drop is not None else 1.0, names=names)
+    else:
+        result = gate(ref_logits, cand_logits, images.labels, images.classes, max_drop if max_drop is not None else 0.5, min_agreement, names=names)
     print_result(result)
     write_reports(result, junit, md, json_file)
     return result

@@ -50,11 +50,20 @@ class Run:
         return self.info["stage"]
 
     @property
+    def task(self) -> str:
+        return self.info.get("task", "classification")
+
+    @property
     def quantized(self) -> bool:
         return self.stage in ("qat", "ptq")
 
     def build_model(self, device: str = "cpu"):
-        """The trained model, rebuilt from the records (never an unpickled module)."""
+        """The trained model, rebuilt from the records (never an unpickled module).
+        An anomaly run's model gives (normal, anomalous) logits, like its bundles."""
+        if self.task == "anomaly":
+            from edgetune.train.anomaly import load_patchcore_logits
+
+            return load_patchcore_logits(self).to(device)
         from edgetune.compress.restore import load_run_model
 
         return load_run_model(self, device)

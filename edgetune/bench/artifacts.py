@@ -44,6 +44,12 @@ class Artifact:
             return f"{self.path.name} (pytorch, {self.run.stage})"
         return f"{self.bundle.name} ({self.runtime or self.bundle.runtime}, {self.precision or self.bundle.precision})"
 
+    @property
+    def normal_class(self) -> str | None:
+        """An anomaly model's normal class (None for a classifier)."""
+        info = (self.run.info if self.run else self.bundle.manifest).get("anomaly")
+        return info.get("normal_class") if info else None
+
     def source_run(self) -> Run | None:
         """The run this artifact came from, when it is still on this machine."""
         if self.run:
@@ -93,10 +99,17 @@ class Labelled:
     def labels(self) -> np.ndarray:
         return np.array([y for _, y in self.pairs], dtype=np.int64)
 
-    def for_classes(self, classes: list[str], who: str) -> "Labelled":
-        """The same images with labels re-indexed to `classes` (a model's order)."""
+    def for_classes(self, classes: list[str], who: str, normal: str | None = None) -> "Labelled":
+        """The same images with labels re-indexed to `classes` (a model's order);
+        for an anomaly model (`normal` given), normal (0) / anomalous (1)."""
         if list(classes) == self.classes:
             return self
+        if normal is not None:
+            if normal not in self.classes:
+                raise EdgetuneError(f"{who} was fitted on normal class '{normal}', but the images are labelled {self.classes}. "
+                                    f"Give --data with a '{normal}' class (every other class counts as anomalous).")
+            n = self.classes.index(normal)
+            return Labelled([(p, int(y != n)) for p, y in self.pairs], list(classes), self.name)
         if sorted(classes) != sorted(self.classes):
             raise EdgetuneError(f"{who} predicts classes {classes}, but the images are labelled {self.classes}. Give --data with the classes the model was trained on.")
         index = {c: i for i, c in enumerate(classes)}

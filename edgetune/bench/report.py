@@ -60,6 +60,12 @@ def make_row(result: dict, dataset: str | None, labels: np.ndarray | None = None
     if logits is not None and labels is not None and len(logits) == len(labels):
         m = classification_metrics(labels, logits, art["classes"], full=False)
         row.update(accuracy=m["accuracy"], f1=m["f1"], n_images=m["n"], per_class_recall={c: v["recall"] for c, v in m["per_class"].items()})
+        if art.get("task") == "anomaly":  # F1 of the anomalous class at the threshold, AUROC, false alarms
+            from edgetune.metrics import anomaly_metrics
+            from edgetune.runtime.anomaly import THRESHOLD, logits_scores
+
+            a = anomaly_metrics(np.asarray(labels) == 1, logits_scores(logits), THRESHOLD)
+            row.update(f1=a["f1"], auroc=a["auroc"], aupr=a["aupr"], false_alarm_rate=a["false_alarm_rate"], task="anomaly")
         if reference_logits is not None:
             row["agreement"] = agreement(reference_logits, logits)
     return row
@@ -106,20 +112,37 @@ COLUMNS = [  # header, row -> text
 ]
 
 
+ANOMALY_COLUMNS = [  # replace accuracy for anomaly models
+    ("AUROC", lambda r: _f(r.get("auroc"), ".4f")),
+    ("false alarms", lambda r: _f(r.get("false_alarm_rate"), ".2%")),
+]
+
+
+def columns(rows: list[dict]) -> list:
+    """The table's columns: image AUROC and the false-alarm rate instead of
+    accuracy when the rows are anomaly models (F1 is then the anomalous class's)."""
+    if rows and all(r.get("task") == "anomaly" for r in rows):
+        i = [h for h, _ in COLUMNS].index("accuracy")
+        return COLUMNS[:i] + ANOMALY_COLUMNS + COLUMNS[i + 1:]
+    return COLUMNS
+
+
 def print_table(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
     from edgetune import log
 
     t = Table(title=title)
-    for header, _ in COLUMNS:
+    cols = columns(rows)
+    for header, _ in cols:
         t.add_column(header, justify="left" if header in ("artifact", "stage", "runtime", "prec.", "machine") else "right", overflow="fold")
     for r in rows:
-        t.add_row(*(fn(r) for _, fn in COLUMNS))
+        t.add_row(*(fn(r) for _, fn in cols))
     log.console.print(t)
 
 
 def markdown(rows: list[dict], title: str) -> str:
+    COLUMNS = columns(rows)  # noqa: N806 - the same table as print_table
     lines = [f"### {title}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fn(r).replace("|", "/") for _, fn in COLUMNS) + " |" for r in rows]
     lines += ["", "Latency is the model call alone at batch 1 (p50/p90/p99 over all timed runs, outliers kept); "
@@ -138,14 +161,15 @@ def point_label(r: dict, rows: list[dict]) -> str:
     return label if sum(short(x) == label for x in rows) == 1 else f"{label}\n{r['name']}"
 
 
-def pareto_front(rows: list[dict]) -> list[dict]:
-    """The rows no other row beats on both accuracy and p50 latency, fastest first."""
-    pts = sorted((r for r in rows if r["accuracy"] is not None), key=lambda r: (r["latency_ms_p50"], -r["accuracy"]))
+def pareto_front(rows: list[dict], metric: str = "accuracy") -> list[dict]:
+    """The rows no other row beats on both `metric` (accuracy; an anomaly model's
+    auroc) and p50 latency, fastest first."""
+    pts = sorted((r for r in rows if r.get(metric) is not None), key=lambda r: (r["latency_ms_p50"], -r[metric]))
     front, best = [], -1.0
     for r in pts:
-        if r["accuracy"] > best:
+        if r[metric] > best:
             front.append(r)
-            best = r["accuracy"]
+            best = r[metric]
     return front
 
 
@@ -196,15 +220,16 @@ def plot(rows: list[dict], path: Path, title: str) -> dict:
     from edgetune.runtime.files import atomic_path
 
     rows = [r for r in rows if r["latency_ms_p50"] and r["latency_ms_p50"] > 0]
+    metric = "auroc" if rows and all(r.get("task") == "anomaly" for r in rows) else "accuracy"  # an anomaly model's image AUROC
     fig, ax = plt.subplots(figsize=(9, 6))
     ax.set_xscale("log")
-    front = pareto_front(rows)
+    front = pareto_front(rows, metric)
     if len(front) > 1:
-        ax.step([r["latency_ms_p50"] for r in front], [r["accuracy"] for r in front], where="post", color="tab:green", alpha=0.6,
+        ax.step([r["latency_ms_p50"] for r in front], [r[metric] for r in front], where="post", color="tab:green", alpha=0.6,
                 lw=1.5, label="Pareto front (nothing faster and more accurate)")
     points, labels = [], []
     for r in rows:
-        y = r["accuracy"] if r["accuracy"] is not None else float("nan")
+        y = r[metric] if r.get(metric) is not None else float("nan")
         ax.scatter(r["latency_ms_p50"], y, s=60 if r in front else 36, color="tab:green" if r in front else "tab:blue", zorder=3)
         points.append((r["latency_ms_p50"], y))
         labels.append(point_label(r, rows))
@@ -216,7 +241,7 @@ def plot(rows: list[dict], path: Path, title: str) -> dict:
         pad = max(0.02, (max(accs) - min(accs)) * 0.25)
         ax.set_ylim(min(accs) - pad, min(1.0, max(accs)) + pad)
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("image AUROC" if metric == "auroc" else "accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     if len(front) > 1:

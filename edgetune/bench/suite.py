@@ -151,7 +151,7 @@ def _rows(results: list[tuple[Job, dict]], images: Labelled | None) -> list[dict
     reference = next((r for j, r in results if r["artifact"]["runtime"] == "pytorch" and r["artifact"]["stage"] == "float"), None) \
         or next((r for j, r in results if r["artifact"]["stage"] == "float"), None)
     for job, r in results:
-        labels = images.for_classes(r["artifact"]["classes"], str(job.artifact.path)).labels if images else None
+        labels = images.for_classes(r["artifact"]["classes"], str(job.artifact.path), r["artifact"].get("normal_class")).labels if images else None
         ref_logits = None
         if reference is not None and reference is not r and reference.get("logits") is not None and reference["artifact"]["classes"] == r["artifact"]["classes"]:
             ref_logits = np.asarray(reference["logits"])

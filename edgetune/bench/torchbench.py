@@ -46,13 +46,15 @@ def run_info(run) -> dict:
     from edgetune.models.backbone import create_backbone
     from edgetune.models.stats import count_macs
 
-    # MACs of the (pruned) architecture before quantization wrappers.
-    arch = create_backbone(run.model_name, len(run.classes), pretrained=False, img_size=tuple(run.spec.size))
-    if run.info.get("arch"):
-        from edgetune.compress.shapes import apply_shapes
+    if run.task == "anomaly":
+        macs, params = count_macs(run.build_model(), run.spec.size)
+    else:  # MACs of the (pruned) architecture before quantization wrappers.
+        arch = create_backbone(run.model_name, len(run.classes), pretrained=False, img_size=tuple(run.spec.size))
+        if run.info.get("arch"):
+            from edgetune.compress.shapes import apply_shapes
 
-        apply_shapes(arch, run.info["arch"])
-    macs, params = count_macs(arch, run.spec.size)
+            apply_shapes(arch, run.info["arch"])
+        macs, params = count_macs(arch, run.spec.size)
     return {
         "kind": "run",
         "path": str(run.dir),
@@ -63,6 +65,8 @@ def run_info(run) -> dict:
         "runtime": "pytorch",
         "precision": "fp32",
         "classes": list(run.classes),
+        "task": run.task,
+        "normal_class": (run.info.get("anomaly") or {}).get("normal_class"),
         "size_bytes": (run.dir / "model.pt").stat().st_size,
         "macs": macs,
         "params": params,

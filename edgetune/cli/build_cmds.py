@@ -22,8 +22,12 @@ from edgetune.cli.options import pass_options
 @click.option("--data", default=None, help="Override the images to train on (finetune's --data).")
 @click.option("--model", default=None, help="Override the backbone (finetune's --model).")
 @click.option("--img-size", type=click.IntRange(16, 1024), default=None, help="Override the input size (finetune's --img-size).")
+@click.option("--task", type=click.Choice(["classification", "anomaly"]), default=None,
+              help="Override the task (finetune's --task): anomaly fits PatchCore on --normal images, quantizes it post-training and gates on image AUROC.")
+@click.option("--normal", default=None, metavar="CLASS", help="Override finetune's --normal: the class of good parts (--task anomaly).")
 @click.option("--max-drop", type=click.FloatRange(0), default=None,
-              help="Gate each bundle as `edgetune compare` does: fail (exit 1) when its test accuracy is more than this many points below the float model's.")
+              help="Gate each bundle as `edgetune compare` does: fail (exit 1) when its test accuracy is more than this many points below the float model's "
+                   "(--task anomaly: image AUROC points; anomaly builds are always gated, default 1.0).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="With --max-drop: also fail when the bundle and the float model pick the same class on fewer test images than this.")
 @pass_options
@@ -42,7 +46,7 @@ def build(ctx: click.Context, opts: dict):
     from edgetune.build import BuildRequest, build as run_build
     from edgetune.cli.config import stage_options
 
-    overrides = {k: opts[k] for k in ("data", "model", "img_size") if opts[k] is not None}
+    overrides = {k: opts[k] for k in ("data", "model", "img_size", "task", "normal") if opts[k] is not None}
     options = {stage: stage_options(ctx, stage, **(overrides if stage == "finetune" else {})) for stage in ("finetune", "prune", "quantize", "export")}
     config = (ctx.find_root().obj or {}).get("config") or {}
     run_build(BuildRequest(list(opts["targets"]), opts["out"], options, config, force=opts["force"], max_drop=opts["max_drop"],

@@ -77,7 +77,7 @@ def bench(ctx: click.Context, o: dict):
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @eval_data_option
-@click.option("--max-drop", type=click.FloatRange(0), default=0.5, show_default=True, help="Largest accuracy drop allowed, in points (0.5 = half a percent).")
+@click.option("--max-drop", type=click.FloatRange(0), default=None, help="Largest drop allowed, in points: of accuracy (default 0.5 = half a percent), or of image AUROC for an anomaly model (default 1.0).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Smallest top-1 agreement allowed (fraction).")
 @threads_option
 @click.option("--precision", help="Which artifact of the CANDIDATE bundle: int8, fp16, bf16, fp32 (default: its main one).")

@@ -49,6 +49,23 @@ model_options = _stack(
 )
 
 
+task_option = click.option("--task", type=click.Choice(["classification", "anomaly"]), default="classification", show_default=True,
+                           help="classification: learn the labelled classes. anomaly: fit PatchCore on the --normal class alone and flag "
+                                "whatever differs from it, with a heat map (training options such as --epochs do not apply).")
+normal_option = click.option("--normal", metavar="CLASS", help="--task anomaly: the class of good parts; only its training images are used.")
+
+anomaly_options = _stack(
+    task_option,
+    normal_option,
+    click.option("--coreset", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+                 help="--task anomaly: fraction of the normal images' patch features kept in the memory bank (greedy k-center coreset)."),
+    click.option("--max-bank-mb", type=click.FloatRange(0, min_open=True), default=256.0, show_default=True,
+                 help="--task anomaly: refuse a memory bank larger than this (it ships in every bundle and sets the search cost)."),
+    click.option("--max-false-alarm", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True,
+                 help="--task anomaly, when validation has no labelled anomalies: the threshold lets this share of normal images raise an alarm."),
+)
+
+
 def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 1.0, weight_decay: float = 0.05, inherit_augment: bool = False):
     """The training loop's options; each command that trains sets its own defaults.
     `inherit_augment`: no default augmentation; the stage trains with its input run's."""

@@ -6,17 +6,24 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.options import data_options, model_options, out_option, pass_options, record, run_argument, train_options
+from edgetune.cli.options import anomaly_options, data_options, model_options, out_option, pass_options, record, run_argument, train_options
 
 
 @click.command()
 @data_options
 @model_options
+@anomaly_options
 @train_options(epochs=10, lr=1e-3)
 @out_option(help="Run directory to write (model, split, preprocessing, metrics).")
 @pass_options
 def finetune(ctx: click.Context, opts: dict):
-    """Fine-tune a pretrained timm backbone on labelled images."""
+    """Fine-tune a pretrained timm backbone on labelled images, or (--task anomaly)
+    fit an anomaly detector on the images of good parts alone."""
+    if opts["task"] == "anomaly":
+        from edgetune.stages.anomaly import run_fit
+
+        run_fit(opts, record(ctx))
+        return
     from edgetune.stages.finetune import run_finetune
 
     run_finetune(opts, record(ctx))

@@ -109,11 +109,23 @@ class PatchCore(nn.Module):
         super().__init__()
         self.embedder = embedder
         self.size, self.grid = tuple(size), tuple(grid)
-        self.register_buffer("bank_t", bank.t().contiguous())  # (D, M): the MatMul's right-hand side
-        self.register_buffer("bank_sq", (bank * bank).sum(1))  # (M,)
+        self.register_buffer("bank_mean", torch.zeros(bank.shape[1]))
+        self.register_buffer("bank_t", torch.zeros(bank.shape[1], bank.shape[0]))  # (D, M): the MatMul's right-hand side
+        self.register_buffer("bank_sq", torch.zeros(bank.shape[0]))  # (M,)
+        self.set_bank(bank)
         k = gaussian_kernel(map_sigma(self.size))
         self.register_buffer("blur_h", k.view(1, 1, 1, -1))
         self.register_buffer("blur_v", k.view(1, 1, -1, 1))
+
+    def set_bank(self, bank: torch.Tensor) -> None:
+        """Store the bank centred on its mean (the test embeddings are centred
+        alike): distances are unchanged, but the squared norms in
+        ||a||^2 - 2ab + ||b||^2 shrink, which keeps its cancellation harmless
+        where a runtime computes it in FP16/BF16 (TensorRT, OpenVINO on AMX)."""
+        bank = bank.float()
+        mean = bank.mean(0)
+        centred = bank - mean
+        self.bank_mean, self.bank_t, self.bank_sq = mean, centred.t().contiguous(), (centred * centred).sum(1)
 
     @property
     def bank_rows(self) -> int:
@@ -121,7 +133,7 @@ class PatchCore(nn.Module):
 
     def patch_scores(self, emb: torch.Tensor) -> torch.Tensor:
         """(N, D, h, w) embeddings -> (N, h*w) distances to the nearest bank row."""
-        a = emb.flatten(2).transpose(1, 2)  # (N, h*w, D)
+        a = emb.flatten(2).transpose(1, 2) - self.bank_mean  # (N, h*w, D), centred as the bank
         d2 = (a * a).sum(-1, keepdim=True) - 2 * torch.matmul(a, self.bank_t) + self.bank_sq
         return d2.amin(-1).clamp_min(0).sqrt()
 
@@ -171,3 +183,19 @@ def build_patchcore(name: str, size: tuple[int, int], pretrained: bool = True, w
     if bank is None:
         bank = torch.zeros(1, probe.shape[1])
     return PatchCore(embedder, bank, size, tuple(probe.shape[-2:])).eval()
+
+
+class PatchCoreLogits(nn.Module):
+    """PatchCore as the two-class logits the runtime's `AnomalySession.run` gives
+    (normal, anomalous): what classifier-shaped consumers (compare, verify, bench)
+    run as the PyTorch reference."""
+
+    def __init__(self, model: PatchCore, center: float, scale: float):
+        super().__init__()
+        self.model, self.center, self.scale = model, float(center), float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from edgetune.runtime.anomaly import LOGIT_SCALE, THRESHOLD
+
+        s = 0.5 + (self.model(x)[0] - self.center) / self.scale
+        return torch.stack([torch.zeros_like(s), LOGIT_SCALE * (s - THRESHOLD)], 1)

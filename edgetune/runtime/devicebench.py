@@ -257,6 +257,8 @@ def bundle_info(bundle, precision: str | None = None, runtime: str | None = None
         "runtime": runtime or art.get("runtime", bundle.runtime),
         "precision": art.get("precision", precision or bundle.precision),
         "classes": list(bundle.classes),
+        "task": bundle.task,
+        "normal_class": (m.get("anomaly") or {}).get("normal_class"),
         "size_bytes": bundle.artifact_size(precision),
         "macs": model.get("macs"),
         "params": model.get("params"),

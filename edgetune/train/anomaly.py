@@ -32,7 +32,7 @@ def normal_index(classes: list[str], normal: str | None, source: str) -> int:
     return classes.index(normal)
 
 
-def anomalous_labels(pairs: list[tuple[str, int]], normal: int) -> np.ndarray:
+def anomalous_labels(pairs: list[tuple[str, int]], normal: int = 0) -> np.ndarray:
     return np.array([y != normal for _, y in pairs], dtype=bool)
 
 
@@ -91,35 +91,33 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
 
         idx = greedy_coreset(patches, rows, seed, step)
         advance(rows - last[0])
-    bank = patches[idx].contiguous()
-    model.bank_t = bank.t().contiguous()
-    model.bank_sq = (bank * bank).sum(1)
+    model.set_bank(patches[idx])
     return {"rows": rows, "dim": dim, "size_mb": round(size_mb, 3), "patches": int(len(patches)), "images": n, "grid": [h, w],
             "coreset": coreset, "coreset_seconds": round(time.time() - started, 1)}
 
 
-def calibrate(model, split, spec, normal: int, max_false_alarm: float, batch_size: int) -> tuple[Normalisation, dict]:
-    """Threshold + normalisation from the validation split's raw scores."""
+def calibrate(model, split, spec, normal_class: str, max_false_alarm: float, batch_size: int) -> tuple[Normalisation, dict]:
+    """Threshold + normalisation from the (binary) validation split's raw scores."""
     from edgetune.metrics import anomaly_threshold
 
     val = split.parts["val"]
-    y = anomalous_labels(val, normal)
+    y = anomalous_labels(val)
     if (~y).sum() == 0:
-        raise EdgetuneError(f"The validation split holds no '{split.classes[normal]}' images to set the threshold on; give more data or a larger --val-frac.")
+        raise EdgetuneError(f"The validation split holds no '{normal_class}' images to set the threshold on; give more data or a larger --val-frac.")
     if not 0 < max_false_alarm < 1:
         raise EdgetuneError(f"--max-false-alarm {max_false_alarm}: give the share of normal images allowed to raise an alarm, in (0, 1) (0.01 = 1%).")
     scores, _ = score_images(model, [p for p, _ in val], spec, batch_size, "validation scores")
     threshold, rule = anomaly_threshold(y, scores, max_false_alarm)
-    norm = Normalisation.from_scores(threshold, scores, spec.size, rule, split.classes[normal])
+    norm = Normalisation.from_scores(threshold, scores, spec.size, rule, normal_class)
     return norm, {"val_scores_raw": {"min": float(scores.min()), "max": float(scores.max())}}
 
 
-def evaluate_split(model, split, spec, normal: int, norm: Normalisation, part: str = "test", batch_size: int = 16) -> dict:
+def evaluate_split(model, split, spec, norm: Normalisation, part: str = "test", batch_size: int = 16) -> dict:
     from edgetune.metrics import anomaly_metrics
 
     pairs = split.parts[part]
     scores, _ = score_images(model, [p for p, _ in pairs], spec, batch_size, f"{part} scores")
-    return anomaly_metrics(anomalous_labels(pairs, normal), norm.apply(scores))
+    return anomaly_metrics(anomalous_labels(pairs), norm.apply(scores))
 
 
 def run_fit(opts: dict, config_record: dict) -> Path:
@@ -137,24 +135,26 @@ def run_fit(opts: dict, config_record: dict) -> Path:
     indices = feature_indices(opts["model"])  # a ViT is refused before any data is read
     split = split_for(opts, out)
     normal = normal_index(split.classes, opts.get("normal"), opts["data"])
-    train = [p for p, y in split.parts["train"] if y == normal]
+    source_classes, normal_class = split.classes, split.classes[normal]
+    split = binary_split(split, normal)
+    train = [p for p, y in split.parts["train"] if y == 0]
     if len(train) < MIN_NORMAL:
-        raise EdgetuneError(f"--normal {split.classes[normal]}: the train split holds only {len(train)} image(s) of that class; PatchCore needs at "
+        raise EdgetuneError(f"--normal {normal_class}: the train split holds only {len(train)} image(s) of that class; PatchCore needs at "
                             f"least {MIN_NORMAL} normal images to fit on (hundreds are better). Add images of good parts.")
     torch.manual_seed(opts["seed"])
     import timm
 
     spec = resolve_preprocess(timm.create_model(opts["model"], pretrained=False), opts.get("img_size"))
     model = build_patchcore(opts["model"], tuple(spec.size), opts["pretrained"], opts.get("weights"), indices=indices)
-    logger.info("Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.", len(train), split.classes[normal], opts["model"],
+    logger.info("Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.", len(train), normal_class, opts["model"],
                 *spec.size, opts["coreset"])
     bank = fit_bank(model, train, spec, float(opts["coreset"]), float(opts["max_bank_mb"]), int(opts["seed"]), int(opts["batch_size"]))
-    norm, val_info = calibrate(model, split, spec, normal, float(opts["max_false_alarm"]), int(opts["batch_size"]))
-    test = evaluate_split(model, split, spec, normal, norm, "test", int(opts["batch_size"]))
+    norm, val_info = calibrate(model, split, spec, normal_class, float(opts["max_false_alarm"]), int(opts["batch_size"]))
+    test = evaluate_split(model, split, spec, norm, "test", int(opts["batch_size"]))
     save_atomic(model.state_dict(), out / "model.pt")
     metrics = {"test": test, "bank": bank, "threshold": norm.to_dict(), **val_info, "fit_seconds": round(time.time() - started, 1)}
     record = stage_record("fit", config_record, sha256_json(split.to_dict()), metrics, started)
-    anomaly = {**norm.to_dict(), "normal_index": normal, "feature_indices": indices, "bank": bank, "classes": CLASSES}
+    anomaly = {**norm.to_dict(), "source_classes": source_classes, "feature_indices": indices, "bank": bank}
     write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record], config=config_record,
               task=TASK, anomaly=anomaly, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
     auroc = test.get("auroc")
@@ -178,3 +178,19 @@ def load_patchcore(run):
 
 def run_norm(run) -> Normalisation:
     return Normalisation.from_dict(run.info["anomaly"])
+
+
+def load_patchcore_logits(run):
+    from edgetune.models.patchcore import PatchCoreLogits
+
+    norm = run_norm(run)
+    return PatchCoreLogits(load_patchcore(run), norm.center, norm.scale).eval()
+
+
+def binary_split(split, normal: int):
+    """The split relabelled normal (0) / anomalous (1): the same images, so the
+    test split holds both kinds, seeded and stratified by the source's classes."""
+    import dataclasses
+
+    return dataclasses.replace(split, classes=list(CLASSES), parts={k: [(p, int(y != normal)) for p, y in v] for k, v in split.parts.items()},
+                               soft={})
