@@ -49,6 +49,7 @@ class InferOptions:
     loop: bool = False
     queue_size: int = 8
     backoff: tuple[float, float] = (0.5, 10.0)
+    save_anomalies: str | None = None  # anomaly bundles: keep each flagged frame and its heat map here
 
 
 class _Signals:
@@ -126,12 +127,17 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
                 if opts.rois and checked_size != (w, h):
                     check_rois(opts.rois, w, h, frame.source)
                     checked_size = (w, h)
-                labels, latencies = [], []
+                labels, latencies, heat = [], [], []
                 for j, roi in enumerate(opts.rois or [None]):
-                    probs, ms = _classify(session, frame, j, roi)
+                    probs, ms, found = _classify(session, frame, j, roi)
                     k = int(probs.argmax())
                     record = {"time": frame.time, "frame": frame.index, "source": frame.source, "roi": roi.name if roi else None,
                               "class": classes[k], "score": round(float(probs[k]), 4), "latency_ms": round(ms, 3), "alarm": None}
+                    if found is not None:  # an anomaly bundle: its normalised score (0.5 = threshold), not a probability
+                        record.update(score=round(found["score"], 4), anomalous=found["anomalous"])
+                        heat.append((roi, found["map"]))
+                        if found["anomalous"] and opts.save_anomalies:
+                            record["saved"] = save_anomaly(opts.save_anomalies, frame, roi, found["map"])
                     fired = alarms.check(probs, record)
                     writer.write(record)
                     labels.append((roi, record["class"], record["score"], bool(fired)))
@@ -140,7 +146,7 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
                 stats.alarms = alarms.count
                 fps = rate.tick()
                 if video or display:
-                    annotated = draw(frame.image, labels, fps)
+                    annotated = draw(overlay_maps(frame.image, heat), labels, fps)
                     if video:
                         video.write(annotated)
                     if display:
@@ -203,10 +209,17 @@ def _prepare_in_capture(session, rois: list[Roi]):
     return prepare
 
 
-def _classify(session, frame, j: int, roi: Roi | None) -> tuple[np.ndarray, float]:
-    """Class probabilities of a frame (or its j-th ROI) and the ms it took, counting
-    preprocessing done in the capture thread."""
+def _classify(session, frame, j: int, roi: Roi | None) -> tuple[np.ndarray, float, dict | None]:
+    """Class probabilities of a frame (or its j-th ROI), the ms it took (counting
+    preprocessing done in the capture thread), and for an anomaly bundle its
+    {score, anomalous, map}: then the "probabilities" are (1 - score, score), so
+    `--alarm anomalous:T` compares the normalised score itself with T."""
     t0 = time.perf_counter()
+    if hasattr(session, "detect_frames"):
+        out = session.detect_frames([roi.crop(frame.image) if roi else frame.image])
+        ms = (time.perf_counter() - t0) * 1000.0
+        score = float(out["score"][0])
+        return np.array([1.0 - score, score]), ms, {"score": score, "anomalous": bool(out["anomalous"][0]), "map": out["map"][0]}
     if frame.inputs is not None:
         x, prepare_ms = frame.inputs[j]
         logits = session.run(x)
@@ -214,7 +227,42 @@ def _classify(session, frame, j: int, roi: Roi | None) -> tuple[np.ndarray, floa
         prepare_ms = 0.0
         logits = session.run_frames([roi.crop(frame.image) if roi else frame.image])
     ms = (time.perf_counter() - t0) * 1000.0 + prepare_ms
-    return softmax(np.asarray(logits, dtype=np.float64).reshape(1, -1))[0], ms
+    return softmax(np.asarray(logits, dtype=np.float64).reshape(1, -1))[0], ms, None
+
+
+def overlay_maps(image: np.ndarray, heat: list) -> np.ndarray:
+    """Each anomaly heat map laid over its ROI (or the whole frame)."""
+    if not heat:
+        return image
+    from edgetune.runtime.anomaly import heat_overlay
+
+    out = image.copy()
+    for roi, m in heat:
+        if roi is None:
+            out = heat_overlay(out, m)
+        else:
+            out[roi.y:roi.y + roi.h, roi.x:roi.x + roi.w] = heat_overlay(roi.crop(out), m)
+    return out
+
+
+def save_anomaly(folder: str, frame, roi: Roi | None, heat: np.ndarray) -> str:
+    """FOLDER/frame-NNNNNN[-ROI].png (the frame or ROI as captured) and ...-map.png
+    (with its heat map), written atomically; returns the first's path."""
+    from pathlib import Path
+
+    import cv2
+
+    from edgetune.runtime.anomaly import heat_overlay
+    from edgetune.runtime.files import write_bytes
+
+    image = roi.crop(frame.image) if roi else frame.image
+    stem = Path(folder) / f"frame-{frame.index:06d}{'-' + roi.name if roi else ''}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for path, img in ((stem.with_name(stem.name + ".png"), image), (stem.with_name(stem.name + "-map.png"), heat_overlay(image, heat))):
+        ok, data = cv2.imencode(".png", img)
+        if ok:
+            write_bytes(path, data.tobytes())
+    return str(stem.with_name(stem.name + ".png"))
 
 
 def _status(stats: Stats, buffer: FrameBuffer, capture: Capture) -> None:

@@ -63,10 +63,13 @@ class AlarmType(click.ParamType):
 @click.option("--threads", type=click.IntRange(1), help="Inference threads (default: the runtime's).")
 @click.option("--precision", help="Ask the bundle's runtime for another precision where it has one (e.g. fp16 on TensorRT).")
 @click.option("--queue-size", type=click.IntRange(1), default=8, show_default=True, help="Frames buffered between capture and inference in --mode every.")
+@click.option("--save-anomalies", type=click.Path(file_okay=False), help="Anomaly bundles: keep each flagged frame (or ROI) and a copy with its heat map in this folder, for review.")
 def infer(bundle: Path, **o):
     """Classify frames from a camera, stream, video or image folder with BUNDLE.
 
     One record per frame (and ROI): time, frame index, source, class, score, latency.
+    An anomaly bundle's records hold its normalised score (0.5 = the threshold) and
+    `anomalous`; `--alarm anomalous:0.5` fires on the flag, --video shows the heat map.
     Stop with Ctrl-C or SIGTERM: the outputs are flushed and the summary written.
 
     \b
@@ -85,12 +88,14 @@ def infer(bundle: Path, **o):
         summary = Path(out).with_name(Path(out).stem + ".summary.json")
     b = load_bundle(bundle)
     session = b.open(threads=o["threads"], precision=o["precision"])
+    if o["save_anomalies"] and b.task != "anomaly":
+        raise EdgetuneError(f"--save-anomalies keeps the frames an anomaly bundle flags; {bundle} is a {b.task} bundle.")
     opts = InferOptions(
         source=str(o["source"]), mode=o["mode"], width=o["width"], height=o["height"], fps=o["fps"],
         rois=[r for group in o["roi"] for r in group], alarms=list(o["alarm"]), alarm_frames=o["alarm_frames"],
         on_alarm=o["on_alarm"], webhook=webhook, out=out, format=o["format"], video=o["video"], show=o["show"],
         status_every=o["status_every"], summary=str(summary) if summary else None, max_frames=o["max_frames"],
-        loop=o["loop"], queue_size=o["queue_size"],
+        loop=o["loop"], queue_size=o["queue_size"], save_anomalies=o["save_anomalies"],
     )
     result = run_inference(session, list(b.classes), opts, extra={"bundle": str(bundle), "target": b.target})
     print_summary(result)

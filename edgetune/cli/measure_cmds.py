@@ -118,6 +118,9 @@ def verify(ctx: click.Context, bundle: Path, images: Path, run_dir, precision, m
     from edgetune.verify import verify_bundle
 
     result = verify_bundle(bundle, images, run_dir, min_agreement, max_diff, precision, json_file)
+    if not result.passed and result.spearman is not None:
+        raise EdgetuneError(f"Parity check failed: the anomalous flags agree on {result.agreement:.2%} of the images (minimum {result.min_agreement:.2%}). "
+                            "Check the preprocessing first; the float artifact (--precision fp32) must match to rounding.", exit_code=1)
     if not result.passed:
         raise EdgetuneError(f"Parity check failed: agreement {result.agreement:.2%} (minimum {result.min_agreement:.2%}), largest logit difference "
                             f"{result.max_rel_diff:.2%} of the largest logit (limit {result.max_diff:.2%}). Check the preprocessing first.", exit_code=1)

@@ -25,6 +25,9 @@ def _num(v, unit: str = "") -> str:
 def _headline(metrics: dict) -> str:
     test = metrics.get("test") or {}
     parts = [f"accuracy {_pct(test.get('accuracy'))}", f"F1 {_pct(test.get('f1'))}"] if test else []
+    if "auroc" in test:  # an anomaly model: F1 of the anomalous class at the threshold
+        parts = [f"image AUROC {test['auroc']:.4f}" if test["auroc"] is not None else "image AUROC -", f"F1 {_pct(test.get('f1'))}",
+                 f"false alarms {_pct(test.get('false_alarm_rate'))}"]
     if "latency_ms_p50" in metrics:
         parts.append(f"{metrics['latency_ms_p50']:.2f} ms p50")
     return ", ".join(parts) or "-"
@@ -40,6 +43,12 @@ def describe(bundle: Bundle, console: Console) -> None:
     console.print(f"model {model.get('backbone', '?')} ({model.get('stage', '?')}{', pruned' if model.get('pruned') else ''}), "
                   f"{_num(model.get('macs'))} MACs, {_num(model.get('params'))} parameters; built by edgetune {m.get('edgetune')} on {m.get('created', '?')}")
     console.print(f"classes ({len(m['classes'])}): {', '.join(m['classes'])}")
+    if m.get("task") == "anomaly":
+        a = m.get("anomaly") or {}
+        console.print(f"task anomaly (PatchCore, fitted on '{a.get('normal_class')}'): outputs score (N) and map {a.get('map_size')}; flag when the "
+                      f"normalised score > {a.get('threshold')} (raw threshold {a.get('threshold_raw', float('nan')):.5g}: {a.get('rule')}; "
+                      f"{a.get('normalisation')}, center {a.get('center', float('nan')):.5g}, scale {a.get('scale', float('nan')):.5g}); "
+                      f"memory bank {(a.get('bank') or {}).get('rows')} x {(a.get('bank') or {}).get('dim')}")
     console.print(f"input {inp.get('name', '?')} {inp.get('shape')} {inp.get('layout', 'NCHW')} {inp.get('dtype', 'float32')}; "
                   f"preprocessing: resize whole frame to {spec['size'][0]}x{spec['size'][1]} ({spec.get('interpolation')}), "
                   f"{spec.get('channel_order', 'RGB')}, /255, mean {[round(x, 4) for x in spec['mean']]}, std {[round(x, 4) for x in spec['std']]}")
