@@ -23,6 +23,7 @@ class CompileInput:
     spec: PreprocessSpec
     input_name: str
     input_shape: list  # [N, 3, H, W]; N None when any batch works
+    task: str = "classification"  # "anomaly": outputs score and map (raw nearest-neighbour distances)
 
     def onnx_for(self, precision: str) -> Path:
         """int8 compiles from the Q/DQ model; fp16 and fp32 from the float one."""

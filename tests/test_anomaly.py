@@ -1,0 +1,207 @@
+"""--task anomaly: PatchCore fitted on generated good textures (noise on a regular
+grid), tested on the same textures with scratches and blobs; bundles for cpu,
+intel and jetson; the runtime's score, map and flag; infer; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import run_cli
+
+SIZE = 64
+MODEL = ["--model", "test_resnet", "--no-pretrained", "--img-size", str(SIZE)]
+
+
+def texture(rng, size: int = SIZE) -> np.ndarray:
+    img = rng.normal(128, 12, (size, size)).astype(np.float32)
+    off = int(rng.integers(0, 8))
+    img[:, off::8] -= 50
+    img[off::8, :] -= 50
+    return img
+
+
+def draw_defect(rng, img: np.ndarray) -> np.ndarray:
+    """A bright scratch or blob; returns its mask."""
+    mask = np.zeros(img.shape, np.uint8)
+    if rng.random() < 0.5:
+        x0, y0 = (int(v) for v in rng.integers(8, SIZE - 24, 2))
+        angle, length = rng.uniform(0, np.pi), int(rng.integers(12, 20))
+        end = (int(x0 + length * np.cos(angle)), int(y0 + length * np.sin(angle)))
+        for target, value in ((img, 255), (mask, 1)):
+            cv2.line(target, (x0, y0), end, value, 2)
+    else:
+        centre, radius = tuple(int(v) for v in rng.integers(12, SIZE - 12, 2)), int(rng.integers(4, 7))
+        for target, value in ((img, 230), (mask, 1)):
+            cv2.circle(target, centre, radius, value, -1)
+    return mask
+
+
+def make_textures(root: Path, n_good: int = 60, n_bad: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """root/good, root/bad; returns each defect's mask by resolved path."""
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for cls, n in (("good", n_good), ("bad", n_bad)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = texture(rng)
+            path = root / cls / f"{cls}_{i:03d}.png"
+            if cls == "bad":
+                masks[str(path.resolve())] = draw_defect(rng, img)
+            cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
+    return masks
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anomaly") / "textures"
+    return root, make_textures(root)
+
+
+@pytest.fixture(scope="module")
+def anomaly_build(tmp_path_factory, textures) -> Path:
+    """One build for every target, from fit to gate (the gate runs by default)."""
+    data, _ = textures
+    out = tmp_path_factory.mktemp("anomaly-build")
+    cfg = out / "config.yaml"
+    cfg.write_text(f"task: anomaly\nnormal: good\ndata: {data}\nmodel: test_resnet\npretrained: false\nimg-size: {SIZE}\n"
+                   "val-frac: 0.2\ntest-frac: 0.3\n")
+    run_cli("--config", cfg, "build", "--target", "cpu", "--target", "intel", "--target", "jetson", "--out", out, timeout=900)
+    return out
+
+
+@pytest.mark.slow
+def test_fit_separates_textures_and_locates_defects(anomaly_build, textures):
+    from edgetune.run import load_run
+    from edgetune.train.anomaly import load_patchcore, run_norm, score_images
+
+    run = load_run(anomaly_build / "finetune")
+    assert run.task == "anomaly" and run.classes == ["normal", "anomalous"]
+    fit = run.info["history"][-1]["metrics"]
+    assert fit["test"]["auroc"] >= 0.9, fit["test"]
+    assert 0 < fit["bank"]["rows"] <= 0.1 * fit["bank"]["patches"] + 1
+    # Only normal training images were fitted on: 60% of the split's train part holds the 'bad' class too.
+    assert fit["bank"]["images"] == sum(1 for _, y in run.split.parts["train"] if y == 0)
+
+    _, masks = textures
+    bad = [p for p, y in run.split.parts["test"] if y == 1]
+    raw, maps = score_images(load_patchcore(run), bad, run.spec)
+    assert (run_norm(run).apply(raw) > 0.5).mean() >= 0.8
+    inside = 0
+    for path, heat in zip(bad, maps):
+        y, x = np.unravel_index(np.argmax(heat), heat.shape)
+        ys, xs = np.nonzero(masks[path])
+        # Inside the drawn defect's box, give or take half a patch (the stride-8 grid's 4 px at 64 px):
+        # a 2 px scratch is thinner than one patch. Far from it is anywhere else on the 64 px image.
+        inside += bool(ys.min() - 4 <= y <= ys.max() + 4 and xs.min() - 4 <= x <= xs.max() + 4)
+    assert inside == len(bad), f"the heat map's peak lies on the defect in {inside} of {len(bad)} images"
+
+
+@pytest.mark.slow
+def test_bundles_for_every_target(anomaly_build):
+    import onnx
+
+    from edgetune.export.checks import ort_session
+    from edgetune.targets.jetson import tensorrt_problems
+
+    gates = {t: json.loads((anomaly_build / f"gate-{t}.json").read_text()) for t in ("cpu", "intel", "jetson")}
+    assert all(g["passed"] and g["metric"] == "auroc" for g in gates.values()), gates
+    for target in ("cpu", "intel", "jetson"):
+        m = json.loads((anomaly_build / f"bundle-{target}" / "manifest.json").read_text())
+        assert m["task"] == "anomaly" and m["classes"] == ["normal", "anomalous"] and m["precision"] == "int8"
+        a = m["anomaly"]
+        assert a["threshold"] == 0.5 and a["map_size"] == [SIZE, SIZE] and a["center"] == a["threshold_raw"] and a["scale"] > 0
+        assert a["normal_class"] == "good" and "F1-optimal" in a["rule"]
+        assert m["metrics"]["test"]["auroc"] >= 0.9 and m["calibration"]["count"] > 0
+    jetson = anomaly_build / "bundle-jetson"
+    problems, notes = tensorrt_problems(onnx.load(str(jetson / "model.int8.onnx")))
+    assert problems == [] and any("MatMul" in n for n in notes)  # the bank's MatMul stays FP16 on TensorRT
+    sess = ort_session(jetson / "model.int8.onnx")
+    x = np.zeros((3, 3, SIZE, SIZE), np.float32)
+    score, heat = sess.run(["score", "map"], {"input": x})  # dynamic batch, the two outputs by name
+    assert score.shape == (3,) and heat.shape == (3, SIZE, SIZE)
+    ops = {n.op_type for n in onnx.load(str(jetson / "model.int8.onnx")).graph.node}
+    assert {"MatMul", "ReduceMin", "ReduceMax", "QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.slow
+def test_int8_runtimes_agree_with_pytorch(anomaly_build):
+    """The export stage checked ONNX Runtime against the NNCF-quantized PyTorch model
+    (score ranks); OpenVINO (intel bundle) and ONNX Runtime with uint8 activations
+    (cpu bundle) rank the test images as ONNX Runtime does on the jetson file."""
+    from scipy.stats import spearmanr
+
+    from edgetune.run import load_run
+    from edgetune.runtime.bundle import load_bundle
+    from edgetune.runtime.preprocess import preprocess, read_image
+
+    for tag in ("int8", "int8-uint8"):
+        checks = json.loads((anomaly_build / "stages" / f"export-{tag}.json").read_text())["output"]["info"]["checks"]
+        assert checks["spearman"] >= 0.99 and checks["images"] >= 20, checks
+    run = load_run(anomaly_build / "finetune")
+    paths = [p for p, _ in run.split.parts["test"] + run.split.parts["val"]]
+    x = preprocess([read_image(p) for p in paths], run.spec)
+    ref = load_bundle(anomaly_build / "bundle-jetson").open(runtime="onnxruntime").detect(x)["score"]
+    for target in ("cpu", "intel"):
+        session = load_bundle(anomaly_build / f"bundle-{target}").open()
+        out = session.detect(x)
+        assert out["map"].shape == (len(paths), SIZE, SIZE) and out["anomalous"].dtype == bool
+        rho = spearmanr(ref, out["score"]).statistic
+        assert rho >= 0.99, f"{target}: Spearman {rho:.4f}"
+        frames = session.detect_frames([read_image(p) for p in paths[:4]])  # the device path from uint8 BGR frames
+        assert np.allclose(frames["score"], out["score"][:4], atol=0.02)
+
+
+@pytest.mark.slow
+def test_infer_folder_records_scores_and_alarms(anomaly_build, textures, tmp_path):
+    data, masks = textures
+    folder = tmp_path / "line"
+    folder.mkdir()
+    bad = sorted(masks)[:4]
+    good = sorted(str(p) for p in (data / "good").glob("*.png"))[-6:]
+    for i, p in enumerate(good[:3] + bad + good[3:]):  # normal, 4 anomalies, normal
+        (folder / f"{i:02d}.png").write_bytes(Path(p).read_bytes())
+    out = tmp_path / "records.jsonl"
+    run_cli("infer", anomaly_build / "bundle-cpu", "--source", folder, "--alarm", "anomalous:0.5", "--alarm-frames", "1", "--out", out,
+            "--save-anomalies", tmp_path / "flagged", "--video", tmp_path / "line.mp4", "--status-every", "0")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 10 and all(isinstance(r["score"], float) and isinstance(r["anomalous"], bool) for r in records)
+    assert [r["anomalous"] for r in records[3:7]] == [True] * 4
+    fired = [r["frame"] for r in records if r["alarm"]]
+    assert fired and all(3 <= f < 7 for f in fired)  # alarms fire on the anomalies, not on the normal parts
+    saved = sorted(p.name for p in (tmp_path / "flagged").iterdir())
+    assert "frame-000003.png" in saved and "frame-000003-map.png" in saved
+    assert (tmp_path / "line.mp4").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_evaluate_writes_histogram_and_gallery(anomaly_build):
+    proc = run_cli("evaluate", anomaly_build / "finetune")
+    assert "image AUROC" in proc.stderr + proc.stdout
+    m = json.loads((anomaly_build / "finetune" / "eval_test.json").read_text())
+    assert m["auroc"] >= 0.9 and m["false_alarm_rate"] is not None
+    assert Path(m["files"]["histogram"]).stat().st_size > 0 and Path(m["files"]["gallery"]).stat().st_size > 0
+
+
+def test_bad_input(textures, tmp_path):
+    from edgetune.errors import EdgetuneError
+    from edgetune.train.anomaly import run_fit
+
+    data, _ = textures
+    proc = run_cli("finetune", "--task", "anomaly", "--data", data, *MODEL, "--normal", "pristine", "--out", tmp_path / "a", check=False)
+    assert proc.returncode == 2 and "--normal pristine: no such class" in proc.stderr and "bad, good" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    opts = {"data": str(data), "model": "test_resnet", "pretrained": False, "img_size": SIZE, "normal": "good", "seed": 0, "skip_bad": False,
+            "val_frac": 0.15, "test_frac": 0.25}
+    with pytest.raises(EdgetuneError, match=r"over --max-bank-mb 0.01\. Lower --coreset .* or --img-size"):
+        run_fit({**opts, "max_bank_mb": 0.01, "out": tmp_path / "b"}, {})
+    few = tmp_path / "few"
+    make_textures(few, n_good=12, n_bad=12)
+    with pytest.raises(EdgetuneError, match=r"only 7 image\(s\) of that class; PatchCore needs at least 10"):
+        run_fit({**opts, "data": str(few), "out": tmp_path / "c"}, {})
+    with pytest.raises(EdgetuneError, match="ViTs are refused"):
+        run_fit({**opts, "model": "test_vit", "out": tmp_path / "d"}, {})
