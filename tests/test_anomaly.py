@@ -105,7 +105,7 @@ def test_bundles_for_every_target(anomaly_build):
     import onnx
 
     from edgetune.export.checks import ort_session
-    from edgetune.targets.jetson import tensorrt_problems
+    from edgetune.export.checks import tensorrt_problems
 
     gates = {t: json.loads((anomaly_build / f"gate-{t}.json").read_text()) for t in ("cpu", "intel", "jetson")}
     assert all(g["passed"] and g["metric"] == "auroc" for g in gates.values()), gates
@@ -188,7 +188,7 @@ def test_evaluate_writes_histogram_and_gallery(anomaly_build):
 
 def test_bad_input(textures, tmp_path):
     from edgetune.errors import EdgetuneError
-    from edgetune.train.anomaly import run_fit
+    from edgetune.stages.anomaly import run_fit
 
     data, _ = textures
     proc = run_cli("finetune", "--task", "anomaly", "--data", data, *MODEL, "--normal", "pristine", "--out", tmp_path / "a", check=False)

@@ -66,7 +66,8 @@ def build(req: BuildRequest) -> dict[str, Path]:
         plugins[p.name].check_profile()
     out = Path(req.out).resolve()
     given = runs_from(Path(req.start), quantize_overrides(profiles, req.config), req.overrides) if req.start else {}
-    stages = plan(req.options, req.config, profiles, plugins, tuple(given))
+    task = task_of(req)
+    stages = plan(req.options, req.config, profiles, plugins, tuple(given), task)
     # Under torchrun the training stages run on every rank, the others on rank 0 alone.
     finetune = req.options.get("finetune")
     distributed.setup((finetune.values.get("device") if finetune else None) or "auto")
@@ -80,10 +81,20 @@ def build(req: BuildRequest) -> dict[str, Path]:
         results[stage.name] = cache.run(stage, [results[name] for name in stage.inputs])
     bundles = {p.name: out / results[f"compile-{p.name}"].output["bundle"] for p in profiles}
     summary(bundles, time.time() - started)
-    if req.max_drop is not None:
+    max_drop = 1.0 if task == "anomaly" and req.max_drop is None else req.max_drop  # INT8 anomaly models are always gated
+    if max_drop is not None:
         reference = out / (results.get("prune") or results["finetune"]).output["run_dir"]
-        gate_bundles(out, bundles, reference, req.max_drop, req.min_agreement)
+        gate_bundles(out, bundles, reference, max_drop, req.min_agreement)
     return bundles
+
+
+def task_of(req: BuildRequest) -> str:
+    """classification or anomaly: the --from run's own, else finetune's --task."""
+    if req.start:
+        from edgetune.run import load_run
+
+        return load_run(req.start).task
+    return req.options["finetune"].values.get("task") or "classification"
 
 
 def runs_from(path: Path, quant_in: dict, overrides: dict) -> dict[str, Result]:
@@ -149,13 +160,14 @@ def summary(bundles: dict[str, Path], seconds: float) -> None:
     from edgetune.runtime.bundle import load_bundle
 
     table = Table(title=f"Build finished in {seconds / 60:.1f} min", title_justify="left")
-    for col in ("target", "precision", "test accuracy", "F1", "latency p50 (this machine)", "via"):
+    for col in ("target", "precision", "test accuracy", "F1", "AUROC", "latency p50 (this machine)", "via"):
         table.add_column(col)
     metrics = {name: load_bundle(path).metrics for name, path in bundles.items()}
     for name, path in bundles.items():
         m = metrics[name]
+        auroc = m["test"].get("auroc", m["test"].get("roc_auc"))  # an anomaly model's image AUROC; F1 is then the anomalous class's
         table.add_row(name, load_bundle(path, verify=False).precision, f"{m['test']['accuracy']:.4f}", f"{m['test']['f1']:.4f}",
-                      f"{m['latency_ms_p50']:.2f} ms", m.get("evaluated_with", "?"))
+                      f"{auroc:.4f}" if auroc is not None else "-", f"{m['latency_ms_p50']:.2f} ms", m.get("evaluated_with", "?"))
     log.console.print(table)
     for name, path in bundles.items():
         m = metrics[name]

@@ -44,10 +44,14 @@ def check_config(config: dict) -> None:
                             "best (uint8 activations for ONNX Runtime, as quantized for OpenVINO and TensorRT). Remove the key.")
 
 
-def plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins: dict, given: tuple[str, ...] = ()) -> list[Stage]:
+def plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins: dict, given: tuple[str, ...] = (),
+         task: str = "classification") -> list[Stage]:
     """The build's stages in order. `options`: each stage's resolved options;
     `config`: what the user's config file set (by section); `given`: training
-    roles an existing run stands in for (`build --from`)."""
+    roles an existing run stands in for (`build --from`); `task`: which stages
+    make the model (the one place a build chooses by task)."""
+    if task == "anomaly":
+        return anomaly_plan(options, config, profiles, plugins, given)
     from edgetune.stages.common import TrainingStage
     from edgetune.stages.compile import CompileStage
     from edgetune.stages.export import ExportStage
@@ -81,4 +85,38 @@ def plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins
             stage = ExportStage(precision, target.onnx_activations() if precision == "int8" else "keep", options["export"], final)
             chosen[precision] = exports.setdefault(stage.name, stage).name
         compiles.append(CompileStage(p, target, chosen, {r: r for r in runs}))
+    return [*stages, *exports.values(), *compiles]
+
+
+def anomaly_plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins: dict, given: tuple[str, ...] = ()) -> list[Stage]:
+    """--task anomaly: fit PatchCore (the finetune stage) -> one export per ONNX
+    variant, INT8 by post-training quantization of the feature extractor there
+    (the quantize section's calibration recipe and count; no QAT, no pruning) ->
+    one compile per target."""
+    from edgetune import log
+    from edgetune.stages.anomaly import AnomalyExportStage, run_fit
+    from edgetune.stages.common import TrainingStage
+    from edgetune.stages.compile import CompileStage
+
+    check_config(config)
+    ignored = [k for k in ("prune",) if k in config] + [f"quantize.{k}" for k in (config.get("quantize") or {}) if k not in ("calibration", "calib-count")]
+    if ignored:
+        log.get(__name__).warning("Config key(s) %s do not apply to --task anomaly (PatchCore is fitted, not trained; INT8 comes from post-training "
+                                  "quantization in the export stage, calibrated with quantize.calibration and quantize.calib-count).", ", ".join(ignored))
+    stages: list[Stage] = []
+    if "finetune" not in given:
+        ft = options["finetune"]
+        stages.append(TrainingStage("finetune", run_fit, ft, source_key=data_fingerprint(str(ft.values["data"]))))
+    q = options["quantize"].values
+    export_options = options["export"].with_values(calibration=q.get("calibration") or "default", calib_count=q.get("calib_count"))
+    quantized: dict = {}  # one PTQ serves the build's INT8 variants
+    exports: dict[str, Stage] = {}
+    compiles = []
+    for p in profiles:
+        target = plugins[p.name]
+        chosen = {}
+        for precision in sorted({"int8" if q == "int8" else "fp32" for q in p.precisions}):
+            stage = AnomalyExportStage(precision, target.onnx_activations() if precision == "int8" else "keep", export_options, "finetune", quantized)
+            chosen[precision] = exports.setdefault(stage.name, stage).name
+        compiles.append(CompileStage(p, target, chosen, {"finetune": "finetune"}))
     return [*stages, *exports.values(), *compiles]

@@ -40,10 +40,14 @@ def write_bundle(dest: Path, staging: Path, target, inp, arts: dict[str, dict], 
         "artifacts": arts,
         "metrics": {**arts[profile.precision]["metrics"], "pytorch_test": final.test_metrics()},
         "stages": history(runs, exports, {"target": profile.name, "profile": profile.source, "evaluated_with": target.eval_runtime()}, key),
-        "calibration": calibration(runs.get("quantize")),
+        "calibration": calibration(runs.get("quantize")) or export_calibration(exports),
         "versions": library_versions(),
         "source_run": str(final.dir.resolve()),
     }
+    if final.task == "anomaly":
+        manifest["task"] = final.task
+        manifest["anomaly"] = {k: v for k, v in final.info["anomaly"].items() if k != "feature_indices"}
+        manifest["input"]["outputs"] = {"score": "(N) raw image scores", "map": f"(N, {inp.spec.size[0]}, {inp.spec.size[1]}) raw patch-score maps"}
     target.extra_files(staging, manifest)
     write_text(staging / "README.md", device_readme(manifest, target))
     for f in staging.rglob("*"):  # temp files are private (0600); a bundle is for reading by anyone on the device
@@ -91,6 +95,15 @@ def history(runs: dict[str, Run], exports: dict[str, Result], compile_config: di
                     "metrics": {p: {"sha256": r.output["sha256"], **(r.output.get("info") or {})} for p, r in exports.items()}})
     records.append({"stage": "compile", "config": compile_config, "inputs_hash": key, "metrics": {}})
     return records
+
+
+def export_calibration(exports: dict[str, Result]) -> dict:
+    """An anomaly build quantizes in its export stage: the images it calibrated on."""
+    for r in exports.values():
+        quant = (r.output.get("info") or {}).get("quantization") or {}
+        if quant.get("calibration"):
+            return dict(quant["calibration"])
+    return {}
 
 
 def calibration(run: Run | None) -> dict:

@@ -45,12 +45,12 @@ class CompileStage(Stage):
         runs = {role: load_run(out / by_name[s].output["run_dir"]) for role, s in self.runs.items()}
         onnx = {p: out / r.output["file"] for p, r in exports.items()}
         final = final_run(runs)
-        inp = CompileInput(onnx, final.classes, final.spec, *onnx_input(onnx.get("int8") or onnx["fp32"]))
+        inp = CompileInput(onnx, final.classes, final.spec, *onnx_input(onnx.get("int8") or onnx["fp32"]), task=final.task)
         staging = out / f".{self.bundle}.tmp"
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        arts = compile_and_evaluate(self.target, inp, final.split.parts["test"], staging)
+        arts = compile_and_evaluate(self.target, inp, final.split.parts["test"], staging, final.info.get("anomaly"))
         write_bundle(out / self.bundle, staging, self.target, inp, arts, exports, runs, self.key([r.key for r in inputs]))
         return {"bundle": self.bundle, "archive": f"{self.bundle}.tar.gz", "artifacts": sorted(arts)}
 
@@ -58,9 +58,11 @@ class CompileStage(Stage):
         return (out / output["bundle"]).is_dir()
 
 
-def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path) -> dict[str, dict]:
+def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path, anomaly: dict | None = None) -> dict[str, dict]:
     """The target's artifacts in `dest`, each with its metrics on the `test`
-    images and a quick latency (the manifest's `artifacts`)."""
+    images and a quick latency (the manifest's `artifacts`). `anomaly`: an
+    anomaly run's threshold and normalisation (its sessions are evaluated as
+    the device runs them, through `AnomalySession`)."""
     from edgetune.export.checks import rule_problems
 
     profile, spec, onnx = target.profile, inp.spec, inp.onnx
@@ -82,7 +84,11 @@ def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path) -
         if precision == "int8" and checks:
             art["checks"] = checks
         session = target.load(dest, {**art, "runtime": target.eval_runtime()}, spec)
-        metrics = {"test": evaluate_session(session, test, inp.classes, f"{profile.name} {precision}: test split via {session.name}")}
+        if inp.task == "anomaly":
+            from edgetune.runtime.anomaly import AnomalySession, Normalisation
+
+            session = AnomalySession(session, Normalisation.from_dict(anomaly or {}))
+        metrics = {"test": evaluate_session(session, test, inp.classes, f"{profile.name} {precision}: test split via {session.name}", inp.task)}
         metrics.update(measure_latency(session, spec, profile.options.get("threads") or None))
         metrics["evaluated_with"] = session.name
         metrics["inference_precision"] = session.inference_precision  # read back from the runtime (e.g. fp32, not bf16)
@@ -92,12 +98,17 @@ def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path) -
     return arts
 
 
-def evaluate_session(session, pairs: list[tuple[str, int]], classes: list[str], desc: str) -> dict:
-    """Test metrics of a runtime session on OpenCV-decoded files: the device's own path."""
+def evaluate_session(session, pairs: list[tuple[str, int]], classes: list[str], desc: str, task: str = "classification") -> dict:
+    """Test metrics of a runtime session on OpenCV-decoded files: the device's own path.
+    An anomaly model's: image AUROC, AUPR, F1 and false alarms at the threshold."""
     from edgetune.bench.artifacts import session_logits
-    from edgetune.metrics import classification_metrics
+    from edgetune.metrics import anomaly_metrics, classification_metrics
 
     logits = session_logits(session, [p for p, _ in pairs], desc=desc)
+    if task == "anomaly":
+        from edgetune.runtime.anomaly import logits_scores
+
+        return anomaly_metrics(np.array([y == 1 for _, y in pairs]), logits_scores(logits))
     return headline(classification_metrics([y for _, y in pairs], logits, classes), extra=("confusion_matrix",))
 
 

@@ -1,7 +1,8 @@
-"""Fitting PatchCore on the normal images of a split: patch embeddings of the
-train split's `--normal` images -> greedy coreset (the memory bank, bounded in
-MB) -> threshold and normalisation on the validation split -> a run directory
-like any other stage's (task "anomaly"; model.pt holds backbone and bank).
+"""Fitting PatchCore on the normal images of a split (the mechanics; the
+driver that writes the run is stages/anomaly.py): patch embeddings of the train
+split's normal images -> greedy coreset (the memory bank, bounded in MB) ->
+threshold and normalisation on the validation split; scoring; restoring a
+fitted run's module.
 
 Only the normal class of the train split is ever seen while fitting; labelled
 anomalies in train are not used. Validation anomalies, where there are some,
@@ -10,14 +11,13 @@ choose the threshold (F1-optimal); otherwise a quantile of the normal scores."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgetune import log
 from edgetune.errors import EdgetuneError
-from edgetune.runtime.anomaly import CLASSES, TASK, Normalisation
+from edgetune.runtime.anomaly import CLASSES, Normalisation
 
 logger = log.get(__name__)
 MIN_NORMAL = 10
@@ -118,50 +118,6 @@ def evaluate_split(model, split, spec, norm: Normalisation, part: str = "test", 
     pairs = split.parts[part]
     scores, _ = score_images(model, [p for p, _ in pairs], spec, batch_size, f"{part} scores")
     return anomaly_metrics(anomalous_labels(pairs), norm.apply(scores))
-
-
-def run_fit(opts: dict, config_record: dict) -> Path:
-    """`finetune --task anomaly`: fit, threshold, evaluate, write the run; returns its dir."""
-    from edgetune.models.backbone import resolve_preprocess
-    from edgetune.models.patchcore import build_patchcore, feature_indices
-    from edgetune.run import prepare_out, stage_record, write_run
-    from edgetune.runtime.files import sha256_json
-    from edgetune.train.finetune import split_for
-    from edgetune.train.loop import save_atomic
-
-    started = time.time()
-    opts = {**DEFAULTS, **{k: v for k, v in opts.items() if v is not None}}
-    out = prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
-    indices = feature_indices(opts["model"])  # a ViT is refused before any data is read
-    split = split_for(opts, out)
-    normal = normal_index(split.classes, opts.get("normal"), opts["data"])
-    source_classes, normal_class = split.classes, split.classes[normal]
-    split = binary_split(split, normal)
-    train = [p for p, y in split.parts["train"] if y == 0]
-    if len(train) < MIN_NORMAL:
-        raise EdgetuneError(f"--normal {normal_class}: the train split holds only {len(train)} image(s) of that class; PatchCore needs at "
-                            f"least {MIN_NORMAL} normal images to fit on (hundreds are better). Add images of good parts.")
-    torch.manual_seed(opts["seed"])
-    import timm
-
-    spec = resolve_preprocess(timm.create_model(opts["model"], pretrained=False), opts.get("img_size"))
-    model = build_patchcore(opts["model"], tuple(spec.size), opts["pretrained"], opts.get("weights"), indices=indices)
-    logger.info("Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.", len(train), normal_class, opts["model"],
-                *spec.size, opts["coreset"])
-    bank = fit_bank(model, train, spec, float(opts["coreset"]), float(opts["max_bank_mb"]), int(opts["seed"]), int(opts["batch_size"]))
-    norm, val_info = calibrate(model, split, spec, normal_class, float(opts["max_false_alarm"]), int(opts["batch_size"]))
-    test = evaluate_split(model, split, spec, norm, "test", int(opts["batch_size"]))
-    save_atomic(model.state_dict(), out / "model.pt")
-    metrics = {"test": test, "bank": bank, "threshold": norm.to_dict(), **val_info, "fit_seconds": round(time.time() - started, 1)}
-    record = stage_record("fit", config_record, sha256_json(split.to_dict()), metrics, started)
-    anomaly = {**norm.to_dict(), "source_classes": source_classes, "feature_indices": indices, "bank": bank}
-    write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record], config=config_record,
-              task=TASK, anomaly=anomaly, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
-    auroc = test.get("auroc")
-    logger.info("PatchCore on %s: bank %d x %d (%.1f MB); test AUROC %s, F1 %.3f, false alarms %s at threshold %.4g (raw; %s). Run: %s",
-                opts["model"], bank["rows"], bank["dim"], bank["size_mb"], f"{auroc:.4f}" if auroc is not None else "-", test["f1"],
-                f"{100 * test['false_alarm_rate']:.1f}%" if test["false_alarm_rate"] is not None else "-", norm.threshold_raw, norm.rule, out)
-    return out
 
 
 def load_patchcore(run):
