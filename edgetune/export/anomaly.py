@@ -131,10 +131,10 @@ def compare_scores(path: Path, model, run, n: int) -> dict:
 
 
 def export_variant(run, out_dir: Path, precision: str, activations: str = "keep", opset: int = 17, calibration: str = "default",
-                   calib_count: int | None = None, cache: dict | None = None) -> dict:
-    """The (precision, activations) variant as OUT_DIR/model.TAG.onnx. With a
-    `cache` dict, one PTQ (signed int8 activations, which every runtime takes)
-    serves every int8 variant of a build."""
+                   calib_count: int | None = None, cache: dict | None = None, path: Path | None = None) -> dict:
+    """The (precision, activations) variant as OUT_DIR/model.TAG.onnx (or `path`).
+    With a `cache` dict, one PTQ (signed int8 activations, which every runtime
+    takes) serves every int8 variant of a build."""
     from edgetune.run import Run, load_run
 
     if not isinstance(run, Run):
@@ -146,7 +146,7 @@ def export_variant(run, out_dir: Path, precision: str, activations: str = "keep"
         if "quantized" not in cache:
             cache["quantized"] = quantized_patchcore(run, calibration, calib_count, activations="int8")
         model = cache["quantized"][0]
-    path = Path(out_dir) / f"model.{tag}.onnx"
+    path = Path(path) if path is not None else Path(out_dir) / f"model.{tag}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     info = export_patchcore(run, path, precision, opset, activations, model=model)
     if precision == "int8":
