@@ -169,7 +169,6 @@ def plot_anomaly_gallery(paths: list[str], scores: np.ndarray, maps: np.ndarray,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgetune.evaluate import _save_fig
     from edgetune.runtime.anomaly import THRESHOLD, heat_overlay
     from edgetune.runtime.preprocess import read_image
 
