@@ -10,7 +10,7 @@ The cells with probability 1/3 are "unsure" labels: the classifier counts them a
 good (p < 0.5), but they were fitted on as neither. Rows report the AUROC with
 them counted normal (the classifier's definition) and left out.
 
-    python benchmarks/anomaly_elpv.py             # about 15-25 min on 2 cores
+    python benchmarks/anomaly_elpv.py             # about 30 min on 2 busy cores
     python benchmarks/anomaly_elpv.py --smoke     # a minute, generated data: checks the script
 
 The supervised classifier's test ROC-AUC comes from results/finetune_elpv.json
@@ -76,8 +76,8 @@ def classifier_auc() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--img-size", type=int, default=160)
-    p.add_argument("--coreset", type=float, default=0.02)
+    p.add_argument("--img-size", type=int, default=128)
+    p.add_argument("--coreset", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work" / "anomaly_elpv")
     p.add_argument("--results", type=Path, default=RESULTS / "anomaly_elpv.json")

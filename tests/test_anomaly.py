@@ -205,3 +205,14 @@ def test_bad_input(textures, tmp_path):
         run_fit({**opts, "data": str(few), "out": tmp_path / "c"}, {})
     with pytest.raises(EdgetuneError, match="ViTs are refused"):
         run_fit({**opts, "model": "test_vit", "out": tmp_path / "d"}, {})
+
+
+@pytest.mark.slow
+def test_bench_and_compare_report_auroc(anomaly_build, tmp_path):
+    run_cli("bench", anomaly_build / "bundle-cpu", "--no-baseline", "--batch", "1", "--min-time", "0.1", "--min-runs", "5", "--warmup", "1",
+            "--json", tmp_path / "bench.json")
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert rows and all(r["task"] == "anomaly" and r["auroc"] >= 0.9 and r["false_alarm_rate"] is not None for r in rows)
+    proc = run_cli("compare", anomaly_build / "finetune", anomaly_build / "bundle-intel", "--max-drop", "1.0", "--json", tmp_path / "gate.json")
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert gate["passed"] and gate["metric"] == "auroc" and "image AUROC" in proc.stderr + proc.stdout
