@@ -109,6 +109,12 @@ class AnomalySession:
     def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return self.run(preprocess(frames, self.spec))
 
+    def __getattr__(self, name: str):
+        """Anything else (fixed_batch, inference_precision, ...) is the runtime session's."""
+        if name == "session":
+            raise AttributeError(name)
+        return getattr(self.session, name)
+
     def __repr__(self) -> str:
         return f"<AnomalySession {self.name} {self.precision}>"
 
