@@ -26,7 +26,12 @@ from edgetune.errors import EdgetuneError
 from edgetune.runtime.anomaly import MAP, SCORE
 
 logger = log.get(__name__)
-MIN_SPEARMAN = 0.99
+# The export must rank images as the module it came from does. Not 0.99: ONNX Runtime's
+# integer kernels round otherwise than NNCF's simulation, and many normal images score
+# alike; efficientnet_lite0 INT8 (uint8 activations) on 64 ELPV test cells measured
+# 0.9867 (largest raw difference 0.36 of ~30). A broken graph falls far lower (0.84 was
+# OpenVINO's quantized-pool fault, see quantized_patchcore).
+MIN_SPEARMAN = 0.95
 EMBEDDER_POOL = r"pool/.*"  # NNCF's names for PatchEmbedder.pool's ops
 
 
