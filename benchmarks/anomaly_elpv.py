@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +98,9 @@ def main() -> None:
         data, normal, min_time = str(smoke_data(a.work, n_per_class=24)), "ok", 0.2
         options = {"model": "test_resnet", "pretrained": False, "img_size": 32, "coreset": 0.1}
         a.results = a.work / "smoke.json"
-    started = time.time()
     run_dir = a.work / "fit"
     if not (a.reuse and (run_dir / "run.json").is_file()):
         run_dir = api.finetune(task="anomaly", data=data, normal=normal, out=str(run_dir), force=True, **options)
-    fit_s = time.time() - started
     run = load_run(run_dir)
     fit = run.info["history"][-1]["metrics"]
     bundles = api.build(["cpu", "intel"], out=a.work / "build", start=run_dir, force=not a.reuse)

@@ -106,7 +106,9 @@ def anomaly_plan(options: dict[str, StageOptions], config: dict, profiles: list,
     stages: list[Stage] = []
     if "finetune" not in given:
         ft = options["finetune"]
-        stages.append(TrainingStage("finetune", run_fit, ft, source_key=data_fingerprint(str(ft.values["data"]))))
+        fit = TrainingStage("finetune", run_fit, ft, source_key=data_fingerprint(str(ft.values["data"])))
+        fit.distributed = False  # fitting is one pass over the normal images: rank 0 alone under torchrun
+        stages.append(fit)
     q = options["quantize"].values
     export_options = options["export"].with_values(calibration=q.get("calibration") or "default", calib_count=q.get("calib_count"))
     quantized: dict = {}  # one PTQ serves the build's INT8 variants
