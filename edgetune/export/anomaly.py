@@ -81,7 +81,7 @@ def _for_export(model, precision: str, size):
 def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, activations: str = "keep", model=None, check_images: int = 64) -> dict:
     """Write `run`'s PatchCore graph to `out` (for int8, `model` is the quantized
     module from `quantized_patchcore`); check it; return the export's record."""
-    from edgetune.export.onnx import INPUT_NAME, check_options, save_onnx, static_checks
+    from edgetune.export.graph import INPUT_NAME, check_options, save_onnx, static_checks
     from edgetune.run import Run, load_run
     from edgetune.runtime.files import sha256_file
     from edgetune.train.anomaly import load_patchcore
@@ -114,7 +114,7 @@ def compare_scores(path: Path, model, run, n: int) -> dict:
     from scipy.stats import spearmanr
 
     from edgetune.export.checks import ort_session
-    from edgetune.export.onnx import _check_images
+    from edgetune.export.graph import _check_images
 
     images = _check_images(run, n)
     with torch.no_grad():

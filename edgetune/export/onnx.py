@@ -10,18 +10,18 @@ export is folded here). The batch dimension is dynamic. The checks of
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edgetune import log
 from edgetune.errors import EdgetuneError
+from edgetune.export.graph import (  # noqa: F401 - the graph side, also for export_onnx's callers
+    INPUT_NAME, OUTPUT_NAME, PRECISIONS, _check_images, check_options, save_onnx, shift_activations_to_uint8, static_checks,
+)
 
 logger = log.get(__name__)
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MIN_AGREEMENT = 0.99
-PRECISIONS = ("fp32", "int8")
 
 
 def float_model(run):
@@ -60,246 +60,6 @@ def _model_for(run, precision: str):
     return model.eval(), reference
 
 
-def _remove_identities(model_proto) -> None:
-    g = model_proto.graph
-    outputs = {o.name for o in g.output}
-    rename = {}
-    for node in list(g.node):
-        if node.op_type == "Identity" and node.output[0] not in outputs:
-            src = node.input[0]
-            rename[node.output[0]] = rename.get(src, src)
-            g.node.remove(node)
-    for node in g.node:
-        for i, name in enumerate(node.input):
-            while name in rename:
-                name = rename[name]
-            node.input[i] = name
-
-
-def _drop_unused_initializers(graph) -> None:
-    used = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
-
-
-def _fold_weight_quantizers(model_proto) -> int:
-    """Constant weight -> QuantizeLinear -> DequantizeLinear  =>  int8 weight -> DequantizeLinear.
-    Rounds half to even and saturates, exactly as QuantizeLinear does."""
-    from onnx import numpy_helper
-
-    g = model_proto.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-
-    def value(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        return numpy_helper.to_array(consts[name].attribute[0].t) if name in consts else None
-
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    folded = 0
-    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
-        w = value(q.input[0])
-        if w is None or w.dtype != np.float32 or len(q.input) < 3:
-            continue
-        scale, zp = value(q.input[1]), value(q.input[2])
-        if scale is None or zp is None:
-            continue
-        axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
-        shape = [1] * w.ndim
-        if scale.size > 1:
-            shape[axis] = scale.size
-        info = np.iinfo(zp.dtype)
-        qw = np.clip(np.rint(w / scale.reshape(shape)) + zp.reshape(shape if zp.size > 1 else [1] * w.ndim).astype(np.int32), info.min, info.max).astype(zp.dtype)
-        name = q.output[0] + "_int8"
-        g.initializer.append(numpy_helper.from_array(qw, name))
-        for user in consumers.get(q.output[0], []):
-            for i, inp in enumerate(user.input):
-                if inp == q.output[0]:
-                    user.input[i] = name
-        g.node.remove(q)
-        folded += 1
-    _drop_unused_initializers(g)
-    return folded
-
-
-def _fold_weight_transposes(model_proto) -> int:
-    """int8 weight -> DequantizeLinear -> Transpose  =>  transposed int8 weight ->
-    DequantizeLinear (its per-channel axis moved along). The exporter writes a
-    Linear on 3-D tokens (ViT) as MatMul(x, Transpose(W)); ONNX Runtime fuses a
-    MatMul into an integer kernel and TensorRT quantizes it only when the weight's
-    DequantizeLinear feeds the MatMul directly."""
-    from onnx import helper, numpy_helper
-
-    g = model_proto.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    folded = 0
-    for t in [n for n in g.node if n.op_type == "Transpose"]:
-        dq = producer.get(t.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or uses.get(dq.output[0]) != 1:
-            continue
-        w = numpy_helper.to_array(inits[dq.input[0]])
-        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), list(range(w.ndim))[::-1])
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
-        name = dq.input[0] + "_T"
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.transpose(perm)), name))
-        dq.input[0] = name
-        for a in [a for a in dq.attribute if a.name == "axis"]:
-            dq.attribute.remove(a)
-        dq.attribute.append(helper.make_attribute("axis", perm.index(axis)))
-        dq.output[0] = t.output[0]
-        g.node.remove(t)
-        folded += 1
-    _drop_unused_initializers(g)
-    return folded
-
-
-def dequantize_constants(model_proto) -> int:
-    """DequantizeLinear on a constant that no Conv, Gemm or MatMul takes as its weight
-    => the float constant it computes (bit for bit). NNCF quantizes LayerNorm's scale
-    (ConvNeXt, ViT), but no runtime has an integer LayerNorm: the int8 copy saves a
-    few hundred bytes and leaves a constant Q/DQ that is neither a layer weight nor
-    an activation, which TensorRT's rules and ONNX Runtime's uint8 form do not expect."""
-    from onnx import numpy_helper
-
-    from edgetune.export.checks import const_value, weight_dequantizers
-
-    g = model_proto.graph
-    weights = {id(n) for n in weight_dequantizers(model_proto)}
-    done = 0
-    for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and id(n) not in weights]:
-        q = const_value(model_proto, dq.input[0])
-        scale = const_value(model_proto, dq.input[1])
-        if q is None or scale is None:
-            continue
-        zp = const_value(model_proto, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, q.dtype)
-        shape = [1] * q.ndim
-        if scale.size > 1:
-            shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = scale.size
-        value = ((q.astype(np.int32) - zp.astype(np.int32).reshape(shape if zp.size > 1 else [1] * q.ndim)).astype(np.float32)
-                 * scale.astype(np.float32).reshape(shape))
-        g.initializer.append(numpy_helper.from_array(value.astype(np.float32), dq.output[0]))
-        g.node.remove(dq)
-        done += 1
-    _drop_unused_initializers(g)
-    return done
-
-
-def shift_activations_to_uint8(model_proto) -> int:
-    """Activation Q/DQ int8 with zero-point 0 -> uint8 with zero-point 128: the
-    same real values (q + 128, same scale), so the model computes exactly the
-    same. ONNX Runtime's x86 CPU kernels are uint8-activation x int8-weight; with
-    every activation in uint8, each DQ -> Conv -> Q becomes one QLinearConv and
-    each residual Add a QLinearAdd (int8 activations leave some Convs in float
-    between DequantizeLinear and QuantizeLinear). Weights stay int8, zero-point 0.
-
-    A signed quantizer right after a ReLU (or Clip from 0: ReLU6), as a model made
-    for TensorRT has, becomes uint8 with zero-point 0 instead: its values are 0..127
-    either way, and ONNX Runtime drops a ReLU whose quantizer already clamps at 0 and
-    fuses Conv + ReLU (with zero-point 128 the ReLU stays and so does a float Conv).
-    The one difference: uint8 saturates at 255 steps where int8 stopped at 127."""
-    from onnx import numpy_helper
-
-    g = model_proto.graph
-    values = {i.name: i for i in g.initializer}
-    values.update({n.output[0]: n for n in g.node if n.op_type == "Constant"})
-
-    def value(name):
-        v = values.get(name)
-        if v is None:
-            return None
-        return numpy_helper.to_array(v) if hasattr(v, "data_type") else numpy_helper.to_array(v.attribute[0].t)
-
-    producer = {o: n for n in g.node for o in n.output}
-
-    def non_negative(name: str) -> bool:
-        node = producer.get(name)
-        if node is None:
-            return False
-        low = value(node.input[1]) if node.op_type == "Clip" and len(node.input) > 1 and node.input[1] else None
-        return node.op_type == "Relu" or (low is not None and float(low) >= 0)
-
-    after_relu = {q.output[0] for q in g.node if q.op_type == "QuantizeLinear" and non_negative(q.input[0])}
-    shifted, n = {}, 0
-    for node in g.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or value(node.input[0]) is not None:
-            continue  # weights (constant inputs) stay int8
-        zp = value(node.input[2])
-        if zp is None or zp.dtype != np.int8:
-            continue
-        quantized = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
-        to_zero = quantized in after_relu and not zp.any()
-        name = node.input[2] + ("_uint8_0" if to_zero else "_uint8")
-        if name not in shifted:
-            new_zp = np.zeros(zp.shape, np.uint8) if to_zero else (zp.astype(np.int16) + 128).astype(np.uint8)
-            shifted[name] = numpy_helper.from_array(new_zp, name)
-            g.initializer.append(shifted[name])
-        node.input[2] = name
-        n += 1
-    return n
-
-
-def _check_images(run, n: int) -> np.ndarray:
-    """Up to `n` real images of the run's split (test first), preprocessed as on the device."""
-    from edgetune.runtime.preprocess import preprocess, read_image
-
-    pairs = []
-    for part in ("test", "val", "train"):
-        pairs += run.split.parts[part][: n - len(pairs)]
-        if len(pairs) >= n:
-            break
-    if not pairs:
-        raise EdgetuneError(f"{run.dir}: its split has no images to check the export on.")
-    return preprocess([read_image(p) for p, _ in pairs], run.spec)
-
-
-def save_onnx(model, size: tuple[int, int], out: Path, precision: str, opset: int, activations: str, output_names: list[str], doc: str):
-    """torch.onnx.export of `model` (input `INPUT_NAME`, dynamic batch on the input
-    and every output) to `out`, atomically; then identities removed and, for INT8,
-    the weights' quantizers folded into int8 initializers (and activations shifted
-    to uint8 with `activations="uint8"`). Returns (the ModelProto, weights folded)."""
-    import onnx
-    import torch
-
-    from edgetune.runtime.files import atomic_path
-
-    example = torch.zeros(1, 3, *size)
-    with atomic_path(out) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(tmp), opset_version=int(opset), input_names=[INPUT_NAME], output_names=list(output_names),
-                          dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]}, do_constant_folding=True, dynamo=False)
-        proto = onnx.load(str(tmp))
-        _remove_identities(proto)
-        folded = _fold_weight_quantizers(proto) if precision == "int8" else 0
-        if precision == "int8":
-            _fold_weight_transposes(proto)
-            dequantize_constants(proto)
-        if precision == "int8" and activations == "uint8":
-            shift_activations_to_uint8(proto)
-        proto.doc_string = doc
-        onnx.save(proto, str(tmp))
-    return proto, folded
-
-
-def check_options(precision: str, opset, activations: str, out: Path) -> None:
-    if precision not in PRECISIONS:
-        raise EdgetuneError(f"--precision {precision!r}: use fp32 or int8.")
-    if not 13 <= int(opset) <= 21:
-        raise EdgetuneError(f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default).")
-    if activations not in ("keep", "uint8"):
-        raise EdgetuneError(f"--activations {activations!r}: use keep (as quantized, zero-point 0) or uint8 (ONNX Runtime on x86).")
-    if Path(out).suffix != ".onnx":
-        raise EdgetuneError(f"--out {out}: the file name must end in .onnx.")
-
-
 def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, activations: str = "keep", check_images: int = 200) -> dict:
     """Write `run`'s model to `out` as ONNX and check it; returns what was written
     (path, precision, input/output names, layout, input shape, opset, activations, checks).
@@ -332,30 +92,6 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
                                       activations)
     logger.info("Exported %s (%s, %s) to %s (%.2f MB).", run.model_name, run.stage, precision, out, result["size_mb"])
     return result
-
-
-def static_checks(path: Path, proto, precision: str, activations: str = "keep") -> int:
-    """onnx.checker, standard ops, the Q/DQ forms; raises naming what failed.
-    Returns the number of quantized weights."""
-    import onnx
-
-    from edgetune.export import checks as C
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise EdgetuneError(f"Export {path} fails onnx.checker: {str(e).splitlines()[0]}") from None
-    problems = C.qdq_problems(proto) + (C.activation_problems(proto, activations) if precision == "int8" else [])
-    n_qdq = len(C.weight_dequantizers(proto))
-    if precision == "int8" and n_qdq == 0:
-        problems.append("no weight is quantized (no DequantizeLinear on a constant weight)")
-    if precision == "fp32" and any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
-        problems.append("an fp32 export contains Q/DQ nodes")
-    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
-        problems.append("BatchNormalization left unfolded")
-    if problems:
-        raise EdgetuneError(f"Export {path} fails its checks: " + "; ".join(problems[:6]) + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
-    return n_qdq
 
 
 def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "keep") -> dict:
