@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=RESULTS / "anomaly_elpv.json")
     p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
     p.add_argument("--reuse", action="store_true", help="keep WORK/fit when it is there and the build's finished stages")
+    p.add_argument("--note", default="", help="how the machine was loaded during the run, written with the results")
     a = p.parse_args()
 
     from edgetune import api, log
@@ -130,7 +131,7 @@ def main() -> None:
             "fit": {"fit_seconds": fit["fit_seconds"], "bank": fit["bank"], "threshold": fit["threshold"],
                     "test_pytorch": fit["test"]},
             "supervised_classifier_roc_auc": classifier_auc(), "machine": machine(), "date": today(),
-            "note": "Other engineers loaded the 2-core machine during the run: latencies are noisy; compare rows of this run only."}
+            "note": a.note or "Compare rows of this run only."}
     write_json(a.results, {"rows": rows, **meta})
     sup = meta["supervised_classifier_roc_auc"]
     write_table(rows, COLUMNS, a.results.with_suffix(".md"), "Anomaly detection on ELPV from good cells only (PatchCore)",
