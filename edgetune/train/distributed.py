@@ -15,7 +15,6 @@ import atexit
 import datetime
 import hashlib
 import os
-import pickle
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -193,7 +192,7 @@ def fingerprint(module: torch.nn.Module) -> str:
     for name, t in module.state_dict().items():
         if isinstance(t, torch.Tensor):
             h.update(name.encode())
-            h.update(pickle.dumps((tuple(t.shape), str(t.dtype))))
+            h.update(repr((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
