@@ -55,7 +55,7 @@ class GateResult:
             "passed": self.passed,
             "reference": {"name": self.names["reference"], **{k: self.reference[k] for k in keep if k in self.reference}},
             "candidate": {"name": self.names["candidate"], **{k: self.candidate[k] for k in keep if k in self.candidate}},
-            "metric": "auroc" if any(c.name == "auroc_drop" for c in self.checks) else "accuracy",
+            "metric": "auroc" if is_anomaly_gate(self) else "accuracy",
             "accuracy_diff_points": self.diff_points,
             "accuracy_diff_ci95_points": list(self.ci_points),
             "agreement": self.agreement,

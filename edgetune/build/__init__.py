@@ -162,11 +162,12 @@ def summary(bundles: dict[str, Path], seconds: float) -> None:
     table = Table(title=f"Build finished in {seconds / 60:.1f} min", title_justify="left")
     for col in ("target", "precision", "test accuracy", "F1", "AUROC", "latency p50 (this machine)", "via"):
         table.add_column(col)
-    metrics = {name: load_bundle(path).metrics for name, path in bundles.items()}
-    for name, path in bundles.items():
+    loaded = {name: load_bundle(path) for name, path in bundles.items()}
+    metrics = {name: b.metrics for name, b in loaded.items()}
+    for name in bundles:
         m = metrics[name]
         auroc = m["test"].get("auroc", m["test"].get("roc_auc"))  # an anomaly model's image AUROC; F1 is then the anomalous class's
-        table.add_row(name, load_bundle(path, verify=False).precision, f"{m['test']['accuracy']:.4f}", f"{m['test']['f1']:.4f}",
+        table.add_row(name, loaded[name].precision, f"{m['test']['accuracy']:.4f}", f"{m['test']['f1']:.4f}",
                       f"{auroc:.4f}" if auroc is not None else "-", f"{m['latency_ms_p50']:.2f} ms", m.get("evaluated_with", "?"))
     log.console.print(table)
     for name, path in bundles.items():
