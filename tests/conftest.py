@@ -142,3 +142,26 @@ def qat_run(tmp_path_factory, float_run) -> Path:
     out = tmp_path_factory.mktemp("runs") / "qat"
     run_cli("quantize", float_run, *QAT_ARGS, "--out", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def textures(tmp_path_factory):
+    """Generated good and bad textures (anomaly_helpers) and each defect's mask."""
+    from anomaly_helpers import make_textures
+
+    root = tmp_path_factory.mktemp("anomaly") / "textures"
+    return root, make_textures(root)
+
+
+@pytest.fixture(scope="session")
+def anomaly_build(tmp_path_factory, textures) -> Path:
+    """One anomaly build for every target, from fit to gate (the gate runs by default)."""
+    from anomaly_helpers import SIZE
+
+    data, _ = textures
+    out = tmp_path_factory.mktemp("anomaly-build")
+    cfg = out / "config.yaml"
+    cfg.write_text(f"task: anomaly\nnormal: good\ndata: {data}\nmodel: test_resnet\npretrained: false\nimg-size: {SIZE}\n"
+                   "val-frac: 0.2\ntest-frac: 0.3\n")
+    run_cli("--config", cfg, "build", "--target", "cpu", "--target", "intel", "--target", "jetson", "--out", out, timeout=900)
+    return out

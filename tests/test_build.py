@@ -76,6 +76,17 @@ def test_signed_activations_follow_the_targets():
     assert quantize_overrides([cpu, jetson], {}) == {"activations": "int8"}
 
 
+def test_target_latency_is_timed_on_the_first_targets_runtime():
+    from edgetune.build.plan import prune_overrides
+    from edgetune.targets.profile import load_profile
+
+    intel, cpu = load_profile("intel"), load_profile("cpu")
+    assert prune_overrides([intel, cpu], {"prune": {"target-latency": 0.3}}) == {"round_to": max(intel.channel_multiple, cpu.channel_multiple),
+                                                                               "latency_runtime": "openvino", "latency_precision": "int8"}
+    assert prune_overrides([cpu], {"prune": {"target-latency": 0.3, "latency-runtime": "openvino", "round-to": 4}}) == {"latency_precision": "int8"}
+    assert "latency_runtime" not in prune_overrides([cpu], {"prune": {"ratio": 0.3}})
+
+
 def test_unsigned_activations_for_a_jetson_target_is_refused_before_training(image_folder, tmp_path):
     cfg = tiny_build_config(tmp_path / "build.yaml", image_folder)
     cfg.write_text(cfg.read_text().replace("quantize:\n", "quantize:\n  activations: auto\n"))

@@ -105,6 +105,7 @@ def test_step_ratios_reach_the_total():
 @pytest.mark.parametrize("args, message", [
     ([], "exactly one of --ratio"),
     (["--ratio", "0.3", "--target-macs", "0.5"], "exactly one of --ratio"),
+    (["--target-macs", "0.3", "--target-latency", "0.3"], "exactly one of --ratio"),
 ])
 def test_prune_needs_one_target(float_run, tmp_path, capfd, args, message):
     assert invoke("prune", float_run, *args, "--out", tmp_path / "p") == 2
@@ -133,3 +134,51 @@ def test_recovery_trains_with_the_input_runs_augmentations_unless_told(tmp_path,
         assert invoke("prune", tmp_path / "f", "--ratio", "0.25", "--epochs", "0", *extra, "--out", tmp_path / name) == 0
         augments[name] = load_run(tmp_path / name).info["history"][-1]["config"]["augment"]
     assert augments == {"inherited": "hflip,contrast=0.2", "told": "vflip"}
+
+
+def test_target_latency_prunes_where_the_runtime_gets_faster(float_run, tmp_path):
+    """Every group timed at every ratio on ONNX Runtime; the combined plan measured
+    to remove the latency asked (within the tenth the plan allows)."""
+    from edgetune.compress.prune import prune_groups
+    from edgetune.run import load_run
+    from edgetune.stages.latency_plan import GRID
+
+    out = tmp_path / "lat"
+    assert invoke("prune", float_run, "--target-latency", "0.3", "--latency-precision", "fp32", "--latency-threads", "1", *PRUNE, "--out", out) == 0
+    plan = json.loads((out / "latency_plan.json").read_text())
+    groups = prune_groups(load_run(float_run).build_model())
+    assert {(c["group"], c["ratio"]) for c in plan["candidates"]} == {(g, r) for g in groups for r in GRID}
+    assert plan["runtime"] == "onnxruntime" and plan["precision"] == "fp32"
+    assert plan["reduction"] >= 0.27 and plan["measured_ms"] == pytest.approx(plan["base_ms"] * (1 - plan["reduction"]))
+    assert plan["rounds"][-1]["ratios"] == plan["ratios"] and any(r > 0 for r in plan["ratios"].values())
+    m = json.loads((out / "run.json").read_text())["history"][-1]["metrics"]
+    assert m["latency"]["ratios"] == plan["ratios"] and m["after"]["macs"] < m["before"]["macs"]
+
+
+def test_target_latency_resumes_from_its_plan_without_timing_again(float_run, tmp_path):
+    """A plan in OUT (as an interrupted run leaves it) is taken as it is: only the
+    group it names loses channels, in a run that has no runtime timing to do."""
+    out = tmp_path / "lat"
+    out.mkdir()
+    plan = {"target": 0.3, "runtime": "onnxruntime", "precision": "int8", "ratios": {"blocks.1": 0.5}, "base_ms": 1.0, "measured_ms": 0.7,
+            "reduction": 0.3}
+    (out / "latency_plan.json").write_text(json.dumps(plan))
+    assert invoke("prune", float_run, "--target-latency", "0.3", *PRUNE, "--resume", "--out", out) == 0
+    from edgetune.run import load_run
+
+    before, after = _convs(load_run(float_run).build_model()), _convs(load_run(out).build_model())
+    changed = {n.split(".")[0] + "." + n.split(".")[1] if n.startswith("blocks.") else n for n in after if after[n] != before[n]}
+    assert "blocks.1" in changed and changed <= {"blocks.1", "blocks.2"}, changed  # blocks.2 takes blocks.1's narrower output
+
+
+def test_latency_allocation_spends_loss_where_latency_falls_most():
+    from edgetune.stages.latency_plan import _allocate
+
+    # "a" saves 1 ms at 0.25 for a little loss; "b" saves nothing at 0.25 but 3 ms at
+    # 0.5 for more; "c" saves as much as "a" at ten times the loss.
+    saved = {"a": {0.0: 0, 0.25: 1.0, 0.5: 1.2, 0.75: 1.3}, "b": {0.0: 0, 0.25: 0.0, 0.5: 3.0, 0.75: 3.5}, "c": {0.0: 0, 0.25: 1.0, 0.5: 2.0, 0.75: 2.5}}
+    added = {"a": {0.0: 0, 0.25: 0.01, 0.5: 0.1, 0.75: 0.5}, "b": {0.0: 0, 0.25: 0.0, 0.5: 0.06, 0.75: 0.5}, "c": {0.0: 0, 0.25: 0.1, 0.5: 0.2, 0.75: 0.4}}
+    start = {"a": 0.0, "b": 0.0, "c": 0.0}
+    assert _allocate(start, saved, added, goal=1.0) == {"a": 0.25, "b": 0.0, "c": 0.0}
+    assert _allocate(start, saved, added, goal=3.5) == {"a": 0.25, "b": 0.5, "c": 0.0}
+    assert _allocate(start, saved, added, goal=100) == {"a": 0.75, "b": 0.75, "c": 0.75}  # everything, when the goal is out of reach

@@ -253,3 +253,23 @@ def _runner_processes() -> list[str]:
         if "edgetune.runtime.devicebench" in text and "/edgetune-bench." in text:
             found.append(text)
     return found
+
+
+def test_remote_bench_of_an_anomaly_bundle_reports_what_this_machine_does(sshd, anomaly_build, tmp_path):
+    """An anomaly bundle on the device: image AUROC, F1 at the threshold and the
+    false-alarm rate on its run's test split, equal to the same bench here."""
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    py = sshd.python({"torch", "timm", "nncf", "torchvision"})
+    bundle = anomaly_build / "bundle-cpu"
+    common = ["--no-baseline", "--warmup", "1", "--min-time", "0.1", "--min-runs", "5"]
+    run_cli("bench", bundle, *common, "--json", tmp_path / "here.json")
+    proc = run_cli("bench", bundle, *common, "--device", sshd.device(), "--identity", sshd.user_key, "--known-hosts", known,
+                   "--remote-python", py, "--json", tmp_path / "remote.json")
+    here, there = (json.loads((tmp_path / f"{name}.json").read_text())["rows"] for name in ("here", "remote"))
+    assert len(there) == len(here) >= 1, proc.stderr
+    for h, r in zip(here, there):
+        assert r["remote"] == sshd.device() and r["task"] == h["task"] == "anomaly" and r["precision"] == h["precision"]
+        assert r["n_images"] == h["n_images"] > 0
+        for key in ("auroc", "f1", "false_alarm_rate"):
+            assert r[key] == pytest.approx(h[key], abs=1e-6), key
+        assert r["auroc"] >= 0.9  # the textures' defects, found on the device too

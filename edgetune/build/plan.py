@@ -30,12 +30,16 @@ def quantize_overrides(profiles: list, config: dict) -> dict:
 
 
 def prune_overrides(profiles: list, config: dict) -> dict:
-    """Pruning keeps channel counts a multiple of the targets' preferred one,
-    unless the prune section sets round-to itself."""
-    section = config.get("prune") or {}
-    if "round-to" in section or "round_to" in section:
-        return {}
-    return {"round_to": max(p.channel_multiple for p in profiles)}
+    """Pruning keeps channel counts a multiple of the targets' preferred one, and
+    `target-latency` times candidates on the first target's runtime and precision,
+    unless the prune section sets these itself."""
+    section = {k.replace("-", "_"): v for k, v in (config.get("prune") or {}).items()}
+    out = {} if "round_to" in section else {"round_to": max(p.channel_multiple for p in profiles)}
+    if "target_latency" in section:
+        first = profiles[0]
+        out.update({k: v for k, v in (("latency_runtime", first.runtime), ("latency_precision", "int8" if first.precision == "int8" else "fp32"))
+                    if k not in section})
+    return out
 
 
 def check_config(config: dict) -> None:

@@ -13,6 +13,13 @@ from edgetune.cli.options import distill_options, out_option, pass_options, reco
 @run_argument
 @click.option("--ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of channels to remove from every prunable layer, e.g. 0.3.")
 @click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of MACs to remove instead, e.g. 0.5 (the channel ratio is searched).")
+@click.option("--target-latency", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of latency to remove instead, e.g. 0.3: each stage's channels pruned where the measured latency falls most per loss added.")
+@click.option("--latency-runtime", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="With --target-latency: the runtime candidates are timed on (a build uses its first target's).")
+@click.option("--latency-precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
+              help="With --target-latency: time candidates exported in this precision (a build: its first target's).")
+@click.option("--latency-threads", type=click.IntRange(1), help="With --target-latency: runtime threads for timing (default: the runtime's own choice).")
 @click.option("--round-to", type=click.IntRange(1), default=8, show_default=True, help="Keep channel counts multiples of this (the target profile's channel multiple).")
 @click.option("--steps", type=click.IntRange(1), default=1, show_default=True, help="Prune in this many steps, each followed by --epochs of recovery fine-tuning.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "fpgm", "lamp", "random"]), default="l1", show_default=True, help="Channel importance: magnitude (l1, l2), FPGM, LAMP or random.")

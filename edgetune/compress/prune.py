@@ -89,11 +89,33 @@ def _pruner_class():
     return NearestMultiplePruner
 
 
-def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str) -> nn.Module:
+def prune_groups(model: nn.Module) -> list[str]:
+    """The parts whose pruning ratios `--target-latency` sets apart: the model's
+    top-level layers with weights, the body (the container holding most of the
+    parameters, e.g. EfficientNet's `blocks`, ConvNeXt's `stages`) split into its
+    stages. The classifier is not one: it is never pruned."""
+    total = sum(p.numel() for p in model.parameters())
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+
+    def weighted(m):
+        return any(isinstance(x, (nn.Conv2d, nn.Linear)) for x in m.modules())
+
+    groups = []
+    for name, child in model.named_children():
+        if child is classifier or not weighted(child):
+            continue
+        body = isinstance(child, (nn.Sequential, nn.ModuleList)) and sum(p.numel() for p in child.parameters()) > total / 2
+        groups += [f"{name}.{n}" for n, c in child.named_children() if weighted(c)] if body else [name]
+    return groups
+
+
+def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str, ratios: dict[str, float] | None = None) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer (uniformly, each kept
-    count rounded to the nearest multiple of `round_to`), in place. In a model with
-    attention (ViT, DeiT) only the MLP hidden channels are prunable."""
-    if ratio <= 0:
+    count rounded to the nearest multiple of `round_to`), in place; `ratios` (group
+    name -> ratio, see `prune_groups`) overrides it for the layers in those groups.
+    In a model with attention (ViT, DeiT) only the MLP hidden channels are prunable."""
+    ratios = {name: r for name, r in (ratios or {}).items() if r > 0}
+    if ratio <= 0 and not ratios:
         return model
     ignored = _ignored_layers(model)
     example = torch.randn(1, 3, *size, device=next(model.parameters()).device)
@@ -104,7 +126,8 @@ def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: 
             # ConvNeXt's layer-scale gammas are "unwrapped" parameters; torch-pruning
             # prunes their last (channel) dimension, which is what they need.
             warnings.filterwarnings("ignore", message="Unwrapped parameters")
-            pruner = _pruner_class()(model, example, importance=importance(imp), pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to or None)
+            pruner = _pruner_class()(model, example, importance=importance(imp), pruning_ratio=max(ratio, 0.0), ignored_layers=ignored, round_to=round_to or None,
+                                      pruning_ratio_dict={model.get_submodule(name): r for name, r in ratios.items()} or None)
             pruner.step()
     except Exception as e:
         raise EdgetuneError(f"torch-pruning cannot prune {type(model).__name__}{_layer_hint(model, e)}: {type(e).__name__}: "

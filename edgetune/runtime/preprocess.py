@@ -8,6 +8,7 @@ independently; a parity test holds the two within 1e-5.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -90,6 +91,20 @@ def read_image(path: str | Path) -> np.ndarray:
     return decode_image(data, str(path))
 
 
+_scratch = threading.local()  # per thread: the float copy of the last frame size seen
+
+
+def _float_frame(frame: np.ndarray) -> np.ndarray:
+    """`frame` as float32 in a buffer reused across calls of the same thread: a
+    640x480 float frame is 3.7 MB, and a fresh one each call costs page faults and
+    pushes the model's weights out of the cache (about 0.2 ms of a 4 ms call)."""
+    buf = getattr(_scratch, "frame", None)
+    if buf is None or buf.shape != frame.shape:
+        buf = _scratch.frame = np.empty(frame.shape, np.float32)
+    np.copyto(buf, frame, casting="unsafe")
+    return buf
+
+
 def preprocess(frames: np.ndarray | Sequence[np.ndarray], spec: PreprocessSpec, frame_order: str = "BGR") -> np.ndarray:
     """uint8 HxWx3 frames (OpenCV's BGR unless `frame_order` says RGB) to a float32
     NCHW batch exactly as `spec` says."""
@@ -103,14 +118,14 @@ def preprocess(frames: np.ndarray | Sequence[np.ndarray], spec: PreprocessSpec, 
     bias = (-np.asarray(spec.mean, dtype=np.float64) / np.asarray(spec.std, dtype=np.float64)).astype(np.float32)[:, None, None]
     swap = frame_order.upper() != spec.channel_order
     for i, frame in enumerate(frames):
-        # Swap channels in uint8 (exact, and fast on a camera-sized frame), resize in
-        # float (no uint8 rounding, so training's torch path can match exactly), then
-        # scale and normalise the small result: resizing is linear, so doing it first
-        # changes values by float rounding only, at a fraction of the cost.
-        img = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if swap else frame
-        img = img.astype(np.float32)
+        # Resize in float (no uint8 rounding, so training's torch path can match
+        # exactly), then swap channels, scale and normalise the small result:
+        # resizing is linear and per channel, so doing it first changes values by
+        # float rounding only, at a fraction of the cost.
+        img = _float_frame(frame)
         if img.shape[:2] != (h, w):
             img = cv2.resize(img, (w, h), interpolation=INTERPOLATIONS[spec.interpolation])
-        np.multiply(img.transpose(2, 0, 1), gain, out=out[i])
+        planes = img.transpose(2, 0, 1)
+        np.multiply(planes[::-1] if swap else planes, gain, out=out[i])
         out[i] += bias
     return out

@@ -5,6 +5,7 @@ a checkpoint per finished step (resume), and the run's layer shapes."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,8 +34,9 @@ def _resume_point(out, steps: int):
 def run_prune(opts: dict, config_record: dict):
     """The `prune` command: prune in steps, each followed by recovery fine-tuning."""
     started = time.time()
-    if (opts.get("ratio") is None) == (opts.get("target_macs") is None):
-        raise EdgetuneError("Give exactly one of --ratio (share of channels to remove, e.g. 0.3) or --target-macs (share of MACs to remove, e.g. 0.5).")
+    if sum(opts.get(k) is not None for k in ("ratio", "target_macs", "target_latency")) != 1:
+        raise EdgetuneError("Give exactly one of --ratio (share of channels to remove, e.g. 0.3), --target-macs (share of MACs to remove, e.g. 0.5) "
+                            "or --target-latency (share of the target runtime's latency to remove, e.g. 0.3).")
     parent, out = common.begin(opts, "pruned", config_record)
     size = tuple(parent.spec.size)
     model = parent.build_model()
@@ -43,10 +45,13 @@ def run_prune(opts: dict, config_record: dict):
     macs0, params0 = count_macs(model, size)
     before = parent.test_metrics() or common.test_metrics(model, parent)
     steps, round_to, imp = opts["steps"], opts["round_to"], opts["importance"]
-    ratio = opts.get("ratio")
-    if ratio is None:
+    ratio, groups, plan = opts.get("ratio"), {}, None
+    if opts.get("target_macs") is not None:
         ratio = ratio_for_macs(model, size, opts["target_macs"], round_to, imp, steps)
         logger.info("--target-macs %.2f: pruning %.1f%% of the channels.", opts["target_macs"], 100 * ratio)
+    elif opts.get("target_latency") is not None:
+        plan = distributed.on_main(lambda: _latency_plan(opts, parent, model, out))
+        ratio, groups = 0.0, plan["ratios"]
     cfg = common.train_config(opts)
     done, saved = distributed.on_main(lambda: _resume_point(out, steps) if opts.get("resume") else (0, None))
     if saved is not None:
@@ -58,7 +63,7 @@ def run_prune(opts: dict, config_record: dict):
         if k <= done:
             continue
         torch.manual_seed(cfg.seed * 100003 + k)  # --importance random: the same channels on every rank
-        prune_once(model, size, r, round_to, imp)
+        prune_once(model, size, r, round_to, imp, {g: step_ratios(gr, steps)[k - 1] for g, gr in groups.items()})
         distributed.check_same(model, f"The model pruned in step {k}")
         macs, params = count_macs(model, size)
         logger.info("Prune step %d/%d: %.3f -> %.3f GMACs, %.2fM parameters.", k, steps, macs0 / 1e9, macs / 1e9, params / 1e6)
@@ -76,11 +81,32 @@ def run_prune(opts: dict, config_record: dict):
     after = common.test_metrics(model, parent)
     metrics = {"before": {"macs": macs0, "params": params0, "test": before}, "after": {"macs": macs1, "params": params1, "test": after},
                "ratio": ratio, "round_to": round_to, "importance": imp, "steps": history, "test": after}
+    if plan is not None:
+        metrics["latency"] = {k: plan[k] for k in ("target", "runtime", "precision", "base_ms", "measured_ms", "reduction", "ratios")}
     if distributed.is_main():
-        write_json(out / "prune.json", {k: metrics[k] for k in ("before", "after", "ratio", "round_to", "importance")})
+        write_json(out / "prune.json", {k: metrics[k] for k in ("before", "after", "ratio", "round_to", "importance", "latency") if k in metrics})
     common.finish(out, parent, "pruned", model, config_record, metrics, started, trained=cfg.epochs > 0, arch=record_shapes(model))
     _summary(parent, out, metrics)
     return out
+
+
+def _latency_plan(opts: dict, parent, model, out) -> dict:
+    """The measured per-group ratios for --target-latency: computed once, kept in
+    OUT/latency_plan.json (a resumed run takes them from there, not from new timings)."""
+    from edgetune.runtime.files import read_json
+    from edgetune.stages.latency_plan import make_probe, plan_ratios, workdir
+
+    path = out / "latency_plan.json"
+    wanted = {"target": opts["target_latency"], "runtime": opts["latency_runtime"], "precision": opts["latency_precision"]}
+    if opts.get("resume") and path.is_file():
+        plan = read_json(path)
+        if all(plan.get(k) == v for k, v in wanted.items()):
+            return plan
+    with workdir(out) as tmp:
+        probe = make_probe(parent, opts["latency_runtime"], opts["latency_precision"], opts.get("latency_threads"), Path(tmp))
+        plan = plan_ratios(model, probe, opts["target_latency"], opts["round_to"], opts["importance"])
+    write_json(path, plan)
+    return plan
 
 
 def _summary(parent, out, m) -> None:
