@@ -4,14 +4,15 @@
 Three arms from the same float run: unpruned, `--target-macs M`, and
 `--target-latency T` timed on OpenVINO INT8 while pruning. Each pruned arm gets the
 same recovery fine-tuning (one step, --epochs at lr 5e-4); every arm is then built
-for `intel` with post-training INT8 quantization, and its INT8 bundle is measured in
-one run: accuracy on the float run's test split, and batch-1 latency in interleaved
+for `intel` with INT8 quantization (QAT for --qat-epochs, as a build does by default,
+or --quantize ptq), and its INT8 bundle is measured in one run: accuracy on the float run's test split, and batch-1 latency in interleaved
 rounds (so load from other processes falls on every arm alike).
 
-    python benchmarks/prune_latency_elpv.py --float RUN_DIR [--target-macs 0.42] [--target-latency 0.33] [--epochs 2]
+    python benchmarks/prune_latency_elpv.py --float RUN_DIR [--target-macs 0.42] [--target-latency 0.33] [--epochs 2] [--quantize ptq]
     python benchmarks/prune_latency_elpv.py --smoke     # a few minutes, generated data: checks the script
 
-Writes benchmarks/results/prune_latency_elpv.{json,md}.
+Writes benchmarks/results/prune_latency_elpv.{json,md} (with --quantize ptq:
+prune_latency_elpv_ptq.{json,md}).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def main() -> None:
     p.add_argument("--target-macs", type=float, default=0.42)
     p.add_argument("--target-latency", type=float, default=0.33)
     p.add_argument("--epochs", type=int, default=2, help="recovery epochs after pruning (both arms)")
+    p.add_argument("--quantize", choices=["qat", "ptq"], default="qat", help="how every arm is quantized to INT8 by its build")
+    p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work" / "prune_latency_elpv")
-    p.add_argument("--results", type=Path, default=RESULTS / "prune_latency_elpv.json")
+    p.add_argument("--results", type=Path, help="default: results/prune_latency_elpv.json (_ptq with --quantize ptq)")
     p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
     p.add_argument("--note", default="", help="how the machine was loaded during the run, written with the results")
     a = p.parse_args()
@@ -53,6 +56,8 @@ def main() -> None:
 
     log.setup()
     min_time = 1.0
+    a.results = a.results or RESULTS / f"prune_latency_elpv{'_ptq' if a.quantize == 'ptq' else ''}.json"
+    quantize = {"mode": "ptq"} if a.quantize == "ptq" else {"mode": "qat", "epochs": a.qat_epochs, "lr": 1e-4}
     if a.smoke:
         a.work, min_time, a.rounds = a.work / "smoke", 0.2, 2  # never next to (or over) the real runs
         a.results = a.work / "smoke.json"
@@ -63,22 +68,25 @@ def main() -> None:
         a.target_latency = 0.1  # a tiny model's latency is mostly the runtime's own overhead
     if a.float_run is None:
         p.error("--float RUN_DIR is required (or --smoke)")
-    recovery = {"steps": 1, "epochs": a.epochs, "lr": 5e-4}
+    from edgetune.targets.profile import load_profile
+
+    # channel counts in multiples of the intel profile's, as a build for intel prunes
+    recovery = {"steps": 1, "epochs": a.epochs, "lr": 5e-4, "round_to": load_profile("intel").channel_multiple}
     arms = {"unpruned": None,
             f"target-macs {a.target_macs:g}": {"target_macs": a.target_macs},
             f"target-latency {a.target_latency:g} (openvino int8)": {"target_latency": a.target_latency, "latency_runtime": "openvino",
                                                                      "latency_precision": "int8", "latency_threads": a.threads}}
-    runs, bundles = {}, {}
+    runs, bundles, build = {}, {}, a.work / a.quantize
     for i, (arm, options) in enumerate(arms.items()):
         run_dir = a.float_run if options is None else a.work / f"pruned{i}"
         if options is not None and not (run_dir / "run.json").is_file():
             api.prune(a.float_run, out=str(run_dir), force=True, **recovery, **options)
         runs[arm] = load_run(run_dir)
         try:
-            api.build(["intel"], out=a.work / f"build{i}", start=run_dir, config={"quantize": {"mode": "ptq"}})
-        except EdgetuneError as e:  # a PTQ drop beyond the gate is a number to report here: the bundle is written
+            api.build(["intel"], out=build / f"build{i}", start=run_dir, config={"quantize": quantize})
+        except EdgetuneError as e:  # an INT8 drop beyond the gate is a number to report here: the bundle is written
             log.console.print(f"[yellow]{e}[/]")
-        bundles[arm] = load_bundle(a.work / f"build{i}" / "bundle-intel")
+        bundles[arm] = load_bundle(build / f"build{i}" / "bundle-intel")
 
     base = runs["unpruned"]
     test = base.split.parts["test"]
@@ -105,13 +113,14 @@ def main() -> None:
         log.console.print(f"{r['arm']}: MACs x{r['macs_vs_unpruned']:.2f}, INT8 accuracy {r['accuracy_int8']:.4f}, {r['latency_ms_p50']:.2f} ms "
                           f"({r['speedup_vs_unpruned']:.2f}x)")
     meta = {"command": " ".join(sys.argv), "float_run": str(a.float_run), "model": base.model_name, "img_size": list(base.spec.size),
-            "recovery": recovery, "threads": a.threads, "rounds": a.rounds, "machine": machine(), "date": today(),
+            "recovery": recovery, "quantize": quantize, "threads": a.threads, "rounds": a.rounds, "machine": machine(), "date": today(),
             "note": a.note or "Compare rows of this run only."}
     write_json(a.results, {"rows": rows, **meta})
     h, w = base.spec.size
     write_table(rows, COLUMNS, a.results.with_suffix(".md"), "Latency-aware against MAC-targeted pruning (ELPV, OpenVINO INT8)",
-                intro=(f"{base.model_name} at {h}x{w} from {a.float_run.name}; each pruned arm: one step, {a.epochs} recovery epochs at lr 5e-4; every "
-                       f"arm built for intel with PTQ INT8. Test split: {len(test)} images. Latency: OpenVINO INT8, batch 1, {a.threads} threads, "
+                intro=(f"{base.model_name} at {h}x{w} from {a.float_run.name}; each pruned arm: one step, channels in multiples of {recovery['round_to']}, "
+                       f"{a.epochs} recovery epochs at lr 5e-4; every "
+                       f"arm built for intel with {'PTQ' if a.quantize == 'ptq' else f'QAT ({a.qat_epochs} epoch, lr 1e-4)'} INT8. Test split: {len(test)} images. Latency: OpenVINO INT8, batch 1, {a.threads} threads, "
                        f"{a.rounds} interleaved rounds, on {machine()}."),
                 notes=meta["note"])
     log.console.print(f"Results: {a.results} and {a.results.with_suffix('.md')}")

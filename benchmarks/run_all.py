@@ -33,7 +33,9 @@ STEPS = {
         [PY, "benchmarks/latency_elpv.py", "--float", FLOAT, "--bundle", "runs/elpv/bundle-cpu", "--bundle", "runs/elpv/bundle-intel",
          "--pruned-bundle", "runs/elpv-pruned/bundle-cpu", "--pruned-bundle", "runs/elpv-pruned/bundle-intel"],
     ],
+    "prune-latency": [[PY, "benchmarks/prune_latency_elpv.py", "--float", FLOAT]],  # --target-latency against --target-macs
     "infer": [[PY, "benchmarks/infer_throughput.py", "runs/elpv/bundle-cpu"]],
+    "anomaly": [[PY, "benchmarks/anomaly_elpv.py"]],  # its own fit; with the label-budget curve
     "families": [[PY, "benchmarks/families.py"]],  # independent of the ELPV steps
 }
 

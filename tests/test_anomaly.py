@@ -67,6 +67,11 @@ def test_bundles_for_every_target(anomaly_build):
     assert score.shape == (3,) and heat.shape == (3, SIZE, SIZE)
     ops = {n.op_type for n in onnx.load(str(jetson / "model.int8.onnx")).graph.node}
     assert {"MatMul", "ReduceMin", "ReduceMax", "QuantizeLinear", "DequantizeLinear"} <= ops
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(anomaly_build / "bundle-intel" / "model.int8.xml"))
+    # the IR says what it is, and claims no Model API type whose outputs it does not have
+    assert ir.get_rt_info(["edgetune", "task"]).astype(str) == "anomaly" and not ir.has_rt_info(["model_info", "model_type"])
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import BUILD_TARGETS, EDGETUNE, make_images, run_cli, tiny_build_config
+from edgetune.errors import EdgetuneError
 from edgetune.run import load_run
 from edgetune.runtime import backends
 from edgetune.runtime.bundle import load_bundle
@@ -85,6 +86,8 @@ def test_target_latency_is_timed_on_the_first_targets_runtime():
                                                                                "latency_runtime": "openvino", "latency_precision": "int8"}
     assert prune_overrides([cpu], {"prune": {"target-latency": 0.3, "latency-runtime": "openvino", "round-to": 4}}) == {"latency_precision": "int8"}
     assert "latency_runtime" not in prune_overrides([cpu], {"prune": {"ratio": 0.3}})
+    with pytest.raises(EdgetuneError, match="prune.latency-runtime"):  # a Jetson's TensorRT cannot be timed on this machine
+        prune_overrides([load_profile("jetson-orin-nano")], {"prune": {"target-latency": 0.3}})
 
 
 def test_unsigned_activations_for_a_jetson_target_is_refused_before_training(image_folder, tmp_path):

@@ -12,6 +12,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.stages.base import Stage, StageOptions
 
 TRAINING = ("finetune", "prune", "quantize")
+LATENCY_RUNTIMES = ("onnxruntime", "openvino")  # what `prune --target-latency` can time on this machine
 
 
 def quantize_overrides(profiles: list, config: dict) -> dict:
@@ -37,6 +38,10 @@ def prune_overrides(profiles: list, config: dict) -> dict:
     out = {} if "round_to" in section else {"round_to": max(p.channel_multiple for p in profiles)}
     if "target_latency" in section:
         first = profiles[0]
+        if "latency_runtime" not in section and first.runtime not in LATENCY_RUNTIMES:
+            raise EdgetuneError(f"Config key 'prune.target-latency' times pruned candidates on the first target's runtime, and {first.name}'s "
+                                f"is {first.runtime}, which runs on the device, not on this machine. Set prune.latency-runtime "
+                                f"({' or '.join(LATENCY_RUNTIMES)}) to time on this machine's CPU instead, or prune by target-macs.")
         out.update({k: v for k, v in (("latency_runtime", first.runtime), ("latency_precision", "int8" if first.precision == "int8" else "fp32"))
                     if k not in section})
     return out

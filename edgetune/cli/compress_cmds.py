@@ -15,7 +15,7 @@ from edgetune.cli.options import distill_options, out_option, pass_options, reco
 @click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of MACs to remove instead, e.g. 0.5 (the channel ratio is searched).")
 @click.option("--target-latency", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of latency to remove instead, e.g. 0.3: each stage's channels pruned where the measured latency falls most per loss added.")
-@click.option("--latency-runtime", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime", show_default=True,
+@click.option("--latency-runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
               help="With --target-latency: the runtime candidates are timed on (a build uses its first target's).")
 @click.option("--latency-precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
               help="With --target-latency: time candidates exported in this precision (a build: its first target's).")

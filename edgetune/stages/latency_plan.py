@@ -9,20 +9,31 @@ and each candidate is
 - exported and run on the target's runtime (INT8 through the same NNCF
   quantization and ONNX export as the build, where the build is INT8), timed by the
   timing harness at batch 1: the latency it saves;
-- evaluated in PyTorch on validation images without recovery: the cross-entropy
-  it adds (finer than accuracy on a few hundred images).
+- evaluated in PyTorch on validation images without recovery, after its
+  BatchNorm statistics are re-estimated on a few train images (adaptive BN, Li et
+  al., EagleEye, ECCV 2020: without it, a pruned network's loss ranks candidates
+  far from how they rank after fine-tuning): the cross-entropy it adds (finer
+  than accuracy on a few hundred images).
 
 Then, greedily, the step (a group to its next ratio) that saves the most
 milliseconds per unit of loss added is taken until the predicted saving reaches
 F of the unpruned latency. Savings are not exactly additive, so the combined
 plan is measured; while it falls short, the goal is raised by the shortfall and
-the greedy allocation continues. The plan (ratios, every candidate, predicted and
-measured latency) is written to the run, so `--resume` does not measure again.
+the greedy allocation continues.
+
+Every timing is paired: short bursts of the candidate alternate with bursts of the
+unpruned model, and the saving is the difference of their medians. A machine's
+speed drifts by more over the minutes of candidates (a tenth and more on a shared
+CPU) than pruning one stage saves; timed one after the other, candidates were
+ranked by the drift. The plan (ratios, every candidate, predicted and measured
+latency) is written to the run, so `--resume` does not measure again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +50,9 @@ logger = log.get(__name__)
 GRID = (0.25, 0.5, 0.75)  # ratios each group is measured at
 VAL_IMAGES = 256
 CALIB_IMAGES = 8  # calibration only sets the scales; latency does not depend on them
-POLICY = Policy(warmup=5, min_time_s=0.5, min_runs=20)
+BN_IMAGES = 64  # train images that re-estimate a candidate's BatchNorm statistics
+BURST = Policy(warmup=2, min_time_s=0.2, min_runs=10)  # one burst of a paired timing
+PAIRS = 5  # bursts of each model in a paired timing
 ROUNDS = 3  # measure-and-correct rounds of the combined plan
 
 
@@ -54,12 +67,24 @@ class Probe:
     precision: str
     threads: int | None
     calib: list[torch.Tensor]
+    bn_x: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
     workdir: Path
+    base: object = None  # the unpruned model's session, the other half of every paired timing
 
-    def latency_ms(self, model: torch.nn.Module) -> float:
-        """p50 of `model` exported as the build would, on the runtime, batch 1."""
+    def paired_ms(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(unpruned p50, `model`'s p50) at batch 1, from alternating bursts."""
+        session = self.session(model)
+        x = np.zeros((1, 3, *self.size), np.float32)
+        base, cand = [], []
+        for _ in range(PAIRS):
+            base += time_call(lambda: self.base.run(x), BURST).samples_s
+            cand += time_call(lambda: session.run(x), BURST).samples_s
+        return float(np.median(base)) * 1e3, float(np.median(cand)) * 1e3
+
+    def session(self, model: torch.nn.Module):
+        """A runtime session of `model` exported as the build would export it."""
         from edgetune.export.graph import OUTPUT_NAME, save_onnx
         from edgetune.runtime.backends import open_session
 
@@ -69,23 +94,30 @@ class Probe:
 
             from edgetune.compress.quantize import quantize_model
 
-            qmodel, _ = quantize_model(model, self.calib, self.size, activations="int8" if self.runtime == "tensorrt" else "auto")
+            with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars, thirty times over, under our own
+                qmodel, _ = quantize_model(model, self.calib, self.size)
             model = nncf.strip(qmodel, example_input=torch.zeros(1, 3, *self.size)).eval()
         else:
             from edgetune.compress.fold import fold_batchnorm
 
             fold_batchnorm(model, self.size)
-        path = self.workdir / f"candidate.{self.precision}.onnx"
+        path = self.workdir / f"candidate{len(list(self.workdir.iterdir()))}.{self.precision}.onnx"  # the base's file stays
         activations = "uint8" if self.runtime == "onnxruntime" and self.precision == "int8" else "keep"
         save_onnx(model, self.size, path, self.precision, 17, activations, [OUTPUT_NAME], "latency candidate")
         artifact = {"precision": self.precision, "input": {"shape": [-1, 3, *self.size]}}
-        session = open_session(self.runtime, path, self.spec, artifact, threads=self.threads)
-        x = np.zeros((1, 3, *self.size), np.float32)
-        return time_call(lambda: session.run(x), POLICY).stats()["p50_ms"]
+        return open_session(self.runtime, path, self.spec, artifact, threads=self.threads)
 
     def val_loss(self, model: torch.nn.Module) -> float:
-        model = model.cpu().eval()
+        model = copy.deepcopy(model).cpu().eval()
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in norms:  # adaptive BN: statistics of the pruned network, as a cumulative average
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
         with torch.no_grad():
+            for i in range(0, len(self.bn_x) if norms else 0, 32):
+                model(self.bn_x[i:i + 32])
+            model.eval()
             losses = [torch.nn.functional.cross_entropy(model(self.val_x[i:i + 32]), self.val_y[i:i + 32], reduction="sum")
                       for i in range(0, len(self.val_x), 32)]
         return float(sum(losses) / len(self.val_x))
@@ -101,15 +133,17 @@ def make_probe(parent, runtime: str, precision: str, threads: int | None, workdi
         raise EdgetuneError(f"--target-latency weighs each pruning step by the loss it adds on validation images, and {parent.dir}'s split has none.")
     x = torch.cat(calibration_tensors(parent, val))
     y = torch.tensor([label for _, label in val])
-    calib = calibration_tensors(parent, parent.split.parts["train"][:CALIB_IMAGES])
-    return Probe(tuple(parent.spec.size), parent.spec, runtime, precision, threads, calib, x, y, workdir)
+    train = torch.cat(calibration_tensors(parent, parent.split.parts["train"][:BN_IMAGES]))
+    return Probe(tuple(parent.spec.size), parent.spec, runtime, precision, threads, list(train[:CALIB_IMAGES].split(1)), train, x, y, workdir)
 
 
 def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: int, imp: str) -> dict:
     """The per-group ratios that remove `target` of the latency, and the record of
     how they were chosen (see the module's docstring)."""
     groups = prune_groups(model)
-    base_ms, base_loss = probe.latency_ms(model), probe.val_loss(model)
+    probe.base = probe.session(model)
+    base_loss = probe.val_loss(model)
+    probe.paired_ms(model)  # the first timings in a process run cold (first compile, caches): not the reference
     saved: dict[str, dict[float, float]] = {}
     added: dict[str, dict[float, float]] = {}
     candidates = []
@@ -118,34 +152,35 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
             saved[g], added[g] = {0.0: 0.0}, {0.0: 0.0}
             for r in GRID:
                 pruned = prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, {g: r})
-                ms, loss = probe.latency_ms(pruned), probe.val_loss(pruned)
-                saved[g][r], added[g][r] = base_ms - ms, max(loss - base_loss, 0.0)
-                candidates.append({"group": g, "ratio": r, "latency_ms": ms, "val_loss": loss})
+                (base, ms), loss = probe.paired_ms(pruned), probe.val_loss(pruned)
+                saved[g][r], added[g][r] = base - ms, max(loss - base_loss, 0.0)
+                candidates.append({"group": g, "ratio": r, "latency_ms": ms, "base_ms": base, "val_loss": loss})
                 advance()
+        base_ms = float(np.median([c["base_ms"] for c in candidates]))
         ratios = {g: 0.0 for g in groups}
         goal, rounds = target * base_ms, []
         for _ in range(ROUNDS):
             ratios = _allocate(ratios, saved, added, goal)
-            measured = probe.latency_ms(prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, ratios))
+            if rounds and ratios == rounds[-1]["ratios"]:
+                break  # no measured step left that saves anything
+            base_now, measured = probe.paired_ms(prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, ratios))
             predicted = base_ms - sum(saved[g][r] for g, r in ratios.items())
-            rounds.append({"ratios": dict(ratios), "predicted_ms": predicted, "measured_ms": measured})
+            rounds.append({"ratios": dict(ratios), "predicted_ms": predicted, "base_ms": base_now, "measured_ms": measured})
             advance()
-            shortfall = measured - (1 - target) * base_ms
+            shortfall = measured - (1 - target) * base_now
             if shortfall <= 0:
                 break
-            if all(r == GRID[-1] for r in ratios.values()):
-                break
-            goal += shortfall
-    reached = 1 - rounds[-1]["measured_ms"] / base_ms
+            goal = (base_ms - predicted) + shortfall  # beyond what this plan promised: the next round must add a step
+    reached = 1 - rounds[-1]["measured_ms"] / rounds[-1]["base_ms"]
     if reached < target * 0.9:  # within a tenth of the goal counts: timing on a busy machine moves by that much
         raise EdgetuneError(f"--target-latency {target:g}: the best plan found (each of {len(groups)} layer groups of {type(model).__name__} pruned by "
-                            f"up to {GRID[-1]:.0%}) removed {reached:.0%} of its {probe.runtime} {probe.precision} latency ({base_ms:.2f} -> "
+                            f"up to {GRID[-1]:.0%}) removed {reached:.0%} of its {probe.runtime} {probe.precision} latency ({rounds[-1]['base_ms']:.2f} -> "
                             f"{rounds[-1]['measured_ms']:.2f} ms): its latency there does not fall that far with its channels. Ask for less, time on "
                             "another --latency-runtime, or prune by --ratio or --target-macs.")
-    logger.info("--target-latency %.2f on %s %s: %.2f -> %.2f ms (%.0f%% less), ratios %s.", target, probe.runtime, probe.precision, base_ms,
+    logger.info("--target-latency %.2f on %s %s: %.2f -> %.2f ms (%.0f%% less), ratios %s.", target, probe.runtime, probe.precision, rounds[-1]["base_ms"],
                 rounds[-1]["measured_ms"], 100 * reached, ", ".join(f"{g} {r:.2f}" for g, r in ratios.items() if r))
-    return {"target": target, "runtime": probe.runtime, "precision": probe.precision, "threads": probe.threads, "base_ms": base_ms,
-            "base_val_loss": base_loss, "ratios": ratios, "measured_ms": rounds[-1]["measured_ms"], "reduction": reached, "grid": list(GRID),
+    return {"target": target, "runtime": probe.runtime, "precision": probe.precision, "threads": probe.threads, "base_ms": rounds[-1]["base_ms"],
+            "base_val_loss": base_loss, "candidates_base_ms": base_ms, "ratios": ratios, "measured_ms": rounds[-1]["measured_ms"], "reduction": reached, "grid": list(GRID),
             "candidates": candidates, "rounds": rounds}
 
 

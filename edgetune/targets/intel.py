@@ -36,7 +36,7 @@ class IntelTarget(Target):
             # bf16 is the fp32 IR compiled with a bf16 inference precision: the files are shared.
             xml = f"model.{'fp32' if precision == 'bf16' else precision}.xml"
             if not (dest / xml).exists():
-                write_ir(inp.onnx_for(precision), dest / xml, inp.spec, inp.classes, compress_to_fp16=precision == "fp16")
+                write_ir(inp.onnx_for(precision), dest / xml, inp.spec, inp.classes, compress_to_fp16=precision == "fp16", task=inp.task)
             options = {k: self.profile.options[k] for k in ("device", "performance_hint", "threads") if k in self.profile.options}
             arts[precision] = self.artifact(precision, [xml, xml[:-4] + ".bin"], "openvino-ir", dest,
                                             input={"name": inp.input_name, "shape": inp.input_shape}, preprocess_built_in=True,
@@ -71,7 +71,8 @@ class IntelTarget(Target):
                 "any H and W, and gets logits. Class names are in the IR's runtime info (`model_info/labels`, `edgetune/classes`).\n")
 
 
-def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str], compress_to_fp16: bool = False) -> None:
+def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str], compress_to_fp16: bool = False,
+             task: str = "classification") -> None:
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
@@ -79,7 +80,9 @@ def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str
     model.set_rt_info(json.dumps(classes), ["edgetune", "classes"])
     model.set_rt_info(json.dumps(spec.to_dict()), ["edgetune", "preprocess"])
     model.set_rt_info(" ".join(c.replace(" ", "_") for c in classes), ["model_info", "labels"])  # OpenVINO Model API convention
-    model.set_rt_info("Classification", ["model_info", "model_type"])
+    model.set_rt_info(task, ["edgetune", "task"])
+    if task == "classification":  # Model API's anomaly type expects its own outputs, not edgetune's score and map: no type claimed
+        model.set_rt_info("Classification", ["model_info", "model_type"])
     # The .xml/.bin pair is saved under temporary names, then each lands atomically.
     with atomic_path(xml) as tmp_xml, atomic_path(xml.with_suffix(".bin")) as tmp_bin:
         saved = tmp_xml.with_suffix(".ir.xml")
