@@ -44,6 +44,7 @@ import torch
 from edgetune import log
 from edgetune.compress.prune import prune_groups, prune_once
 from edgetune.errors import EdgetuneError
+from edgetune.models.stats import count_macs
 from edgetune.runtime.timing import Policy, time_call
 
 logger = log.get(__name__)
@@ -140,7 +141,7 @@ def make_probe(parent, runtime: str, precision: str, threads: int | None, workdi
 def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: int, imp: str) -> dict:
     """The per-group ratios that remove `target` of the latency, and the record of
     how they were chosen (see the module's docstring)."""
-    groups = prune_groups(model)
+    groups, macs0 = prune_groups(model), count_macs(model, probe.size)[0]
     probe.base = probe.session(model)
     base_loss = probe.val_loss(model)
     probe.paired_ms(model)  # the first timings in a process run cold (first compile, caches): not the reference
@@ -152,11 +153,16 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
             saved[g], added[g] = {0.0: 0.0}, {0.0: 0.0}
             for r in GRID:
                 pruned = prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, {g: r})
-                (base, ms), loss = probe.paired_ms(pruned), probe.val_loss(pruned)
-                saved[g][r], added[g][r] = base - ms, max(loss - base_loss, 0.0)
-                candidates.append({"group": g, "ratio": r, "latency_ms": ms, "base_ms": base, "val_loss": loss})
+                macs = count_macs(pruned, probe.size)[0]
+                if macs == macs0:  # nothing pruned (a layer already at one --round-to multiple): nothing to time but noise
+                    saved[g][r], added[g][r] = 0.0, 0.0
+                    candidates.append({"group": g, "ratio": r, "macs": macs, "unchanged": True})
+                else:
+                    (base, ms), loss = probe.paired_ms(pruned), probe.val_loss(pruned)
+                    saved[g][r], added[g][r] = base - ms, max(loss - base_loss, 0.0)
+                    candidates.append({"group": g, "ratio": r, "macs": macs, "latency_ms": ms, "base_ms": base, "val_loss": loss})
                 advance()
-        base_ms = float(np.median([c["base_ms"] for c in candidates]))
+        base_ms = float(np.median([c["base_ms"] for c in candidates if "base_ms" in c] or [probe.paired_ms(model)[0]]))
         ratios = {g: 0.0 for g in groups}
         goal, rounds = target * base_ms, []
         for _ in range(ROUNDS):
