@@ -137,8 +137,9 @@ def test_recovery_trains_with_the_input_runs_augmentations_unless_told(tmp_path,
 
 
 def test_target_latency_prunes_where_the_runtime_gets_faster(float_run, tmp_path):
-    """Every group timed at every ratio on ONNX Runtime; the combined plan measured
-    to remove the latency asked (within the tenth the plan allows)."""
+    """Every group recorded at every ratio (timed on ONNX Runtime unless it prunes
+    nothing); the combined plan measured to remove the latency asked (within the
+    tenth the plan allows)."""
     from edgetune.compress.prune import prune_groups
     from edgetune.run import load_run
     from edgetune.stages.latency_plan import GRID
