@@ -52,7 +52,7 @@ def levels_of(data: str, normal: str) -> dict[str, float]:
     return {it.path: float(source.classes[it.label] != normal) for it in source.items}
 
 
-def measure(session, x: np.ndarray, levels: np.ndarray, threads: int, min_time_s: float) -> dict:
+def measure(session, x: np.ndarray, levels: np.ndarray, min_time_s: float) -> dict:
     from edgetune.metrics import anomaly_metrics
     from edgetune.runtime.timing import Policy, time_call
 
@@ -93,9 +93,8 @@ def budget_split(run, budget: int | None, seed: int = 0):
     from edgetune.data.sources import load_source
     from edgetune.data.split import make_split
 
-    total = sum(len(v) for v in run.split.parts.values())
-    test_frac, val_frac = len(run.split.parts["test"]) / total, len(run.split.parts["val"]) / total
-    split = make_split(load_source("elpv"), run.split.seed, round(val_frac, 2), round(test_frac, 2))
+    config = run.info["history"][-1]["config"]
+    split = make_split(load_source("elpv"), run.split.seed, config["val-frac"], config["test-frac"])
     if [p for p, _ in split.parts["test"]] != [p for p, _ in run.split.parts["test"]]:
         raise SystemExit("the classifier's split does not hold the detector's test images: the curve would compare different images")
     train = split.parts["train"]
@@ -193,7 +192,7 @@ def detector(a, run, data: str, normal: str, options: dict) -> dict:
         bundle = load_bundle(path)
         for precision in bundle.precisions:
             session = bundle.open(threads=a.threads, precision=precision)
-            m = measure(session, x, levels, a.threads, min_time)
+            m = measure(session, x, levels, min_time)
             rows.append({"dataset": "elpv", "model": f"{run.model_name} PatchCore", "stage": "ptq" if precision == "int8" else "float",
                          "runtime": session.name, "precision": precision, **m, "size_mb": bundle.artifact_size(precision) / 1e6,
                          "macs": bundle.manifest["model"].get("macs"), "bank_rows": fit["bank"]["rows"], "bank_mb": fit["bank"]["size_mb"],
@@ -202,7 +201,7 @@ def detector(a, run, data: str, normal: str, options: dict) -> dict:
                               f"false alarms {m['false_alarm_rate']:.2%}, {m['latency_ms_p50']:.2f} ms")
     return {"rows": rows, "command": " ".join(sys.argv), "data": data, "normal": normal, "options": options, "threads": a.threads,
             "fit": {"fit_seconds": fit["fit_seconds"], "bank": fit["bank"], "threshold": fit["threshold"], "test_pytorch": fit["test"],
-                    "images": fit["bank"]["images"], "test_images": len(test)},
+                    "test_images": len(test)},
             "supervised_classifier_roc_auc": classifier_auc(), "machine": machine(), "date": today(),
             "note": a.note or "Compare rows of this run only."}
 

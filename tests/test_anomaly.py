@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from anomaly_helpers import SIZE, make_textures
-from conftest import run_cli
+from conftest import invoke, run_cli
 
 MODEL = ["--model", "test_resnet", "--no-pretrained", "--img-size", str(SIZE)]
 
@@ -122,6 +122,14 @@ def test_infer_folder_records_scores_and_alarms(anomaly_build, textures, tmp_pat
     saved = sorted(p.name for p in (tmp_path / "flagged").iterdir())
     assert "frame-000003.png" in saved and "frame-000003-map.png" in saved
     assert (tmp_path / "line.mp4").stat().st_size > 0
+
+
+def test_save_anomalies_into_a_file_is_refused_before_the_stream(anomaly_build, textures, tmp_path, capfd):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert invoke("infer", anomaly_build / "bundle-cpu", "--source", textures[0] / "good", "--save-anomalies", tmp_path / "taken" / "flagged",
+                  "--out", tmp_path / "records.jsonl") == 2
+    err = capfd.readouterr().err
+    assert "--save-anomalies" in err and "cannot make that folder" in err and not (tmp_path / "records.jsonl").exists()
 
 
 @pytest.mark.slow

@@ -205,3 +205,12 @@ def test_commands_that_do_not_train_run_on_rank_0_alone(as_rank, capfd, tmp_path
     as_rank.setenv("LOCAL_RANK", "0")
     assert invoke("evaluate", tmp_path / "no-such-run") == 2
     assert "no such run directory" in capfd.readouterr().err
+
+
+def test_anomaly_fit_runs_on_rank_0_alone(as_rank, capfd, tmp_path):
+    """PatchCore's fit is one process's work: rank 1 leaves it (and --out) to rank 0."""
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        as_rank.setenv(k, v)
+    out = tmp_path / "fit"
+    assert invoke("finetune", "--task", "anomaly", "--data", tmp_path / "no-such-data", "--normal", "good", "--out", out) == 0
+    assert capfd.readouterr().err == "" and not out.exists()

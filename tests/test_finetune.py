@@ -84,6 +84,9 @@ def test_bad_freeze_policy_and_weights(tmp_path, image_folder, capsys):
     assert invoke("finetune", "--data", image_folder, *TINY, "--weights", tmp_path / "w.pt", "--out", tmp_path / "r2") == 2
     err = capsys.readouterr().err
     assert "w.pt" in err and "not a loadable state dict" in err
+    assert invoke("finetune", "--data", image_folder, *TINY, "--device", "gpu", "--out", tmp_path / "r3") == 2
+    err = capsys.readouterr().err
+    assert "--device 'gpu'" in err and "cuda:N" in err and "Traceback" not in err
 
 
 def test_weights_from_a_run_keep_its_head_only_when_the_classes_fit(tmp_path):

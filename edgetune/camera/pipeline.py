@@ -100,6 +100,8 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
     capture = Capture(reader, reopen, buffer, stop, live=spec.live, loop=opts.loop, max_frames=opts.max_frames,
                       backoff=opts.backoff, prepare=prepare)
     # Opened before the loop so a bad path fails at once, not after the first frame.
+    if opts.save_anomalies:
+        _make_folder(opts.save_anomalies)
     writer = RecordWriter(opts.out, opts.format)
     video = AnnotatedVideo(opts.video, getattr(reader, "fps", None)) if opts.video else None
     display = Display() if opts.show else None
@@ -245,6 +247,15 @@ def overlay_maps(image: np.ndarray, heat: list) -> np.ndarray:
     return out
 
 
+def _make_folder(folder: str) -> None:
+    from pathlib import Path
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgetuneError(f"--save-anomalies {folder}: cannot make that folder ({e.strerror or e}). Give a folder that can be written.") from None
+
+
 def save_anomaly(folder: str, frame, roi: Roi | None, heat: np.ndarray) -> str:
     """FOLDER/frame-NNNNNN[-ROI].png (the frame or ROI as captured) and ...-map.png
     (with its heat map), written atomically; returns the first's path."""
@@ -256,8 +267,7 @@ def save_anomaly(folder: str, frame, roi: Roi | None, heat: np.ndarray) -> str:
     from edgetune.runtime.files import write_bytes
 
     image = roi.crop(frame.image) if roi else frame.image
-    stem = Path(folder) / f"frame-{frame.index:06d}{'-' + roi.name if roi else ''}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = Path(folder) / f"frame-{frame.index:06d}{'-' + roi.name if roi else ''}"  # the folder: made before the loop
     for path, img in ((stem.with_name(stem.name + ".png"), image), (stem.with_name(stem.name + "-map.png"), heat_overlay(image, heat))):
         ok, data = cv2.imencode(".png", img)
         if ok:

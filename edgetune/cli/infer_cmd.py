@@ -87,9 +87,9 @@ def infer(bundle: Path, **o):
     if summary is None and out != "-":
         summary = Path(out).with_name(Path(out).stem + ".summary.json")
     b = load_bundle(bundle)
-    session = b.open(threads=o["threads"], precision=o["precision"])
     if o["save_anomalies"] and b.task != "anomaly":
         raise EdgetuneError(f"--save-anomalies keeps the frames an anomaly bundle flags; {bundle} is a {b.task} bundle.")
+    session = b.open(threads=o["threads"], precision=o["precision"])
     opts = InferOptions(
         source=str(o["source"]), mode=o["mode"], width=o["width"], height=o["height"], fps=o["fps"],
         rois=[r for group in o["roi"] for r in group], alarms=list(o["alarm"]), alarm_frames=o["alarm_frames"],

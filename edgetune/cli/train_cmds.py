@@ -20,9 +20,11 @@ def finetune(ctx: click.Context, opts: dict):
     """Fine-tune a pretrained timm backbone on labelled images, or (--task anomaly)
     fit an anomaly detector on the images of good parts alone."""
     if opts["task"] == "anomaly":
+        from edgetune import log
         from edgetune.stages.anomaly import run_fit
 
-        run_fit(opts, record(ctx))
+        if log.main_process():  # fitting is one process's work: under torchrun the other ranks leave it to rank 0
+            run_fit(opts, record(ctx))
         return
     from edgetune.stages.finetune import run_finetune
 

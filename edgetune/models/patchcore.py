@@ -127,10 +127,6 @@ class PatchCore(nn.Module):
         centred = bank - mean
         self.bank_mean, self.bank_t, self.bank_sq = mean, centred.t().contiguous(), (centred * centred).sum(1)
 
-    @property
-    def bank_rows(self) -> int:
-        return int(self.bank_t.shape[1])
-
     def patch_scores(self, emb: torch.Tensor) -> torch.Tensor:
         """(N, D, h, w) embeddings -> (N, h*w) distances to the nearest bank row."""
         a = emb.flatten(2).transpose(1, 2) - self.bank_mean  # (N, h*w, D), centred as the bank

@@ -67,10 +67,6 @@ class Normalisation:
             raise EdgetuneError(f"The anomaly section of the manifest is incomplete ({e}); rebuild the bundle.") from None
 
 
-def is_anomaly(manifest: dict) -> bool:
-    return manifest.get("task") == TASK
-
-
 def score_logits(scores: np.ndarray) -> np.ndarray:
     """Normalised scores as two-class logits (see the module's doc)."""
     s = np.asarray(scores, dtype=np.float32).reshape(-1)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +72,7 @@ class Probe:
     val_y: torch.Tensor
     workdir: Path
     base: object = None  # the unpruned model's session, the other half of every paired timing
+    exported: int = 0  # ONNX files written to workdir (each session keeps its own)
 
     def paired_ms(self, model: torch.nn.Module) -> tuple[float, float]:
         """(unpruned p50, `model`'s p50) at batch 1, from alternating bursts."""
@@ -102,7 +102,8 @@ class Probe:
             from edgetune.compress.fold import fold_batchnorm
 
             fold_batchnorm(model, self.size)
-        path = self.workdir / f"candidate{len(list(self.workdir.iterdir()))}.{self.precision}.onnx"  # the base's file stays
+        self.exported += 1
+        path = self.workdir / f"candidate{self.exported}.{self.precision}.onnx"
         activations = "uint8" if self.runtime == "onnxruntime" and self.precision == "int8" else "keep"
         save_onnx(model, self.size, path, self.precision, 17, activations, [OUTPUT_NAME], "latency candidate")
         artifact = {"precision": self.precision, "input": {"shape": [-1, 3, *self.size]}}
@@ -211,9 +212,3 @@ def _allocate(ratios: dict[str, float], saved: dict, added: dict, goal: float) -
             break
         ratios[best[0]] = best[1]
     return ratios
-
-
-def workdir(out: Path):
-    """A scratch folder for the candidates' ONNX files, removed afterwards."""
-    out.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix="latency-", dir=out)

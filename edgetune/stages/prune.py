@@ -4,6 +4,7 @@ a checkpoint per finished step (resume), and the run's layer shapes."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _latency_plan(opts: dict, parent, model, out) -> dict:
     """The measured per-group ratios for --target-latency: computed once, kept in
     OUT/latency_plan.json (a resumed run takes them from there, not from new timings)."""
     from edgetune.runtime.files import read_json
-    from edgetune.stages.latency_plan import make_probe, plan_ratios, workdir
+    from edgetune.stages.latency_plan import make_probe, plan_ratios
 
     path = out / "latency_plan.json"
     wanted = {"target": opts["target_latency"], "runtime": opts["latency_runtime"], "precision": opts["latency_precision"]}
@@ -102,7 +103,7 @@ def _latency_plan(opts: dict, parent, model, out) -> dict:
         plan = read_json(path)
         if all(plan.get(k) == v for k, v in wanted.items()):
             return plan
-    with workdir(out) as tmp:
+    with tempfile.TemporaryDirectory(prefix="latency-", dir=out) as tmp:  # the candidates' ONNX files
         probe = make_probe(parent, opts["latency_runtime"], opts["latency_precision"], opts.get("latency_threads"), Path(tmp))
         plan = plan_ratios(model, probe, opts["target_latency"], opts["round_to"], opts["importance"])
     write_json(path, plan)

@@ -75,7 +75,12 @@ def device_for(name: str = "auto") -> torch.device:
     CUDA device is the local rank's GPU (`cuda` and `auto` alike)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EdgetuneError(f"--device {name!r}: use auto, cpu, cuda or cuda:N (mps where PyTorch has it).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EdgetuneError(f"--device {name}: this PyTorch sees no CUDA GPU ({torch.__version__}). Use --device cpu, or auto.")
     if device.type != "cuda" or not launched():
         return device
     local, count = local_rank(), torch.cuda.device_count()

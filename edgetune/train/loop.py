@@ -80,11 +80,6 @@ class FitResult:
     stopped_early: bool = False
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """The device for `--device NAME` (under torchrun: this rank's GPU)."""
-    return distributed.device_for(name)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels over a loader, in eval mode. Under torchrun every rank
@@ -195,7 +190,7 @@ def fit(
         raise EdgetuneError(f"--mixup {cfg.mixup}: give the Beta distribution's alpha (e.g. 0.2), or 0 for none.")
     rank, world = distributed.rank(), distributed.world_size()
     main = distributed.is_main()
-    device = pick_device(cfg.device)
+    device = distributed.device_for(cfg.device)
     model.to(device, memory_format=NHWC)
     ckpt_dir = Path(ckpt_dir)
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
