@@ -79,7 +79,7 @@ def device_for(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise EdgetuneError(f"--device {name!r}: use auto, cpu, cuda or cuda:N (mps where PyTorch has it).") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not launched() and not torch.cuda.is_available():  # under torchrun: the rank's own message below
         raise EdgetuneError(f"--device {name}: this PyTorch sees no CUDA GPU ({torch.__version__}). Use --device cpu, or auto.")
     if device.type != "cuda" or not launched():
         return device
