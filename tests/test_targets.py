@@ -157,3 +157,36 @@ def test_bf16_is_an_openvino_precision_only(tmp_path):
         get_target(load_profile(str(f))).check_profile()
     assert "bf16" in load_profile("intel").precisions
     get_target(load_profile("intel")).check_profile()
+
+
+def test_the_ir_cut_after_its_preprocessing_is_checked_against_the_model(tmp_path):
+    """The intel IR carries preprocessing for OpenVINO applications; edgetune's session
+    cuts it off again. Where PrePostProcessor folds a step into the first layer (a
+    channel swap after the resize goes into the Conv's weights), the cut model would
+    expect BGR input: the build refuses it instead of shipping it."""
+    import openvino as ov
+    from openvino.preprocess import ColorFormat, PrePostProcessor, ResizeAlgorithm
+
+    from edgetune.runtime.preprocess import PreprocessSpec
+    from edgetune.targets.intel import PLAIN_INPUT_NODE, check_cut, with_preprocessing
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)  # channels differ: a swap shows
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 14, 14])], [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    spec = PreprocessSpec(size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation="bicubic")
+    original = ov.convert_model(str(path))
+    check_cut(original, with_preprocessing(original.clone(), spec), spec, path)  # the shipped order passes
+
+    model = original.clone()
+    consumers = list(model.get_parameters()[0].output(0).get_target_inputs())
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR).set_spatial_dynamic_shape()
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().resize(ResizeAlgorithm.RESIZE_CUBIC).convert_element_type(ov.Type.f32).convert_color(ColorFormat.RGB).scale(255.0)
+    swapped_late = ppp.build()
+    consumers[0].get_source_output().get_node().set_friendly_name(PLAIN_INPUT_NODE)
+    with pytest.raises(EdgetuneError, match="without its built-in preprocessing computes something else"):
+        check_cut(original, swapped_late, spec, path)

@@ -1,20 +1,18 @@
 """Training-side preprocessing and augmentation, in torch.
 
-`eval_transform` implements the run's `PreprocessSpec` with PIL decoding and torch
-interpolation: an independent twin of the device's OpenCV path
-(`edgetune.runtime.preprocess`), held to it by a parity test. Augmentations act on
-the uint8 image before that shared resize + normalise step."""
+Images are decoded with PIL; the resize + normalise step is the device's own
+(`edgetune.runtime.preprocess`), so training sees the numbers the device computes.
+Augmentations act on the uint8 image before that step."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
 from edgetune.data.augment import Augment
-from edgetune.runtime.preprocess import PreprocessSpec
+from edgetune.runtime.preprocess import PreprocessSpec, preprocess
 
 
 def load_rgb(path: str) -> torch.Tensor:
@@ -27,19 +25,9 @@ def load_rgb(path: str) -> torch.Tensor:
 
 
 def normalize(img_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """uint8 (N)x3xHxW RGB to the model's float input: resize + scale + normalise."""
-    x = img_u8.float().div(255.0)
-    batched = x.dim() == 4
-    if not batched:
-        x = x.unsqueeze(0)
-    if spec.channel_order == "BGR":
-        x = x.flip(1)
-    if tuple(x.shape[-2:]) != tuple(spec.size):
-        x = F.interpolate(x, size=tuple(spec.size), mode=spec.interpolation, align_corners=False if spec.interpolation != "nearest" else None, antialias=False)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return x if batched else x[0]
+    """uint8 3xHxW RGB to the model's float input, by the device's own `preprocess`."""
+    hwc = np.ascontiguousarray(img_u8.permute(1, 2, 0).numpy())
+    return torch.from_numpy(preprocess(hwc, spec, frame_order="RGB")[0])
 
 
 def augment_ops(augment: Augment) -> v2.Compose:

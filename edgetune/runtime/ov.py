@@ -7,10 +7,9 @@ The bundle's IR has a preprocessing built in for OpenVINO applications
 that the one OpenCV preprocessing definition makes, like every other session.
 OpenVINO's Interpolate on a whole 640x480 float frame measured 4-12 ms on a
 2-core CPU, with dynamic or static shapes, NHWC or NCHW, `linear` or
-`linear_onnx`, against 0.35 ms for OpenCV's resize and normalisation; resizing
-in uint8 first was still 1.1 ms and no longer matched training's float resize
-(docs/bundles.md has the table). `run_frames_built_in` runs the IR's own preprocessing
-(the parity test holds it to the same top-1).
+`linear_onnx`; in uint8 it was still 1.1 ms, 3x OpenCV's (docs/bundles.md has
+the table). `run_frames_built_in` runs the IR's own preprocessing (the parity
+test holds it to the same top-1).
 
 Every artifact is compiled with an explicit INFERENCE_PRECISION_HINT: left unset,
 OpenVINO runs an "fp32" IR in bf16 on a CPU with AVX512_BF16 or AMX. The precision

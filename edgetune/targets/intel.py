@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from edgetune import log
+from edgetune.errors import EdgetuneError
 from edgetune.runtime.files import atomic_path
 from edgetune.runtime.ov import PLAIN_INPUT_NODE, has_bf16, require_bf16
 from edgetune.runtime.preprocess import PreprocessSpec
@@ -76,7 +79,9 @@ def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
+    original = model.clone()
     model = with_preprocessing(model, spec)
+    check_cut(original, model, spec, xml)
     model.set_rt_info(json.dumps(classes), ["edgetune", "classes"])
     model.set_rt_info(json.dumps(spec.to_dict()), ["edgetune", "preprocess"])
     model.set_rt_info(" ".join(c.replace(" ", "_") for c in classes), ["model_info", "labels"])  # OpenVINO Model API convention
@@ -91,6 +96,26 @@ def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str
         saved.with_suffix(".bin").replace(tmp_bin)
 
 
+def check_cut(original, model, spec: PreprocessSpec, where: Path) -> None:
+    """edgetune's session runs the IR cut after its built-in preprocessing, which
+    must compute what the model did before it was added: PrePostProcessor folds
+    steps it can into the first layer (a channel swap into its weights), and a cut
+    model holding one would expect other input."""
+    import openvino as ov
+
+    from edgetune.runtime.ov import compile_config, plain_model
+
+    core = ov.Core()
+    x = np.random.default_rng(0).standard_normal((1, 3, *spec.size)).astype(np.float32)
+    want = list(core.compile_model(original, "CPU", compile_config(1))(x).values())
+    got = list(core.compile_model(plain_model(model.clone(), [None, 3, *spec.size]), "CPU", compile_config(1))(x).values())
+    for a, b in zip(want, got):
+        if not np.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a).max()))):
+            raise EdgetuneError(f"{where}: the IR without its built-in preprocessing computes something else than the exported model "
+                                f"(largest difference {float(np.abs(a - b).max()):.4g}): OpenVINO moved a preprocessing step into the model. "
+                                "Please report this with the OpenVINO version.")
+
+
 def with_preprocessing(model, spec: PreprocessSpec):
     """uint8 BGR NHWC frames of any size -> the float NCHW input `spec` describes."""
     import openvino as ov
@@ -102,12 +127,14 @@ def with_preprocessing(model, spec: PreprocessSpec):
     tensor = ppp.input().tensor()
     tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR).set_spatial_dynamic_shape()
     ppp.input().model().set_layout(ov.Layout("NCHW"))
-    steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    resize = {"bilinear": ResizeAlgorithm.RESIZE_LINEAR, "bicubic": ResizeAlgorithm.RESIZE_CUBIC, "nearest": ResizeAlgorithm.RESIZE_NEAREST}
+    # As the runtime's OpenCV path: resize in uint8, then float and normalise. The
+    # channel swap comes first: after the resize, PrePostProcessor folds it into the
+    # first layer's weights, and the model cut at PLAIN_INPUT_NODE would expect BGR.
+    steps = ppp.input().preprocess()
     if spec.channel_order == "RGB":
         steps.convert_color(ColorFormat.RGB)
-    resize = {"bilinear": ResizeAlgorithm.RESIZE_LINEAR, "bicubic": ResizeAlgorithm.RESIZE_CUBIC, "nearest": ResizeAlgorithm.RESIZE_NEAREST}
-    # Same order as the runtime's OpenCV path: scale to [0, 1], resize in float, normalise.
-    steps.scale(255.0).resize(resize[spec.interpolation]).mean(list(spec.mean)).scale(list(spec.std))
+    steps.resize(resize[spec.interpolation]).convert_element_type(ov.Type.f32).scale(255.0).mean(list(spec.mean)).scale(list(spec.std))
     model = ppp.build()
     consumers[0].get_source_output().get_node().set_friendly_name(PLAIN_INPUT_NODE)
     return model
