@@ -34,9 +34,9 @@ def parity_images(tmp_path_factory):
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-@pytest.mark.parametrize("size", [(32, 32), (64, 48)])
-def test_runtime_preprocessing_matches_training(parity_images, interpolation, size):
-    spec = PreprocessSpec(size=size, mean=MEAN, std=STD, interpolation=interpolation)
+@pytest.mark.parametrize("size,resize_dtype", [((32, 32), "uint8"), ((64, 48), "uint8"), ((64, 48), "float32")])
+def test_runtime_preprocessing_matches_training(parity_images, interpolation, size, resize_dtype):
+    spec = PreprocessSpec(size=size, mean=MEAN, std=STD, interpolation=interpolation, resize_dtype=resize_dtype)
     device = preprocess([read_image(p) for p in parity_images], spec)
     training = torch.stack([EvalTransform(spec)(load_rgb(p)) for p in parity_images]).numpy()
     assert device.shape == training.shape == (len(parity_images), 3, *size)
@@ -60,6 +60,10 @@ def test_uint8_resize_is_a_float_resize_rounded(interpolation):
     grey_levels = (device - ref) * np.asarray(STD)[:, None, None] * 255.0
     assert np.abs(grey_levels).max() <= 1.0
     assert abs(float(grey_levels.mean())) < 0.15
+    # A run written before resize_dtype existed was trained on a float resize, and keeps it.
+    legacy = PreprocessSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "resize_dtype"})
+    assert legacy.resize_dtype == "float32"
+    assert float(np.abs(preprocess(frame, legacy)[0] - ref).max()) <= 1e-4  # float rounding only
 
 
 def _pytorch_logits(run, paths):

@@ -32,8 +32,9 @@ or from Python:
 
 ## Preprocessing (done by the runtime; listed for your own code)
 
-Resize the whole uint8 frame to {spec['size'][0]}x{spec['size'][1]} ({spec['interpolation']}, no crop; OpenCV's
-`cv2.resize`, as training did), {spec['channel_order']} channel order, float32, divide by 255, subtract mean {spec['mean']}, divide by std {spec['std']},
+Resize the whole frame to {spec['size'][0]}x{spec['size'][1]} ({spec['interpolation']}, no crop; OpenCV's `cv2.resize`
+on the {'uint8 frame' if spec.get('resize_dtype', 'float32') == 'uint8' else 'frame converted to float32'}, as training did),
+{spec['channel_order']} channel order, float32, divide by 255, subtract mean {spec['mean']}, divide by std {spec['std']},
 layout NCHW float32, input `{m['input']['name']}` shaped {m['input']['shape']}.
 
 `manifest.json` records everything else: stages, configs, versions, hashes.

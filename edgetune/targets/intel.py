@@ -128,13 +128,18 @@ def with_preprocessing(model, spec: PreprocessSpec):
     tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR).set_spatial_dynamic_shape()
     ppp.input().model().set_layout(ov.Layout("NCHW"))
     resize = {"bilinear": ResizeAlgorithm.RESIZE_LINEAR, "bicubic": ResizeAlgorithm.RESIZE_CUBIC, "nearest": ResizeAlgorithm.RESIZE_NEAREST}
-    # As the runtime's OpenCV path: resize in uint8, then float and normalise. The
-    # channel swap comes first: after the resize, PrePostProcessor folds it into the
-    # first layer's weights, and the model cut at PLAIN_INPUT_NODE would expect BGR.
+    # As the runtime's OpenCV path: resize in uint8 (or, for older runs, in float),
+    # then normalise. The channel swap comes first: after the resize PrePostProcessor
+    # folds it into the first layer's weights, and the model cut at PLAIN_INPUT_NODE
+    # (what edgetune runs) would expect BGR.
     steps = ppp.input().preprocess()
     if spec.channel_order == "RGB":
         steps.convert_color(ColorFormat.RGB)
-    steps.resize(resize[spec.interpolation]).convert_element_type(ov.Type.f32).scale(255.0).mean(list(spec.mean)).scale(list(spec.std))
+    if spec.resize_dtype == "uint8":
+        steps.resize(resize[spec.interpolation]).convert_element_type(ov.Type.f32).scale(255.0)
+    else:
+        steps.convert_element_type(ov.Type.f32).scale(255.0).resize(resize[spec.interpolation])
+    steps.mean(list(spec.mean)).scale(list(spec.std))
     model = ppp.build()
     consumers[0].get_source_output().get_node().set_friendly_name(PLAIN_INPUT_NODE)
     return model
