@@ -105,9 +105,9 @@ def main() -> int:
     if args.pruned_bundle:  # the float run stays first so every ratio has its baseline
         pruned = run_bench([args.float_run, *args.pruned_bundle], precision="int8", **kw)
         rows += [r for r in pruned if r["runtime"] != "pytorch"]
-    from edgetune.bench.report import add_speedups
+    from edgetune.bench.report import complete_rows
 
-    add_speedups(rows)
+    complete_rows(rows)
     write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": goals(rows), "threads": args.threads, "policy": opts.policy.to_dict(),
                                                 "note": args.note})
     for g in report(args.out / f"{args.name}.json"):

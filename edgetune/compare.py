@@ -64,17 +64,20 @@ class GateResult:
         }
 
 
-def paired_bootstrap(ref_correct: np.ndarray, cand_correct: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of mean(cand_correct) - mean(ref_correct) in points,
-    resampling images (both models together, so their pairing is kept)."""
-    from scipy.stats import bootstrap
+def paired_interval(statistic, n: int, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile interval, in points, of `statistic(idx)` (candidate minus
+    reference on the images `idx`) over bootstrap resamples of the n images; both
+    models see the same resampled images, so their pairing is kept. A resample where
+    the statistic is undefined (None) is skipped; None if all were."""
+    rng = np.random.default_rng(seed)
+    values = [v for v in (statistic(rng.integers(0, n, n)) for _ in range(n_resamples)) if v is not None]
+    return (float(np.percentile(values, 2.5) * 100), float(np.percentile(values, 97.5) * 100)) if values else None
 
+
+def paired_bootstrap(ref_correct: np.ndarray, cand_correct: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The interval of the accuracy difference (candidate minus reference), in points."""
     d = cand_correct.astype(np.float64) - ref_correct.astype(np.float64)
-    if len(d) < 2 or np.all(d == d[0]):  # no spread: the interval is the point itself
-        v = float(d.mean() * 100) if len(d) else 0.0
-        return v, v
-    res = bootstrap((d,), np.mean, n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed), vectorized=True)
-    return float(res.confidence_interval.low * 100), float(res.confidence_interval.high * 100)
+    return paired_interval(lambda i: d[i].mean(), len(d), n_resamples, seed) if len(d) else (0.0, 0.0)
 
 
 def gate(reference_logits, candidate_logits, labels, classes: list[str], max_drop: float = 0.5, min_agreement: float = 0.99,
@@ -110,8 +113,8 @@ def anomaly_gate(reference_logits, candidate_logits, labels, max_drop: float = 1
     threshold; the ranking is what the AUROC holds)."""
     from sklearn.metrics import roc_auc_score
 
-    from edgetune.metrics import anomaly_metrics
-    from edgetune.runtime.anomaly import CLASSES, THRESHOLD, logits_scores
+    from edgetune.metrics import anomaly_logit_metrics
+    from edgetune.runtime.anomaly import CLASSES, logits_scores
 
     ref, cand = np.asarray(reference_logits), np.asarray(candidate_logits)
     y = np.asarray(labels).astype(bool)
@@ -122,17 +125,15 @@ def anomaly_gate(reference_logits, candidate_logits, labels, max_drop: float = 1
 
         raise EdgetuneError(f"The anomaly gate needs normal and anomalous images; these {len(y)} images are all {'anomalous' if y.all() else 'normal'}.")
     rs, cs = logits_scores(ref), logits_scores(cand)
-    rm = {**classification_metrics(y.astype(int), ref, CLASSES, full=False), **anomaly_metrics(y, rs, THRESHOLD), "f1_macro": None}
-    cm = {**classification_metrics(y.astype(int), cand, CLASSES, full=False), **anomaly_metrics(y, cs, THRESHOLD), "f1_macro": None}
+    rm = {**classification_metrics(y.astype(int), ref, CLASSES, full=False), **anomaly_logit_metrics(y, ref), "f1_macro": None}
+    cm = {**classification_metrics(y.astype(int), cand, CLASSES, full=False), **anomaly_logit_metrics(y, cand), "f1_macro": None}
     diff = (cm["auroc"] - rm["auroc"]) * 100
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_resamples):  # paired: the same resampled images for both
-        i = rng.integers(0, len(y), len(y))
-        if y[i].all() or not y[i].any():
-            continue
-        diffs.append(roc_auc_score(y[i], cs[i]) - roc_auc_score(y[i], rs[i]))
-    ci = (float(np.percentile(diffs, 2.5) * 100), float(np.percentile(diffs, 97.5) * 100)) if diffs else (diff, diff)
+
+    def auroc_diff(i):
+        both = y[i].any() and not y[i].all()  # AUROC needs both kinds of image
+        return roc_auc_score(y[i], cs[i]) - roc_auc_score(y[i], rs[i]) if both else None
+
+    ci = paired_interval(auroc_diff, len(y), n_resamples, seed) or (diff, diff)
     agree = top1_agreement(ref, cand)
     recall = {c: (cm["per_class"][c]["recall"] - rm["per_class"][c]["recall"]) * 100 for c in CLASSES}
     drop = -diff

@@ -5,32 +5,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-
-def main_process() -> bool:
-    """False in torchrun's processes of rank 1 and up (read from torchrun's environment:
-    this module sits below the one that joins the process group)."""
-    return os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1"
+from edgetune.torchrun import is_main
 
 
-console = Console(stderr=True, quiet=not main_process())
+console = Console(stderr=True, quiet=not is_main())
 _quiet = False
 
 
 def setup(verbose: int = 0, quiet: bool = False) -> None:
     global _quiet
-    _quiet = quiet or not main_process()
-    level = logging.ERROR if not main_process() else logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    _quiet = quiet or not is_main()
+    level = logging.ERROR if not is_main() else logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=verbose > 1, show_time=False)], force=True)
     # Libraries we drive are chatty at INFO.
     for name in ("nncf", "torch_pruning", "PIL", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
-    if not main_process():  # rank 0 shows the same warnings
+    if not is_main():  # rank 0 shows the same warnings
         warnings.simplefilter("ignore")
         for name in ("nncf", "torch", "timm"):
             logging.getLogger(name).setLevel(logging.ERROR)

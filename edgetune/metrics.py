@@ -74,6 +74,13 @@ def anomaly_metrics(anomalous, scores, threshold: float = 0.5) -> dict:
     return out
 
 
+def anomaly_logit_metrics(labels, logits) -> dict:
+    """`anomaly_metrics` of an anomaly model's two-class logits (labels: 1 = anomalous)."""
+    from edgetune.runtime.anomaly import THRESHOLD, logits_scores
+
+    return anomaly_metrics(np.asarray(labels) == 1, logits_scores(logits), THRESHOLD)
+
+
 def anomaly_threshold(anomalous, scores, max_false_alarm: float = 0.01) -> tuple[float, str]:
     """The raw-score threshold chosen on validation: F1-optimal where there are
     labelled anomalies, else the (1 - max_false_alarm) quantile of the normal

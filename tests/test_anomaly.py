@@ -75,12 +75,37 @@ def test_bundles_for_every_target(anomaly_build):
 
 
 @pytest.mark.slow
+def test_export_checks_an_anomaly_run_unless_told_not_to(anomaly_build, tmp_path, capsys):
+    run = anomaly_build / "finetune"
+    assert invoke("export", run, "--precision", "fp32", "--out", tmp_path / "a.onnx", "--json", tmp_path / "a.json") == 0
+    checks = json.loads((tmp_path / "a.json").read_text())["checks"]
+    assert checks["images"] > 0 and checks["spearman"] >= checks["min_spearman"]
+    assert "Spearman" in capsys.readouterr().err
+    assert invoke("export", run, "--precision", "fp32", "--no-check", "--out", tmp_path / "b.onnx", "--json", tmp_path / "b.json") == 0
+    checks = json.loads((tmp_path / "b.json").read_text())["checks"]
+    assert "spearman" not in checks and checks["onnx_checker"] == "passed"
+
+
+@pytest.mark.slow
+def test_verify_int8_anomaly_bundle_checks_the_flags_and_a_given_max_diff(anomaly_build, textures, tmp_path):
+    data, _ = textures
+    assert invoke("verify", anomaly_build / "bundle-cpu", "--images", data, "--json", tmp_path / "v.json") == 0
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["passed"] and v["agreement"] >= 0.99 and not v["diff_checked"] and v["spearman"] > 0.9
+    # A score difference limit the user sets is checked (INT8 scores are never exact).
+    assert invoke("verify", anomaly_build / "bundle-cpu", "--images", data, "--max-diff", "0", "--json", tmp_path / "w.json") == 1
+    w = json.loads((tmp_path / "w.json").read_text())
+    assert w["diff_checked"] and not w["passed"] and w["max_rel_diff"] > 0
+
+
+@pytest.mark.slow
 def test_int8_runtimes_agree_with_pytorch(anomaly_build):
     """The export stage checked ONNX Runtime against the NNCF-quantized PyTorch model
     (score ranks); OpenVINO (intel bundle) and ONNX Runtime with uint8 activations
     (cpu bundle) rank the test images as ONNX Runtime does on the jetson file."""
     from scipy.stats import spearmanr
 
+    from edgetune.camera.pipeline import _prepare_in_capture
     from edgetune.run import load_run
     from edgetune.runtime.bundle import load_bundle
     from edgetune.runtime.preprocess import preprocess, read_image
@@ -100,6 +125,8 @@ def test_int8_runtimes_agree_with_pytorch(anomaly_build):
         assert rho >= 0.99, f"{target}: Spearman {rho:.4f}"
         frames = session.detect_frames([read_image(p) for p in paths[:4]])  # the device path from uint8 BGR frames
         assert np.allclose(frames["score"], out["score"][:4], atol=0.02)
+        x0, _ = _prepare_in_capture(session, [])(read_image(paths[0]))[0]  # infer preprocesses in its capture thread
+        assert session.detect(x0)["score"][0] == frames["score"][0]
 
 
 @pytest.mark.slow

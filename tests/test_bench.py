@@ -72,3 +72,22 @@ def test_plot_labels_stage_and_precision_pareto_front_no_overlaps(tmp_path):
     assert drawn["xscale"] == "log"
     assert [r["latency_ms_p50"] for r in pareto_front(rows)] == [1.28, 1.90, 2.50, 2.53]  # 1.91 ms is beaten by 1.90 ms at a higher accuracy
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bundles_named_alike_are_told_apart_by_their_folders():
+    """Two builds both make `bundle-intel`: their rows (and the table and plot) name
+    each by the shortest tail of its path that differs; a device's copy keeps its name."""
+    from edgetune.bench.report import complete_rows
+
+    def row(path, precision, ms, name="bundle-intel", **kw):
+        return {"name": name, "path": path, "runtime": "openvino", "stage": "ptq", "precision": precision, "latency_ms_p50": ms, "machine": "m", **kw}
+
+    rows = [row("/w/run", "fp32", 20.0, name="run", runtime="pytorch", stage="float"),
+            row("/w/build0/bundle-intel", "int8", 2.0), row("/w/build0/bundle-intel", "fp32", 4.0), row("/w/build1/bundle-intel", "int8", 1.6),
+            row("/elsewhere/bundle-intel", "int8", 2.1, remote="jetson@line3")]
+    complete_rows(rows)
+    assert [r["name"] for r in rows] == ["run", "build0/bundle-intel", "build0/bundle-intel", "build1/bundle-intel", "bundle-intel"]
+    assert [r["speedup_vs_pytorch"] for r in rows[:2]] == [1.0, 10.0]
+    one = [row("/w/macs42-intel", "int8", 1.5), row("/w/latency33-intel", "int8", 1.4)]
+    complete_rows(one)
+    assert [r["name"] for r in one] == ["macs42-intel (bundle-intel)", "latency33-intel (bundle-intel)"]

@@ -3,7 +3,7 @@ a rich table, JSON, Markdown and a PNG of accuracy against p50 latency."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -61,21 +61,32 @@ def make_row(result: dict, dataset: str | None, labels: np.ndarray | None = None
         m = classification_metrics(labels, logits, art["classes"], full=False)
         row.update(accuracy=m["accuracy"], f1=m["f1"], n_images=m["n"], per_class_recall={c: v["recall"] for c, v in m["per_class"].items()})
         if art.get("task") == "anomaly":  # F1 of the anomalous class at the threshold, AUROC, false alarms
-            from edgetune.metrics import anomaly_metrics
-            from edgetune.runtime.anomaly import THRESHOLD, logits_scores
+            from edgetune.metrics import anomaly_logit_metrics
 
-            a = anomaly_metrics(np.asarray(labels) == 1, logits_scores(logits), THRESHOLD)
+            a = anomaly_logit_metrics(labels, logits)
             row.update(f1=a["f1"], auroc=a["auroc"], aupr=a["aupr"], false_alarm_rate=a["false_alarm_rate"], task="anomaly")
         if reference_logits is not None:
             row["agreement"] = agreement(reference_logits, logits)
     return row
 
 
-def add_speedups(rows: list[dict]) -> None:
-    """`speedup`: the PyTorch float baseline's p50 over each row's p50 (same machine)."""
+def complete_rows(rows: list[dict]) -> None:
+    """What a row says in relation to the others: `speedup_vs_pytorch`, the PyTorch
+    float baseline's p50 over the row's (same machine); and a `name` that tells
+    apart bundles named alike (two builds' `bundle-intel`) by their folders."""
     for row in rows:
         base = next((r for r in rows if r["runtime"] == "pytorch" and r["stage"] == "float" and r["machine"] == row["machine"]), None)
         row["speedup_vs_pytorch"] = base["latency_ms_p50"] / row["latency_ms_p50"] if base else None
+    for name in {r["name"] for r in rows}:
+        alike = [r for r in rows if r["name"] == name and not r.get("remote")]  # a device's copy keeps its bundle's name
+        if len({r.get("path") for r in alike}) < 2:
+            continue
+        for depth in (1, 2, 3):  # the shortest tail of the paths that differs
+            tails = ["/".join(PurePath(r.get("path") or "").parts[-depth:]) for r in alike]
+            if len(set(tails)) == len({r.get("path") for r in alike}):
+                break
+        for r, tail in zip(alike, tails):
+            r["name"] = tail if tail.endswith(name) else f"{tail} ({name})"
 
 
 def precision_label(r: dict) -> str:

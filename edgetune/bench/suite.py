@@ -15,7 +15,7 @@ import numpy as np
 
 from edgetune import log
 from edgetune.bench.artifacts import Artifact, Labelled, float_ancestor, labelled_images, open_artifact
-from edgetune.bench.report import add_speedups, make_row, print_table, write_outputs
+from edgetune.bench.report import complete_rows, make_row, print_table, write_outputs
 from edgetune.bench.runner import BUNDLE_RUNNER, TORCH_RUNNER, Relay, RunnerOptions, run_local
 from edgetune.errors import EdgetuneError
 
@@ -159,5 +159,5 @@ def _rows(results: list[tuple[Job, dict]], images: Labelled | None) -> list[dict
         if r.get("remote"):
             row["remote"] = r["remote"]["device"]
         rows.append(row)
-    add_speedups(rows)
+    complete_rows(rows)
     return rows

@@ -10,9 +10,9 @@ from __future__ import annotations
 from edgetune.build.cache import data_fingerprint
 from edgetune.errors import EdgetuneError
 from edgetune.stages.base import Stage, StageOptions
+from edgetune.targets.profile import HOST_RUNTIMES
 
 TRAINING = ("finetune", "prune", "quantize")
-LATENCY_RUNTIMES = ("onnxruntime", "openvino")  # what `prune --target-latency` can time on this machine
 
 
 def quantize_overrides(profiles: list, config: dict) -> dict:
@@ -38,10 +38,10 @@ def prune_overrides(profiles: list, config: dict) -> dict:
     out = {} if "round_to" in section else {"round_to": max(p.channel_multiple for p in profiles)}
     if "target_latency" in section:
         first = profiles[0]
-        if "latency_runtime" not in section and first.runtime not in LATENCY_RUNTIMES:
+        if "latency_runtime" not in section and first.runtime not in HOST_RUNTIMES:
             raise EdgetuneError(f"Config key 'prune.target-latency' times pruned candidates on the first target's runtime, and {first.name}'s "
                                 f"is {first.runtime}, which runs on the device, not on this machine. Set prune.latency-runtime "
-                                f"({' or '.join(LATENCY_RUNTIMES)}) to time on this machine's CPU instead, or prune by target-macs.")
+                                f"({' or '.join(HOST_RUNTIMES)}) to time on this machine's CPU instead, or prune by target-macs.")
         out.update({k: v for k, v in (("latency_runtime", first.runtime), ("latency_precision", "int8" if first.precision == "int8" else "fp32"))
                     if k not in section})
     return out
@@ -62,7 +62,6 @@ def plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins
     if task == "anomaly":
         return anomaly_plan(options, config, profiles, plugins, given)
     from edgetune.stages.common import TrainingStage
-    from edgetune.stages.compile import CompileStage
     from edgetune.stages.export import ExportStage
     from edgetune.stages.finetune import run_finetune
     from edgetune.stages.prune import run_prune
@@ -83,18 +82,27 @@ def plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins
         stages.append(TrainingStage("quantize", run_quantize, options["quantize"].with_values(**quant_in), inputs=(runs[-1],)))
         runs.append("quantize")
     final = runs[-1]
+    deploy = export_and_compile(profiles, plugins, lambda precision, activations: ExportStage(precision, activations, options["export"], final),
+                                {r: r for r in runs}, int8="quantize" in runs)
+    return [*stages, *deploy]
 
-    exports: dict[str, Stage] = {}  # one export stage per variant, shared by the targets that need it
+
+def export_and_compile(profiles: list, plugins: dict, export, runs: dict, int8: bool = True) -> list[Stage]:
+    """One export stage per ONNX variant, shared by the targets that need it, then
+    one compile stage per target. `export(precision, activations)` makes an export
+    stage; without `int8` (no quantized model) every target gets fp32."""
+    from edgetune.stages.compile import CompileStage
+
+    exports: dict[str, Stage] = {}
     compiles = []
     for p in profiles:
         target = plugins[p.name]
-        wanted = sorted({"int8" if q == "int8" else "fp32" for q in p.precisions}) if "quantize" in runs else ["fp32"]
         chosen = {}
-        for precision in wanted:
-            stage = ExportStage(precision, target.onnx_activations() if precision == "int8" else "keep", options["export"], final)
+        for precision in sorted({"int8" if q == "int8" else "fp32" for q in p.precisions}) if int8 else ["fp32"]:
+            stage = export(precision, target.onnx_activations() if precision == "int8" else "keep")
             chosen[precision] = exports.setdefault(stage.name, stage).name
-        compiles.append(CompileStage(p, target, chosen, {r: r for r in runs}))
-    return [*stages, *exports.values(), *compiles]
+        compiles.append(CompileStage(p, target, chosen, runs))
+    return [*exports.values(), *compiles]
 
 
 def anomaly_plan(options: dict[str, StageOptions], config: dict, profiles: list, plugins: dict, given: tuple[str, ...] = ()) -> list[Stage]:
@@ -105,7 +113,6 @@ def anomaly_plan(options: dict[str, StageOptions], config: dict, profiles: list,
     from edgetune import log
     from edgetune.stages.anomaly import AnomalyExportStage, run_fit
     from edgetune.stages.common import TrainingStage
-    from edgetune.stages.compile import CompileStage
 
     check_config(config)
     ignored = [k for k in ("prune",) if k in config] + [f"quantize.{k}" for k in (config.get("quantize") or {}) if k not in ("calibration", "calib-count")]
@@ -121,13 +128,6 @@ def anomaly_plan(options: dict[str, StageOptions], config: dict, profiles: list,
     q = options["quantize"].values
     export_options = options["export"].with_values(calibration=q.get("calibration") or "default", calib_count=q.get("calib_count"))
     quantized: dict = {}  # one PTQ serves the build's INT8 variants
-    exports: dict[str, Stage] = {}
-    compiles = []
-    for p in profiles:
-        target = plugins[p.name]
-        chosen = {}
-        for precision in sorted({"int8" if q == "int8" else "fp32" for q in p.precisions}):
-            stage = AnomalyExportStage(precision, target.onnx_activations() if precision == "int8" else "keep", export_options, "finetune", quantized)
-            chosen[precision] = exports.setdefault(stage.name, stage).name
-        compiles.append(CompileStage(p, target, chosen, {"finetune": "finetune"}))
-    return [*stages, *exports.values(), *compiles]
+    deploy = export_and_compile(profiles, plugins, lambda precision, activations: AnomalyExportStage(precision, activations, export_options, "finetune", quantized),
+                                {"finetune": "finetune"})
+    return [*stages, *deploy]

@@ -190,10 +190,12 @@ def _prepare_in_capture(session, rois: list[Roi]):
     by `run` (every session that doesn't override it), the preprocessing can run in
     the capture thread, overlapped with the model. Sessions with their own
     `run_frames` (the PyTorch baseline) get raw frames through it instead."""
+    from edgetune.runtime.anomaly import AnomalySession
     from edgetune.runtime.backends import ArraySession
     from edgetune.runtime.preprocess import preprocess
 
-    if not isinstance(session, ArraySession) or type(session).run_frames is not ArraySession.run_frames:
+    inner = session.session if isinstance(session, AnomalySession) else session  # detect_frames, too, is preprocess + detect
+    if not isinstance(inner, ArraySession) or type(inner).run_frames is not ArraySession.run_frames:
         return None
     spec = session.spec
 
@@ -217,17 +219,14 @@ def _classify(session, frame, j: int, roi: Roi | None) -> tuple[np.ndarray, floa
     {score, anomalous, map}: then the "probabilities" are (1 - score, score), so
     `--alarm anomalous:T` compares the normalised score itself with T."""
     t0 = time.perf_counter()
-    if hasattr(session, "detect_frames"):
-        out = session.detect_frames([roi.crop(frame.image) if roi else frame.image])
-        ms = (time.perf_counter() - t0) * 1000.0
+    x, prepare_ms = frame.inputs[j] if frame.inputs is not None else (None, 0.0)
+    image = [roi.crop(frame.image) if roi else frame.image]
+    if hasattr(session, "detect"):
+        out = session.detect(x) if x is not None else session.detect_frames(image)
+        ms = (time.perf_counter() - t0) * 1000.0 + prepare_ms
         score = float(out["score"][0])
         return np.array([1.0 - score, score]), ms, {"score": score, "anomalous": bool(out["anomalous"][0]), "map": out["map"][0]}
-    if frame.inputs is not None:
-        x, prepare_ms = frame.inputs[j]
-        logits = session.run(x)
-    else:
-        prepare_ms = 0.0
-        logits = session.run_frames([roi.crop(frame.image) if roi else frame.image])
+    logits = session.run(x) if x is not None else session.run_frames(image)
     ms = (time.perf_counter() - t0) * 1000.0 + prepare_ms
     return softmax(np.asarray(logits, dtype=np.float64).reshape(1, -1))[0], ms, None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgetune.cli.options import distill_options, out_option, pass_options, record, run_argument, train_options
+from edgetune.targets.profile import HOST_RUNTIMES
 
 
 @click.command()
@@ -15,7 +16,7 @@ from edgetune.cli.options import distill_options, out_option, pass_options, reco
 @click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Share of MACs to remove instead, e.g. 0.5 (the channel ratio is searched).")
 @click.option("--target-latency", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of latency to remove instead, e.g. 0.3: each stage's channels pruned where the measured latency falls most per loss added.")
-@click.option("--latency-runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+@click.option("--latency-runtime", type=click.Choice(HOST_RUNTIMES), default="onnxruntime", show_default=True,
               help="With --target-latency: the runtime candidates are timed on (a build uses its first target's).")
 @click.option("--latency-precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
               help="With --target-latency: time candidates exported in this precision (a build: its first target's).")
@@ -81,6 +82,8 @@ def export(run_dir: Path, precision: str, opset: int, activations: str, check: b
         write_json(json_file, result)
     c = result["checks"]
     msg = f"Wrote {result['path']} ({precision}, opset {opset}, {result['size_mb']:.2f} MB, input '{result['input_name']}' {result['input_shape']} NCHW)."
-    if c:
+    if "spearman" in c:  # an anomaly model: its scores are compared
+        msg += f" Checks passed: score ranks agree with PyTorch (Spearman {c['spearman']:.4f}) on {c['images']} images."
+    elif "agreement" in c:
         msg += f" Checks passed: top-1 agreement with PyTorch {100 * c['agreement']:.1f}% on {c['images']} images, largest logit difference {c['max_logit_diff']:.4g}."
     log.console.print(msg)

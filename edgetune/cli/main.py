@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
 import click
 
-from edgetune import __version__
+from edgetune import __version__, torchrun
 from edgetune.errors import EdgetuneError
 
 # name -> "module:attribute"; the module is imported on first use.
@@ -68,7 +67,7 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: int, quiet: bool)
     from edgetune import log
 
     log.setup(verbose=verbose, quiet=quiet)
-    if not log.main_process() and ctx.invoked_subcommand not in DISTRIBUTED:
+    if not torchrun.is_main() and ctx.invoked_subcommand not in DISTRIBUTED:
         ctx.exit(0)  # e.g. `torchrun ... edgetune evaluate`: one process does it, not N racing on the same files
     ctx.obj = {"config_file": config_file, "config": {}}
     if config_file is not None:
@@ -89,9 +88,9 @@ def _terminate(signum, frame):
 
 def _distributed_failure(e: BaseException) -> str | None:
     """The message for a torchrun process that lost its group, else None."""
-    if not {"RANK", "WORLD_SIZE"} <= set(os.environ) or os.environ["WORLD_SIZE"] == "1":
+    if not torchrun.launched():
         return None
-    where = f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}"
+    where = torchrun.where()
     again = "Epochs already finished are kept: rerun the same torchrun command with --resume to continue from the last full one."
     if isinstance(e, Terminated):
         return f"{where}: stopped by torchrun (SIGTERM), because another rank failed or the job was cancelled. {again}"
@@ -103,7 +102,7 @@ def _distributed_failure(e: BaseException) -> str | None:
 
 
 def main(argv=None):
-    if os.environ.get("WORLD_SIZE", "1") != "1":
+    if torchrun.launched():
         signal.signal(signal.SIGTERM, _terminate)  # torchrun stops the others when one rank fails: say so, and exit non-zero
     try:
         # Without standalone mode Click returns ctx.exit()'s code instead of exiting.

@@ -119,8 +119,10 @@ def verify(ctx: click.Context, bundle: Path, images: Path, run_dir, precision, m
 
     result = verify_bundle(bundle, images, run_dir, min_agreement, max_diff, precision, json_file)
     if not result.passed and result.spearman is not None:
-        raise EdgetuneError(f"Parity check failed: the anomalous flags agree on {result.agreement:.2%} of the images (minimum {result.min_agreement:.2%}). "
-                            "Check the preprocessing first; the float artifact (--precision fp32) must match to rounding.", exit_code=1)
+        diff = (f", largest score difference {result.max_rel_diff:.2%} of the largest logit (--max-diff {result.max_diff:.2%})"
+                if result.diff_checked else "")
+        raise EdgetuneError(f"Parity check failed: the anomalous flags agree on {result.agreement:.2%} of the images (minimum {result.min_agreement:.2%})"
+                            f"{diff}. Check the preprocessing first; the float artifact (--precision fp32) must match to rounding.", exit_code=1)
     if not result.passed:
         raise EdgetuneError(f"Parity check failed: agreement {result.agreement:.2%} (minimum {result.min_agreement:.2%}), largest logit difference "
                             f"{result.max_rel_diff:.2%} of the largest logit (limit {result.max_diff:.2%}). Check the preprocessing first.", exit_code=1)

@@ -20,10 +20,10 @@ def finetune(ctx: click.Context, opts: dict):
     """Fine-tune a pretrained timm backbone on labelled images, or (--task anomaly)
     fit an anomaly detector on the images of good parts alone."""
     if opts["task"] == "anomaly":
-        from edgetune import log
+        from edgetune import torchrun
         from edgetune.stages.anomaly import run_fit
 
-        if log.main_process():  # fitting is one process's work: under torchrun the other ranks leave it to rank 0
+        if torchrun.is_main():  # fitting is one process's work: under torchrun the other ranks leave it to rank 0
             run_fit(opts, record(ctx))
         return
     from edgetune.stages.finetune import run_finetune

@@ -78,9 +78,11 @@ def _for_export(model, precision: str, size):
     return model.eval()
 
 
-def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, activations: str = "keep", model=None, check_images: int = 64) -> dict:
+def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, activations: str = "keep", model=None, check_images: int = 64,
+                     check: bool = True) -> dict:
     """Write `run`'s PatchCore graph to `out` (for int8, `model` is the quantized
-    module from `quantized_patchcore`); check it; return the export's record."""
+    module from `quantized_patchcore`); check it (with `check`: the static checks
+    always); return the export's record."""
     from edgetune.export.graph import INPUT_NAME, check_options, save_onnx, static_checks
     from edgetune.run import Run, load_run
     from edgetune.runtime.files import sha256_file
@@ -98,10 +100,12 @@ def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, a
     proto, folded = save_onnx(_for_export(model, precision, size), size, out, precision, opset, activations, [SCORE, MAP],
                               f"edgetune PatchCore {run.model_name} {precision}")
     n_qdq = static_checks(out, proto, precision, activations)
-    checks = {"onnx_checker": "passed", "weight_qdq": n_qdq, "weights_folded_to_int8": folded, **compare_scores(out, model, run, check_images)}
+    checks = {"onnx_checker": "passed", "weight_qdq": n_qdq, "weights_folded_to_int8": folded}
+    if check:
+        checks.update(compare_scores(out, model, run, check_images))
+        logger.info("ONNX Runtime vs PyTorch: Spearman %.4f of the scores on %d images.", checks["spearman"], checks["images"])
     h, w = size
-    logger.info("Exported PatchCore %s (%s) to %s (%.2f MB): ONNX Runtime vs PyTorch Spearman %.4f on %d images.", run.model_name, precision, out,
-                out.stat().st_size / 2**20, checks["spearman"], checks["images"])
+    logger.info("Exported PatchCore %s (%s) to %s (%.2f MB).", run.model_name, precision, out, out.stat().st_size / 2**20)
     return {"path": str(out), "precision": precision, "input_name": INPUT_NAME, "output_names": [SCORE, MAP], "layout": "NCHW",
             "input_shape": [-1, 3, int(h), int(w)], "opset": int(opset), "activations": activations if precision == "int8" else None,
             "sha256": sha256_file(out), "size_mb": out.stat().st_size / 2**20, "checks": checks}
@@ -136,7 +140,7 @@ def compare_scores(path: Path, model, run, n: int) -> dict:
 
 
 def export_variant(run, out_dir: Path, precision: str, activations: str = "keep", opset: int = 17, calibration: str = "default",
-                   calib_count: int | None = None, cache: dict | None = None, path: Path | None = None) -> dict:
+                   calib_count: int | None = None, cache: dict | None = None, path: Path | None = None, check: bool = True) -> dict:
     """The (precision, activations) variant as OUT_DIR/model.TAG.onnx (or `path`).
     With a `cache` dict, one PTQ (signed int8 activations, which every runtime
     takes) serves every int8 variant of a build."""
@@ -153,7 +157,7 @@ def export_variant(run, out_dir: Path, precision: str, activations: str = "keep"
         model = cache["quantized"][0]
     path = Path(path) if path is not None else Path(out_dir) / f"model.{tag}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = export_patchcore(run, path, precision, opset, activations, model=model)
+    info = export_patchcore(run, path, precision, opset, activations, model=model, check=check)
     if precision == "int8":
         info["quantization"] = {k: v for k, v in cache["quantized"][1].items() if k != "nncf_config"}
     return info

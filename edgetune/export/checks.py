@@ -14,34 +14,46 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
-def const_value(model_proto, name: str):
-    """The value of an initializer or Constant output, else None."""
-    from onnx import numpy_helper
+class GraphIndex:
+    """Lookups over an ONNX graph, built once: its constants (initializers and
+    Constant nodes), the node producing each tensor and the (node, input index)
+    pairs reading it. A pass that edits the graph may keep asking about the names
+    it has not changed."""
 
-    for init in model_proto.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in model_proto.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return numpy_helper.to_array(node.attribute[0].t)
-    return None
+    def __init__(self, model_proto):
+        g = model_proto.graph
+        self.initializers = {i.name: i for i in g.initializer}
+        self.constants = dict(self.initializers)  # name -> TensorProto
+        for n in g.node:
+            value = next((a.t for a in n.attribute if a.name == "value"), None) if n.op_type == "Constant" and n.output else None
+            if value is not None:
+                self.constants[n.output[0]] = value
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in g.node:
+            for i, name in enumerate(n.input):
+                self.consumers.setdefault(name, []).append((n, i))
+
+    def value(self, name: str):
+        """The value of a constant tensor, else None."""
+        from onnx import numpy_helper
+
+        t = self.constants.get(name)
+        return None if t is None else numpy_helper.to_array(t)
 
 
 def custom_ops(model_proto) -> list[str]:
     return sorted({f"{n.domain}::{n.op_type}" for n in model_proto.graph.node if n.domain not in STANDARD_DOMAINS})
 
 
-def weight_dequantizers(model_proto) -> list:
+def weight_dequantizers(model_proto, index: GraphIndex | None = None) -> list:
     """The weights' quantizers: DequantizeLinear nodes on a constant that feed (maybe
     through Transpose/Reshape) the weight input of a Conv, Gemm or MatMul. (NNCF
     also quantizes e.g. a LayerNorm's scale; those are not layer weights.)"""
-    consumers: dict[str, list] = {}
-    for n in model_proto.graph.node:
-        for i, name in enumerate(n.input):
-            consumers.setdefault(name, []).append((n, i))
+    index = index or GraphIndex(model_proto)
 
     def feeds_weight(name: str, depth: int = 0) -> bool:
-        for node, i in consumers.get(name, []):
+        for node, i in index.consumers.get(name, []):
             if node.op_type in WEIGHT_OPS and i == WEIGHT_OPS[node.op_type]:
                 return True
             if node.op_type in ("Transpose", "Reshape", "Identity") and depth < 3 and feeds_weight(node.output[0], depth + 1):
@@ -49,7 +61,7 @@ def weight_dequantizers(model_proto) -> list:
         return False
 
     return [n for n in model_proto.graph.node
-            if n.op_type == "DequantizeLinear" and const_value(model_proto, n.input[0]) is not None and feeds_weight(n.output[0])]
+            if n.op_type == "DequantizeLinear" and index.value(n.input[0]) is not None and feeds_weight(n.output[0])]
 
 
 def weight_axis(node, weight_index: int, rank: int | None) -> int | None:
@@ -72,23 +84,20 @@ def qdq_problems(model_proto) -> list[str]:
     """Empty when no custom ops remain and every weight Q/DQ is int8, per output
     channel (axis 0 of a Conv, the last axis of a MatMul's B) with zero-point 0."""
     problems = [f"custom op {op} (only standard ONNX ops may remain)" for op in custom_ops(model_proto)]
-    users: dict[str, list] = {}
-    for n in model_proto.graph.node:
-        for i, inp in enumerate(n.input):
-            users.setdefault(inp, []).append((n, i))
-    for node in weight_dequantizers(model_proto):
+    index = GraphIndex(model_proto)
+    for node in weight_dequantizers(model_proto, index):
         name = node.name or node.output[0]
-        w = const_value(model_proto, node.input[0])
-        scale = const_value(model_proto, node.input[1])
+        w = index.value(node.input[0])
+        scale = index.value(node.input[1])
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
         # A weight feeding its layer directly has a known output axis; behind a Transpose, axis 0.
-        want = {weight_axis(u, i, w.ndim) for u, i in users.get(node.output[0], []) if u.op_type in WEIGHT_OPS} - {None} or {0}
+        want = {weight_axis(u, i, w.ndim) for u, i in index.consumers.get(node.output[0], []) if u.op_type in WEIGHT_OPS} - {None} or {0}
         out_axis = min(want)
         if w.dtype == np.int32:
             continue  # a bias in int32 (scale = input scale x weight scale) is not a weight quantizer
         if w.dtype != np.int8:
             problems.append(f"weight {node.input[0]} ({name}) is {w.dtype}, not int8")
-        zp = const_value(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        zp = index.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if zp is not None and np.any(zp != 0):
             problems.append(f"weight {node.input[0]} ({name}) has zero-point {zp.ravel()[:4].tolist()}..., not 0")
         if scale is None or scale.size != w.shape[out_axis] or (w.shape[out_axis] > 1 and axis != out_axis) or len(want) > 1:
@@ -101,12 +110,13 @@ def activation_problems(model_proto, activations: str = "keep") -> list[str]:
     """Activation Q/DQ zero-points: 0 everywhere for `activations="keep"`; for
     `"uint8"` (ONNX Runtime on x86) uint8 with zero-point 128 (a shifted int8
     tensor) or 0 (a non-negative one)."""
-    weights = {id(n) for n in weight_dequantizers(model_proto)}
+    index = GraphIndex(model_proto)
+    weights = {id(n) for n in weight_dequantizers(model_proto, index)}
     problems = []
     for node in model_proto.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or id(node) in weights:
             continue  # weights are qdq_problems' job
-        zp = const_value(model_proto, node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.uint8)
+        zp = index.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.uint8)
         values = set(zp.ravel().tolist())
         ok = values == {0} if activations == "keep" else (zp.dtype == np.uint8 and values <= {0, 128} and len(values) == 1)
         if not ok:
@@ -118,9 +128,10 @@ def activation_problems(model_proto, activations: str = "keep") -> list[str]:
 def activation_types(model_proto) -> dict[str, int]:
     """How many activation quantizers produce each integer type (int8 / uint8)."""
     out: dict[str, int] = {}
+    index = GraphIndex(model_proto)
     for n in model_proto.graph.node:
         if n.op_type == "QuantizeLinear" and len(n.input) > 2:
-            zp = const_value(model_proto, n.input[2])
+            zp = index.value(n.input[2])
             if zp is not None:
                 key = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}.get(zp.dtype, str(zp.dtype))
                 out[key] = out.get(key, 0) + 1
@@ -191,17 +202,8 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         problem(f"opset {opset}: per-channel Q/DQ needs opset >= 13")
-    consts = {i.name: i for i in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            value = next((a.t for a in n.attribute if a.name == "value"), None)
-            if value is not None:
-                consts[n.output[0]] = value
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i, name in enumerate(n.input):
-            consumers.setdefault(name, []).append((n, i))
+    index = GraphIndex(model)
+    consts, producer, consumers = index.constants, index.producer, index.consumers
 
     for n in graph.node:
         if n.domain not in ("", "ai.onnx") or n.op_type not in TRT_OPS:

@@ -43,19 +43,11 @@ def _fold_weight_quantizers(model_proto) -> int:
     Rounds half to even and saturates, exactly as QuantizeLinear does."""
     from onnx import numpy_helper
 
+    from edgetune.export.checks import GraphIndex
+
     g = model_proto.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-
-    def value(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        return numpy_helper.to_array(consts[name].attribute[0].t) if name in consts else None
-
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    index = GraphIndex(model_proto)
+    value = index.value
     folded = 0
     for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
         w = value(q.input[0])
@@ -72,10 +64,8 @@ def _fold_weight_quantizers(model_proto) -> int:
         qw = np.clip(np.rint(w / scale.reshape(shape)) + zp.reshape(shape if zp.size > 1 else [1] * w.ndim).astype(np.int32), info.min, info.max).astype(zp.dtype)
         name = q.output[0] + "_int8"
         g.initializer.append(numpy_helper.from_array(qw, name))
-        for user in consumers.get(q.output[0], []):
-            for i, inp in enumerate(user.input):
-                if inp == q.output[0]:
-                    user.input[i] = name
+        for user, i in index.consumers.get(q.output[0], []):
+            user.input[i] = name
         g.node.remove(q)
         folded += 1
     _drop_unused_initializers(g)
@@ -90,19 +80,16 @@ def _fold_weight_transposes(model_proto) -> int:
     DequantizeLinear feeds the MatMul directly."""
     from onnx import helper, numpy_helper
 
+    from edgetune.export.checks import GraphIndex
+
     g = model_proto.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    index = GraphIndex(model_proto)
     folded = 0
     for t in [n for n in g.node if n.op_type == "Transpose"]:
-        dq = producer.get(t.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or uses.get(dq.output[0]) != 1:
+        dq = index.producer.get(t.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in index.initializers or len(index.consumers.get(dq.output[0], [])) != 1:
             continue
-        w = numpy_helper.to_array(inits[dq.input[0]])
+        w = numpy_helper.to_array(index.initializers[dq.input[0]])
         perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), list(range(w.ndim))[::-1])
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
         name = dq.input[0] + "_T"
@@ -126,17 +113,18 @@ def dequantize_constants(model_proto) -> int:
     an activation, which TensorRT's rules and ONNX Runtime's uint8 form do not expect."""
     from onnx import numpy_helper
 
-    from edgetune.export.checks import const_value, weight_dequantizers
+    from edgetune.export.checks import GraphIndex, weight_dequantizers
 
     g = model_proto.graph
-    weights = {id(n) for n in weight_dequantizers(model_proto)}
+    index = GraphIndex(model_proto)
+    weights = {id(n) for n in weight_dequantizers(model_proto, index)}
     done = 0
     for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and id(n) not in weights]:
-        q = const_value(model_proto, dq.input[0])
-        scale = const_value(model_proto, dq.input[1])
+        q = index.value(dq.input[0])
+        scale = index.value(dq.input[1])
         if q is None or scale is None:
             continue
-        zp = const_value(model_proto, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, q.dtype)
+        zp = index.value(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, q.dtype)
         shape = [1] * q.ndim
         if scale.size > 1:
             shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = scale.size
@@ -164,17 +152,11 @@ def shift_activations_to_uint8(model_proto) -> int:
     The one difference: uint8 saturates at 255 steps where int8 stopped at 127."""
     from onnx import numpy_helper
 
+    from edgetune.export.checks import GraphIndex
+
     g = model_proto.graph
-    values = {i.name: i for i in g.initializer}
-    values.update({n.output[0]: n for n in g.node if n.op_type == "Constant"})
-
-    def value(name):
-        v = values.get(name)
-        if v is None:
-            return None
-        return numpy_helper.to_array(v) if hasattr(v, "data_type") else numpy_helper.to_array(v.attribute[0].t)
-
-    producer = {o: n for n in g.node for o in n.output}
+    index = GraphIndex(model_proto)
+    value, producer = index.value, index.producer
 
     def non_negative(name: str) -> bool:
         node = producer.get(name)

@@ -79,7 +79,7 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
     if run.task == "anomaly":  # PatchCore: outputs score and map; INT8 by PTQ here (export/anomaly.py)
         from edgetune.export.anomaly import export_variant
 
-        return export_variant(run, out.parent, precision, activations, opset, path=out)
+        return export_variant(run, out.parent, precision, activations, opset, path=out, check=check)
     model, reference = _model_for(run, precision)
     h, w = run.spec.size
     proto, folded = save_onnx(model, (h, w), out, precision, opset, activations, [OUTPUT_NAME], f"edgetune {run.model_name} ({run.stage}) {precision}")

@@ -102,13 +102,11 @@ def evaluate_session(session, pairs: list[tuple[str, int]], classes: list[str], 
     """Test metrics of a runtime session on OpenCV-decoded files: the device's own path.
     An anomaly model's: image AUROC, AUPR, F1 and false alarms at the threshold."""
     from edgetune.bench.artifacts import session_logits
-    from edgetune.metrics import anomaly_metrics, classification_metrics
+    from edgetune.metrics import anomaly_logit_metrics, classification_metrics
 
     logits = session_logits(session, [p for p, _ in pairs], desc=desc)
     if task == "anomaly":
-        from edgetune.runtime.anomaly import logits_scores
-
-        return anomaly_metrics(np.array([y == 1 for _, y in pairs]), logits_scores(logits))
+        return anomaly_logit_metrics([y for _, y in pairs], logits)
     return headline(classification_metrics([y for _, y in pairs], logits, classes), extra=("confusion_matrix",))
 
 

@@ -16,6 +16,7 @@ from edgetune.runtime.files import parse_yaml
 
 PRECISIONS = ("int8", "fp16", "bf16", "fp32")  # bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (the plug-ins say which they build)
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+HOST_RUNTIMES = ("onnxruntime", "openvino")  # run on the build machine's CPU too (TensorRT runs on the device)
 ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
 
 

@@ -72,15 +72,15 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
 
     if not 0 < coreset <= 1:
         raise EdgetuneError(f"--coreset {coreset}: give the fraction of patch features to keep, in (0, 1] (0.1 keeps one in ten).")
-    emb = embed_images(model.embedder, paths, spec, batch_size, "patch features of normal images")
-    n, dim, h, w = emb.shape
-    patches = emb.permute(0, 2, 3, 1).reshape(-1, dim)
-    rows = max(1, int(round(len(patches) * coreset)))
+    (h, w), dim, n = model.grid, int(model.bank_mean.shape[0]), len(paths)  # the bank's size, before embedding every image
+    rows = max(1, int(round(n * h * w * coreset)))
     size_mb = bank_mb(rows, dim)
     if size_mb > max_bank_mb:
         raise EdgetuneError(f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches x --coreset {coreset:g}): "
                             f"{size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower --coreset (e.g. {coreset * max_bank_mb / size_mb / 1.05:.3g}) "
                             f"or --img-size (now {spec.size[0]}; the patch grid shrinks with its square), or raise --max-bank-mb.")
+    emb = embed_images(model.embedder, paths, spec, batch_size, "patch features of normal images")
+    patches = emb.permute(0, 2, 3, 1).reshape(-1, dim)
     started = time.time()
     with log.progress(f"coreset: {rows} of {len(patches)} patches", total=rows) as advance:
         last = [0]

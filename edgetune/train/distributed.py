@@ -21,9 +21,11 @@ import torch
 import torch.distributed as dist
 
 from edgetune.errors import EdgetuneError
+from edgetune.torchrun import is_main, launched, local_rank, rank
+
+__all__ = ["is_main", "launched", "local_rank", "rank"]  # with the functions below: the package's view of torchrun
 
 T = TypeVar("T")
-ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # How long joining the group, and any one collective, may wait for the other
 # processes: a rendezvous endpoint nobody answers fails with its address after
 # this, instead of hanging. Minutes by default: a slow rank (data loading on a
@@ -33,30 +35,12 @@ DEFAULT_TIMEOUT_S = 600
 _left = False  # the group was closed by `leave`; this process continues alone
 
 
-def launched() -> bool:
-    """Started by torchrun (or anything that sets its environment) with more than one process."""
-    return all(k in os.environ for k in ENV) and int(os.environ["WORLD_SIZE"]) > 1
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", 0)) if launched() else 0
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0)) if launched() else 0
-
-
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
     return dist.get_world_size() if active() else 1
-
-
-def is_main() -> bool:
-    """True in the process that logs and writes: rank 0, or the only process."""
-    return rank() == 0
 
 
 def timeout_s() -> int:
