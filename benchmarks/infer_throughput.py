@@ -128,6 +128,7 @@ def main(argv=None) -> int:
         "throughput_fps": round(pipeline_fps, 1), "bundle": info["name"], "machine": machine(), "date": today(),
         "e2e_ms_p50": round(e2e_p50, 3), "preprocess_ms": round(e2e_p50 - stats["p50_ms"], 3),
         "meets_e2e_goal": e2e_p50 - stats["p50_ms"] <= E2E_GOAL_MS, "inference_precision": getattr(session, "inference_precision", None),
+        "resize_dtype": bundle.spec.resize_dtype,
     }
     print(f"pipeline {pipeline_fps:.1f} FPS / model-only {model_fps:.1f} FPS = {ratio:.1%} (goal >= {GOAL:.0%}; "
           f"median round {row['ratio_median_round']:.1%}; capture alone {capture_fps:.0f} FPS) on {row['machine']}")
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     rows = [r for r in old if tuple(r.get(k) for k in key) != tuple(row[k] for k in key)] + [row]
     write_json(args.out, rows)
     write_table(rows, ["model", "input", "runtime", "precision", "threads", "model_fps", "pipeline_fps", "ratio", "ratio_median_round", "capture_fps",
-                       "latency_ms_p50", "e2e_ms_p50", "preprocess_ms"],
+                       "latency_ms_p50", "e2e_ms_p50", "preprocess_ms", "resize_dtype"],
                 args.out.with_suffix(".md"), "Camera pipeline vs model-only throughput (batch 1)",
                 f"Pipeline: capture thread (decode {width}x{height} MJPG + preprocessing) overlapped with inference, "
                 f"JSONL records, --mode every. Model-only: the timing harness on the same session. Goal >= {GOAL:.0%}. "

@@ -1,7 +1,7 @@
 """Where this process stands in a torchrun job, read from the environment torchrun
-sets (RANK, WORLD_SIZE, LOCAL_RANK). One reading for the whole package, at its
-bottom: logging needs it before torch is imported, and every layer must agree on
-which process is rank 0."""
+sets (RANK, WORLD_SIZE, LOCAL_RANK: all three, or the process counts as alone). One
+reading for the whole package, at its bottom: logging needs it before torch is
+imported, and every layer must agree on which process is rank 0."""
 
 from __future__ import annotations
 

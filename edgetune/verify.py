@@ -1,7 +1,7 @@
 """Parity of the training path and the device path on the same image files.
 
-training side: PIL decoding + torch `EvalTransform` (the run's own preprocessing)
-               + the run's PyTorch model
+training side: PIL decoding + `EvalTransform` (the run's preprocessing, by the
+               same function the device runs) + the run's PyTorch model
 device side:   OpenCV decoding + the bundle's manifest preprocessing + its runtime
 
 Both must pick the same class and give close logits. A mismatch here is a

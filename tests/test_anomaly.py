@@ -83,7 +83,7 @@ def test_export_checks_an_anomaly_run_unless_told_not_to(anomaly_build, tmp_path
     assert "Spearman" in capsys.readouterr().err
     assert invoke("export", run, "--precision", "fp32", "--no-check", "--out", tmp_path / "b.onnx", "--json", tmp_path / "b.json") == 0
     checks = json.loads((tmp_path / "b.json").read_text())["checks"]
-    assert "spearman" not in checks and checks["onnx_checker"] == "passed"
+    assert checks == {}
 
 
 @pytest.mark.slow
@@ -126,7 +126,7 @@ def test_int8_runtimes_agree_with_pytorch(anomaly_build):
         frames = session.detect_frames([read_image(p) for p in paths[:4]])  # the device path from uint8 BGR frames
         assert np.allclose(frames["score"], out["score"][:4], atol=0.02)
         x0, _ = _prepare_in_capture(session, [])(read_image(paths[0]))[0]  # infer preprocesses in its capture thread
-        assert session.detect(x0)["score"][0] == frames["score"][0]
+        assert session.detect(x0)["score"][0] == session.detect_frames([read_image(paths[0])])["score"][0]
 
 
 @pytest.mark.slow

@@ -25,7 +25,9 @@ def bundle_copy(cpu_bundle, tmp_path):
 def test_manifest_records_the_contract(cpu_bundle):
     b = load_bundle(cpu_bundle)
     m = b.manifest
-    assert (m["format"], m["schema"], b.target, b.runtime, b.precision) == ("edgetune-bundle", 1, "cpu", "onnxruntime", "int8")
+    # schema 2: the preprocessing resizes the uint8 frame, which a schema-1 reader would not do
+    assert (m["format"], m["schema"], b.target, b.runtime, b.precision) == ("edgetune-bundle", 2, "cpu", "onnxruntime", "int8")
+    assert m["preprocess"]["resize_dtype"] == "uint8"
     assert set(b.precisions) == {"int8", "fp32"}
     assert m["model"]["backbone"] == "test_efficientnet" and m["model"]["macs"] > 0 and m["model"]["params"] > 0
     assert m["input"]["shape"][1:] == [3, *b.spec.size] and m["input"]["layout"] == "NCHW"

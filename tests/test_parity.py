@@ -36,6 +36,9 @@ def parity_images(tmp_path_factory):
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("size,resize_dtype", [((32, 32), "uint8"), ((64, 48), "uint8"), ((64, 48), "float32")])
 def test_runtime_preprocessing_matches_training(parity_images, interpolation, size, resize_dtype):
+    """Training decodes with PIL and hands RGB tensors to the same preprocessing
+    function: decoding, channel order and layout must agree (the resize itself is
+    checked against an independent one below)."""
     spec = PreprocessSpec(size=size, mean=MEAN, std=STD, interpolation=interpolation, resize_dtype=resize_dtype)
     device = preprocess([read_image(p) for p in parity_images], spec)
     training = torch.stack([EvalTransform(spec)(load_rgb(p)) for p in parity_images]).numpy()
@@ -44,7 +47,8 @@ def test_runtime_preprocessing_matches_training(parity_images, interpolation, si
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_uint8_resize_is_a_float_resize_rounded(interpolation):
+@pytest.mark.parametrize("size", [(224, 224), (57, 75)])
+def test_uint8_resize_is_a_float_resize_rounded(interpolation, size):
     """The frame is resized in uint8 (fast, and training does the same): against an
     independent float resize (torch) the difference is rounding: under one grey
     level, and on average under a sixth of one (OpenCV's fixed-point bilinear rounds
@@ -52,7 +56,7 @@ def test_uint8_resize_is_a_float_resize_rounded(interpolation):
     order 150."""
     rng = np.random.default_rng(5)
     frame = cv2.resize(rng.integers(40, 216, (60, 80, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)  # smooth parts, no flat areas
-    spec = PreprocessSpec(size=(224, 224), mean=MEAN, std=STD, interpolation=interpolation)
+    spec = PreprocessSpec(size=size, mean=MEAN, std=STD, interpolation=interpolation)
     device = preprocess(frame, spec)[0]
     rgb = torch.from_numpy(frame[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
     ref = torch.nn.functional.interpolate(rgb, size=spec.size, mode=interpolation, align_corners=False)[0]

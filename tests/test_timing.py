@@ -11,7 +11,7 @@ import pytest
 
 from edgetune.runtime import devicebench
 from edgetune.runtime.preprocess import PreprocessSpec
-from edgetune.runtime.timing import Policy, peak_rss_mb, summarize, throughput_fps, time_call
+from edgetune.runtime.timing import Policy, peak_rss_mb, summarize, throughput_fps, time_alternating, time_call
 
 SPEC = PreprocessSpec(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -82,6 +82,22 @@ def test_min_count_and_min_time_rules():
         Policy(min_runs=0)
 
 
+def test_alternating_blocks_share_the_drift():
+    """A machine that slows down halfway: timed in two phases, two equal calls
+    would differ by the slowdown; in alternating blocks each sees both halves."""
+    calls, start = [], time.perf_counter()
+
+    def call(name):
+        calls.append(name)
+        time.sleep(0.001 if time.perf_counter() - start < 0.15 else 0.003)
+
+    t = time_alternating({"a": lambda: call("a"), "b": lambda: call("b")}, Policy(warmup=1, min_time_s=0.3, min_runs=10), rounds=5)
+    switches = sum(x != y for x, y in zip(calls, calls[1:]))
+    assert switches == 9  # a b a b ... in five rounds of blocks
+    assert all(len(t[k].samples_s) >= 10 for k in "ab")
+    assert t["a"].stats()["mean_ms"] == pytest.approx(t["b"].stats()["mean_ms"], rel=0.3)
+
+
 def test_bimodal_delays_show_in_percentiles():
     delays = iter([0.002, 0.012] * 1000)
     s = time_call(lambda: time.sleep(next(delays)), Policy(warmup=0, min_time_s=0.0, min_runs=40)).stats()
@@ -115,7 +131,7 @@ def test_measure_covers_model_e2e_throughput_and_logits(tmp_path, capsys):
     assert r["throughput"]["4"]["fps"] == pytest.approx(4 * r["throughput"]["1"]["fps"], rel=0.5)
     assert r["logits"] == [[0.0, 1.0, 2.0]] * 3
     lines = [json.loads(line[len(devicebench.PROGRESS):]) for line in capsys.readouterr().out.splitlines() if line.startswith(devicebench.PROGRESS)]
-    assert {p["phase"] for p in lines} == {"latency b1", "end-to-end b1", "throughput b4", "accuracy"}
+    assert {p["phase"] for p in lines} == {"latency b1", "throughput b4", "accuracy"}
     assert any(p.get("finished") and p["phase"] == "accuracy" and p["done"] == 3 for p in lines)
 
 

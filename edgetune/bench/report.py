@@ -3,7 +3,7 @@ a rich table, JSON, Markdown and a PNG of accuracy against p50 latency."""
 
 from __future__ import annotations
 
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +42,7 @@ def make_row(result: dict, dataset: str | None, labels: np.ndarray | None = None
         "inference_precision": result.get("inference_precision"),
         "e2e_ms_p50": lat["e2e"]["p50_ms"],
         "e2e_frame": result.get("e2e_frame"),
+        "e2e_resize": art.get("resize_dtype"),  # what preprocessing resizes: uint8, or float32 (runs made before)
         "e2e_ms_p99": lat["e2e"]["p99_ms"],
         "throughput_batch": int(best_batch),
         "throughput_by_batch": {b: t["fps"] for b, t in result["throughput"].items()},
@@ -78,12 +79,14 @@ def complete_rows(rows: list[dict]) -> None:
         base = next((r for r in rows if r["runtime"] == "pytorch" and r["stage"] == "float" and r["machine"] == row["machine"]), None)
         row["speedup_vs_pytorch"] = base["latency_ms_p50"] / row["latency_ms_p50"] if base else None
     for name in {r["name"] for r in rows}:
-        alike = [r for r in rows if r["name"] == name and not r.get("remote")]  # a device's copy keeps its bundle's name
-        if len({r.get("path") for r in alike}) < 2:
+        # a device's copy keeps its bundle's name
+        alike = [r for r in rows if r["name"] == name and not r.get("remote") and r.get("path")]
+        paths = [Path(r["path"]).resolve() for r in alike]
+        if len(set(paths)) < 2:
             continue
         for depth in (1, 2, 3):  # the shortest tail of the paths that differs
-            tails = ["/".join(PurePath(r.get("path") or "").parts[-depth:]) for r in alike]
-            if len(set(tails)) == len({r.get("path") for r in alike}):
+            tails = ["/".join(p.parts[-depth:]) for p in paths]
+            if len(set(tails)) == len(set(paths)):
                 break
         for r, tail in zip(alike, tails):
             r["name"] = tail if tail.endswith(name) else f"{tail} ({name})"

@@ -111,7 +111,7 @@ def compare(ctx: click.Context, reference: Path, candidate: Path, eval_data, max
 @click.pass_context
 def verify(ctx: click.Context, bundle: Path, images: Path, run_dir, precision, min_agreement, max_diff, json_file):
     """Parity: the bundle's device path (OpenCV + runtime) against the training path
-    (PIL/torch preprocessing + the run's PyTorch model) on the same image files.
+    (PIL decoding, the run's preprocessing, its PyTorch model) on the same image files.
 
     Exit status 1 when they disagree: usually a preprocessing mismatch (RGB/BGR,
     size, interpolation, mean/std), not quantization."""

@@ -48,5 +48,18 @@ def train_val_datasets(split, spec, augment, soft_labels: bool) -> tuple[ImageDa
             ImageDataset(split.parts["val"], EvalTransform(spec)))
 
 
+def make_loader(dataset, batch_size: int, workers: int = 0, **kw) -> DataLoader:
+    """Every DataLoader of training and evaluation: its worker processes run OpenCV
+    (the preprocessing) with one thread each, as the workers are the parallelism
+    and a thread pool inherited across fork is a known way to hang."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, worker_init_fn=_one_opencv_thread if workers else None, **kw)
+
+
+def _one_opencv_thread(_worker: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def eval_loader(pairs, transform, batch_size: int, workers: int = 0) -> DataLoader:
-    return DataLoader(ImageDataset(pairs, transform), batch_size=batch_size, shuffle=False, num_workers=workers)
+    return make_loader(ImageDataset(pairs, transform), batch_size, workers, shuffle=False)

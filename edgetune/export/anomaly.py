@@ -81,8 +81,8 @@ def _for_export(model, precision: str, size):
 def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, activations: str = "keep", model=None, check_images: int = 64,
                      check: bool = True) -> dict:
     """Write `run`'s PatchCore graph to `out` (for int8, `model` is the quantized
-    module from `quantized_patchcore`); check it (with `check`: the static checks
-    always); return the export's record."""
+    module from `quantized_patchcore`); check it unless told not to; return the
+    export's record."""
     from edgetune.export.graph import INPUT_NAME, check_options, save_onnx, static_checks
     from edgetune.run import Run, load_run
     from edgetune.runtime.files import sha256_file
@@ -99,10 +99,10 @@ def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, a
     size = tuple(run.spec.size)
     proto, folded = save_onnx(_for_export(model, precision, size), size, out, precision, opset, activations, [SCORE, MAP],
                               f"edgetune PatchCore {run.model_name} {precision}")
-    n_qdq = static_checks(out, proto, precision, activations)
-    checks = {"onnx_checker": "passed", "weight_qdq": n_qdq, "weights_folded_to_int8": folded}
+    checks = {}
     if check:
-        checks.update(compare_scores(out, model, run, check_images))
+        checks = {"onnx_checker": "passed", "weight_qdq": static_checks(out, proto, precision, activations), "weights_folded_to_int8": folded,
+                  **compare_scores(out, model, run, check_images)}
         logger.info("ONNX Runtime vs PyTorch: Spearman %.4f of the scores on %d images.", checks["spearman"], checks["images"])
     h, w = size
     logger.info("Exported PatchCore %s (%s) to %s (%.2f MB).", run.model_name, precision, out, out.stat().st_size / 2**20)

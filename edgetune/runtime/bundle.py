@@ -2,10 +2,12 @@
 directory or its `.tar.gz`. Loading verifies every file against the manifest.
 
 The manifest is the contract between the build machine and the device
-(schema 1; keys in order):
+(keys in order):
 
     format         "edgetune-bundle"
-    schema         1
+    schema         the oldest reader that runs it right: 2 where the preprocessing
+                   resizes the uint8 frame (a schema-1 reader ignores resize_dtype and
+                   would resize in float), else 1
     edgetune       edgetune version that built it
     created        ISO time of the build
     name           bundle name (e.g. "bundle-cpu")
@@ -20,7 +22,8 @@ The manifest is the contract between the build machine and the device
                    (see `edgetune.runtime.anomaly`); its model outputs `score` and `map`
     input          {"name", "shape" [N, 3, H, W] (N null: any batch), "layout" "NCHW",
                     "dtype" "float32", "frames": what run_frames takes}
-    preprocess     the PreprocessSpec (size, mean, std, interpolation, channel order)
+    preprocess     the PreprocessSpec (size, mean, std, interpolation, channel order,
+                   resize_dtype)
     artifacts      precision -> {"file", "format" (onnx|openvino-ir), "precision",
                     "runtime", "files" [...], "preprocess_built_in", "options",
                     "size_bytes", "metrics" {"test": ..., "latency_ms_p50": ...,
@@ -52,10 +55,15 @@ from edgetune.runtime.files import read_json, sha256_file
 from edgetune.runtime.preprocess import PreprocessSpec
 
 FORMAT = "edgetune-bundle"
-SCHEMA = 1
+SCHEMA = 2  # the newest this version reads
 MANIFEST = "manifest.json"
 README = "README.md"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def manifest_schema(spec: PreprocessSpec) -> int:
+    """The schema a bundle with this preprocessing needs its reader to know."""
+    return 2 if spec.resize_dtype == "uint8" else 1
 
 
 @dataclass

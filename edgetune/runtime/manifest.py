@@ -50,7 +50,7 @@ def describe(bundle: Bundle, console: Console) -> None:
                       f"{a.get('normalisation')}, center {a.get('center', float('nan')):.5g}, scale {a.get('scale', float('nan')):.5g}); "
                       f"memory bank {(a.get('bank') or {}).get('rows')} x {(a.get('bank') or {}).get('dim')}")
     console.print(f"input {inp.get('name', '?')} {inp.get('shape')} {inp.get('layout', 'NCHW')} {inp.get('dtype', 'float32')}; "
-                  f"preprocessing: resize whole frame to {spec['size'][0]}x{spec['size'][1]} ({spec.get('interpolation')}), "
+                  f"preprocessing: resize whole {spec.get('resize_dtype', 'float32')} frame to {spec['size'][0]}x{spec['size'][1]} ({spec.get('interpolation')}), "
                   f"{spec.get('channel_order', 'RGB')}, /255, mean {[round(x, 4) for x in spec['mean']]}, std {[round(x, 4) for x in spec['std']]}")
     console.print(f"test metrics of the compiled artifact: {_headline(m.get('metrics', {}))}"
                   + (f"  (PyTorch model: {_headline({'test': m['metrics']['pytorch_test']})})" if m.get("metrics", {}).get("pytorch_test") else ""))

@@ -1,7 +1,7 @@
 """OpenVINO session (the `intel` target).
 
 The bundle's IR has a preprocessing built in for OpenVINO applications
-(PrePostProcessor: uint8 BGR NHWC frames of any size -> resize -> RGB -> mean/std
+(PrePostProcessor: uint8 BGR NHWC frames of any size -> RGB -> resize -> mean/std
 -> NCHW). This session does not use it: it cuts the IR after that preprocessing
 (at the node the build named `PLAIN_INPUT_NODE`) and feeds the float32 NCHW batch
 that the one OpenCV preprocessing definition makes, like every other session.

@@ -43,6 +43,8 @@ class PreprocessSpec:
     resize_dtype: str = "uint8"
 
     def __post_init__(self):
+        for name in ("size", "mean", "std"):  # tuples whatever was given: the spec is hashable (a cache key)
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {self.interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
         if self.channel_order not in ("RGB", "BGR"):

@@ -91,6 +91,26 @@ def time_call(fn: Callable[[], object], policy: Policy = Policy(), progress: Pro
     return Timing(samples, policy.warmup)
 
 
+def time_alternating(fns: dict[str, Callable[[], object]], policy: Policy = Policy(), rounds: int = 5,
+                     progress: Progress | None = None) -> dict[str, Timing]:
+    """Time several calls in `rounds` alternating blocks, each block a `policy`
+    measurement with 1/rounds of its time and runs (and its own warmup): the
+    machine's drift (clocks, heat, other load) falls on every call alike, so their
+    difference means something. Samples of one call are pooled over its blocks."""
+    rounds = max(1, min(rounds, policy.min_runs))  # no more samples than asked for, when few are
+    block = Policy(policy.warmup, policy.min_time_s / rounds, math.ceil(policy.min_runs / rounds))
+    out = {name: Timing([], policy.warmup) for name in fns}
+    done, spent = 0, 0.0
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time_call(fn, block)
+            out[name].samples_s += t.samples_s
+            done, spent = done + len(t.samples_s), spent + t.total_s
+            if progress is not None:
+                progress(done, spent)
+    return out
+
+
 def throughput_fps(batch: int, timing: Timing) -> float:
     """Images per second over the whole measurement at this batch size."""
     return batch * len(timing.samples_s) / timing.total_s if timing.total_s > 0 else math.inf

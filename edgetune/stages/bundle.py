@@ -24,13 +24,13 @@ VERSIONED = ("torch", "torchvision", "timm", "nncf", "torch-pruning", "onnx", "o
 def write_bundle(dest: Path, staging: Path, target, inp, arts: dict[str, dict], exports: dict[str, Result], runs: dict[str, Run], key: str) -> Path:
     """Finish the bundle compiled into `staging` and move it to `dest` (+ .tar.gz).
     `runs`: role (finetune, prune, quantize) -> the run."""
-    from edgetune.runtime.bundle import FORMAT, SCHEMA, load_bundle, pack, write_manifest
+    from edgetune.runtime.bundle import FORMAT, load_bundle, manifest_schema, pack, write_manifest
     from edgetune.stages.device_readme import device_readme
 
     profile, final = target.profile, final_run(runs)
     macs, params = float_macs(runs, tuple(inp.spec.size))
     manifest = {
-        "format": FORMAT, "schema": SCHEMA, "edgetune": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "name": dest.name,
+        "format": FORMAT, "schema": manifest_schema(inp.spec), "edgetune": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "name": dest.name,
         "target": profile.name, "profile": profile.to_dict(), "runtime": profile.runtime, "precision": profile.precision,
         "model": {"backbone": final.model_name, "stage": final.stage, "pruned": "prune" in runs, "macs": macs, "params": params},
         "classes": final.classes,

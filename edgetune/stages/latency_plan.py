@@ -44,15 +44,15 @@ from edgetune import log
 from edgetune.compress.prune import prune_groups, prune_once
 from edgetune.errors import EdgetuneError
 from edgetune.models.stats import count_macs
-from edgetune.runtime.timing import Policy, time_call
+from edgetune.runtime.timing import Policy, time_alternating
 
 logger = log.get(__name__)
 GRID = (0.25, 0.5, 0.75)  # ratios each group is measured at
 VAL_IMAGES = 256
 CALIB_IMAGES = 8  # calibration only sets the scales; latency does not depend on them
 BN_IMAGES = 64  # train images that re-estimate a candidate's BatchNorm statistics
-BURST = Policy(warmup=2, min_time_s=0.2, min_runs=10)  # one burst of a paired timing
 PAIRS = 5  # bursts of each model in a paired timing
+PAIRED = Policy(warmup=2, min_time_s=0.2 * PAIRS, min_runs=10 * PAIRS)  # per model, over its bursts (2 warmup calls each)
 ROUNDS = 3  # measure-and-correct rounds of the combined plan
 
 
@@ -78,11 +78,8 @@ class Probe:
         """(unpruned p50, `model`'s p50) at batch 1, from alternating bursts."""
         session = self.session(model)
         x = np.zeros((1, 3, *self.size), np.float32)
-        base, cand = [], []
-        for _ in range(PAIRS):
-            base += time_call(lambda: self.base.run(x), BURST).samples_s
-            cand += time_call(lambda: session.run(x), BURST).samples_s
-        return float(np.median(base)) * 1e3, float(np.median(cand)) * 1e3
+        t = time_alternating({"base": lambda: self.base.run(x), "cand": lambda: session.run(x)}, PAIRED, rounds=PAIRS)
+        return t["base"].stats()["p50_ms"], t["cand"].stats()["p50_ms"]
 
     def session(self, model: torch.nn.Module):
         """A runtime session of `model` exported as the build would export it."""

@@ -21,9 +21,7 @@ import torch
 import torch.distributed as dist
 
 from edgetune.errors import EdgetuneError
-from edgetune.torchrun import is_main, launched, local_rank, rank
-
-__all__ = ["is_main", "launched", "local_rank", "rank"]  # with the functions below: the package's view of torchrun
+from edgetune.torchrun import is_main, launched, local_rank, rank  # noqa: F401 - the package's view of torchrun, with the functions below
 
 T = TypeVar("T")
 # How long joining the group, and any one collective, may wait for the other

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, Subset, WeightedRandomSampler
 
 from edgetune import log
-from edgetune.data.dataset import ImageDataset
+from edgetune.data.dataset import ImageDataset, make_loader
 from edgetune.errors import EdgetuneError
 from edgetune.metrics import classification_metrics
 from edgetune.models.freeze import apply_freeze, parameter_groups
@@ -89,7 +89,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = 
     world = distributed.world_size()
     if world > 1:
         mine = range(distributed.rank(), len(loader.dataset), world)
-        loader = DataLoader(Subset(loader.dataset, mine), batch_size=loader.batch_size, num_workers=loader.num_workers)
+        loader = make_loader(Subset(loader.dataset, mine), loader.batch_size, loader.num_workers)
     was_training = model.training
     model.eval()
     logits, labels = [], []
@@ -200,7 +200,7 @@ def fit(
     steps_per_epoch = max(1, math.ceil(len(train_set) / (cfg.batch_size * world)))
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
+    val_loader = make_loader(val_set, cfg.batch_size, cfg.workers, shuffle=False)
     train_model, trainable = model, None
     if cfg.distill > 0 and teacher is None:
         raise EdgetuneError(f"--distill {cfg.distill}: distillation needs a teacher model.")
@@ -270,7 +270,7 @@ def fit(
                 sampler.set_epoch(epoch)
             else:
                 sampler = torch.utils.data.RandomSampler(train_set, generator=gen)
-            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=len(sampler) > cfg.batch_size)
+            loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler=sampler, drop_last=len(sampler) > cfg.batch_size)
             task = progress.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
             train_model.train()
             total, count, tick = 0.0, 0, time.perf_counter()
