@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tarfile
 
+import cv2
 import numpy as np
 import pytest
 
@@ -65,6 +67,16 @@ def test_damaged_bundle_is_refused_with_the_file_name(bundle_copy, damage, messa
         load_bundle(bundle_copy)
     proc = run_cli("inspect", bundle_copy, check=False)
     assert proc.returncode == 2 and "model.int8.onnx" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_invalid_preprocessing_in_the_manifest_is_a_clear_error(bundle_copy, tmp_path):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["preprocess"]["resize_dtype"] = "int4"
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    (tmp_path / "frames").mkdir()
+    cv2.imwrite(str(tmp_path / "frames" / "a.png"), np.zeros((48, 64, 3), np.uint8))
+    proc = run_cli("infer", bundle_copy, "--source", tmp_path / "frames", "--out", "-", check=False)
+    assert proc.returncode == 2 and "resize_dtype 'int4'" in proc.stderr and "manifest.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_inspect_shows_the_bundle(cpu_bundle):

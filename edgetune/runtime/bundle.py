@@ -201,6 +201,10 @@ def read_manifest(root: Path) -> dict:
     for key in ("classes", "preprocess", "target", "runtime", "precision", "artifacts", "files"):
         if key not in manifest:
             raise EdgetuneError(f"{path}: the manifest has no '{key}'; not a complete bundle.")
+    try:
+        PreprocessSpec.from_dict(manifest["preprocess"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise EdgetuneError(f"{path}: the manifest's 'preprocess' is not valid ({e}). Rebuild the bundle, or restore its manifest.json.") from None
     return manifest
 
 
