@@ -1,5 +1,5 @@
 # make demo: set up .venv and build the built-in example for the CPU target.
-# make test: set up .venv if missing, check the import layers (import-linter), run the whole test suite.
+# make test: set up .venv if missing, lint and format-check (ruff), check the import layers (import-linter), run the whole test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(BIN)/edgetune --config examples/demo.yaml build --target cpu --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 

@@ -37,8 +37,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, smoke_data, today  # noqa: E402
 
-COLUMNS = ["stage", "runtime", "precision", "auroc", "auroc_without_p13", "aupr", "f1", "false_alarm_rate", "recall", "latency_ms_p50",
-           "latency_ms_p90", "size_mb", "bank_rows", "bank_mb"]
+COLUMNS = [
+    "stage",
+    "runtime",
+    "precision",
+    "auroc",
+    "auroc_without_p13",
+    "aupr",
+    "f1",
+    "false_alarm_rate",
+    "recall",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "size_mb",
+    "bank_rows",
+    "bank_mb",
+]
 
 
 def levels_of(data: str, normal: str) -> dict[str, float]:
@@ -56,17 +70,29 @@ def measure(session, x: np.ndarray, levels: np.ndarray, min_time_s: float) -> di
     from edgetune.metrics import anomaly_metrics
     from edgetune.runtime.timing import Policy, time_call
 
-    scores = np.concatenate([session.detect(x[i:i + 16])["score"] for i in range(0, len(x), 16)])
+    scores = np.concatenate([session.detect(x[i : i + 16])["score"] for i in range(0, len(x), 16)])
     anomalous = levels >= 0.5
     m = anomaly_metrics(anomalous, scores)
     keep = ~np.isclose(levels, 1 / 3)
     m_without = anomaly_metrics(anomalous[keep], scores[keep])
     m_own = anomaly_metrics(levels > 0, scores)  # what the model was fitted against: any defect probability
     stats = time_call(lambda: session.run(x[:1]), Policy(warmup=5, min_time_s=min_time_s, min_runs=30)).stats()
-    return {"auroc": m["auroc"], "auroc_without_p13": m_without["auroc"], "auroc_any_defect": m_own["auroc"], "aupr": m["aupr"], "f1": m["f1"],
-            "accuracy": m["accuracy"], "false_alarm_rate": m["false_alarm_rate"], "recall": m["recall"], "n_images": m["n"],
-            "n_anomalous": m["n_anomalous"], "latency_ms_p50": stats["p50_ms"], "latency_ms_p90": stats["p90_ms"], "latency_ms_p99": stats["p99_ms"],
-            "throughput_fps": 1000.0 / stats["p50_ms"]}
+    return {
+        "auroc": m["auroc"],
+        "auroc_without_p13": m_without["auroc"],
+        "auroc_any_defect": m_own["auroc"],
+        "aupr": m["aupr"],
+        "f1": m["f1"],
+        "accuracy": m["accuracy"],
+        "false_alarm_rate": m["false_alarm_rate"],
+        "recall": m["recall"],
+        "n_images": m["n"],
+        "n_anomalous": m["n_anomalous"],
+        "latency_ms_p50": stats["p50_ms"],
+        "latency_ms_p90": stats["p90_ms"],
+        "latency_ms_p99": stats["p99_ms"],
+        "throughput_fps": 1000.0 / stats["p50_ms"],
+    }
 
 
 def classifier_auc() -> dict:
@@ -82,7 +108,14 @@ def classifier_auc() -> dict:
 
 BUDGETS = (10, 30, 100, None)  # defective train images the classifier sees; None: all
 # The finetune_elpv recipe (EMA, last epoch, flips) at the detector's image size.
-CURVE_RECIPE = {"epochs": 12, "lr": 2e-3, "freeze": "last:5", "ema": 0.99, "keep": "last", "augment": "hflip,vflip,brightness=0.1,contrast=0.1"}
+CURVE_RECIPE = {
+    "epochs": 12,
+    "lr": 2e-3,
+    "freeze": "last:5",
+    "ema": 0.99,
+    "keep": "last",
+    "augment": "hflip,vflip,brightness=0.1,contrast=0.1",
+}
 CURVE_COLUMNS = ["labelled_defects", "normal_images", "method", "auroc", "accuracy", "f1", "train_s"]
 
 
@@ -96,10 +129,16 @@ def budget_split(run, budget: int | None, seed: int = 0):
     config = run.info["history"][-1]["config"]
     split = make_split(load_source("elpv"), run.split.seed, config["val-frac"], config["test-frac"])
     if [p for p, _ in split.parts["test"]] != [p for p, _ in run.split.parts["test"]]:
-        raise SystemExit("the classifier's split does not hold the detector's test images: the curve would compare different images")
+        raise SystemExit(
+            "the classifier's split does not hold the detector's test images: the curve would compare different images"
+        )
     train = split.parts["train"]
     defective = [i for i, (_, y) in enumerate(train) if y == 1]
-    keep = set(np.random.default_rng(seed).permutation(defective)[:budget].tolist()) if budget is not None else set(defective)
+    keep = (
+        set(np.random.default_rng(seed).permutation(defective)[:budget].tolist())
+        if budget is not None
+        else set(defective)
+    )
     split.parts["train"] = [item for i, item in enumerate(train) if train[i][1] == 0 or i in keep]
     return split, len(keep), len(train) - len(defective)
 
@@ -116,25 +155,44 @@ def label_budget(run, work: Path, img_size: int) -> list[dict]:
         if not (out / "run.json").is_file():
             out.mkdir(parents=True, exist_ok=True)
             split.save(out / "split.json")  # --resume takes the split found in --out
-            api.finetune(data=split.source, out=str(out), resume=True, model=run.model_name, img_size=img_size, **CURVE_RECIPE)
+            api.finetune(
+                data=split.source, out=str(out), resume=True, model=run.model_name, img_size=img_size, **CURVE_RECIPE
+            )
         record = load_run(out).info["history"][-1]
         test = record["metrics"]["test"]
-        rows.append({"labelled_defects": n_defective, "normal_images": n_normal, "method": "supervised classifier", "auroc": test.get("roc_auc"),
-                     "accuracy": test["accuracy"], "f1": test["f1"], "train_s": record["seconds"]})
+        rows.append(
+            {
+                "labelled_defects": n_defective,
+                "normal_images": n_normal,
+                "method": "supervised classifier",
+                "auroc": test.get("roc_auc"),
+                "accuracy": test["accuracy"],
+                "f1": test["f1"],
+                "train_s": record["seconds"],
+            }
+        )
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["detector", "label-budget", "all"], default="all",
-                   help="what to measure; the other part's results are kept from the results file")
+    p.add_argument(
+        "--part",
+        choices=["detector", "label-budget", "all"],
+        default="all",
+        help="what to measure; the other part's results are kept from the results file",
+    )
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--coreset", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work" / "anomaly_elpv")
     p.add_argument("--results", type=Path, default=RESULTS / "anomaly_elpv.json")
-    p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
-    p.add_argument("--reuse", action="store_true", help="keep WORK/fit when it is there and the build's finished stages")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers"
+    )
+    p.add_argument(
+        "--reuse", action="store_true", help="keep WORK/fit when it is there and the build's finished stages"
+    )
     p.add_argument("--note", default="", help="how the machine was loaded during the run, written with the results")
     a = p.parse_args()
 
@@ -161,8 +219,13 @@ def main() -> None:
         if a.smoke:  # the generated data has no ELPV split to follow: checks the detector part only
             log.console.print("--smoke: the label-budget curve needs ELPV; skipped.")
         else:
-            results["label_budget"] = {"rows": label_budget(run, a.work, a.img_size), "recipe": CURVE_RECIPE, "machine": machine(),
-                                       "date": today(), "note": a.note}
+            results["label_budget"] = {
+                "rows": label_budget(run, a.work, a.img_size),
+                "recipe": CURVE_RECIPE,
+                "machine": machine(),
+                "date": today(),
+                "note": a.note,
+            }
     write_json(a.results, results)
     write_report(results, a.results.with_suffix(".md"))
     log.console.print(f"Results: {a.results} and {a.results.with_suffix('.md')}")
@@ -193,46 +256,105 @@ def detector(a, run, data: str, normal: str, options: dict) -> dict:
         for precision in bundle.precisions:
             session = bundle.open(threads=a.threads, precision=precision)
             m = measure(session, x, levels, min_time)
-            rows.append({"dataset": "elpv", "model": f"{run.model_name} PatchCore", "stage": "ptq" if precision == "int8" else "float",
-                         "runtime": session.name, "precision": precision, **m, "size_mb": bundle.artifact_size(precision) / 1e6,
-                         "macs": bundle.manifest["model"].get("macs"), "bank_rows": fit["bank"]["rows"], "bank_mb": fit["bank"]["size_mb"],
-                         "threads": a.threads, "machine": machine(), "date": today()})
-            log.console.print(f"{target} {precision}: AUROC {m['auroc']:.4f} (without p=1/3 {m['auroc_without_p13']:.4f}), F1 {m['f1']:.4f}, "
-                              f"false alarms {m['false_alarm_rate']:.2%}, {m['latency_ms_p50']:.2f} ms")
-    return {"rows": rows, "command": " ".join(sys.argv), "data": data, "normal": normal, "options": options, "threads": a.threads,
-            "fit": {"fit_seconds": fit["fit_seconds"], "bank": fit["bank"], "threshold": fit["threshold"], "test_pytorch": fit["test"],
-                    "test_images": len(test)},
-            "supervised_classifier_roc_auc": classifier_auc(), "machine": machine(), "date": today(),
-            "note": a.note or "Compare rows of this run only."}
+            rows.append(
+                {
+                    "dataset": "elpv",
+                    "model": f"{run.model_name} PatchCore",
+                    "stage": "ptq" if precision == "int8" else "float",
+                    "runtime": session.name,
+                    "precision": precision,
+                    **m,
+                    "size_mb": bundle.artifact_size(precision) / 1e6,
+                    "macs": bundle.manifest["model"].get("macs"),
+                    "bank_rows": fit["bank"]["rows"],
+                    "bank_mb": fit["bank"]["size_mb"],
+                    "threads": a.threads,
+                    "machine": machine(),
+                    "date": today(),
+                }
+            )
+            log.console.print(
+                f"{target} {precision}: AUROC {m['auroc']:.4f} (without p=1/3 {m['auroc_without_p13']:.4f}), F1 {m['f1']:.4f}, "
+                f"false alarms {m['false_alarm_rate']:.2%}, {m['latency_ms_p50']:.2f} ms"
+            )
+    return {
+        "rows": rows,
+        "command": " ".join(sys.argv),
+        "data": data,
+        "normal": normal,
+        "options": options,
+        "threads": a.threads,
+        "fit": {
+            "fit_seconds": fit["fit_seconds"],
+            "bank": fit["bank"],
+            "threshold": fit["threshold"],
+            "test_pytorch": fit["test"],
+            "test_images": len(test),
+        },
+        "supervised_classifier_roc_auc": classifier_auc(),
+        "machine": machine(),
+        "date": today(),
+        "note": a.note or "Compare rows of this run only.",
+    }
 
 
 def write_report(results: dict, path: Path) -> None:
     """The Markdown page: the detector's table, then the label-budget curve."""
     from common import markdown_table
+
     from edgetune.runtime.files import write_text
 
     fit, o, sup = results["fit"], results["options"], results.get("supervised_classifier_roc_auc") or {}
-    lines = ["# Anomaly detection on ELPV from good cells only (PatchCore)", "",
-             f"Fitted on {fit['bank']['images']} train cells with defect probability 0 ({o['model']}, {o['img_size']} px, coreset {o['coreset']}): "
-             f"bank {fit['bank']['rows']} x {fit['bank']['dim']} ({fit['bank']['size_mb']:.1f} MB), fit {fit['fit_seconds']:.0f} s on {results['machine']}. "
-             f"Test split: {fit.get('test_images', '')} cells, anomalous = p >= 0.5; threshold: {fit['threshold']['rule']} (validation anomalies = any "
-             f"p > 0). Latency: batch 1, {results['threads']} threads.", "", *markdown_table(results["rows"], COLUMNS), ""]
+    lines = [
+        "# Anomaly detection on ELPV from good cells only (PatchCore)",
+        "",
+        f"Fitted on {fit['bank']['images']} train cells with defect probability 0 ({o['model']}, {o['img_size']} px, coreset {o['coreset']}): "
+        f"bank {fit['bank']['rows']} x {fit['bank']['dim']} ({fit['bank']['size_mb']:.1f} MB), fit {fit['fit_seconds']:.0f} s on {results['machine']}. "
+        f"Test split: {fit.get('test_images', '')} cells, anomalous = p >= 0.5; threshold: {fit['threshold']['rule']} (validation anomalies = any "
+        f"p > 0). Latency: batch 1, {results['threads']} threads.",
+        "",
+        *markdown_table(results["rows"], COLUMNS),
+        "",
+    ]
     if sup:
-        lines += [f"Supervised classifier (finetune_elpv.py, {sup['runs']} runs of several recipes and seeds; those with split seed 0 hold these test images): test ROC-AUC "
-                  f"{sup['min']:.3f}-{sup['max']:.3f}, mean {sup['mean']:.3f}.", ""]
-    lines += ["auroc: p = 1/3 cells counted normal (the classifier's labels); auroc_without_p13: those cells left out. f1, recall, "
-              "false_alarm_rate: at the bundle's threshold (normalised score 0.5). " + results["note"], ""]
+        lines += [
+            f"Supervised classifier (finetune_elpv.py, {sup['runs']} runs of several recipes and seeds; those with split seed 0 hold these test images): test ROC-AUC "
+            f"{sup['min']:.3f}-{sup['max']:.3f}, mean {sup['mean']:.3f}.",
+            "",
+        ]
+    lines += [
+        "auroc: p = 1/3 cells counted normal (the classifier's labels); auroc_without_p13: those cells left out. f1, recall, "
+        "false_alarm_rate: at the bundle's threshold (normalised score 0.5). " + results["note"],
+        "",
+    ]
     curve = results.get("label_budget")
     if curve:
         float_row = next((r for r in results["rows"] if r["precision"] == "fp32"), None)
-        detector_row = [{"labelled_defects": 0, "normal_images": fit["bank"]["images"], "method": "PatchCore (anomaly)",
-                         "auroc": float_row["auroc"], "f1": float_row["f1"], "train_s": fit["fit_seconds"]}] if float_row else []
-        lines += ["## Label budget: how many labelled defects the classifier needs", "",
-                  f"The supervised classifier ({o['model']}, {o['img_size']} px, {curve['recipe']['epochs']} epochs, EMA, last epoch) trained on every "
-                  "normal train cell (p < 0.5) and only this many defective ones, tested on the same test cells as the detector; "
-                  "the detector saw no defect (its normal images are the p = 0 cells). auroc: test ROC-AUC, anomalous = p >= 0.5. "
-                  f"Measured on {curve['machine']}, {curve['date']}. {curve.get('note', '')}".rstrip(), "",
-                  *markdown_table(detector_row + curve["rows"], CURVE_COLUMNS), ""]
+        detector_row = (
+            [
+                {
+                    "labelled_defects": 0,
+                    "normal_images": fit["bank"]["images"],
+                    "method": "PatchCore (anomaly)",
+                    "auroc": float_row["auroc"],
+                    "f1": float_row["f1"],
+                    "train_s": fit["fit_seconds"],
+                }
+            ]
+            if float_row
+            else []
+        )
+        lines += [
+            "## Label budget: how many labelled defects the classifier needs",
+            "",
+            f"The supervised classifier ({o['model']}, {o['img_size']} px, {curve['recipe']['epochs']} epochs, EMA, last epoch) trained on every "
+            "normal train cell (p < 0.5) and only this many defective ones, tested on the same test cells as the detector; "
+            "the detector saw no defect (its normal images are the p = 0 cells). auroc: test ROC-AUC, anomalous = p >= 0.5. "
+            f"Measured on {curve['machine']}, {curve['date']}. {curve.get('note', '')}".rstrip(),
+            "",
+            *markdown_table(detector_row + curve["rows"], CURVE_COLUMNS),
+            "",
+        ]
     write_text(path, "\n".join(lines))
 
 

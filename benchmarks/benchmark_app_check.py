@@ -55,7 +55,9 @@ def open_ir(args, tmp: Path):
     shape = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
     h, w = (shape[2].get_length(), shape[3].get_length()) if shape[2].is_static else (args.size, args.size)
     spec = PreprocessSpec(size=(h, w), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    return path, open_session("openvino", path, spec, {"precision": "?", "input": {"shape": [None, 3, h, w]}}, threads=args.threads)
+    return path, open_session(
+        "openvino", path, spec, {"precision": "?", "input": {"shape": [None, 3, h, w]}}, threads=args.threads
+    )
 
 
 def input_shape(session) -> list[int]:
@@ -86,14 +88,33 @@ def harness_p50(session, shape: list[int], seconds: float) -> float:
     return time_call(fn, Policy(warmup=20, min_time_s=seconds, min_runs=100)).stats()["p50_ms"]
 
 
-def benchmark_app_median(ir: Path, shape: list[int], threads: int, precision_hint: str, seconds: float, tmp: Path) -> tuple[float, str]:
+def benchmark_app_median(
+    ir: Path, shape: list[int], threads: int, precision_hint: str, seconds: float, tmp: Path
+) -> tuple[float, str]:
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     # benchmark_app refuses -nthreads together with -hint; the thread count goes in as a device property,
     # with the session's inference precision (left unset, a bf16-capable CPU runs f32 IRs in bf16).
     config = tmp / "cpu_config.json"
     write_json(config, {"CPU": {"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": precision_hint}})
-    cmd = [exe, "-m", str(ir), "-d", "CPU", "-hint", "latency", "-api", "sync", "-b", "1", "-load_config", str(config),
-           "-t", str(int(max(1, seconds))), "-data_shape", "[" + ",".join(map(str, shape)) + "]"]
+    cmd = [
+        exe,
+        "-m",
+        str(ir),
+        "-d",
+        "CPU",
+        "-hint",
+        "latency",
+        "-api",
+        "sync",
+        "-b",
+        "1",
+        "-load_config",
+        str(config),
+        "-t",
+        str(int(max(1, seconds))),
+        "-data_shape",
+        "[" + ",".join(map(str, shape)) + "]",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     m = re.search(r"Median:\s+([0-9.]+)\s*(ms|us)", out.stdout)
     if out.returncode != 0 or not m:
@@ -124,27 +145,57 @@ def main() -> int:
         ours, theirs, cmd = [], [], ""
         for _ in range(args.rounds):
             ours.append(harness_p50(session, shape, args.seconds))
-            median, cmd = benchmark_app_median(ir, shape, args.threads, session.config["INFERENCE_PRECISION_HINT"], args.seconds, Path(tmp))
+            median, cmd = benchmark_app_median(
+                ir, shape, args.threads, session.config["INFERENCE_PRECISION_HINT"], args.seconds, Path(tmp)
+            )
             theirs.append(median)
     h, b = float(np.median(ours)), float(np.median(theirs))
     # Each round's pair ran back to back, so the ratio within a round cancels the
     # shared machine's drift (seconds-long swings of 20% here); take their median.
     ratio = float(np.median(np.array(ours) / np.array(theirs)))
     ok = abs(ratio - 1) <= args.tolerance
-    result = {"ir": str(ir), "input_shape": shape, "threads": args.threads, "batch": 1, "hint": "latency", "api": "sync",
-              "harness_p50_ms": h, "benchmark_app_median_ms": b, "ratio": ratio, "tolerance": args.tolerance, "passed": ok,
-              "rounds": {"harness_p50_ms": ours, "benchmark_app_median_ms": theirs}, "benchmark_app_command": cmd,
-              "machine": device_info()["machine"], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    result = {
+        "ir": str(ir),
+        "input_shape": shape,
+        "threads": args.threads,
+        "batch": 1,
+        "hint": "latency",
+        "api": "sync",
+        "harness_p50_ms": h,
+        "benchmark_app_median_ms": b,
+        "ratio": ratio,
+        "tolerance": args.tolerance,
+        "passed": ok,
+        "rounds": {"harness_p50_ms": ours, "benchmark_app_median_ms": theirs},
+        "benchmark_app_command": cmd,
+        "machine": device_info()["machine"],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "benchmark_app_check.json", result)
-    write_text(args.out / "benchmark_app_check.md", "\n".join([
-        "### edgetune harness against OpenVINO benchmark_app", "",
-        f"Same IR (`{Path(ir).name}`, input {shape}), {args.threads} threads, batch 1, latency hint, sync API; {args.rounds} alternating rounds of {args.seconds:g} s; {result['machine']}.", "",
-        "| | p50 / median ms |", "|---|---|",
-        f"| edgetune harness (p50) | {h:.3f} |", f"| benchmark_app (median) | {b:.3f} |",
-        f"| ratio (median of the rounds' ratios) | {ratio:.3f} ({'within' if ok else 'OUTSIDE'} ±{args.tolerance:.0%}) |", "",
-        "Rounds (harness p50 / benchmark_app median, ms): " + ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(ours, theirs)) + "."]))
-    print(f"harness p50 {h:.3f} ms, benchmark_app median {b:.3f} ms, ratio {ratio:.3f}: {'PASS' if ok else 'FAIL'} (±{args.tolerance:.0%})")
+    write_text(
+        args.out / "benchmark_app_check.md",
+        "\n".join(
+            [
+                "### edgetune harness against OpenVINO benchmark_app",
+                "",
+                f"Same IR (`{Path(ir).name}`, input {shape}), {args.threads} threads, batch 1, latency hint, sync API; {args.rounds} alternating rounds of {args.seconds:g} s; {result['machine']}.",
+                "",
+                "| | p50 / median ms |",
+                "|---|---|",
+                f"| edgetune harness (p50) | {h:.3f} |",
+                f"| benchmark_app (median) | {b:.3f} |",
+                f"| ratio (median of the rounds' ratios) | {ratio:.3f} ({'within' if ok else 'OUTSIDE'} ±{args.tolerance:.0%}) |",
+                "",
+                "Rounds (harness p50 / benchmark_app median, ms): "
+                + ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(ours, theirs))
+                + ".",
+            ]
+        ),
+    )
+    print(
+        f"harness p50 {h:.3f} ms, benchmark_app median {b:.3f} ms, ratio {ratio:.3f}: {'PASS' if ok else 'FAIL'} (±{args.tolerance:.0%})"
+    )
     return 0 if ok else 1
 
 

@@ -24,7 +24,19 @@ def machine() -> str:
     # "AMD EPYC" names several generations: the vector instructions set the speed (and
     # INT8's gain: VNNI has integer dot products, AVX2 has not) and the last bits of
     # the arithmetic, so a training run on another generation ends elsewhere.
-    isa = next((name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
+    isa = next(
+        (
+            name
+            for flag, name in (
+                ("avx512_vnni", "AVX-512 VNNI"),
+                ("avx_vnni", "AVX-VNNI"),
+                ("avx512f", "AVX-512"),
+                ("avx2", "AVX2"),
+            )
+            if flag in flags
+        ),
+        "",
+    )
     gpu = ""
     try:
         import torch

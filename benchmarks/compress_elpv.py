@@ -27,7 +27,18 @@ from common import RESULTS, machine, smoke_data, today, write_table  # noqa: E40
 
 # The run that the latency benchmark builds its pruned bundles from (run_all.py).
 PRUNED_QAT = "pruned42_qat"
-COLUMNS = ["stage", "precision", "accuracy", "f1", "accuracy_pytorch", "macs", "size_mb", "latency_ms_p50", "latency_ms_p90", "throughput_fps"]
+COLUMNS = [
+    "stage",
+    "precision",
+    "accuracy",
+    "f1",
+    "accuracy_pytorch",
+    "macs",
+    "size_mb",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "throughput_fps",
+]
 
 
 def slug(label: str) -> str:
@@ -52,7 +63,7 @@ def stage(command, args: list[str], out: Path) -> Path:
 def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int, min_time_s: float) -> dict:
     """Export `run_dir` and measure the ONNX file with ONNX Runtime."""
     from edgetune.export.checks import ort_session
-    from edgetune.export.onnx import float_model, export_onnx
+    from edgetune.export.onnx import export_onnx, float_model
     from edgetune.metrics import classification_metrics
     from edgetune.models.stats import count_macs
     from edgetune.run import load_run
@@ -68,7 +79,7 @@ def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int,
     pairs = run.split.parts["test"]
     logits = []
     for i in range(0, len(pairs), 32):
-        x = preprocess([read_image(p) for p, _ in pairs[i:i + 32]], run.spec)
+        x = preprocess([read_image(p) for p, _ in pairs[i : i + 32]], run.spec)
         logits.append(sess.run(None, {name: x})[0])
     import numpy as np
 
@@ -77,12 +88,29 @@ def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int,
     timing = time_call(lambda: sess.run(None, {name: one}), Policy(warmup=20, min_time_s=min_time_s, min_runs=100))
     t = summarize(timing.samples_s)
     macs, params = count_macs(float_model(run), tuple(run.spec.size))
-    return {"dataset": "elpv" if run.split.source.startswith("elpv") else run.split.source, "model": run.model_name, "stage": label,
-            "runtime": "onnxruntime", "precision": precision, "accuracy": m["accuracy"], "f1": m["f1"],
-            "accuracy_pytorch": run.test_metrics().get("accuracy"), "latency_ms_p50": t["p50_ms"], "latency_ms_p90": t["p90_ms"],
-            "latency_ms_p99": t["p99_ms"], "throughput_fps": throughput_fps(1, timing), "size_mb": exported["size_mb"], "macs": macs, "params": params,
-            "agreement_with_pytorch": exported["checks"]["agreement"], "max_logit_diff": exported["checks"]["max_logit_diff"],
-            "run": str(run.dir), "threads": threads, "machine": machine(), "date": today()}
+    return {
+        "dataset": "elpv" if run.split.source.startswith("elpv") else run.split.source,
+        "model": run.model_name,
+        "stage": label,
+        "runtime": "onnxruntime",
+        "precision": precision,
+        "accuracy": m["accuracy"],
+        "f1": m["f1"],
+        "accuracy_pytorch": run.test_metrics().get("accuracy"),
+        "latency_ms_p50": t["p50_ms"],
+        "latency_ms_p90": t["p90_ms"],
+        "latency_ms_p99": t["p99_ms"],
+        "throughput_fps": throughput_fps(1, timing),
+        "size_mb": exported["size_mb"],
+        "macs": macs,
+        "params": params,
+        "agreement_with_pytorch": exported["checks"]["agreement"],
+        "max_logit_diff": exported["checks"]["max_logit_diff"],
+        "run": str(run.dir),
+        "threads": threads,
+        "machine": machine(),
+        "date": today(),
+    }
 
 
 def main() -> None:
@@ -90,16 +118,29 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("benchmarks/work/compress_elpv"))
     p.add_argument("--results", type=Path, default=RESULTS / "compress_elpv.json")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--float", dest="float_run", type=Path, help="an ELPV float run to start from (default: fine-tune finetune_elpv.py's chosen recipe)")
-    p.add_argument("--rows", type=int, default=7, help="only the first N rows (float, ptq, qat, pruned -42%% MACs, pruned+qat, pruned 30%%, pruned 50%%)")
-    p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
+    p.add_argument(
+        "--float",
+        dest="float_run",
+        type=Path,
+        help="an ELPV float run to start from (default: fine-tune finetune_elpv.py's chosen recipe)",
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=7,
+        help="only the first N rows (float, ptq, qat, pruned -42%% MACs, pruned+qat, pruned 30%%, pruned 50%%)",
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers"
+    )
     a = p.parse_args()
+
+    from finetune_elpv import CHOSEN, RECIPES, run_recipe
 
     from edgetune import log
     from edgetune.api import prune, quantize
     from edgetune.run import is_run
     from edgetune.runtime.files import write_json
-    from finetune_elpv import CHOSEN, RECIPES, run_recipe
 
     log.setup()  # each stage's epochs and summary in the log
 
@@ -122,7 +163,18 @@ def main() -> None:
     if a.smoke:
         a.work = a.work / "smoke"  # never next to (or over) the real runs
         data = smoke_data(a.work, n_per_class=16)
-        float_recipe = ["--img-size", "32", "--epochs", "4", "--lr", "3e-3", "--batch-size", "8", "--warmup-epochs", "0"]
+        float_recipe = [
+            "--img-size",
+            "32",
+            "--epochs",
+            "4",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "8",
+            "--warmup-epochs",
+            "0",
+        ]
         float_extra = ["--data", str(data), "--model", "test_efficientnet", "--no-pretrained"]
         prune_args = ["--steps", "1", "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--distill", "0.5", *settle]
         qat_args = ["--mode", "qat", "--epochs", "2", "--lr", "1e-3", "--batch-size", "8", "--distill", "0.5", *settle]
@@ -139,18 +191,30 @@ def main() -> None:
         ("float", lambda: fl, "fp32"),
         ("ptq", lambda: stage(quantize, [str(fl), "--mode", "ptq"], w / "ptq"), "int8"),
         ("qat", lambda: stage(quantize, [str(fl), *qat_args], w / "qat"), "int8"),
-        ("pruned -42% MACs", lambda: stage(prune, [str(fl), "--target-macs", "0.42", *prune_args], w / "pruned42"), "fp32"),
-        ("pruned+qat", lambda: stage(quantize, [str(w / "pruned42"), *qat_args, "--teacher", str(fl)], w / PRUNED_QAT), "int8"),
+        (
+            "pruned -42% MACs",
+            lambda: stage(prune, [str(fl), "--target-macs", "0.42", *prune_args], w / "pruned42"),
+            "fp32",
+        ),
+        (
+            "pruned+qat",
+            lambda: stage(quantize, [str(w / "pruned42"), *qat_args, "--teacher", str(fl)], w / PRUNED_QAT),
+            "int8",
+        ),
         ("pruned 30%", lambda: stage(prune, [str(fl), "--ratio", "0.3", *prune_args], w / "pruned30"), "fp32"),
         ("pruned 50%", lambda: stage(prune, [str(fl), "--ratio", "0.5", *prune_args], w / "pruned50"), "fp32"),
     ]
     rows = []
-    for label, make, precision in plan[:a.rows]:
+    for label, make, precision in plan[: a.rows]:
         # Each row is measured right after its stage, on the otherwise idle machine,
         # and kept: a rerun (or a longer --rows) measures only the new rows.
         kept = w / "rows" / f"{slug(label)}.json"
         run_dir = make()
-        if kept.is_file() and kept.stat().st_mtime > (Path(run_dir) / "run.json").stat().st_mtime and json.loads(kept.read_text())["run"] == str(run_dir):
+        if (
+            kept.is_file()
+            and kept.stat().st_mtime > (Path(run_dir) / "run.json").stat().st_mtime
+            and json.loads(kept.read_text())["run"] == str(run_dir)
+        ):
             rows.append(json.loads(kept.read_text()))
         else:
             rows.append(measure(run_dir, label, precision, w / "onnx", a.threads, min_time))
@@ -161,10 +225,14 @@ def main() -> None:
         r["macs_vs_float"] = r["macs"] / base["macs"]
         r["speedup_vs_float"] = base["latency_ms_p50"] / r["latency_ms_p50"]
     write_json(a.results, {"rows": rows, "wall_s": round(time.time() - started, 1)})
-    write_table(rows, COLUMNS + ["macs_vs_float", "speedup_vs_float"], a.results.with_suffix(".md"),
-                f"ELPV binary compression, {base['model']} (ONNX Runtime, batch 1, {a.threads} threads)",
-                "Goals: QAT INT8 within 0.5 points of float and above PTQ; pruned+QAT >= 89% with >= 40% fewer MACs.\n\n"
-                f"Machine: {base['machine']}, {base['date']}.")
+    write_table(
+        rows,
+        COLUMNS + ["macs_vs_float", "speedup_vs_float"],
+        a.results.with_suffix(".md"),
+        f"ELPV binary compression, {base['model']} (ONNX Runtime, batch 1, {a.threads} threads)",
+        "Goals: QAT INT8 within 0.5 points of float and above PTQ; pruned+QAT >= 89% with >= 40% fewer MACs.\n\n"
+        f"Machine: {base['machine']}, {base['date']}.",
+    )
 
 
 if __name__ == "__main__":

@@ -71,21 +71,59 @@ def free_port() -> int:
 
 def run(setup: dict, args, out: Path, cuda: bool) -> dict:
     """One fine-tune in `setup`; its throughput and test accuracy from run.json."""
-    train = ["finetune", "--data", args.data, "--model", args.model, "--no-pretrained", "--img-size", str(args.img_size),
-             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--warmup-epochs", "0", "--seed", "0",
-             "--device", "cuda" if cuda else "cpu", "--out", str(out)]
+    train = [
+        "finetune",
+        "--data",
+        args.data,
+        "--model",
+        args.model,
+        "--no-pretrained",
+        "--img-size",
+        str(args.img_size),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--warmup-epochs",
+        "0",
+        "--seed",
+        "0",
+        "--device",
+        "cuda" if cuda else "cpu",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(setup["threads"])}
     if setup["processes"] == 1:
         cmd = [*EDGETUNE, "-q", *train]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(setup["processes"]),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "edgetune.cli.main", "-q", *train]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            str(setup["processes"]),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{free_port()}",
+            "-m",
+            "edgetune.cli.main",
+            "-q",
+            *train,
+        ]
     subprocess.run(cmd, env=env, check=True)
     record = json.loads((out / "run.json").read_text())["history"][0]
     epochs = record["metrics"]["epochs"][1:] or record["metrics"]["epochs"]
-    return {"images_per_s": statistics.median(e["train_images"] / e["train_seconds"] for e in epochs),
-            "accuracy": record["metrics"]["test"]["accuracy"], "f1": record["metrics"]["test"]["f1"],
-            "world_size": record["world_size"], "global_batch_size": record["global_batch_size"]}
+    return {
+        "images_per_s": statistics.median(e["train_images"] / e["train_seconds"] for e in epochs),
+        "accuracy": record["metrics"]["test"]["accuracy"],
+        "f1": record["metrics"]["test"]["f1"],
+        "world_size": record["world_size"],
+        "global_batch_size": record["global_batch_size"],
+    }
 
 
 def main() -> None:
@@ -104,9 +142,18 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     n = args.processes
-    setups = ([{"name": "1 GPU", "processes": 1, "threads": 1}, {"name": f"{n} GPUs, DDP (NCCL)", "processes": n, "threads": 1}] if cuda else
-              [{"name": "1 process x 1 thread", "processes": 1, "threads": 1}, {"name": f"1 process x {n} threads", "processes": 1, "threads": n},
-               {"name": f"{n} processes x 1 thread, DDP (gloo)", "processes": n, "threads": 1}])
+    setups = (
+        [
+            {"name": "1 GPU", "processes": 1, "threads": 1},
+            {"name": f"{n} GPUs, DDP (NCCL)", "processes": n, "threads": 1},
+        ]
+        if cuda
+        else [
+            {"name": "1 process x 1 thread", "processes": 1, "threads": 1},
+            {"name": f"1 process x {n} threads", "processes": 1, "threads": n},
+            {"name": f"{n} processes x 1 thread, DDP (gloo)", "processes": n, "threads": 1},
+        ]
+    )
     measured: dict[str, list[dict]] = {s["name"]: [] for s in setups}
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is None:
@@ -117,7 +164,10 @@ def main() -> None:
         for r in range(args.rounds):
             for i, s in enumerate(setups):
                 m = run(s, args, Path(tmp) / f"r{r}-{i}", cuda)
-                print(f"round {r + 1}: {s['name']}: {m['images_per_s']:.1f} images/s, test accuracy {m['accuracy']:.4f}", flush=True)
+                print(
+                    f"round {r + 1}: {s['name']}: {m['images_per_s']:.1f} images/s, test accuracy {m['accuracy']:.4f}",
+                    flush=True,
+                )
                 measured[s["name"]].append(m)
 
     base = statistics.median(m["images_per_s"] for m in measured[setups[0]["name"]])
@@ -125,25 +175,60 @@ def main() -> None:
     for s in setups:
         ms = measured[s["name"]]
         ips = statistics.median(m["images_per_s"] for m in ms)
-        rows.append({"dataset": dataset, "model": args.model, "stage": "float", "runtime": "pytorch", "precision": "fp32",
-                     "accuracy": statistics.median(m["accuracy"] for m in ms), "f1": statistics.median(m["f1"] for m in ms),
-                     "setup": s["name"], "processes": s["processes"], "threads": s["threads"], "input": f"{args.img_size}x{args.img_size}",
-                     "batch_size_per_process": args.batch_size, "global_batch_size": ms[0]["global_batch_size"], "epochs": args.epochs,
-                     "rounds": args.rounds, "images_per_s": round(ips, 1), "images_per_s_rounds": [round(m["images_per_s"], 1) for m in ms],
-                     "speedup": round(ips / base, 3), "machine": machine(), "date": today()})
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": args.model,
+                "stage": "float",
+                "runtime": "pytorch",
+                "precision": "fp32",
+                "accuracy": statistics.median(m["accuracy"] for m in ms),
+                "f1": statistics.median(m["f1"] for m in ms),
+                "setup": s["name"],
+                "processes": s["processes"],
+                "threads": s["threads"],
+                "input": f"{args.img_size}x{args.img_size}",
+                "batch_size_per_process": args.batch_size,
+                "global_batch_size": ms[0]["global_batch_size"],
+                "epochs": args.epochs,
+                "rounds": args.rounds,
+                "images_per_s": round(ips, 1),
+                "images_per_s_rounds": [round(m["images_per_s"], 1) for m in ms],
+                "speedup": round(ips / base, 3),
+                "machine": machine(),
+                "date": today(),
+            }
+        )
     key = ("dataset", "model", "input", "setup", "machine")
     path = RESULTS / "ddp_scaling.json"
     old = json.loads(path.read_text()) if path.exists() else []
     fresh = {tuple(r[k] for k in key) for r in rows}
     all_rows = [r for r in old if tuple(r.get(k) for k in key) not in fresh] + rows
     write_json(path, all_rows)
-    notes = ("Training images per second over the training steps (run.json's train_images / train_seconds per epoch, first "
-             "epoch dropped), median over rounds that alternate the set-ups; speedup against the first set-up of the same "
-             "machine. --batch-size is per process: N processes train a global batch N times larger (weak scaling), "
-             "with the learning rate as given. Accuracy (test, after these few epochs from random weights) fills the row "
-             "format; it says nothing about the set-ups. " + args.notes).strip()
-    write_table(all_rows, ["machine", "model", "input", "setup", "global_batch_size", "images_per_s", "images_per_s_rounds", "speedup", "accuracy"],
-                RESULTS / "ddp_scaling.md", "Training throughput: one process against DDP under torchrun", notes)
+    notes = (
+        "Training images per second over the training steps (run.json's train_images / train_seconds per epoch, first "
+        "epoch dropped), median over rounds that alternate the set-ups; speedup against the first set-up of the same "
+        "machine. --batch-size is per process: N processes train a global batch N times larger (weak scaling), "
+        "with the learning rate as given. Accuracy (test, after these few epochs from random weights) fills the row "
+        "format; it says nothing about the set-ups. " + args.notes
+    ).strip()
+    write_table(
+        all_rows,
+        [
+            "machine",
+            "model",
+            "input",
+            "setup",
+            "global_batch_size",
+            "images_per_s",
+            "images_per_s_rounds",
+            "speedup",
+            "accuracy",
+        ],
+        RESULTS / "ddp_scaling.md",
+        "Training throughput: one process against DDP under torchrun",
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-
 from common import RESULTS, machine, today, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work" / "families"
 EDGETUNE = [sys.executable, "-m", "edgetune.cli.main"]
-MODELS = ["convnext_atto", "vit_tiny_patch16_224", "resnet18", "efficientnet_lite0", "mobilenetv3_large_100", "deit_tiny_patch16_224",
-          "resnet50", "efficientnet_b0", "convnext_nano"]
+MODELS = [
+    "convnext_atto",
+    "vit_tiny_patch16_224",
+    "resnet18",
+    "efficientnet_lite0",
+    "mobilenetv3_large_100",
+    "deit_tiny_patch16_224",
+    "resnet50",
+    "efficientnet_b0",
+    "convnext_nano",
+]
 SIZE = 224
 
 
@@ -56,10 +64,23 @@ def build(model: str, data: Path) -> Path:
     out = WORK / model
     out.mkdir(parents=True, exist_ok=True)
     cfg = out / "build.yaml"
-    cfg.write_text(yaml.safe_dump({"data": str(data), "model": model, "pretrained": False, "img-size": SIZE,
-                                   "finetune": {"epochs": 0, "batch-size": 16}, "quantize": {"mode": "ptq", "calib-count": 16}}))
-    subprocess.run([*EDGETUNE, "--config", str(cfg), "build", "--target", "cpu", "--target", "intel", "--out", str(out)],
-                   cwd=ROOT, check=True)
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": str(data),
+                "model": model,
+                "pretrained": False,
+                "img-size": SIZE,
+                "finetune": {"epochs": 0, "batch-size": 16},
+                "quantize": {"mode": "ptq", "calib-count": 16},
+            }
+        )
+    )
+    subprocess.run(
+        [*EDGETUNE, "--config", str(cfg), "build", "--target", "cpu", "--target", "intel", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+    )
     return out
 
 
@@ -68,9 +89,32 @@ def bench(out: Path, data: Path, threads: int, min_time: float, min_runs: int) -
     from edgetune.runtime.files import read_json
 
     path = out / "bench.json"
-    subprocess.run([*EDGETUNE, "bench", str(out / "finetune"), str(out / "bundle-cpu"), str(out / "bundle-intel"), "--precision", "all",
-                    "--no-baseline", "--batch", "1", "--threads", str(threads), "--min-time", str(min_time), "--min-runs", str(min_runs),
-                    "--data", str(data), "--json", str(path)], cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            *EDGETUNE,
+            "bench",
+            str(out / "finetune"),
+            str(out / "bundle-cpu"),
+            str(out / "bundle-intel"),
+            "--precision",
+            "all",
+            "--no-baseline",
+            "--batch",
+            "1",
+            "--threads",
+            str(threads),
+            "--min-time",
+            str(min_time),
+            "--min-runs",
+            str(min_runs),
+            "--data",
+            str(data),
+            "--json",
+            str(path),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     data = read_json(path)
     return data["rows"] if isinstance(data, dict) else data
 
@@ -79,28 +123,59 @@ def summary(model: str, rows: list[dict]) -> dict:
     by = {(r["runtime"], r["precision"]): r for r in rows}
     p50 = {k: r["latency_ms_p50"] for k, r in by.items()}
     torch_row = by[("pytorch", "fp32")]
-    out = {"model": model, "macs": torch_row["macs"], "params": torch_row["params"], "pytorch_fp32_ms": p50[("pytorch", "fp32")]}
+    out = {
+        "model": model,
+        "macs": torch_row["macs"],
+        "params": torch_row["params"],
+        "pytorch_fp32_ms": p50[("pytorch", "fp32")],
+    }
     for runtime, short in (("onnxruntime", "ort"), ("openvino", "ov")):
         fp32, int8 = p50.get((runtime, "fp32")), p50.get((runtime, "int8"))
-        out.update({f"{short}_fp32_ms": fp32, f"{short}_int8_ms": int8, f"{short}_int8_speedup": fp32 / int8 if fp32 and int8 else None,
-                    f"{short}_int8_agreement": by.get((runtime, "int8"), {}).get("agreement")})
+        out.update(
+            {
+                f"{short}_fp32_ms": fp32,
+                f"{short}_int8_ms": int8,
+                f"{short}_int8_speedup": fp32 / int8 if fp32 and int8 else None,
+                f"{short}_int8_agreement": by.get((runtime, "int8"), {}).get("agreement"),
+            }
+        )
     return out
 
 
 def write(rows: list[dict], table: list[dict], args) -> None:
     from edgetune.runtime.files import write_json
 
-    write_json(RESULTS / "families.json", {"rows": rows, "summary": table, "threads": args.threads, "image_size": SIZE, "note": args.note})
+    write_json(
+        RESULTS / "families.json",
+        {"rows": rows, "summary": table, "threads": args.threads, "image_size": SIZE, "note": args.note},
+    )
     shown = [{**t, "mmacs": t["macs"] / 1e6, "mparams": t["params"] / 1e6} for t in table]
-    write_table(shown, ["model", "mmacs", "mparams", "pytorch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "ort_int8_speedup", "ov_fp32_ms", "ov_int8_ms",
-                        "ov_int8_speedup", "ort_int8_agreement", "ov_int8_agreement"], RESULTS / "families.md",
-                f"Seed families at {SIZE} px, batch 1, {args.threads} threads (p50 ms)",
-                intro=f"Machine: {machine()}, {today()}. Random initial weights, PTQ INT8 (`edgetune build`), every latency from `edgetune bench` "
-                      "in one run. Speedup: FP32 p50 over INT8 p50 of the same runtime. Agreement: INT8 top-1 against PyTorch FP32 on the "
-                      "generated images (random weights give near-tied logits: a lower bound)." + (f" {args.note}" if args.note else ""),
-                notes="Ops that stay float in ONNX Runtime's INT8 graph (no x86 integer kernel for them): LayerNormalization, GELU (Erf), "
-                      "Softmax inputs of attention and the attention MatMuls (their inputs are not quantized), layer-scale Mul. "
-                      "See docs/compression.md (ConvNeXt and ViT).")
+    write_table(
+        shown,
+        [
+            "model",
+            "mmacs",
+            "mparams",
+            "pytorch_fp32_ms",
+            "ort_fp32_ms",
+            "ort_int8_ms",
+            "ort_int8_speedup",
+            "ov_fp32_ms",
+            "ov_int8_ms",
+            "ov_int8_speedup",
+            "ort_int8_agreement",
+            "ov_int8_agreement",
+        ],
+        RESULTS / "families.md",
+        f"Seed families at {SIZE} px, batch 1, {args.threads} threads (p50 ms)",
+        intro=f"Machine: {machine()}, {today()}. Random initial weights, PTQ INT8 (`edgetune build`), every latency from `edgetune bench` "
+        "in one run. Speedup: FP32 p50 over INT8 p50 of the same runtime. Agreement: INT8 top-1 against PyTorch FP32 on the "
+        "generated images (random weights give near-tied logits: a lower bound)."
+        + (f" {args.note}" if args.note else ""),
+        notes="Ops that stay float in ONNX Runtime's INT8 graph (no x86 integer kernel for them): LayerNormalization, GELU (Erf), "
+        "Softmax inputs of attention and the attention MatMuls (their inputs are not quantized), layer-scale Mul. "
+        "See docs/compression.md (ConvNeXt and ViT).",
+    )
 
 
 def main() -> int:
@@ -118,7 +193,13 @@ def main() -> int:
     for model in args.model or MODELS:
         got = bench(build(model, data), data, args.threads, args.min_time, args.min_runs)
         for r in got:
-            r.update(dataset="generated-224", stage="float" if r["runtime"] == "pytorch" else "ptq", machine=machine(), date=today(), note=args.note)
+            r.update(
+                dataset="generated-224",
+                stage="float" if r["runtime"] == "pytorch" else "ptq",
+                machine=machine(),
+                date=today(),
+                note=args.note,
+            )
             r.pop("speedup_vs_pytorch", None)
         rows += got
         table.append(summary(model, got))

@@ -29,19 +29,42 @@ def variant(base: list[str], *changes: str) -> list[str]:
         if name in out:
             out[out.index(name) + 1] = value
         else:
-            out[out.index("--augment"):out.index("--augment")] = [name, value]
+            out[out.index("--augment") : out.index("--augment")] = [name, value]
     return out
 
 
 # The chosen recipe (see below); the later recipes are variants of it.
-EMA_LAST = ["--img-size", "300", "--epochs", "15", "--lr", "2e-3", "--freeze", "last:5", "--ema", "0.99", "--keep", "last",
-            "--augment", "hflip,vflip,brightness=0.1,contrast=0.1"]
+EMA_LAST = [
+    "--img-size",
+    "300",
+    "--epochs",
+    "15",
+    "--lr",
+    "2e-3",
+    "--freeze",
+    "last:5",
+    "--ema",
+    "0.99",
+    "--keep",
+    "last",
+    "--augment",
+    "hflip,vflip,brightness=0.1,contrast=0.1",
+]
 # finetune options per recipe; all start from the offline ImageNet efficientnet_lite0
 RECIPES = {
     "baseline224": ["--img-size", "224", "--epochs", "12", "--lr", "1e-3"],
     "lr5e4_224": ["--img-size", "224", "--epochs", "12", "--lr", "5e-4"],
     "native300": ["--img-size", "300", "--epochs", "12", "--lr", "1e-3"],
-    "rot256": ["--img-size", "256", "--epochs", "14", "--lr", "1e-3", "--augment", "hflip,vflip,rot90,rotate=5,rrc=0.85,brightness=0.15,contrast=0.15"],
+    "rot256": [
+        "--img-size",
+        "256",
+        "--epochs",
+        "14",
+        "--lr",
+        "1e-3",
+        "--augment",
+        "hflip,vflip,rot90,rotate=5,rrc=0.85,brightness=0.15,contrast=0.15",
+    ],
     "freeze224": ["--img-size", "224", "--epochs", "16", "--lr", "1e-3", "--freeze", "last:4"],
     "lr2e3_224": ["--img-size", "224", "--epochs", "12", "--lr", "2e-3"],
     "lr2e3_300": ["--img-size", "300", "--epochs", "12", "--lr", "2e-3"],
@@ -52,21 +75,45 @@ RECIPES = {
     # Progressive resizing: most epochs at a cheap size, the last ones at the native
     # 300 px, where thin cracks are visible. A list of stages: each later stage starts
     # from the one before (--weights keeps the trained head).
-    "prog192_300": [["--img-size", "192", "--epochs", "10", "--lr", "2e-3", "--freeze", "last:4"],
-                    ["--img-size", "300", "--epochs", "3", "--lr", "5e-4", "--freeze", "last:4", "--warmup-epochs", "0.3"]],
+    "prog192_300": [
+        ["--img-size", "192", "--epochs", "10", "--lr", "2e-3", "--freeze", "last:4"],
+        ["--img-size", "300", "--epochs", "3", "--lr", "5e-4", "--freeze", "last:4", "--warmup-epochs", "0.3"],
+    ],
     # Native 300 px throughout: channels_last training made it affordable (3.1 s a
     # step instead of 5.4 on the 2-core CPU); block 2 trains too (last:5) at no extra
     # cost, and a 10% validation split leaves 8% more images to train on.
     "nhwc300": ["--img-size", "300", "--epochs", "14", "--lr", "2e-3", "--freeze", "last:5", "--val-frac", "0.1"],
     # ELPV's cells are all cut out with their busbars horizontal: rot90 (in the default
     # augmentations) shows the model vertical busbars that never occur.
-    "flips300": ["--img-size", "300", "--epochs", "15", "--lr", "2e-3", "--freeze", "last:5",
-                 "--augment", "hflip,vflip,brightness=0.1,contrast=0.1"],
+    "flips300": [
+        "--img-size",
+        "300",
+        "--epochs",
+        "15",
+        "--lr",
+        "2e-3",
+        "--freeze",
+        "last:5",
+        "--augment",
+        "hflip,vflip,brightness=0.1,contrast=0.1",
+    ],
     # flips300 ended at 89.3% test accuracy, but its validation accuracy swung by 3-5
     # points between epochs and picked epoch 6 (85.8%); validating an average of the
     # weights (decay 0.99 a step, about two epochs) smooths that.
-    "flips300_ema": ["--img-size", "300", "--epochs", "15", "--lr", "2e-3", "--freeze", "last:5", "--ema", "0.99",
-                     "--augment", "hflip,vflip,brightness=0.1,contrast=0.1"],
+    "flips300_ema": [
+        "--img-size",
+        "300",
+        "--epochs",
+        "15",
+        "--lr",
+        "2e-3",
+        "--freeze",
+        "last:5",
+        "--ema",
+        "0.99",
+        "--augment",
+        "hflip,vflip,brightness=0.1,contrast=0.1",
+    ],
     # The same, keeping the last epoch's average instead of the validation-best one:
     # on 394 validation images, one standard error is 1.6 points, wider than the gaps
     # between the late epochs, and in all three runs above the epoch picked by
@@ -132,11 +179,29 @@ def run_recipe(name: str, recipe: list, work: Path, extra: list[str]) -> dict:
     # (`edgetune evaluate --tta flips`): 4x the inference, not the training.
     run = load_run(out)
     tta = evaluate_model(with_tta(run.build_model(), "flips"), run.split, run.spec, "test")
-    return {"dataset": params["data"], "model": params["model"], "stage": "float", "runtime": "pytorch", "precision": "fp32", "recipe": name,
-            "args": " then ".join(" ".join(a + extra) for a in stages), "accuracy": m["test"]["accuracy"], "f1": m["test"]["f1"],
-            "roc_auc": m["test"].get("roc_auc"),
-            "tta_flips_accuracy": tta["accuracy"], "tta_flips_f1": tta["f1"], "img_size": params["img_size"], "epochs": epochs, "seed": params["seed"],
-            "best_epoch": m["best_epoch"], "kept_epoch": m.get("kept_epoch", m["best_epoch"]), "train_wall_s": round(wall, 1), "device": params["device"], "machine": machine(), "date": today()}
+    return {
+        "dataset": params["data"],
+        "model": params["model"],
+        "stage": "float",
+        "runtime": "pytorch",
+        "precision": "fp32",
+        "recipe": name,
+        "args": " then ".join(" ".join(a + extra) for a in stages),
+        "accuracy": m["test"]["accuracy"],
+        "f1": m["test"]["f1"],
+        "roc_auc": m["test"].get("roc_auc"),
+        "tta_flips_accuracy": tta["accuracy"],
+        "tta_flips_f1": tta["f1"],
+        "img_size": params["img_size"],
+        "epochs": epochs,
+        "seed": params["seed"],
+        "best_epoch": m["best_epoch"],
+        "kept_epoch": m.get("kept_epoch", m["best_epoch"]),
+        "train_wall_s": round(wall, 1),
+        "device": params["device"],
+        "machine": machine(),
+        "date": today(),
+    }
 
 
 def main() -> None:
@@ -144,7 +209,9 @@ def main() -> None:
     p.add_argument("--recipe", action="append", help=f"one of {', '.join(RECIPES)}, or 'all' (default: {CHOSEN})")
     p.add_argument("--work", type=Path, default=Path("benchmarks/work/finetune_elpv"))
     p.add_argument("--results", type=Path, default=RESULTS / "finetune_elpv.json")
-    p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the recipe")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny model on generated images: checks the script, not the recipe"
+    )
     p.add_argument("extra", nargs="*", help="more finetune options, after --, e.g. -- --device cuda --workers 8")
     a = p.parse_args()
     from edgetune import log
@@ -165,7 +232,10 @@ def main() -> None:
     for name in names:
         row = run_recipe(name, RECIPES[name], a.work, extra)
         print(json.dumps(row), flush=True)
-        rows = sorted([*(r for r in rows if (r["recipe"], r["args"], r["machine"]) != (name, row["args"], row["machine"])), row], key=lambda r: -r["accuracy"])
+        rows = sorted(
+            [*(r for r in rows if (r["recipe"], r["args"], r["machine"]) != (name, row["args"], row["machine"])), row],
+            key=lambda r: -r["accuracy"],
+        )
         save(rows, a.results)
 
 
@@ -183,10 +253,24 @@ def by_recipe(rows: list[dict]) -> list[dict]:
         acc = [r["accuracy"] for r in runs]
         tta = [r["tta_flips_accuracy"] for r in runs if r.get("tta_flips_accuracy") is not None]
         minutes = [r["train_wall_s"] / 60 for r in runs if r.get("train_wall_s")]
-        out.append({"recipe": name, "model": runs[0]["model"], "img_size": runs[0]["img_size"], "epochs": runs[0]["epochs"], "runs": len(runs),
-                    "accuracy_mean": mean(acc), "accuracy_sd": stdev(acc) if len(acc) > 1 else "", "accuracy_min": min(acc), "accuracy_max": max(acc),
-                    f"runs_at_{GOAL:.0%}": sum(a >= GOAL for a in acc), "tta_flips_mean": f"{mean(tta):.4f} ({len(tta)})" if tta else "",
-                    "train_minutes": "-".join(dict.fromkeys(f"{m:.0f}" for m in (min(minutes), max(minutes)))) if minutes else ""})
+        out.append(
+            {
+                "recipe": name,
+                "model": runs[0]["model"],
+                "img_size": runs[0]["img_size"],
+                "epochs": runs[0]["epochs"],
+                "runs": len(runs),
+                "accuracy_mean": mean(acc),
+                "accuracy_sd": stdev(acc) if len(acc) > 1 else "",
+                "accuracy_min": min(acc),
+                "accuracy_max": max(acc),
+                f"runs_at_{GOAL:.0%}": sum(a >= GOAL for a in acc),
+                "tta_flips_mean": f"{mean(tta):.4f} ({len(tta)})" if tta else "",
+                "train_minutes": "-".join(dict.fromkeys(f"{m:.0f}" for m in (min(minutes), max(minutes))))
+                if minutes
+                else "",
+            }
+        )
     return sorted(out, key=lambda r: -r["accuracy_mean"])
 
 
@@ -195,10 +279,40 @@ def save(rows: list[dict], path: Path) -> None:
 
     write_json(path, {"references": REFERENCES, "rows": rows})
     summary = by_recipe(rows)
-    intro = "\n".join(["## By recipe (every run below; the goal: {:.0%})".format(GOAL), "", *markdown_table(summary, list(summary[0])), "", "## Every run"])
-    write_table(rows, ["recipe", "model", "img_size", "epochs", "seed", "best_epoch", "kept_epoch", "accuracy", "f1", "roc_auc", "tta_flips_accuracy", "train_wall_s", "device", "machine", "date", "note"], path.with_suffix(".md"),
-                "ELPV binary fine-tuning (offline ImageNet weights)",
-                "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.", intro)
+    intro = "\n".join(
+        [
+            "## By recipe (every run below; the goal: {:.0%})".format(GOAL),
+            "",
+            *markdown_table(summary, list(summary[0])),
+            "",
+            "## Every run",
+        ]
+    )
+    write_table(
+        rows,
+        [
+            "recipe",
+            "model",
+            "img_size",
+            "epochs",
+            "seed",
+            "best_epoch",
+            "kept_epoch",
+            "accuracy",
+            "f1",
+            "roc_auc",
+            "tta_flips_accuracy",
+            "train_wall_s",
+            "device",
+            "machine",
+            "date",
+            "note",
+        ],
+        path.with_suffix(".md"),
+        "ELPV binary fine-tuning (offline ImageNet weights)",
+        "References (Deitsch et al. 2019): fine-tuned VGG-19 88.42%, SVM 82.44%.",
+        intro,
+    )
 
 
 if __name__ == "__main__":

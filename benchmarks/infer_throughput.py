@@ -85,7 +85,12 @@ def decode_fps(video: Path) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle")
-    p.add_argument("--threads", type=int, default=1, help="inference threads for both measurements (default 1: on a small machine the capture thread needs a core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="inference threads for both measurements (default 1: on a small machine the capture thread needs a core)",
+    )
     p.add_argument("--frames", type=int, default=60, help="frames per pipeline round")
     p.add_argument("--size", default="640x480")
     p.add_argument("--rounds", type=int, default=10)
@@ -106,49 +111,94 @@ def main(argv=None) -> int:
         capture_fps = decode_fps(video)
         for r in range(args.rounds):
             t = time_call(lambda: session.run(x), Policy(warmup=3 if r else 10, min_time_s=args.min_time, min_runs=20))
-            e2e += time_call(lambda: session.run_frames([frames[0]]), Policy(warmup=3, min_time_s=args.min_time, min_runs=20)).samples_s
+            e2e += time_call(
+                lambda: session.run_frames([frames[0]]), Policy(warmup=3, min_time_s=args.min_time, min_runs=20)
+            ).samples_s
             opts = InferOptions(str(video), mode="every", out=str(Path(tmp) / "records.jsonl"), status_every=0)
             summary = run_inference(session, bundle.classes, opts)
             assert summary["frames_inferred"] == args.frames, summary
             model_s, model_n, samples = model_s + t.total_s, model_n + len(t.samples_s), samples + t.samples_s
             pipe_s, pipe_n = pipe_s + summary["seconds"], pipe_n + summary["frames_inferred"]
             ratios.append(summary["fps"] / throughput_fps(1, t))
-            print(f"round {r + 1}: model-only {throughput_fps(1, t):.1f} FPS, pipeline {summary['fps']:.1f} FPS -> {ratios[-1]:.1%}", flush=True)
+            print(
+                f"round {r + 1}: model-only {throughput_fps(1, t):.1f} FPS, pipeline {summary['fps']:.1f} FPS -> {ratios[-1]:.1%}",
+                flush=True,
+            )
     model_fps, pipeline_fps = model_n / model_s, pipe_n / pipe_s
     ratio = pipeline_fps / model_fps
     stats = summarize(samples)
     e2e_p50 = summarize(e2e)["p50_ms"]
     row = {
-        "dataset": f"synthetic {width}x{height} MJPG", "model": info["model"], "stage": info["stage"],
-        "runtime": info["runtime"], "precision": info["precision"], "threads": args.threads, "batch": 1,
-        "input": "x".join(map(str, bundle.spec.size)), "rounds": args.rounds, "frames": args.rounds * args.frames,
-        "model_fps": round(model_fps, 1), "pipeline_fps": round(pipeline_fps, 1), "ratio": round(ratio, 3), "meets_goal": ratio >= GOAL,
-        "ratio_median_round": round(statistics.median(ratios), 3), "capture_fps": round(capture_fps, 1),
-        "latency_ms_p50": round(stats["p50_ms"], 3), "latency_ms_p90": round(stats["p90_ms"], 3), "latency_ms_p99": round(stats["p99_ms"], 3),
-        "throughput_fps": round(pipeline_fps, 1), "bundle": info["name"], "machine": machine(), "date": today(),
-        "e2e_ms_p50": round(e2e_p50, 3), "preprocess_ms": round(e2e_p50 - stats["p50_ms"], 3),
-        "meets_e2e_goal": e2e_p50 - stats["p50_ms"] <= E2E_GOAL_MS, "inference_precision": getattr(session, "inference_precision", None),
+        "dataset": f"synthetic {width}x{height} MJPG",
+        "model": info["model"],
+        "stage": info["stage"],
+        "runtime": info["runtime"],
+        "precision": info["precision"],
+        "threads": args.threads,
+        "batch": 1,
+        "input": "x".join(map(str, bundle.spec.size)),
+        "rounds": args.rounds,
+        "frames": args.rounds * args.frames,
+        "model_fps": round(model_fps, 1),
+        "pipeline_fps": round(pipeline_fps, 1),
+        "ratio": round(ratio, 3),
+        "meets_goal": ratio >= GOAL,
+        "ratio_median_round": round(statistics.median(ratios), 3),
+        "capture_fps": round(capture_fps, 1),
+        "latency_ms_p50": round(stats["p50_ms"], 3),
+        "latency_ms_p90": round(stats["p90_ms"], 3),
+        "latency_ms_p99": round(stats["p99_ms"], 3),
+        "throughput_fps": round(pipeline_fps, 1),
+        "bundle": info["name"],
+        "machine": machine(),
+        "date": today(),
+        "e2e_ms_p50": round(e2e_p50, 3),
+        "preprocess_ms": round(e2e_p50 - stats["p50_ms"], 3),
+        "meets_e2e_goal": e2e_p50 - stats["p50_ms"] <= E2E_GOAL_MS,
+        "inference_precision": getattr(session, "inference_precision", None),
         "resize_dtype": bundle.spec.resize_dtype,
     }
-    print(f"pipeline {pipeline_fps:.1f} FPS / model-only {model_fps:.1f} FPS = {ratio:.1%} (goal >= {GOAL:.0%}; "
-          f"median round {row['ratio_median_round']:.1%}; capture alone {capture_fps:.0f} FPS) on {row['machine']}")
-    print(f"end to end p50 {e2e_p50:.3f} ms = model {stats['p50_ms']:.3f} ms {e2e_p50 - stats['p50_ms']:+.3f} ms "
-          f"(goal <= +{E2E_GOAL_MS} ms: {'met' if row['meets_e2e_goal'] else 'NOT met'})")
+    print(
+        f"pipeline {pipeline_fps:.1f} FPS / model-only {model_fps:.1f} FPS = {ratio:.1%} (goal >= {GOAL:.0%}; "
+        f"median round {row['ratio_median_round']:.1%}; capture alone {capture_fps:.0f} FPS) on {row['machine']}"
+    )
+    print(
+        f"end to end p50 {e2e_p50:.3f} ms = model {stats['p50_ms']:.3f} ms {e2e_p50 - stats['p50_ms']:+.3f} ms "
+        f"(goal <= +{E2E_GOAL_MS} ms: {'met' if row['meets_e2e_goal'] else 'NOT met'})"
+    )
     # One row per bundle/threads: a rerun replaces its row and keeps the others.
     key = ("model", "input", "runtime", "precision", "threads")
     old = read_json(args.out) if args.out.exists() else []
     rows = [r for r in old if tuple(r.get(k) for k in key) != tuple(row[k] for k in key)] + [row]
     write_json(args.out, rows)
-    write_table(rows, ["model", "input", "runtime", "precision", "threads", "model_fps", "pipeline_fps", "ratio", "ratio_median_round", "capture_fps",
-                       "latency_ms_p50", "e2e_ms_p50", "preprocess_ms", "resize_dtype"],
-                args.out.with_suffix(".md"), "Camera pipeline vs model-only throughput (batch 1)",
-                f"Pipeline: capture thread (decode {width}x{height} MJPG + preprocessing) overlapped with inference, "
-                f"JSONL records, --mode every. Model-only: the timing harness on the same session. Goal >= {GOAL:.0%}. "
-                "The pipeline runs two busy threads where model-only runs one: on a machine whose cores are "
-                "taken by other work it gets a smaller share of CPU, so measure on an otherwise idle device. "
-                "A model faster than decoding a frame (capture_fps) is capture-bound. "
-                f"e2e: one {width}x{height} uint8 frame -> logits in the session (preprocessing included), p50; "
-                f"preprocess_ms = e2e p50 - model p50, goal <= {E2E_GOAL_MS} ms.")
+    write_table(
+        rows,
+        [
+            "model",
+            "input",
+            "runtime",
+            "precision",
+            "threads",
+            "model_fps",
+            "pipeline_fps",
+            "ratio",
+            "ratio_median_round",
+            "capture_fps",
+            "latency_ms_p50",
+            "e2e_ms_p50",
+            "preprocess_ms",
+            "resize_dtype",
+        ],
+        args.out.with_suffix(".md"),
+        "Camera pipeline vs model-only throughput (batch 1)",
+        f"Pipeline: capture thread (decode {width}x{height} MJPG + preprocessing) overlapped with inference, "
+        f"JSONL records, --mode every. Model-only: the timing harness on the same session. Goal >= {GOAL:.0%}. "
+        "The pipeline runs two busy threads where model-only runs one: on a machine whose cores are "
+        "taken by other work it gets a smaller share of CPU, so measure on an otherwise idle device. "
+        "A model faster than decoding a frame (capture_fps) is capture-bound. "
+        f"e2e: one {width}x{height} uint8 frame -> logits in the session (preprocessing included), p50; "
+        f"preprocess_ms = e2e p50 - model p50, goal <= {E2E_GOAL_MS} ms.",
+    )
     return 0
 
 

@@ -59,32 +59,62 @@ def goals(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["runtime"] != "pytorch" and r.get("e2e_ms_p50") is not None:
             pre = r["e2e_ms_p50"] - r["latency_ms_p50"]
-            out.append({"goal": f"{r['stage']} {r['runtime']} {r['precision']} end to end within {MAX_PREPROCESS_MS} ms of the model call",
-                        "value": f"{pre:+.2f} ms", "passed": pre <= MAX_PREPROCESS_MS})
+            out.append(
+                {
+                    "goal": f"{r['stage']} {r['runtime']} {r['precision']} end to end within {MAX_PREPROCESS_MS} ms of the model call",
+                    "value": f"{pre:+.2f} ms",
+                    "passed": pre <= MAX_PREPROCESS_MS,
+                }
+            )
         if r["precision"] == "fp32" and r["runtime"] != "pytorch" and r.get("agreement") is not None:
-            out.append({"goal": f"{r['stage']} {r['runtime']} fp32 agrees with PyTorch on >= {MIN_FP32_AGREEMENT:.1%}",
-                        "value": f"{r['agreement']:.2%} (ran {r.get('inference_precision') or '?'})", "passed": r["agreement"] >= MIN_FP32_AGREEMENT})
+            out.append(
+                {
+                    "goal": f"{r['stage']} {r['runtime']} fp32 agrees with PyTorch on >= {MIN_FP32_AGREEMENT:.1%}",
+                    "value": f"{r['agreement']:.2%} (ran {r.get('inference_precision') or '?'})",
+                    "passed": r["agreement"] >= MIN_FP32_AGREEMENT,
+                }
+            )
     for r in rows:
         if r["precision"] == "int8" and base and r["accuracy"] is not None and base["accuracy"] is not None:
             drop = (base["accuracy"] - r["accuracy"]) * 100
-            out.append({"goal": f"{r['stage']} {r['runtime']} int8 within {MAX_INT8_DROP_POINTS} points of (unpruned) float",
-                        "value": f"{-drop:+.2f} points", "passed": drop <= MAX_INT8_DROP_POINTS})
+            out.append(
+                {
+                    "goal": f"{r['stage']} {r['runtime']} int8 within {MAX_INT8_DROP_POINTS} points of (unpruned) float",
+                    "value": f"{-drop:+.2f} points",
+                    "passed": drop <= MAX_INT8_DROP_POINTS,
+                }
+            )
     return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--float", dest="float_run", type=Path, help="the float fine-tuned run (PyTorch eager row); required unless --report-only")
-    p.add_argument("--bundle", type=Path, action="append", default=[], help="an unpruned bundle (all its precisions are measured)")
-    p.add_argument("--pruned-bundle", type=Path, action="append", default=[], help="a pruned bundle (its int8 artifact)")
+    p.add_argument(
+        "--float",
+        dest="float_run",
+        type=Path,
+        help="the float fine-tuned run (PyTorch eager row); required unless --report-only",
+    )
+    p.add_argument(
+        "--bundle", type=Path, action="append", default=[], help="an unpruned bundle (all its precisions are measured)"
+    )
+    p.add_argument(
+        "--pruned-bundle", type=Path, action="append", default=[], help="a pruned bundle (its int8 artifact)"
+    )
     p.add_argument("--data", help="labelled images (default: the float run's test split)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--min-time", type=float, default=5.0)
     p.add_argument("--min-runs", type=int, default=200)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="latency_elpv")
-    p.add_argument("--note", default="", help="how the artifacts were made and what else loaded the machine: written with the results")
-    p.add_argument("--report-only", action="store_true", help="redraw the Markdown and plot from the JSON, measuring nothing")
+    p.add_argument(
+        "--note",
+        default="",
+        help="how the artifacts were made and what else loaded the machine: written with the results",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="redraw the Markdown and plot from the JSON, measuring nothing"
+    )
     args = p.parse_args()
     if args.report_only:
         report(args.out / f"{args.name}.json")
@@ -108,8 +138,16 @@ def main() -> int:
     from edgetune.bench.report import complete_rows
 
     complete_rows(rows)
-    write_json(args.out / f"{args.name}.json", {"rows": rows, "goals": goals(rows), "threads": args.threads, "policy": opts.policy.to_dict(),
-                                                "note": args.note})
+    write_json(
+        args.out / f"{args.name}.json",
+        {
+            "rows": rows,
+            "goals": goals(rows),
+            "threads": args.threads,
+            "policy": opts.policy.to_dict(),
+            "note": args.note,
+        },
+    )
     for g in report(args.out / f"{args.name}.json"):
         print(f"{'PASS' if g['passed'] else 'FAIL'} {g['goal']}: {g['value']}")
     return 0
@@ -118,20 +156,30 @@ def main() -> int:
 def report(results: Path) -> list[dict]:
     """The Markdown table and plot next to `results` (the JSON); rerun alone, it
     redraws them from the JSON without measuring again."""
-    from edgetune.bench.report import markdown as rows_markdown, plot
+    from edgetune.bench.report import markdown as rows_markdown
+    from edgetune.bench.report import plot
     from edgetune.runtime.files import read_json, write_text
 
     data = read_json(results)
     rows, checked = data["rows"], goals(data["rows"])
     title = f"ELPV test images, batch 1, {data['threads']} threads"
     plot(rows, results.with_suffix(".png"), title)
-    md = [rows_markdown(rows, title), *([data["note"], ""] if data.get("note") else []), "", "| goal | measured | met |", "|---|---|---|"]
+    md = [
+        rows_markdown(rows, title),
+        *([data["note"], ""] if data.get("note") else []),
+        "",
+        "| goal | measured | met |",
+        "|---|---|---|",
+    ]
     md += [f"| {g['goal']} | {g['value']} | {'yes' if g['passed'] else '**no**'} |" for g in checked]
     check = results.parent / "benchmark_app_check.json"
     if check.exists():
         c = read_json(check)
-        md += ["", f"Harness against OpenVINO benchmark_app on {Path(c['ir']).name}: p50 {c['harness_p50_ms']:.3f} ms vs median "
-               f"{c['benchmark_app_median_ms']:.3f} ms (ratio {c['ratio']:.3f}, {'within' if c['passed'] else 'outside'} ±{c['tolerance']:.0%})."]
+        md += [
+            "",
+            f"Harness against OpenVINO benchmark_app on {Path(c['ir']).name}: p50 {c['harness_p50_ms']:.3f} ms vs median "
+            f"{c['benchmark_app_median_ms']:.3f} ms (ratio {c['ratio']:.3f}, {'within' if c['passed'] else 'outside'} ±{c['tolerance']:.0%}).",
+        ]
     write_text(results.with_suffix(".md"), "\n".join(md) + "\n")
     return checked
 

@@ -27,8 +27,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, smoke_data, today, write_table  # noqa: E402
 
-COLUMNS = ["arm", "macs_vs_unpruned", "accuracy_int8", "accuracy_pytorch", "latency_ms_p50", "latency_ms_p90", "speedup_vs_unpruned",
-           "latency_reduction", "size_mb"]
+COLUMNS = [
+    "arm",
+    "macs_vs_unpruned",
+    "accuracy_int8",
+    "accuracy_pytorch",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "speedup_vs_unpruned",
+    "latency_reduction",
+    "size_mb",
+]
 
 
 def main() -> None:
@@ -37,13 +46,17 @@ def main() -> None:
     p.add_argument("--target-macs", type=float, default=0.42)
     p.add_argument("--target-latency", type=float, default=0.33)
     p.add_argument("--epochs", type=int, default=2, help="recovery epochs after pruning (both arms)")
-    p.add_argument("--quantize", choices=["qat", "ptq"], default="qat", help="how every arm is quantized to INT8 by its build")
+    p.add_argument(
+        "--quantize", choices=["qat", "ptq"], default="qat", help="how every arm is quantized to INT8 by its build"
+    )
     p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work" / "prune_latency_elpv")
     p.add_argument("--results", type=Path, help="default: results/prune_latency_elpv.json (_ptq with --quantize ptq)")
-    p.add_argument("--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny model on generated images: checks the script, not the numbers"
+    )
     p.add_argument("--note", default="", help="how the machine was loaded during the run, written with the results")
     a = p.parse_args()
 
@@ -64,8 +77,15 @@ def main() -> None:
         a.results = a.work / "smoke.json"
         a.float_run = a.work / "float"
         if not (a.float_run / "run.json").is_file():
-            api.finetune(data=str(smoke_data(a.work, n_per_class=24)), model="test_efficientnet", pretrained=False, img_size=96, epochs=2,
-                         out=str(a.float_run), force=True)
+            api.finetune(
+                data=str(smoke_data(a.work, n_per_class=24)),
+                model="test_efficientnet",
+                pretrained=False,
+                img_size=96,
+                epochs=2,
+                out=str(a.float_run),
+                force=True,
+            )
         a.target_latency = 0.1  # a tiny model's latency is mostly the runtime's own overhead
     if a.float_run is None:
         p.error("--float RUN_DIR is required (or --smoke)")
@@ -73,10 +93,16 @@ def main() -> None:
 
     # channel counts in multiples of the intel profile's, as a build for intel prunes
     recovery = {"steps": 1, "epochs": a.epochs, "lr": 5e-4, "round_to": load_profile("intel").channel_multiple}
-    arms = {"unpruned": None,
-            f"target-macs {a.target_macs:g}": {"target_macs": a.target_macs},
-            f"target-latency {a.target_latency:g} (openvino int8)": {"target_latency": a.target_latency, "latency_runtime": "openvino",
-                                                                     "latency_precision": "int8", "latency_threads": a.threads}}
+    arms = {
+        "unpruned": None,
+        f"target-macs {a.target_macs:g}": {"target_macs": a.target_macs},
+        f"target-latency {a.target_latency:g} (openvino int8)": {
+            "target_latency": a.target_latency,
+            "latency_runtime": "openvino",
+            "latency_precision": "int8",
+            "latency_threads": a.threads,
+        },
+    }
     runs, bundles, build = {}, {}, a.work / a.quantize
     for i, (arm, options) in enumerate(arms.items()):
         run_dir = a.float_run if options is None else a.work / f"pruned{i}"
@@ -106,30 +132,60 @@ def main() -> None:
     macs0 = bundles["unpruned"].manifest["model"]["macs"]
     rows = []
     for arm, s in sessions.items():
-        logits = np.concatenate([s.run(x[i:i + 16]) for i in range(0, len(x), 16)])
+        logits = np.concatenate([s.run(x[i : i + 16]) for i in range(0, len(x), 16)])
         stats = summarize(samples[arm])
         info = runs[arm].info["history"][-1]
-        rows.append({"arm": arm, "macs": bundles[arm].manifest["model"]["macs"], "macs_vs_unpruned": bundles[arm].manifest["model"]["macs"] / macs0,
-                     "accuracy_int8": float((logits.argmax(1) == y).mean()), "accuracy_pytorch": info["metrics"]["test"]["accuracy"],
-                     "latency_ms_p50": stats["p50_ms"], "latency_ms_p90": stats["p90_ms"], "size_mb": bundles[arm].artifact_size("int8") / 1e6,
-                     "plan": info["metrics"].get("latency"), "runtime": s.name, "inference_precision": getattr(s, "inference_precision", None)})
+        rows.append(
+            {
+                "arm": arm,
+                "macs": bundles[arm].manifest["model"]["macs"],
+                "macs_vs_unpruned": bundles[arm].manifest["model"]["macs"] / macs0,
+                "accuracy_int8": float((logits.argmax(1) == y).mean()),
+                "accuracy_pytorch": info["metrics"]["test"]["accuracy"],
+                "latency_ms_p50": stats["p50_ms"],
+                "latency_ms_p90": stats["p90_ms"],
+                "size_mb": bundles[arm].artifact_size("int8") / 1e6,
+                "plan": info["metrics"].get("latency"),
+                "runtime": s.name,
+                "inference_precision": getattr(s, "inference_precision", None),
+            }
+        )
     for r in rows:  # ratios within each round, then their median: the machine's speed drifts between rounds
         ratios = [u / m for u, m in zip(per_round["unpruned"], per_round[r["arm"]])]
         r["speedup_vs_unpruned"] = float(np.median(ratios))
         r["latency_reduction"] = 1 - 1 / r["speedup_vs_unpruned"]
-        log.console.print(f"{r['arm']}: MACs x{r['macs_vs_unpruned']:.2f}, INT8 accuracy {r['accuracy_int8']:.4f}, {r['latency_ms_p50']:.2f} ms "
-                          f"({r['speedup_vs_unpruned']:.2f}x)")
-    meta = {"command": " ".join(sys.argv), "float_run": str(a.float_run), "model": base.model_name, "img_size": list(base.spec.size),
-            "recovery": recovery, "quantize": quantize, "threads": a.threads, "rounds": a.rounds, "machine": machine(), "date": today(),
-            "note": a.note or "Compare rows of this run only."}
+        log.console.print(
+            f"{r['arm']}: MACs x{r['macs_vs_unpruned']:.2f}, INT8 accuracy {r['accuracy_int8']:.4f}, {r['latency_ms_p50']:.2f} ms "
+            f"({r['speedup_vs_unpruned']:.2f}x)"
+        )
+    meta = {
+        "command": " ".join(sys.argv),
+        "float_run": str(a.float_run),
+        "model": base.model_name,
+        "img_size": list(base.spec.size),
+        "recovery": recovery,
+        "quantize": quantize,
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "machine": machine(),
+        "date": today(),
+        "note": a.note or "Compare rows of this run only.",
+    }
     write_json(a.results, {"rows": rows, **meta})
     h, w = base.spec.size
-    write_table(rows, COLUMNS, a.results.with_suffix(".md"), "Latency-aware against MAC-targeted pruning (ELPV, OpenVINO INT8)",
-                intro=(f"{base.model_name} at {h}x{w} from {a.float_run.name}; each pruned arm: one step, channels in multiples of {recovery['round_to']}, "
-                       f"{a.epochs} recovery epochs at lr 5e-4; every "
-                       f"arm built for intel with {'PTQ' if a.quantize == 'ptq' else f'QAT ({a.qat_epochs} epoch, lr 1e-4)'} INT8. Test split: {len(test)} images. Latency: OpenVINO INT8, batch 1, {a.threads} threads, "
-                       f"{a.rounds} interleaved rounds, on {machine()}."),
-                notes=meta["note"])
+    write_table(
+        rows,
+        COLUMNS,
+        a.results.with_suffix(".md"),
+        "Latency-aware against MAC-targeted pruning (ELPV, OpenVINO INT8)",
+        intro=(
+            f"{base.model_name} at {h}x{w} from {a.float_run.name}; each pruned arm: one step, channels in multiples of {recovery['round_to']}, "
+            f"{a.epochs} recovery epochs at lr 5e-4; every "
+            f"arm built for intel with {'PTQ' if a.quantize == 'ptq' else f'QAT ({a.qat_epochs} epoch, lr 1e-4)'} INT8. Test split: {len(test)} images. Latency: OpenVINO INT8, batch 1, {a.threads} threads, "
+            f"{a.rounds} interleaved rounds, on {machine()}."
+        ),
+        notes=meta["note"],
+    )
     log.console.print(f"Results: {a.results} and {a.results.with_suffix('.md')}")
 
 

@@ -30,10 +30,24 @@ STEPS = {
         [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/qat", "--out", "runs/elpv"],
         [*EDGETUNE, "build", *TARGETS, "--from", f"{COMPRESSED}/{PRUNED_QAT}", "--out", "runs/elpv-pruned"],
         [PY, "benchmarks/benchmark_app_check.py", "--bundle", "runs/elpv/bundle-intel", "--threads", "2"],
-        [PY, "benchmarks/latency_elpv.py", "--float", FLOAT, "--bundle", "runs/elpv/bundle-cpu", "--bundle", "runs/elpv/bundle-intel",
-         "--pruned-bundle", "runs/elpv-pruned/bundle-cpu", "--pruned-bundle", "runs/elpv-pruned/bundle-intel"],
+        [
+            PY,
+            "benchmarks/latency_elpv.py",
+            "--float",
+            FLOAT,
+            "--bundle",
+            "runs/elpv/bundle-cpu",
+            "--bundle",
+            "runs/elpv/bundle-intel",
+            "--pruned-bundle",
+            "runs/elpv-pruned/bundle-cpu",
+            "--pruned-bundle",
+            "runs/elpv-pruned/bundle-intel",
+        ],
     ],
-    "prune-latency": [[PY, "benchmarks/prune_latency_elpv.py", "--float", FLOAT]],  # --target-latency against --target-macs
+    "prune-latency": [
+        [PY, "benchmarks/prune_latency_elpv.py", "--float", FLOAT]
+    ],  # --target-latency against --target-macs
     "infer": [[PY, "benchmarks/infer_throughput.py", "runs/elpv/bundle-cpu"]],
     "anomaly": [[PY, "benchmarks/anomaly_elpv.py"]],  # its own fit; with the label-budget curve
     "families": [[PY, "benchmarks/families.py"]],  # independent of the ELPV steps
@@ -42,7 +56,9 @@ STEPS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", action="append", choices=list(STEPS), help="run only these steps (infer needs latency's builds)")
+    p.add_argument(
+        "--only", action="append", choices=list(STEPS), help="run only these steps (infer needs latency's builds)"
+    )
     names = p.parse_args().only or list(STEPS)
     for name in names:
         for cmd in STEPS[name]:

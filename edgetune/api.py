@@ -74,19 +74,37 @@ def export(run_dir=None, args: list | tuple = (), config: dict | None = None, **
     from edgetune.export.onnx import export_onnx
 
     v, _ = resolve("export", _with_run(run_dir, args), config, **options)
-    return export_onnx(v["run_dir"], v["out"], precision=v["precision"], opset=v["opset"], check=v["check"], activations=v["activations"])
+    return export_onnx(
+        v["run_dir"],
+        v["out"],
+        precision=v["precision"],
+        opset=v["opset"],
+        check=v["check"],
+        activations=v["activations"],
+    )
 
 
-def build(targets: list[str], out, config: dict | None = None, force: bool = False, max_drop: float | None = None,
-          start=None) -> dict[str, Path]:
+def build(
+    targets: list[str], out, config: dict | None = None, force: bool = False, max_drop: float | None = None, start=None
+) -> dict[str, Path]:
     """`edgetune build`: returns target -> bundle directory."""
-    from edgetune.build import BuildRequest, build as run_build
+    from edgetune.build import BuildRequest
+    from edgetune.build import build as run_build
     from edgetune.cli.config import stage_options
 
     root = _root(config)
     options = {stage: stage_options(root, stage) for stage in ("finetune", "prune", "quantize", "export")}
-    return run_build(BuildRequest(list(targets), Path(out), options, config or {}, force=force, max_drop=max_drop,
-                                  start=Path(start) if start else None))
+    return run_build(
+        BuildRequest(
+            list(targets),
+            Path(out),
+            options,
+            config or {},
+            force=force,
+            max_drop=max_drop,
+            start=Path(start) if start else None,
+        )
+    )
 
 
 def _with_run(run_dir, args) -> list:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetune.metrics import agreement as top1_agreement, classification_metrics
+from edgetune.metrics import agreement as top1_agreement
+from edgetune.metrics import classification_metrics
 
 
 @dataclass
@@ -50,11 +51,27 @@ class GateResult:
         return -self.diff_points
 
     def to_dict(self) -> dict:
-        keep = ("n", "accuracy", "balanced_accuracy", "f1", "per_class", "auroc", "aupr", "false_alarm_rate", "n_anomalous")
+        keep = (
+            "n",
+            "accuracy",
+            "balanced_accuracy",
+            "f1",
+            "per_class",
+            "auroc",
+            "aupr",
+            "false_alarm_rate",
+            "n_anomalous",
+        )
         return {
             "passed": self.passed,
-            "reference": {"name": self.names["reference"], **{k: self.reference[k] for k in keep if k in self.reference}},
-            "candidate": {"name": self.names["candidate"], **{k: self.candidate[k] for k in keep if k in self.candidate}},
+            "reference": {
+                "name": self.names["reference"],
+                **{k: self.reference[k] for k in keep if k in self.reference},
+            },
+            "candidate": {
+                "name": self.names["candidate"],
+                **{k: self.candidate[k] for k in keep if k in self.candidate},
+            },
             "metric": "auroc" if is_anomaly_gate(self) else "accuracy",
             "accuracy_diff_points": self.diff_points,
             "accuracy_diff_ci95_points": list(self.ci_points),
@@ -74,20 +91,31 @@ def paired_interval(statistic, n: int, n_resamples: int = 2000, seed: int = 0) -
     return (float(np.percentile(values, 2.5) * 100), float(np.percentile(values, 97.5) * 100)) if values else None
 
 
-def paired_bootstrap(ref_correct: np.ndarray, cand_correct: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap(
+    ref_correct: np.ndarray, cand_correct: np.ndarray, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """The interval of the accuracy difference (candidate minus reference), in points."""
     d = cand_correct.astype(np.float64) - ref_correct.astype(np.float64)
     return paired_interval(lambda i: d[i].mean(), len(d), n_resamples, seed) if len(d) else (0.0, 0.0)
 
 
-def gate(reference_logits, candidate_logits, labels, classes: list[str], max_drop: float = 0.5, min_agreement: float = 0.99,
-         names: dict | None = None) -> GateResult:
+def gate(
+    reference_logits,
+    candidate_logits,
+    labels,
+    classes: list[str],
+    max_drop: float = 0.5,
+    min_agreement: float = 0.99,
+    names: dict | None = None,
+) -> GateResult:
     """Run both gates. `max_drop` is in accuracy points (0.5 = half a percent);
     `min_agreement` a fraction in 0..1."""
     ref, cand = np.asarray(reference_logits), np.asarray(candidate_logits)
     labels = np.asarray(labels)
     if ref.shape != cand.shape or len(ref) != len(labels):
-        raise ValueError(f"reference logits {ref.shape}, candidate logits {cand.shape} and {len(labels)} labels must cover the same images")
+        raise ValueError(
+            f"reference logits {ref.shape}, candidate logits {cand.shape} and {len(labels)} labels must cover the same images"
+        )
     rm = classification_metrics(labels, ref, classes, full=False)
     cm = classification_metrics(labels, cand, classes, full=False)
     diff = (cm["accuracy"] - rm["accuracy"]) * 100
@@ -96,16 +124,43 @@ def gate(reference_logits, candidate_logits, labels, classes: list[str], max_dro
     recall = {c: (cm["per_class"][c]["recall"] - rm["per_class"][c]["recall"]) * 100 for c in classes}
     drop = -diff
     checks = [
-        Check("accuracy_drop", drop <= max_drop + 1e-9, drop, max_drop,
-              f"accuracy {rm['accuracy']:.2%} -> {cm['accuracy']:.2%}: a drop of {drop:.2f} points (limit {max_drop:g}; 95% CI of the difference {ci[0]:+.2f} to {ci[1]:+.2f} points)"),
-        Check("agreement", agree >= min_agreement - 1e-12, agree, min_agreement,
-              f"top-1 agreement {agree:.2%} on {len(labels)} images (minimum {min_agreement:.2%})"),
+        Check(
+            "accuracy_drop",
+            drop <= max_drop + 1e-9,
+            drop,
+            max_drop,
+            f"accuracy {rm['accuracy']:.2%} -> {cm['accuracy']:.2%}: a drop of {drop:.2f} points (limit {max_drop:g}; 95% CI of the difference {ci[0]:+.2f} to {ci[1]:+.2f} points)",
+        ),
+        Check(
+            "agreement",
+            agree >= min_agreement - 1e-12,
+            agree,
+            min_agreement,
+            f"top-1 agreement {agree:.2%} on {len(labels)} images (minimum {min_agreement:.2%})",
+        ),
     ]
-    return GateResult(rm, cm, list(classes), diff, ci, agree, recall, checks, names or {"reference": "reference", "candidate": "candidate"})
+    return GateResult(
+        rm,
+        cm,
+        list(classes),
+        diff,
+        ci,
+        agree,
+        recall,
+        checks,
+        names or {"reference": "reference", "candidate": "candidate"},
+    )
 
 
-def anomaly_gate(reference_logits, candidate_logits, labels, max_drop: float = 1.0, names: dict | None = None, n_resamples: int = 1000,
-                 seed: int = 0) -> GateResult:
+def anomaly_gate(
+    reference_logits,
+    candidate_logits,
+    labels,
+    max_drop: float = 1.0,
+    names: dict | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> GateResult:
     """The gate for anomaly models (logits as `edgetune.runtime.anomaly.score_logits`
     gives them; labels 0 normal, 1 anomalous): image AUROC may drop by at most
     `max_drop` points. Accuracy, F1 and the false-alarm rate at the threshold,
@@ -119,14 +174,26 @@ def anomaly_gate(reference_logits, candidate_logits, labels, max_drop: float = 1
     ref, cand = np.asarray(reference_logits), np.asarray(candidate_logits)
     y = np.asarray(labels).astype(bool)
     if ref.shape != cand.shape or len(ref) != len(y):
-        raise ValueError(f"reference logits {ref.shape}, candidate logits {cand.shape} and {len(y)} labels must cover the same images")
+        raise ValueError(
+            f"reference logits {ref.shape}, candidate logits {cand.shape} and {len(y)} labels must cover the same images"
+        )
     if y.all() or not y.any():
         from edgetune.errors import EdgetuneError
 
-        raise EdgetuneError(f"The anomaly gate needs normal and anomalous images; these {len(y)} images are all {'anomalous' if y.all() else 'normal'}.")
+        raise EdgetuneError(
+            f"The anomaly gate needs normal and anomalous images; these {len(y)} images are all {'anomalous' if y.all() else 'normal'}."
+        )
     rs, cs = logits_scores(ref), logits_scores(cand)
-    rm = {**classification_metrics(y.astype(int), ref, CLASSES, full=False), **anomaly_logit_metrics(y, ref), "f1_macro": None}
-    cm = {**classification_metrics(y.astype(int), cand, CLASSES, full=False), **anomaly_logit_metrics(y, cand), "f1_macro": None}
+    rm = {
+        **classification_metrics(y.astype(int), ref, CLASSES, full=False),
+        **anomaly_logit_metrics(y, ref),
+        "f1_macro": None,
+    }
+    cm = {
+        **classification_metrics(y.astype(int), cand, CLASSES, full=False),
+        **anomaly_logit_metrics(y, cand),
+        "f1_macro": None,
+    }
     diff = (cm["auroc"] - rm["auroc"]) * 100
 
     def auroc_diff(i):
@@ -137,11 +204,28 @@ def anomaly_gate(reference_logits, candidate_logits, labels, max_drop: float = 1
     agree = top1_agreement(ref, cand)
     recall = {c: (cm["per_class"][c]["recall"] - rm["per_class"][c]["recall"]) * 100 for c in CLASSES}
     drop = -diff
-    checks = [Check("auroc_drop", drop <= max_drop + 1e-9, drop, max_drop,
-                    f"image AUROC {rm['auroc']:.4f} -> {cm['auroc']:.4f}: a drop of {drop:.2f} points (limit {max_drop:g}; 95% CI of the "
-                    f"difference {ci[0]:+.2f} to {ci[1]:+.2f} points); at the threshold F1 {rm['f1']:.3f} -> {cm['f1']:.3f}, false alarms "
-                    f"{rm['false_alarm_rate']:.2%} -> {cm['false_alarm_rate']:.2%}, flags agree on {agree:.2%}")]
-    return GateResult(rm, cm, list(CLASSES), diff, ci, agree, recall, checks, names or {"reference": "reference", "candidate": "candidate"})
+    checks = [
+        Check(
+            "auroc_drop",
+            drop <= max_drop + 1e-9,
+            drop,
+            max_drop,
+            f"image AUROC {rm['auroc']:.4f} -> {cm['auroc']:.4f}: a drop of {drop:.2f} points (limit {max_drop:g}; 95% CI of the "
+            f"difference {ci[0]:+.2f} to {ci[1]:+.2f} points); at the threshold F1 {rm['f1']:.3f} -> {cm['f1']:.3f}, false alarms "
+            f"{rm['false_alarm_rate']:.2%} -> {cm['false_alarm_rate']:.2%}, flags agree on {agree:.2%}",
+        )
+    ]
+    return GateResult(
+        rm,
+        cm,
+        list(CLASSES),
+        diff,
+        ci,
+        agree,
+        recall,
+        checks,
+        names or {"reference": "reference", "candidate": "candidate"},
+    )
 
 
 def is_anomaly_gate(result: GateResult) -> bool:
@@ -150,16 +234,29 @@ def is_anomaly_gate(result: GateResult) -> bool:
 
 # --- reports -----------------------------------------------------------------
 
+
 def junit_xml(result: GateResult, suite: str = "edgetune.compare") -> str:
     """JUnit XML: one test case per gate, a <failure> for each failed one."""
     failures = sum(not c.passed for c in result.checks)
     root = ET.Element("testsuites", name=suite, tests=str(len(result.checks)), failures=str(failures))
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(result.checks)), failures=str(failures), errors="0", skipped="0",
-                       timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(result.checks)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     props = ET.SubElement(ts, "properties")
-    for k, v in (("reference", result.names["reference"]), ("candidate", result.names["candidate"]),
-                 ("reference_accuracy", f"{result.reference['accuracy']:.6f}"), ("candidate_accuracy", f"{result.candidate['accuracy']:.6f}"),
-                 ("accuracy_diff_ci95_points", f"{result.ci_points[0]:.4f},{result.ci_points[1]:.4f}")):
+    for k, v in (
+        ("reference", result.names["reference"]),
+        ("candidate", result.names["candidate"]),
+        ("reference_accuracy", f"{result.reference['accuracy']:.6f}"),
+        ("candidate_accuracy", f"{result.candidate['accuracy']:.6f}"),
+        ("accuracy_diff_ci95_points", f"{result.ci_points[0]:.4f},{result.ci_points[1]:.4f}"),
+    ):
         ET.SubElement(props, "property", name=k, value=str(v))
     for c in result.checks:
         tc = ET.SubElement(ts, "testcase", classname=suite, name=c.name, time="0")
@@ -193,14 +290,20 @@ def markdown(result: GateResult) -> str:
         "|---|---|---|---|",
     ]
     if is_anomaly_gate(result):
-        lines += [f"| image AUROC | {r['auroc']:.4f} | {c['auroc']:.4f} | {result.diff_points:+.2f} points (95% CI {result.ci_points[0]:+.2f} to {result.ci_points[1]:+.2f}) |",
-                  f"| F1 (anomalous, at the threshold) | {r['f1']:.4f} | {c['f1']:.4f} | {(c['f1'] - r['f1']) * 100:+.2f} points |",
-                  f"| false-alarm rate | {r['false_alarm_rate']:.2%} | {c['false_alarm_rate']:.2%} | {(c['false_alarm_rate'] - r['false_alarm_rate']) * 100:+.2f} points |"]
+        lines += [
+            f"| image AUROC | {r['auroc']:.4f} | {c['auroc']:.4f} | {result.diff_points:+.2f} points (95% CI {result.ci_points[0]:+.2f} to {result.ci_points[1]:+.2f}) |",
+            f"| F1 (anomalous, at the threshold) | {r['f1']:.4f} | {c['f1']:.4f} | {(c['f1'] - r['f1']) * 100:+.2f} points |",
+            f"| false-alarm rate | {r['false_alarm_rate']:.2%} | {c['false_alarm_rate']:.2%} | {(c['false_alarm_rate'] - r['false_alarm_rate']) * 100:+.2f} points |",
+        ]
     else:
-        lines += [f"| accuracy | {r['accuracy']:.2%} | {c['accuracy']:.2%} | {result.diff_points:+.2f} points (95% CI {result.ci_points[0]:+.2f} to {result.ci_points[1]:+.2f}) |",
-                  f"| F1 (macro) | {r['f1']:.4f} | {c['f1']:.4f} | {(c['f1'] - r['f1']) * 100:+.2f} points |"]
+        lines += [
+            f"| accuracy | {r['accuracy']:.2%} | {c['accuracy']:.2%} | {result.diff_points:+.2f} points (95% CI {result.ci_points[0]:+.2f} to {result.ci_points[1]:+.2f}) |",
+            f"| F1 (macro) | {r['f1']:.4f} | {c['f1']:.4f} | {(c['f1'] - r['f1']) * 100:+.2f} points |",
+        ]
     for cls in result.classes:
-        lines.append(f"| recall `{cls}` | {r['per_class'][cls]['recall']:.2%} | {c['per_class'][cls]['recall']:.2%} | {result.recall_delta_points[cls]:+.2f} points |")
+        lines.append(
+            f"| recall `{cls}` | {r['per_class'][cls]['recall']:.2%} | {c['per_class'][cls]['recall']:.2%} | {result.recall_delta_points[cls]:+.2f} points |"
+        )
     lines.append(f"| top-1 agreement | | | {result.agreement:.2%} |")
     return "\n".join(lines) + "\n"
 
@@ -210,19 +313,41 @@ def print_result(result: GateResult) -> None:
 
     from edgetune import log
 
-    t = Table(title=f"{result.names['reference']} (reference) vs {result.names['candidate']} (candidate), {result.reference['n']} images")
+    t = Table(
+        title=f"{result.names['reference']} (reference) vs {result.names['candidate']} (candidate), {result.reference['n']} images"
+    )
     for col in ("", "reference", "candidate", "difference"):
         t.add_column(col, justify="left" if not col else "right")
     r, c = result.reference, result.candidate
     if is_anomaly_gate(result):
-        t.add_row("image AUROC", f"{r['auroc']:.4f}", f"{c['auroc']:.4f}", f"{result.diff_points:+.2f} pt [{result.ci_points[0]:+.2f}, {result.ci_points[1]:+.2f}]")
+        t.add_row(
+            "image AUROC",
+            f"{r['auroc']:.4f}",
+            f"{c['auroc']:.4f}",
+            f"{result.diff_points:+.2f} pt [{result.ci_points[0]:+.2f}, {result.ci_points[1]:+.2f}]",
+        )
         t.add_row("F1 (anomalous)", f"{r['f1']:.4f}", f"{c['f1']:.4f}", f"{(c['f1'] - r['f1']) * 100:+.2f} pt")
-        t.add_row("false-alarm rate", f"{r['false_alarm_rate']:.4f}", f"{c['false_alarm_rate']:.4f}", f"{(c['false_alarm_rate'] - r['false_alarm_rate']) * 100:+.2f} pt")
+        t.add_row(
+            "false-alarm rate",
+            f"{r['false_alarm_rate']:.4f}",
+            f"{c['false_alarm_rate']:.4f}",
+            f"{(c['false_alarm_rate'] - r['false_alarm_rate']) * 100:+.2f} pt",
+        )
     else:
-        t.add_row("accuracy", f"{r['accuracy']:.4f}", f"{c['accuracy']:.4f}", f"{result.diff_points:+.2f} pt [{result.ci_points[0]:+.2f}, {result.ci_points[1]:+.2f}]")
+        t.add_row(
+            "accuracy",
+            f"{r['accuracy']:.4f}",
+            f"{c['accuracy']:.4f}",
+            f"{result.diff_points:+.2f} pt [{result.ci_points[0]:+.2f}, {result.ci_points[1]:+.2f}]",
+        )
         t.add_row("F1 (macro)", f"{r['f1']:.4f}", f"{c['f1']:.4f}", f"{(c['f1'] - r['f1']) * 100:+.2f} pt")
     for cls in result.classes:
-        t.add_row(f"recall {cls}", f"{r['per_class'][cls]['recall']:.4f}", f"{c['per_class'][cls]['recall']:.4f}", f"{result.recall_delta_points[cls]:+.2f} pt")
+        t.add_row(
+            f"recall {cls}",
+            f"{r['per_class'][cls]['recall']:.4f}",
+            f"{c['per_class'][cls]['recall']:.4f}",
+            f"{result.recall_delta_points[cls]:+.2f} pt",
+        )
     t.add_row("top-1 agreement", "", "", f"{result.agreement:.4f}")
     log.console.print(t)
     for ch in result.checks:
@@ -248,9 +373,20 @@ def is_anomaly_artifact(artifact) -> bool:
     return artifact.run is not None and artifact.run.task == "anomaly"
 
 
-def run_compare(reference: Path, candidate: Path, data: str | None, max_drop: float, min_agreement: float, threads: int | None,
-                junit: Path | None, md: Path | None, json_file: Path | None, skip_bad: bool = False, runtime: str | None = None,
-                precision: str | None = None) -> GateResult:
+def run_compare(
+    reference: Path,
+    candidate: Path,
+    data: str | None,
+    max_drop: float,
+    min_agreement: float,
+    threads: int | None,
+    junit: Path | None,
+    md: Path | None,
+    json_file: Path | None,
+    skip_bad: bool = False,
+    runtime: str | None = None,
+    precision: str | None = None,
+) -> GateResult:
     """The `compare` command: both artifacts on the same images, then the gate.
     `runtime`: run a CANDIDATE bundle through this runtime instead of its own;
     `precision`: which of its artifacts (default: its main one)."""
@@ -261,17 +397,31 @@ def run_compare(reference: Path, candidate: Path, data: str | None, max_drop: fl
     cand = open_artifact(candidate, "CANDIDATE", runtime, precision)
     images = labelled_images(data, ref, skip_bad) or labelled_images(None, cand)
     if images is None:
-        raise EdgetuneError(f"No labelled images to compare on: give --data (a folder, CSV or elpv); {reference} has no run with a test split on this machine.")
+        raise EdgetuneError(
+            f"No labelled images to compare on: give --data (a folder, CSV or elpv); {reference} has no run with a test split on this machine."
+        )
     images = images.for_classes(ref.classes, f"REFERENCE {reference}", ref.normal_class)
     if list(cand.classes) != list(ref.classes):
-        raise EdgetuneError(f"CANDIDATE {candidate} predicts classes {cand.classes}, REFERENCE {reference} predicts {ref.classes}: they are not comparable.")
+        raise EdgetuneError(
+            f"CANDIDATE {candidate} predicts classes {cand.classes}, REFERENCE {reference} predicts {ref.classes}: they are not comparable."
+        )
     ref_logits = predict(ref, images, threads)
     cand_logits = predict(cand, images, threads)
     names = {"reference": ref.label, "candidate": cand.label}
     if is_anomaly_artifact(ref):
-        result = anomaly_gate(ref_logits, cand_logits, images.labels, max_drop if max_drop is not None else 1.0, names=names)
+        result = anomaly_gate(
+            ref_logits, cand_logits, images.labels, max_drop if max_drop is not None else 1.0, names=names
+        )
     else:
-        result = gate(ref_logits, cand_logits, images.labels, images.classes, max_drop if max_drop is not None else 0.5, min_agreement, names=names)
+        result = gate(
+            ref_logits,
+            cand_logits,
+            images.labels,
+            images.classes,
+            max_drop if max_drop is not None else 0.5,
+            min_agreement,
+            names=names,
+        )
     print_result(result)
     write_reports(result, junit, md, json_file)
     return result

@@ -12,7 +12,6 @@ from rich.logging import RichHandler
 
 from edgetune.torchrun import is_main
 
-
 console = Console(stderr=True, quiet=not is_main())
 _quiet = False
 
@@ -20,8 +19,19 @@ _quiet = False
 def setup(verbose: int = 0, quiet: bool = False) -> None:
     global _quiet
     _quiet = quiet or not is_main()
-    level = logging.ERROR if not is_main() else logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=verbose > 1, show_time=False)], force=True)
+    level = (
+        logging.ERROR
+        if not is_main()
+        else logging.WARNING
+        if quiet
+        else (logging.DEBUG if verbose > 1 else logging.INFO)
+    )
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=verbose > 1, show_time=False)],
+        force=True,
+    )
     # Libraries we drive are chatty at INFO.
     for name in ("nncf", "torch_pruning", "PIL", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
@@ -44,7 +54,14 @@ def progress(desc: str, total: int):
     """A transient rich progress bar; yields `advance(n)`. Silent with -q."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                  transient=True, disable=_quiet) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=_quiet,
+    ) as bar:
         task = bar.add_task(desc, total=total)
         yield lambda n=1: bar.advance(task, n)

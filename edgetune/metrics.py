@@ -25,7 +25,10 @@ def classification_metrics(y_true, logits, classes: list[str], full: bool = True
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "f1": float(np.mean(f)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])} for i, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
     }
     if not full:
         return out
@@ -37,7 +40,12 @@ def classification_metrics(y_true, logits, classes: list[str], full: bool = True
         out["roc_auc"] = float(roc_auc_score(y_true, score))
         fpr, tpr, thr = roc_curve(y_true, score)
         best = int(np.argmax(tpr - fpr))  # Youden's J
-        out["threshold"] = {"score": float(min(thr[best], 1.0)), "tpr": float(tpr[best]), "fpr": float(fpr[best]), "rule": f"predict '{classes[1]}' when its softmax score >= score (Youden's J on this split)"}
+        out["threshold"] = {
+            "score": float(min(thr[best], 1.0)),
+            "tpr": float(tpr[best]),
+            "fpr": float(fpr[best]),
+            "rule": f"predict '{classes[1]}' when its softmax score >= score (Youden's J on this split)",
+        }
     return out
 
 
@@ -65,12 +73,18 @@ def anomaly_metrics(anomalous, scores, threshold: float = 0.5) -> dict:
     s = np.asarray(scores, dtype=np.float64)
     flagged = s > threshold
     both = 0 < y.sum() < len(y)
-    out = {"n": int(len(y)), "n_anomalous": int(y.sum()), "threshold": float(threshold),
-           "auroc": float(roc_auc_score(y, s)) if both else None, "aupr": float(average_precision_score(y, s)) if both else None,
-           "f1": float(f1_score(y, flagged, zero_division=0)), "precision": float(precision_score(y, flagged, zero_division=0)),
-           "recall": float(recall_score(y, flagged, zero_division=0)) if y.any() else None,
-           "false_alarm_rate": float(flagged[~y].mean()) if (~y).any() else None,
-           "accuracy": float((flagged == y).mean()) if len(y) else 0.0}
+    out = {
+        "n": int(len(y)),
+        "n_anomalous": int(y.sum()),
+        "threshold": float(threshold),
+        "auroc": float(roc_auc_score(y, s)) if both else None,
+        "aupr": float(average_precision_score(y, s)) if both else None,
+        "f1": float(f1_score(y, flagged, zero_division=0)),
+        "precision": float(precision_score(y, flagged, zero_division=0)),
+        "recall": float(recall_score(y, flagged, zero_division=0)) if y.any() else None,
+        "false_alarm_rate": float(flagged[~y].mean()) if (~y).any() else None,
+        "accuracy": float((flagged == y).mean()) if len(y) else 0.0,
+    }
     return out
 
 
@@ -96,6 +110,11 @@ def anomaly_threshold(anomalous, scores, max_false_alarm: float = 0.01) -> tuple
         # flag when score > threshold: halfway below the F1-optimal score
         below = s[s < thr[best]]
         t = (thr[best] + below.max()) / 2 if len(below) else thr[best] - 1e-6
-        return float(t), f"F1-optimal on validation ({int(y.sum())} anomalous, {int((~y).sum())} normal images; F1 {f1[best]:.3f})"
+        return float(
+            t
+        ), f"F1-optimal on validation ({int(y.sum())} anomalous, {int((~y).sum())} normal images; F1 {f1[best]:.3f})"
     t = float(np.quantile(s[~y], 1 - max_false_alarm))
-    return t, f"{100 * (1 - max_false_alarm):g}% quantile of {int((~y).sum())} normal validation scores (--max-false-alarm {max_false_alarm:g})"
+    return (
+        t,
+        f"{100 * (1 - max_false_alarm):g}% quantile of {int((~y).sum())} normal validation scores (--max-false-alarm {max_false_alarm:g})",
+    )

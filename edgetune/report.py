@@ -57,12 +57,16 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
     ax.set_title(title)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
     fig.tight_layout()
     _save_fig(fig, path)
 
 
-def plot_mistakes(pairs: list[tuple[str, int]], logits: np.ndarray, classes: list[str], path: Path, top: int = 16) -> int:
+def plot_mistakes(
+    pairs: list[tuple[str, int]], logits: np.ndarray, classes: list[str], path: Path, top: int = 16
+) -> int:
     """Gallery of the most confident mistakes; returns how many are shown."""
     import matplotlib
 
@@ -102,7 +106,9 @@ def _save_fig(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str = "none", data: str | None = None) -> dict:
+def evaluate_run(
+    run_dir: Path, part: str, json_file: Path | None, batch_size: int, tta: str = "none", data: str | None = None
+) -> dict:
     """The `evaluate` command: metrics + PNGs in the run dir, a table on screen.
     With test-time augmentation the files are named after it (eval_test_tta-flips.json),
     so they never replace the single-view ones that the deployed model matches."""
@@ -116,18 +122,30 @@ def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: i
         if tta != "none":
             from edgetune.errors import EdgetuneError
 
-            raise EdgetuneError(f"--tta {tta}: test-time augmentation applies to classifiers; {run_dir} is an anomaly run.")
+            raise EdgetuneError(
+                f"--tta {tta}: test-time augmentation applies to classifiers; {run_dir} is an anomaly run."
+            )
         return evaluate_anomaly_run(run, part, json_file, batch_size)
     model = with_tta(run.build_model(), tta)
     logits, labels = predict_split(model, run.split, run.spec, part, batch_size)
     m = classification_metrics(labels, logits, run.classes)
     m["tta"] = tta
     suffix = part if tta == "none" else f"{part}_tta-{tta}"
-    m["predictions"] = [{"path": p, "label": int(y), "pred": int(k)} for (p, y), k in zip(run.split.parts[part], logits.argmax(1))]
+    m["predictions"] = [
+        {"path": p, "label": int(y), "pred": int(k)} for (p, y), k in zip(run.split.parts[part], logits.argmax(1))
+    ]
     views = "" if tta == "none" else f", test-time augmentation {tta}"
-    plot_confusion(m["confusion_matrix"], run.classes, run.dir / f"confusion_{suffix}.png", f"{run.model_name} ({run.stage}), {part} split{views}")
+    plot_confusion(
+        m["confusion_matrix"],
+        run.classes,
+        run.dir / f"confusion_{suffix}.png",
+        f"{run.model_name} ({run.stage}), {part} split{views}",
+    )
     shown = plot_mistakes(run.split.parts[part], logits, run.classes, run.dir / f"mistakes_{suffix}.png")
-    m["files"] = {"confusion": str(run.dir / f"confusion_{suffix}.png"), "mistakes": str(run.dir / f"mistakes_{suffix}.png")}
+    m["files"] = {
+        "confusion": str(run.dir / f"confusion_{suffix}.png"),
+        "mistakes": str(run.dir / f"mistakes_{suffix}.png"),
+    }
     write_json(run.dir / f"eval_{suffix}.json", m)
     if json_file:
         write_json(json_file, m)
@@ -137,6 +155,7 @@ def evaluate_run(run_dir: Path, part: str, json_file: Path | None, batch_size: i
 
 
 # --- anomaly runs -----------------------------------------------------------
+
 
 def plot_score_histogram(scores: np.ndarray, anomalous: np.ndarray, path: Path, title: str) -> None:
     """Normal vs anomalous scores, and the threshold (0.5)."""
@@ -160,7 +179,9 @@ def plot_score_histogram(scores: np.ndarray, anomalous: np.ndarray, path: Path, 
     _save_fig(fig, path)
 
 
-def plot_anomaly_gallery(paths: list[str], scores: np.ndarray, maps: np.ndarray, anomalous: np.ndarray, path: Path, top: int = 8) -> dict:
+def plot_anomaly_gallery(
+    paths: list[str], scores: np.ndarray, maps: np.ndarray, anomalous: np.ndarray, path: Path, top: int = 8
+) -> dict:
     """Top row(s): the most anomalous images; below: the missed anomalies (lowest
     scores first), each with its heat map overlaid. Returns how many of each."""
     import cv2
@@ -183,7 +204,7 @@ def plot_anomaly_gallery(paths: list[str], scores: np.ndarray, maps: np.ndarray,
     r = 0
     for name, idx in groups:
         n_rows = max(1, int(np.ceil(len(idx) / cols)))
-        cells = axes[r:r + n_rows].flat
+        cells = axes[r : r + n_rows].flat
         if not idx:
             next(iter(cells)).text(0.5, 0.5, f"no {name}", ha="center", va="center")
         for ax, i in zip(cells, idx):
@@ -213,21 +234,37 @@ def evaluate_anomaly_run(run, part: str, json_file: Path | None, batch_size: int
     y = anomalous_labels(pairs)
     m = anomaly_metrics(y, scores)
     m["threshold_raw"], m["rule"] = norm.threshold_raw, norm.rule
-    m["predictions"] = [{"path": p, "anomalous": bool(a), "score": round(float(s), 5)} for p, a, s in zip(paths, y, scores)]
+    m["predictions"] = [
+        {"path": p, "anomalous": bool(a), "score": round(float(s), 5)} for p, a, s in zip(paths, y, scores)
+    ]
     files = {"histogram": run.dir / f"scores_{part}.png", "gallery": run.dir / f"gallery_{part}.png"}
-    plot_score_histogram(scores, y, files["histogram"], f"{run.model_name} PatchCore, {part} split: AUROC "
-                   + (f"{m['auroc']:.4f}" if m["auroc"] is not None else "-") + f", F1 {m['f1']:.3f}")
+    plot_score_histogram(
+        scores,
+        y,
+        files["histogram"],
+        f"{run.model_name} PatchCore, {part} split: AUROC "
+        + (f"{m['auroc']:.4f}" if m["auroc"] is not None else "-")
+        + f", F1 {m['f1']:.3f}",
+    )
     shown = plot_anomaly_gallery(paths, scores, maps, y, files["gallery"])
     m["files"] = {k: str(v) for k, v in files.items()}
     write_json(run.dir / f"eval_{part}.json", m)
     if json_file:
         write_json(json_file, m)
     c = log.console
-    c.print(f"{run.dir} ({run.model_name} PatchCore) on the {part} split: {m['n']} images, {m['n_anomalous']} anomalous")
-    c.print(f"  image AUROC {m['auroc'] if m['auroc'] is None else format(m['auroc'], '.4f')}, AUPR "
-            f"{m['aupr'] if m['aupr'] is None else format(m['aupr'], '.4f')}")
-    c.print(f"  at the threshold (raw {norm.threshold_raw:.5g}; {norm.rule}): F1 {m['f1']:.4f}, precision {m['precision']:.4f}, "
-            f"recall {m['recall'] if m['recall'] is None else format(m['recall'], '.4f')}, false-alarm rate "
-            f"{m['false_alarm_rate'] if m['false_alarm_rate'] is None else format(m['false_alarm_rate'], '.2%')}")
-    c.print(f"  score histogram: {files['histogram']}; gallery ({shown['most_anomalous']} most anomalous, {shown['missed']} missed): {files['gallery']}")
+    c.print(
+        f"{run.dir} ({run.model_name} PatchCore) on the {part} split: {m['n']} images, {m['n_anomalous']} anomalous"
+    )
+    c.print(
+        f"  image AUROC {m['auroc'] if m['auroc'] is None else format(m['auroc'], '.4f')}, AUPR "
+        f"{m['aupr'] if m['aupr'] is None else format(m['aupr'], '.4f')}"
+    )
+    c.print(
+        f"  at the threshold (raw {norm.threshold_raw:.5g}; {norm.rule}): F1 {m['f1']:.4f}, precision {m['precision']:.4f}, "
+        f"recall {m['recall'] if m['recall'] is None else format(m['recall'], '.4f')}, false-alarm rate "
+        f"{m['false_alarm_rate'] if m['false_alarm_rate'] is None else format(m['false_alarm_rate'], '.2%')}"
+    )
+    c.print(
+        f"  score histogram: {files['histogram']}; gallery ({shown['most_anomalous']} most anomalous, {shown['missed']} missed): {files['gallery']}"
+    )
     return m

@@ -83,14 +83,31 @@ def make_bundle(root: Path, onnx_file: Path, classes, spec: PreprocessSpec) -> P
 
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(onnx_file, root / "model.onnx")
-    art = {"file": "model.onnx", "format": "onnx", "precision": "fp32", "runtime": "onnxruntime", "files": ["model.onnx"]}
-    write_json(root / "manifest.json", {
-        "format": "edgetune-bundle", "schema": 1, "name": root.name, "target": "cpu", "runtime": "onnxruntime",
-        "precision": "fp32", "classes": list(classes), "preprocess": spec.to_dict(),
-        "input": {"name": "x", "shape": [None, 3, *spec.size], "layout": "NCHW", "dtype": "float32"},
-        "artifacts": {"fp32": art},
-        "files": {"model.onnx": {"sha256": sha256_file(root / "model.onnx"), "size": (root / "model.onnx").stat().st_size}},
-    })
+    art = {
+        "file": "model.onnx",
+        "format": "onnx",
+        "precision": "fp32",
+        "runtime": "onnxruntime",
+        "files": ["model.onnx"],
+    }
+    write_json(
+        root / "manifest.json",
+        {
+            "format": "edgetune-bundle",
+            "schema": 1,
+            "name": root.name,
+            "target": "cpu",
+            "runtime": "onnxruntime",
+            "precision": "fp32",
+            "classes": list(classes),
+            "preprocess": spec.to_dict(),
+            "input": {"name": "x", "shape": [None, 3, *spec.size], "layout": "NCHW", "dtype": "float32"},
+            "artifacts": {"fp32": art},
+            "files": {
+                "model.onnx": {"sha256": sha256_file(root / "model.onnx"), "size": (root / "model.onnx").stat().st_size}
+            },
+        },
+    )
     return root
 
 

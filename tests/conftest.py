@@ -16,15 +16,37 @@ REPO = Path(__file__).resolve().parents[1]
 EDGETUNE = [sys.executable, "-m", "edgetune.cli.main"]
 
 
-def run_cli(*args, check: bool = True, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*EDGETUNE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+def run_cli(
+    *args, check: bool = True, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [*EDGETUNE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"edgetune {' '.join(map(str, args))} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+        raise AssertionError(
+            f"edgetune {' '.join(map(str, args))} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+        )
     return proc
 
 
-TINY = ["--model", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--batch-size", "8", "--lr", "3e-3", "--warmup-epochs", "0"]
+TINY = [
+    "--model",
+    "test_efficientnet",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--lr",
+    "3e-3",
+    "--warmup-epochs",
+    "0",
+]
 
 
 @pytest.fixture(scope="session")
@@ -52,19 +74,41 @@ def make_fp32_bundle(run_dir: Path, out: Path, channel_order: str | None = None)
     run = load_run(run_dir)
     out.mkdir(parents=True)
     h, w = run.spec.size
-    torch.onnx.export(run.build_model(), (torch.zeros(1, 3, h, w),), str(out / "model.fp32.onnx"), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        run.build_model(),
+        (torch.zeros(1, 3, h, w),),
+        str(out / "model.fp32.onnx"),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
     spec = run.spec.to_dict()
     if channel_order:
         spec["channel_order"] = channel_order
     size = (out / "model.fp32.onnx").stat().st_size
     manifest = {
-        "format": "edgetune-bundle", "schema": 1, "name": out.name, "target": "cpu", "runtime": "onnxruntime", "precision": "fp32",
+        "format": "edgetune-bundle",
+        "schema": 1,
+        "name": out.name,
+        "target": "cpu",
+        "runtime": "onnxruntime",
+        "precision": "fp32",
         "model": {"backbone": run.model_name, "stage": run.stage, "pruned": False, "macs": 1000, "params": 100},
-        "classes": run.classes, "input": {"name": "input", "shape": [None, 3, h, w], "layout": "NCHW", "dtype": "float32"},
+        "classes": run.classes,
+        "input": {"name": "input", "shape": [None, 3, h, w], "layout": "NCHW", "dtype": "float32"},
         "preprocess": spec,
-        "artifacts": {"fp32": {"file": "model.fp32.onnx", "files": ["model.fp32.onnx"], "format": "onnx", "precision": "fp32",
-                               "runtime": "onnxruntime", "size_bytes": size, "options": {}}},
+        "artifacts": {
+            "fp32": {
+                "file": "model.fp32.onnx",
+                "files": ["model.fp32.onnx"],
+                "format": "onnx",
+                "precision": "fp32",
+                "runtime": "onnxruntime",
+                "size_bytes": size,
+                "options": {},
+            }
+        },
         "source_run": str(run.dir),
         "files": {"model.fp32.onnx": {"sha256": sha256_file(out / "model.fp32.onnx"), "size": size}},
     }
@@ -79,6 +123,7 @@ def fp32_bundle(tmp_path_factory, float_run) -> Path:
 
 # --- built bundles (edgetune build, the whole pipeline) ---------------------------
 
+
 def tiny_build_config(path: Path, data: Path, finetune_epochs: int = 8, quantize_epochs: int = 3, **sections) -> Path:
     """A build config for the tiny test model: every stage short. QAT at lr 1e-3
     (ten times the quantize default, which suits pretrained backbones) keeps this
@@ -86,12 +131,19 @@ def tiny_build_config(path: Path, data: Path, finetune_epochs: int = 8, quantize
     `sections` adds or replaces top-level keys (e.g. build={"max-drop": 1.0})."""
     import yaml
 
-    path.write_text(yaml.safe_dump({
-        "data": str(data), "model": "test_efficientnet", "pretrained": False, "img-size": 32,
-        "finetune": {"epochs": finetune_epochs, "batch-size": 8, "lr": 3e-3, "warmup-epochs": 0},
-        "quantize": {"epochs": quantize_epochs, "batch-size": 8, "lr": 1e-3, "warmup-epochs": 0},
-        **sections,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": str(data),
+                "model": "test_efficientnet",
+                "pretrained": False,
+                "img-size": 32,
+                "finetune": {"epochs": finetune_epochs, "batch-size": 8, "lr": 3e-3, "warmup-epochs": 0},
+                "quantize": {"epochs": quantize_epochs, "batch-size": 8, "lr": 1e-3, "warmup-epochs": 0},
+                **sections,
+            }
+        )
+    )
     return path
 
 
@@ -161,7 +213,22 @@ def anomaly_build(tmp_path_factory, textures) -> Path:
     data, _ = textures
     out = tmp_path_factory.mktemp("anomaly-build")
     cfg = out / "config.yaml"
-    cfg.write_text(f"task: anomaly\nnormal: good\ndata: {data}\nmodel: test_resnet\npretrained: false\nimg-size: {SIZE}\n"
-                   "val-frac: 0.2\ntest-frac: 0.3\n")
-    run_cli("--config", cfg, "build", "--target", "cpu", "--target", "intel", "--target", "jetson", "--out", out, timeout=900)
+    cfg.write_text(
+        f"task: anomaly\nnormal: good\ndata: {data}\nmodel: test_resnet\npretrained: false\nimg-size: {SIZE}\n"
+        "val-frac: 0.2\ntest-frac: 0.3\n"
+    )
+    run_cli(
+        "--config",
+        cfg,
+        "build",
+        "--target",
+        "cpu",
+        "--target",
+        "intel",
+        "--target",
+        "jetson",
+        "--out",
+        out,
+        timeout=900,
+    )
     return out

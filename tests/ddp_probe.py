@@ -49,7 +49,9 @@ _fit = loop.fit
 
 def _fit_logged(model, *args, **kwargs):
     result = _fit(model, *args, **kwargs)
-    record["fits"].append({"desc": kwargs.get("desc"), "weights": distributed.fingerprint(model), "history": result.history})
+    record["fits"].append(
+        {"desc": kwargs.get("desc"), "weights": distributed.fingerprint(model), "history": result.history}
+    )
     return result
 
 

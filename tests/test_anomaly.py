@@ -46,8 +46,7 @@ def test_fit_separates_textures_and_locates_defects(anomaly_build, textures):
 def test_bundles_for_every_target(anomaly_build):
     import onnx
 
-    from edgetune.export.checks import ort_session
-    from edgetune.export.checks import tensorrt_problems
+    from edgetune.export.checks import ort_session, tensorrt_problems
 
     gates = {t: json.loads((anomaly_build / f"gate-{t}.json").read_text()) for t in ("cpu", "intel", "jetson")}
     assert all(g["passed"] and g["metric"] == "auroc" for g in gates.values()), gates
@@ -55,7 +54,12 @@ def test_bundles_for_every_target(anomaly_build):
         m = json.loads((anomaly_build / f"bundle-{target}" / "manifest.json").read_text())
         assert m["task"] == "anomaly" and m["classes"] == ["normal", "anomalous"] and m["precision"] == "int8"
         a = m["anomaly"]
-        assert a["threshold"] == 0.5 and a["map_size"] == [SIZE, SIZE] and a["center"] == a["threshold_raw"] and a["scale"] > 0
+        assert (
+            a["threshold"] == 0.5
+            and a["map_size"] == [SIZE, SIZE]
+            and a["center"] == a["threshold_raw"]
+            and a["scale"] > 0
+        )
         assert a["normal_class"] == "good" and "F1-optimal" in a["rule"]
         assert m["metrics"]["test"]["auroc"] >= 0.9 and m["calibration"]["count"] > 0
     jetson = anomaly_build / "bundle-jetson"
@@ -71,17 +75,34 @@ def test_bundles_for_every_target(anomaly_build):
 
     ir = ov.Core().read_model(str(anomaly_build / "bundle-intel" / "model.int8.xml"))
     # the IR says what it is, and claims no Model API type whose outputs it does not have
-    assert ir.get_rt_info(["edgetune", "task"]).astype(str) == "anomaly" and not ir.has_rt_info(["model_info", "model_type"])
+    assert ir.get_rt_info(["edgetune", "task"]).astype(str) == "anomaly" and not ir.has_rt_info(
+        ["model_info", "model_type"]
+    )
 
 
 @pytest.mark.slow
 def test_export_checks_an_anomaly_run_unless_told_not_to(anomaly_build, tmp_path, capsys):
     run = anomaly_build / "finetune"
-    assert invoke("export", run, "--precision", "fp32", "--out", tmp_path / "a.onnx", "--json", tmp_path / "a.json") == 0
+    assert (
+        invoke("export", run, "--precision", "fp32", "--out", tmp_path / "a.onnx", "--json", tmp_path / "a.json") == 0
+    )
     checks = json.loads((tmp_path / "a.json").read_text())["checks"]
     assert checks["images"] > 0 and checks["spearman"] >= checks["min_spearman"]
     assert "Spearman" in capsys.readouterr().err
-    assert invoke("export", run, "--precision", "fp32", "--no-check", "--out", tmp_path / "b.onnx", "--json", tmp_path / "b.json") == 0
+    assert (
+        invoke(
+            "export",
+            run,
+            "--precision",
+            "fp32",
+            "--no-check",
+            "--out",
+            tmp_path / "b.onnx",
+            "--json",
+            tmp_path / "b.json",
+        )
+        == 0
+    )
     checks = json.loads((tmp_path / "b.json").read_text())["checks"]
     assert checks == {}
 
@@ -91,9 +112,16 @@ def test_verify_int8_anomaly_bundle_checks_the_flags_and_a_given_max_diff(anomal
     data, _ = textures
     assert invoke("verify", anomaly_build / "bundle-cpu", "--images", data, "--json", tmp_path / "v.json") == 0
     v = json.loads((tmp_path / "v.json").read_text())
-    assert v["passed"] and v["agreement"] >= 0.99 and not v["diff_checked"] and v["spearman"] > 0.5  # normal images reorder
+    assert (
+        v["passed"] and v["agreement"] >= 0.99 and not v["diff_checked"] and v["spearman"] > 0.5
+    )  # normal images reorder
     # A score difference limit the user sets is checked (INT8 scores are never exact).
-    assert invoke("verify", anomaly_build / "bundle-cpu", "--images", data, "--max-diff", "0", "--json", tmp_path / "w.json") == 1
+    assert (
+        invoke(
+            "verify", anomaly_build / "bundle-cpu", "--images", data, "--max-diff", "0", "--json", tmp_path / "w.json"
+        )
+        == 1
+    )
     w = json.loads((tmp_path / "w.json").read_text())
     assert w["diff_checked"] and not w["passed"] and w["max_rel_diff"] > 0
 
@@ -139,10 +167,28 @@ def test_infer_folder_records_scores_and_alarms(anomaly_build, textures, tmp_pat
     for i, p in enumerate(good[:3] + bad + good[3:]):  # normal, 4 anomalies, normal
         (folder / f"{i:02d}.png").write_bytes(Path(p).read_bytes())
     out = tmp_path / "records.jsonl"
-    run_cli("infer", anomaly_build / "bundle-cpu", "--source", folder, "--alarm", "anomalous:0.5", "--alarm-frames", "1", "--out", out,
-            "--save-anomalies", tmp_path / "flagged", "--video", tmp_path / "line.mp4", "--status-every", "0")
+    run_cli(
+        "infer",
+        anomaly_build / "bundle-cpu",
+        "--source",
+        folder,
+        "--alarm",
+        "anomalous:0.5",
+        "--alarm-frames",
+        "1",
+        "--out",
+        out,
+        "--save-anomalies",
+        tmp_path / "flagged",
+        "--video",
+        tmp_path / "line.mp4",
+        "--status-every",
+        "0",
+    )
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 10 and all(isinstance(r["score"], float) and isinstance(r["anomalous"], bool) for r in records)
+    assert len(records) == 10 and all(
+        isinstance(r["score"], float) and isinstance(r["anomalous"], bool) for r in records
+    )
     assert [r["anomalous"] for r in records[3:7]] == [True] * 4
     fired = [r["frame"] for r in records if r["alarm"]]
     assert fired and all(3 <= f < 7 for f in fired)  # alarms fire on the anomalies, not on the normal parts
@@ -153,8 +199,19 @@ def test_infer_folder_records_scores_and_alarms(anomaly_build, textures, tmp_pat
 
 def test_save_anomalies_into_a_file_is_refused_before_the_stream(anomaly_build, textures, tmp_path, capfd):
     (tmp_path / "taken").write_text("a file, not a folder")
-    assert invoke("infer", anomaly_build / "bundle-cpu", "--source", textures[0] / "good", "--save-anomalies", tmp_path / "taken" / "flagged",
-                  "--out", tmp_path / "records.jsonl") == 2
+    assert (
+        invoke(
+            "infer",
+            anomaly_build / "bundle-cpu",
+            "--source",
+            textures[0] / "good",
+            "--save-anomalies",
+            tmp_path / "taken" / "flagged",
+            "--out",
+            tmp_path / "records.jsonl",
+        )
+        == 2
+    )
     err = capfd.readouterr().err
     assert "--save-anomalies" in err and "cannot make that folder" in err and not (tmp_path / "records.jsonl").exists()
 
@@ -173,12 +230,33 @@ def test_bad_input(textures, tmp_path):
     from edgetune.stages.anomaly import run_fit
 
     data, _ = textures
-    proc = run_cli("finetune", "--task", "anomaly", "--data", data, *MODEL, "--normal", "pristine", "--out", tmp_path / "a", check=False)
+    proc = run_cli(
+        "finetune",
+        "--task",
+        "anomaly",
+        "--data",
+        data,
+        *MODEL,
+        "--normal",
+        "pristine",
+        "--out",
+        tmp_path / "a",
+        check=False,
+    )
     assert proc.returncode == 2 and "--normal pristine: no such class" in proc.stderr and "bad, good" in proc.stderr
     assert "Traceback" not in proc.stderr
 
-    opts = {"data": str(data), "model": "test_resnet", "pretrained": False, "img_size": SIZE, "normal": "good", "seed": 0, "skip_bad": False,
-            "val_frac": 0.15, "test_frac": 0.25}
+    opts = {
+        "data": str(data),
+        "model": "test_resnet",
+        "pretrained": False,
+        "img_size": SIZE,
+        "normal": "good",
+        "seed": 0,
+        "skip_bad": False,
+        "val_frac": 0.15,
+        "test_frac": 0.25,
+    }
     with pytest.raises(EdgetuneError, match=r"over --max-bank-mb 0.01\. Lower --coreset .* or --img-size"):
         run_fit({**opts, "max_bank_mb": 0.01, "out": tmp_path / "b"}, {})
     few = tmp_path / "few"
@@ -191,10 +269,33 @@ def test_bad_input(textures, tmp_path):
 
 @pytest.mark.slow
 def test_bench_and_compare_report_auroc(anomaly_build, tmp_path):
-    run_cli("bench", anomaly_build / "bundle-cpu", "--no-baseline", "--batch", "1", "--min-time", "0.1", "--min-runs", "5", "--warmup", "1",
-            "--json", tmp_path / "bench.json")
+    run_cli(
+        "bench",
+        anomaly_build / "bundle-cpu",
+        "--no-baseline",
+        "--batch",
+        "1",
+        "--min-time",
+        "0.1",
+        "--min-runs",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+        tmp_path / "bench.json",
+    )
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    assert rows and all(r["task"] == "anomaly" and r["auroc"] >= 0.9 and r["false_alarm_rate"] is not None for r in rows)
-    proc = run_cli("compare", anomaly_build / "finetune", anomaly_build / "bundle-intel", "--max-drop", "1.0", "--json", tmp_path / "gate.json")
+    assert rows and all(
+        r["task"] == "anomaly" and r["auroc"] >= 0.9 and r["false_alarm_rate"] is not None for r in rows
+    )
+    proc = run_cli(
+        "compare",
+        anomaly_build / "finetune",
+        anomaly_build / "bundle-intel",
+        "--max-drop",
+        "1.0",
+        "--json",
+        tmp_path / "gate.json",
+    )
     gate = json.loads((tmp_path / "gate.json").read_text())
     assert gate["passed"] and gate["metric"] == "auroc" and "image AUROC" in proc.stderr + proc.stdout

@@ -10,15 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, run_cli
 
 LINT = Path(sys.executable).with_name("lint-imports")
 
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"], capture_output=True, text=True, cwd=root,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
+    return subprocess.run(
+        [str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
 
 
 def test_import_contracts_hold_and_catch_a_planted_violation(tmp_path):
@@ -27,7 +32,10 @@ def test_import_contracts_hold_and_catch_a_planted_violation(tmp_path):
     shutil.copytree(REPO / "edgetune", tree / "edgetune", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tree / "pyproject.toml")
     files = tree / "edgetune" / "runtime" / "files.py"
-    files.write_text(files.read_text() + "\n\ndef _planted():\n    import torch  # noqa\n    from edgetune.stages import base  # noqa\n")
+    files.write_text(
+        files.read_text()
+        + "\n\ndef _planted():\n    import torch  # noqa\n    from edgetune.stages import base  # noqa\n"
+    )
     proc = _lint(tree)
     assert proc.returncode == 1
     assert "Layers: each imports only those below it BROKEN" in proc.stdout
@@ -38,8 +46,12 @@ def test_no_import_cycles_counting_function_level_imports():
     grimp = pytest.importorskip("grimp")
     graph = grimp.build_graph("edgetune")
     mods = {m for m in graph.modules if m.startswith("edgetune")}
-    cycles = [(a, b) for a in mods for b in graph.find_modules_directly_imported_by(a)
-              if b in mods and a != b and graph.chain_exists(importer=b, imported=a)]
+    cycles = [
+        (a, b)
+        for a in mods
+        for b in graph.find_modules_directly_imported_by(a)
+        if b in mods and a != b and graph.chain_exists(importer=b, imported=a)
+    ]
     assert cycles == []
 
 
@@ -74,7 +86,12 @@ def test_a_precision_the_runtime_lacks_is_refused_before_training(image_folder, 
     profile = tmp_path / "cpu-fp16.yaml"
     profile.write_text("name: cpu-fp16\nruntime: onnxruntime\nprecision: fp16\n")
     proc = run_cli("build", "--target", profile, "--data", image_folder, "--out", tmp_path / "out", check=False)
-    assert proc.returncode == 2 and "precision fp16" in proc.stderr and "int8, fp32" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "precision fp16" in proc.stderr
+        and "int8, fp32" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     assert not (tmp_path / "out" / "finetune").exists()
 
 
@@ -90,9 +107,17 @@ def test_build_from_a_run_accepts_the_runs_own_values_and_prints_whole_paths(flo
     cfg = tmp_path / "build.yaml"
     cfg.write_text(yaml.safe_dump({"data": str(image_folder), "model": "test_efficientnet", "img-size": 32}))
     out = tmp_path / "a-rather-long-directory-name-for-the-build-output" / "out"
-    proc = run_cli("--config", cfg, "build", "--from", float_run, "--target", profile, "--out", out, env={"COLUMNS": "40"})
+    proc = run_cli(
+        "--config", cfg, "build", "--from", float_run, "--target", profile, "--out", out, env={"COLUMNS": "40"}
+    )
     assert f"bundle {out / 'bundle-cpu-fp32'} accuracy" in proc.stdout
     assert not (out / "finetune").exists()
     cfg.write_text(yaml.safe_dump({"model": "resnet18", "img-size": 32}))
-    proc = run_cli("--config", cfg, "build", "--from", float_run, "--target", profile, "--out", tmp_path / "other", check=False)
-    assert proc.returncode == 2 and "--model 'resnet18' (the run has 'test_efficientnet')" in proc.stderr and "--img-size" not in proc.stderr
+    proc = run_cli(
+        "--config", cfg, "build", "--from", float_run, "--target", profile, "--out", tmp_path / "other", check=False
+    )
+    assert (
+        proc.returncode == 2
+        and "--model 'resnet18' (the run has 'test_efficientnet')" in proc.stderr
+        and "--img-size" not in proc.stderr
+    )

@@ -6,23 +6,49 @@ from __future__ import annotations
 import json
 
 import cv2
-
 from conftest import invoke
+
 from edgetune.bench.report import ROW_FIELDS
 
 
 def test_bench_rows_json_markdown_png(fp32_bundle, tmp_path, capsys):
     js, md, png = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "bench.png"
-    assert invoke("bench", fp32_bundle, "--threads", "1", "--batch", "1,4", "--warmup", "1", "--min-time", "0.05", "--min-runs", "5",
-                  "--json", js, "--markdown", md, "--plot", png) == 0
+    assert (
+        invoke(
+            "bench",
+            fp32_bundle,
+            "--threads",
+            "1",
+            "--batch",
+            "1,4",
+            "--warmup",
+            "1",
+            "--min-time",
+            "0.05",
+            "--min-runs",
+            "5",
+            "--json",
+            js,
+            "--markdown",
+            md,
+            "--plot",
+            png,
+        )
+        == 0
+    )
     rows = json.loads(js.read_text())["rows"]
     # The float run the bundle came from is added as the PyTorch baseline, first.
-    assert [(r["runtime"], r["stage"], r["precision"]) for r in rows] == [("pytorch", "float", "fp32"), ("onnxruntime", "float", "fp32")]
+    assert [(r["runtime"], r["stage"], r["precision"]) for r in rows] == [
+        ("pytorch", "float", "fp32"),
+        ("onnxruntime", "float", "fp32"),
+    ]
     for r in rows:
         assert all(k in r for k in ROW_FIELDS)
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["f1"] <= 1 and r["n_images"] == 15  # the run's test split
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"] and r["latency_runs"] >= 5
-        assert set(r["throughput_by_batch"]) == {"1", "4"} and r["throughput_fps"] == max(r["throughput_by_batch"].values())
+        assert set(r["throughput_by_batch"]) == {"1", "4"} and r["throughput_fps"] == max(
+            r["throughput_by_batch"].values()
+        )
         assert r["size_mb"] > 0 and r["macs"] > 0 and r["load_s"] > 0 and r["peak_rss_mb"] > 10 and r["e2e_ms_p50"] > 0
         assert r["machine"] and r["date"] and r["dataset"] == "images"
     base, onnx = rows
@@ -52,25 +78,45 @@ def test_plot_labels_stage_and_precision_pareto_front_no_overlaps(tmp_path):
     from edgetune.bench.report import pareto_front, plot
 
     def row(name, stage, runtime, precision, acc, ms, ran=None):
-        return {"name": name, "stage": stage, "runtime": runtime, "precision": precision, "accuracy": acc, "latency_ms_p50": ms,
-                "inference_precision": ran}
+        return {
+            "name": name,
+            "stage": stage,
+            "runtime": runtime,
+            "precision": precision,
+            "accuracy": acc,
+            "latency_ms_p50": ms,
+            "inference_precision": ran,
+        }
 
-    rows = [row("run-float", "float", "pytorch", "fp32", 0.677, 19.6),
-            row("bundle-cpu", "qat", "onnxruntime", "fp32", 0.677, 4.93, "fp32"),
-            row("bundle-cpu", "qat", "onnxruntime", "int8", 0.672, 2.22, "fp32"),
-            row("bundle-cpu", "pruned+qat", "onnxruntime", "int8", 0.668, 2.21, "fp32"),  # same runtime/precision, another stage
-            row("bundle-intel", "qat", "openvino", "fp32", 0.677, 2.53, "fp32"),
-            row("bundle-intel", "qat", "openvino", "bf16", 0.676, 2.50, "bf16"),
-            row("bundle-intel", "qat", "openvino", "int8", 0.674, 1.91, "fp32"),
-            row("bundle-intel", "pruned+qat", "openvino", "int8", 0.670, 1.28, "fp32"),
-            row("bundle-gpu", "qat", "openvino", "fp16", 0.675, 1.90, "bf16")]
+    rows = [
+        row("run-float", "float", "pytorch", "fp32", 0.677, 19.6),
+        row("bundle-cpu", "qat", "onnxruntime", "fp32", 0.677, 4.93, "fp32"),
+        row("bundle-cpu", "qat", "onnxruntime", "int8", 0.672, 2.22, "fp32"),
+        row(
+            "bundle-cpu", "pruned+qat", "onnxruntime", "int8", 0.668, 2.21, "fp32"
+        ),  # same runtime/precision, another stage
+        row("bundle-intel", "qat", "openvino", "fp32", 0.677, 2.53, "fp32"),
+        row("bundle-intel", "qat", "openvino", "bf16", 0.676, 2.50, "bf16"),
+        row("bundle-intel", "qat", "openvino", "int8", 0.674, 1.91, "fp32"),
+        row("bundle-intel", "pruned+qat", "openvino", "int8", 0.670, 1.28, "fp32"),
+        row("bundle-gpu", "qat", "openvino", "fp16", 0.675, 1.90, "bf16"),
+    ]
     drawn = plot(rows, tmp_path / "plot.png", "test")
     texts, boxes = zip(*drawn["labels"])
-    assert "pruned+qat onnxruntime int8" in texts and "qat onnxruntime int8" in texts and "qat openvino fp16 (ran bf16)" in texts
+    assert (
+        "pruned+qat onnxruntime int8" in texts
+        and "qat onnxruntime int8" in texts
+        and "qat openvino fp16 (ran bf16)" in texts
+    )
     assert len(set(texts)) == len(rows)
     assert not [(texts[i], texts[j]) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
     assert drawn["xscale"] == "log"
-    assert [r["latency_ms_p50"] for r in pareto_front(rows)] == [1.28, 1.90, 2.50, 2.53]  # 1.91 ms is beaten by 1.90 ms at a higher accuracy
+    assert [r["latency_ms_p50"] for r in pareto_front(rows)] == [
+        1.28,
+        1.90,
+        2.50,
+        2.53,
+    ]  # 1.91 ms is beaten by 1.90 ms at a higher accuracy
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -80,13 +126,32 @@ def test_bundles_named_alike_are_told_apart_by_their_folders():
     from edgetune.bench.report import complete_rows
 
     def row(path, precision, ms, name="bundle-intel", **kw):
-        return {"name": name, "path": path, "runtime": "openvino", "stage": "ptq", "precision": precision, "latency_ms_p50": ms, "machine": "m", **kw}
+        return {
+            "name": name,
+            "path": path,
+            "runtime": "openvino",
+            "stage": "ptq",
+            "precision": precision,
+            "latency_ms_p50": ms,
+            "machine": "m",
+            **kw,
+        }
 
-    rows = [row("/w/run", "fp32", 20.0, name="run", runtime="pytorch", stage="float"),
-            row("/w/build0/bundle-intel", "int8", 2.0), row("/w/build0/bundle-intel", "fp32", 4.0), row("/w/build1/bundle-intel", "int8", 1.6),
-            row("/elsewhere/bundle-intel", "int8", 2.1, remote="jetson@line3")]
+    rows = [
+        row("/w/run", "fp32", 20.0, name="run", runtime="pytorch", stage="float"),
+        row("/w/build0/bundle-intel", "int8", 2.0),
+        row("/w/build0/bundle-intel", "fp32", 4.0),
+        row("/w/build1/bundle-intel", "int8", 1.6),
+        row("/elsewhere/bundle-intel", "int8", 2.1, remote="jetson@line3"),
+    ]
     complete_rows(rows)
-    assert [r["name"] for r in rows] == ["run", "build0/bundle-intel", "build0/bundle-intel", "build1/bundle-intel", "bundle-intel"]
+    assert [r["name"] for r in rows] == [
+        "run",
+        "build0/bundle-intel",
+        "build0/bundle-intel",
+        "build1/bundle-intel",
+        "bundle-intel",
+    ]
     assert [r["speedup_vs_pytorch"] for r in rows[:2]] == [1.0, 10.0]
     one = [row("/w/macs42-intel", "int8", 1.5), row("/w/latency33-intel", "int8", 1.4)]
     complete_rows(one)

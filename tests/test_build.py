@@ -12,8 +12,8 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import BUILD_TARGETS, EDGETUNE, make_images, run_cli, tiny_build_config
+
 from edgetune.errors import EdgetuneError
 from edgetune.run import load_run
 from edgetune.runtime import backends
@@ -21,7 +21,11 @@ from edgetune.runtime.bundle import load_bundle
 
 
 def _stage_times(out):
-    return {p.stem: json.loads(p.read_text())["finished"] for p in (out / "stages").glob("*.json") if not p.stem.endswith(".pending")}
+    return {
+        p.stem: json.loads(p.read_text())["finished"]
+        for p in (out / "stages").glob("*.json")
+        if not p.stem.endswith(".pending")
+    }
 
 
 @pytest.mark.slow
@@ -31,13 +35,17 @@ def test_one_build_makes_three_bundles(built_bundles):
     from edgetune.runtime.ov import has_bf16
 
     out = built_bundles
-    for target, runtime, files in [("cpu", "onnxruntime", {"model.int8.onnx", "model.fp32.onnx"}),
-                                   ("intel", "openvino", {"model.int8.xml", "model.int8.bin", "model.fp32.xml", "model.fp32.bin"}),
-                                   ("jetson", "tensorrt", {"model.int8.onnx", "model.fp32.onnx", "trtexec.sh"})]:
+    for target, runtime, files in [
+        ("cpu", "onnxruntime", {"model.int8.onnx", "model.fp32.onnx"}),
+        ("intel", "openvino", {"model.int8.xml", "model.int8.bin", "model.fp32.xml", "model.fp32.bin"}),
+        ("jetson", "tensorrt", {"model.int8.onnx", "model.fp32.onnx", "trtexec.sh"}),
+    ]:
         b = load_bundle(out / f"bundle-{target}.tar.gz")
         assert (b.target, b.runtime, b.precision) == (target, runtime, "int8")
         assert files | {"README.md"} == set(b.manifest["files"])
-        assert b.metrics["test"]["accuracy"] >= 0.8 and b.metrics["latency_ms_p50"] > 0  # well above chance (0.5) after QAT
+        assert (
+            b.metrics["test"]["accuracy"] >= 0.8 and b.metrics["latency_ms_p50"] > 0
+        )  # well above chance (0.5) after QAT
         assert b.manifest["model"]["backbone"] == "test_efficientnet"
         assert "pip install 'edgetune[" in (b.root / "README.md").read_text()
     # One trained model for all three: the same source run, quantized with signed
@@ -63,8 +71,16 @@ def test_one_build_makes_three_bundles(built_bundles):
     assert jetson.artifact()["checks"]["tensorrt_rules"] == "passed"
     assert jetson.metrics["evaluated_with"] == "onnxruntime"  # no TensorRT here: the same ONNX through ONNX Runtime
     assert "--int8" in (jetson.root / "trtexec.sh").read_text()
-    assert set(_stage_times(out)) == {"finetune", "quantize", "export-fp32", "export-int8", "export-int8-uint8",
-                                      "compile-cpu", "compile-intel", "compile-jetson"}
+    assert set(_stage_times(out)) == {
+        "finetune",
+        "quantize",
+        "export-fp32",
+        "export-int8",
+        "export-int8-uint8",
+        "compile-cpu",
+        "compile-intel",
+        "compile-jetson",
+    }
 
 
 def test_signed_activations_follow_the_targets():
@@ -82,18 +98,27 @@ def test_target_latency_is_timed_on_the_first_targets_runtime():
     from edgetune.targets.profile import load_profile
 
     intel, cpu = load_profile("intel"), load_profile("cpu")
-    assert prune_overrides([intel, cpu], {"prune": {"target-latency": 0.3}}) == {"round_to": max(intel.channel_multiple, cpu.channel_multiple),
-                                                                               "latency_runtime": "openvino", "latency_precision": "int8"}
-    assert prune_overrides([cpu], {"prune": {"target-latency": 0.3, "latency-runtime": "openvino", "round-to": 4}}) == {"latency_precision": "int8"}
+    assert prune_overrides([intel, cpu], {"prune": {"target-latency": 0.3}}) == {
+        "round_to": max(intel.channel_multiple, cpu.channel_multiple),
+        "latency_runtime": "openvino",
+        "latency_precision": "int8",
+    }
+    assert prune_overrides([cpu], {"prune": {"target-latency": 0.3, "latency-runtime": "openvino", "round-to": 4}}) == {
+        "latency_precision": "int8"
+    }
     assert "latency_runtime" not in prune_overrides([cpu], {"prune": {"ratio": 0.3}})
-    with pytest.raises(EdgetuneError, match="prune.latency-runtime"):  # a Jetson's TensorRT cannot be timed on this machine
+    with pytest.raises(
+        EdgetuneError, match="prune.latency-runtime"
+    ):  # a Jetson's TensorRT cannot be timed on this machine
         prune_overrides([load_profile("jetson-orin-nano")], {"prune": {"target-latency": 0.3}})
 
 
 def test_unsigned_activations_for_a_jetson_target_is_refused_before_training(image_folder, tmp_path):
     cfg = tiny_build_config(tmp_path / "build.yaml", image_folder)
     cfg.write_text(cfg.read_text().replace("quantize:\n", "quantize:\n  activations: auto\n"))
-    proc = run_cli("--config", cfg, "build", "--target", "cpu", "--target", "jetson", "--out", tmp_path / "out", check=False)
+    proc = run_cli(
+        "--config", cfg, "build", "--target", "cpu", "--target", "jetson", "--out", tmp_path / "out", check=False
+    )
     assert proc.returncode == 2 and "'quantize.activations'" in proc.stderr and "jetson" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "finetune").exists()
 
@@ -137,7 +162,9 @@ def test_stage_cache_skips_unchanged_and_reruns_changed(built_bundles, image_fol
     after = _stage_times(out)
     assert after["finetune"] == before["finetune"]
     assert all(after[s] != before[s] for s in ("quantize", "export-int8-uint8", "compile-cpu"))
-    assert all(after[s] == before[s] for s in ("compile-intel", "compile-jetson", "export-int8"))  # not asked for this time: left alone
+    assert all(
+        after[s] == before[s] for s in ("compile-intel", "compile-jetson", "export-int8")
+    )  # not asked for this time: left alone
     stages = load_bundle(out / "bundle-cpu").manifest["stages"]
     # Without a TensorRT target the quantize section's own activations (auto) apply.
     assert stages[1]["config"]["epochs"] == 0 and stages[1]["config"]["activations"] == "auto"
@@ -148,26 +175,36 @@ def test_build_gate_fails_the_build_after_writing_the_bundles(built_bundles, ima
     """build.max-drop runs `compare`'s gate on every bundle against the float model."""
     out = shutil.copytree(built_bundles, tmp_path / "out")
     before = _stage_times(out)
-    lenient = tiny_build_config(tmp_path / "lenient.yaml", image_folder, build={"max-drop": 100.0, "min-agreement": 0.0})
+    lenient = tiny_build_config(
+        tmp_path / "lenient.yaml", image_folder, build={"max-drop": 100.0, "min-agreement": 0.0}
+    )
     proc = run_cli("--config", lenient, "build", *_targets(*BUILD_TARGETS), "--out", out)
     assert _stage_times(out) == before  # the gate is no stage: nothing reran
     gates = {t: json.loads((out / f"gate-{t}.json").read_text()) for t in BUILD_TARGETS}
     assert all(g["passed"] for g in gates.values()) and "PASS accuracy_drop" in proc.stderr
     cpu = load_bundle(out / "bundle-cpu")
-    assert gates["cpu"]["candidate"]["accuracy"] == pytest.approx(cpu.metrics["test"]["accuracy"])  # the compiled artifact's
+    assert gates["cpu"]["candidate"]["accuracy"] == pytest.approx(
+        cpu.metrics["test"]["accuracy"]
+    )  # the compiled artifact's
     assert gates["cpu"]["reference"]["accuracy"] == pytest.approx(load_run(out / "finetune").test_metrics()["accuracy"])
 
     # A QAT epoch at a learning rate 100x too high scrambles the tiny model (how
     # far is up to chance, so the gate also asks for full agreement, which a
     # scrambled model cannot keep). The bundle is still written, then the gate fails.
-    strict = tiny_build_config(tmp_path / "strict.yaml", image_folder, build={"max-drop": 5.0, "min-agreement": 1.0},
-                               quantize={"epochs": 1, "batch-size": 8, "lr": 0.1, "warmup-epochs": 0})
+    strict = tiny_build_config(
+        tmp_path / "strict.yaml",
+        image_folder,
+        build={"max-drop": 5.0, "min-agreement": 1.0},
+        quantize={"epochs": 1, "batch-size": 8, "lr": 0.1, "warmup-epochs": 0},
+    )
     proc = run_cli("--config", strict, "build", "--target", "cpu", "--out", out, check=False)
     gate = json.loads((out / "gate-cpu.json").read_text())
     assert proc.returncode == 1, proc.stderr
     assert "accuracy gate" in proc.stderr and "cpu: " in proc.stderr and "Traceback" not in proc.stderr
     assert not gate["passed"] and gate["agreement"] < 1.0
-    assert gate["candidate"]["accuracy"] == pytest.approx(load_bundle(out / "bundle-cpu").metrics["test"]["accuracy"])  # the new bundle
+    assert gate["candidate"]["accuracy"] == pytest.approx(
+        load_bundle(out / "bundle-cpu").metrics["test"]["accuracy"]
+    )  # the new bundle
     assert _stage_times(out)["compile-cpu"] != before["compile-cpu"]
     assert ET.parse(out / "gate-cpu.xml").getroot().get("failures") in ("1", "2")  # the agreement, maybe the drop too
 

@@ -10,8 +10,8 @@ import tarfile
 import cv2
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from edgetune.errors import EdgetuneError
 from edgetune.run import load_run
 from edgetune.runtime.bundle import load_bundle, pack, unpack
@@ -28,22 +28,35 @@ def test_manifest_records_the_contract(cpu_bundle):
     b = load_bundle(cpu_bundle)
     m = b.manifest
     # schema 2: the preprocessing resizes the uint8 frame, which a schema-1 reader would not do
-    assert (m["format"], m["schema"], b.target, b.runtime, b.precision) == ("edgetune-bundle", 2, "cpu", "onnxruntime", "int8")
+    assert (m["format"], m["schema"], b.target, b.runtime, b.precision) == (
+        "edgetune-bundle",
+        2,
+        "cpu",
+        "onnxruntime",
+        "int8",
+    )
     assert m["preprocess"]["resize_dtype"] == "uint8"
     assert set(b.precisions) == {"int8", "fp32"}
     assert m["model"]["backbone"] == "test_efficientnet" and m["model"]["macs"] > 0 and m["model"]["params"] > 0
     assert m["input"]["shape"][1:] == [3, *b.spec.size] and m["input"]["layout"] == "NCHW"
     assert b.classes == ["defect", "ok"]
     stages = [s["stage"] for s in m["stages"]]
-    assert stages[0] == "finetune" and stages[-2:] == ["export", "compile"] and len(stages) >= 4  # finetune, QAT, export, compile
+    assert (
+        stages[0] == "finetune" and stages[-2:] == ["export", "compile"] and len(stages) >= 4
+    )  # finetune, QAT, export, compile
     assert all(s.get("inputs_hash") for s in m["stages"])
     assert {"torch", "nncf", "onnx", "onnxruntime"} <= set(m["versions"])
     assert m["calibration"].get("hash")
     # The headline metrics are the compiled artifact's, measured through its runtime.
-    assert m["metrics"]["evaluated_with"] == "onnxruntime" and m["metrics"] == {**m["artifacts"]["int8"]["metrics"], "pytorch_test": m["metrics"]["pytorch_test"]}
+    assert m["metrics"]["evaluated_with"] == "onnxruntime" and m["metrics"] == {
+        **m["artifacts"]["int8"]["metrics"],
+        "pytorch_test": m["metrics"]["pytorch_test"],
+    }
     assert m["metrics"]["test"]["n"] == len(load_run(b.source_run).split.parts["test"])
     assert set(m["files"]) == {"model.int8.onnx", "model.fp32.onnx", "README.md"}
-    assert b.artifact_path("fp32").name == "model.fp32.onnx" and b.artifact_size() == m["files"]["model.int8.onnx"]["size"]
+    assert (
+        b.artifact_path("fp32").name == "model.fp32.onnx" and b.artifact_size() == m["files"]["model.int8.onnx"]["size"]
+    )
 
 
 def test_bundle_runs_both_precisions(cpu_bundle):
@@ -56,11 +69,17 @@ def test_bundle_runs_both_precisions(cpu_bundle):
         b.open(precision="fp16")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "model.int8.onnx is truncated"),
-    (lambda p: p.write_bytes(p.read_bytes()[:50] + bytes([p.read_bytes()[50] ^ 1]) + p.read_bytes()[51:]), "model.int8.onnx was modified"),
-    (lambda p: p.unlink(), "model.int8.onnx is missing"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-100]), "model.int8.onnx is truncated"),
+        (
+            lambda p: p.write_bytes(p.read_bytes()[:50] + bytes([p.read_bytes()[50] ^ 1]) + p.read_bytes()[51:]),
+            "model.int8.onnx was modified",
+        ),
+        (lambda p: p.unlink(), "model.int8.onnx is missing"),
+    ],
+)
 def test_damaged_bundle_is_refused_with_the_file_name(bundle_copy, damage, message):
     damage(bundle_copy / "model.int8.onnx")
     with pytest.raises(EdgetuneError, match=message):
@@ -76,12 +95,27 @@ def test_invalid_preprocessing_in_the_manifest_is_a_clear_error(bundle_copy, tmp
     (tmp_path / "frames").mkdir()
     cv2.imwrite(str(tmp_path / "frames" / "a.png"), np.zeros((48, 64, 3), np.uint8))
     proc = run_cli("infer", bundle_copy, "--source", tmp_path / "frames", "--out", "-", check=False)
-    assert proc.returncode == 2 and "resize_dtype 'int4'" in proc.stderr and "manifest.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "resize_dtype 'int4'" in proc.stderr
+        and "manifest.json" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 def test_inspect_shows_the_bundle(cpu_bundle):
     out = run_cli("inspect", f"{cpu_bundle}.tar.gz").stdout
-    for text in ("files verified: yes", "target cpu", "test_efficientnet", "defect, ok", "Artifacts", "model.int8.onnx", "Stages", "finetune", "onnxruntime"):
+    for text in (
+        "files verified: yes",
+        "target cpu",
+        "test_efficientnet",
+        "defect, ok",
+        "Artifacts",
+        "model.int8.onnx",
+        "Stages",
+        "finetune",
+        "onnxruntime",
+    ):
         assert text in out, text
 
 
@@ -110,13 +144,16 @@ def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     return m
 
 
-@pytest.mark.parametrize("member, message", [
-    (_member("b/../../escaped.txt"), "'..'"),
-    (_member("/tmp/absolute.txt"), "absolute path"),
-    (_member("b/link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
-    (_member("b/hard", tarfile.LNKTYPE, "b/manifest.json"), "is a link"),
-    (_member("b/fifo", tarfile.FIFOTYPE), "not a plain file"),
-])
+@pytest.mark.parametrize(
+    "member, message",
+    [
+        (_member("b/../../escaped.txt"), "'..'"),
+        (_member("/tmp/absolute.txt"), "absolute path"),
+        (_member("b/link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+        (_member("b/hard", tarfile.LNKTYPE, "b/manifest.json"), "is a link"),
+        (_member("b/fifo", tarfile.FIFOTYPE), "not a plain file"),
+    ],
+)
 def test_unpacking_refuses_unsafe_members(tmp_path, member, message):
     archive = _evil_tar(tmp_path / "evil.tar.gz", member)
     with pytest.raises(EdgetuneError, match=message):

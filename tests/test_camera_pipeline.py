@@ -30,7 +30,9 @@ def session(tmp_path_factory):
 
 
 def infer(session, source, tmp_path, **kw):
-    opts = InferOptions(str(source), out=str(tmp_path / "records.jsonl"), summary=str(tmp_path / "summary.json"), status_every=0, **kw)
+    opts = InferOptions(
+        str(source), out=str(tmp_path / "records.jsonl"), summary=str(tmp_path / "summary.json"), status_every=0, **kw
+    )
     summary = run_inference(session, CLASSES, opts)
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     return read_jsonl(tmp_path / "records.jsonl") if opts.format != "csv" else None, summary
@@ -54,7 +56,9 @@ def test_video_every_mode_gives_one_record_per_frame(session, tmp_path):
 def test_csv_records_and_annotated_video(session, tmp_path):
     video = write_video(tmp_path / "line.avi", [grey(v) for v in [DARK, BRIGHT, DARK]])
     out = tmp_path / "records.csv"
-    run_inference(session, CLASSES, InferOptions(str(video), out=str(out), video=str(tmp_path / "annotated.mp4"), status_every=0))
+    run_inference(
+        session, CLASSES, InferOptions(str(video), out=str(out), video=str(tmp_path / "annotated.mp4"), status_every=0)
+    )
     rows = out.read_text().splitlines()
     assert rows[0] == "time,frame,source,roi,class,score,latency_ms,alarm"
     assert [r.split(",")[4] for r in rows[1:]] == ["ok", "defect", "ok"]
@@ -74,7 +78,10 @@ def test_image_directory_skips_and_counts_a_corrupt_image(session, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     records, summary = infer(session, folder, tmp_path)
     assert [(r["source"], r["class"]) for r in records] == [
-        (str(folder / "img_0.png"), "ok"), (str(folder / "img_1.png"), "defect"), (str(folder / "img_2.png"), "ok")]
+        (str(folder / "img_0.png"), "ok"),
+        (str(folder / "img_1.png"), "defect"),
+        (str(folder / "img_2.png"), "ok"),
+    ]
     assert [r["frame"] for r in records] == [0, 1, 3]  # the corrupt image keeps its index
     assert summary["corrupt"] == 1 and summary["source_kind"] == "images"
     records, _ = infer(session, f"{folder}/img_[02].png", tmp_path / "glob")
@@ -90,7 +97,11 @@ def test_each_roi_is_classified_on_its_own(session, tmp_path):
     rois = [*parse_rois("left=0,0,48,48"), *parse_rois({"right": "48,0,48,48"})]
     records, summary = infer(session, video, tmp_path, rois=rois)
     assert [(r["frame"], r["roi"], r["class"]) for r in records] == [
-        (0, "left", "ok"), (0, "right", "defect"), (1, "left", "defect"), (1, "right", "ok")]
+        (0, "left", "ok"),
+        (0, "right", "defect"),
+        (1, "left", "defect"),
+        (1, "right", "ok"),
+    ]
     assert summary["records"] == 4 and summary["frames_inferred"] == 2
     with pytest.raises(EdgetuneError, match="ROI 'wide'.*outside the 96x48"):
         infer(session, video, tmp_path / "bad", rois=list(parse_rois("wide=50,0,48,48")))
@@ -113,26 +124,44 @@ def test_alarm_fires_exactly_when_expected_and_its_command_gets_the_record(sessi
     got = tmp_path / "alarms"
     got.mkdir()
     script = tmp_path / "stop_line.py"
-    script.write_text("import json, sys, pathlib\nr = json.load(sys.stdin)\n"
-                      "pathlib.Path(sys.argv[1], f\"{r['frame']}.json\").write_text(json.dumps(r))\n")
-    records, summary = infer(session, video, tmp_path, alarms=[parse_alarm("defect:0.8")], alarm_frames=3,
-                             on_alarm=shlex.join([sys.executable, str(script), str(got)]))
+    script.write_text(
+        "import json, sys, pathlib\nr = json.load(sys.stdin)\n"
+        "pathlib.Path(sys.argv[1], f\"{r['frame']}.json\").write_text(json.dumps(r))\n"
+    )
+    records, summary = infer(
+        session,
+        video,
+        tmp_path,
+        alarms=[parse_alarm("defect:0.8")],
+        alarm_frames=3,
+        on_alarm=shlex.join([sys.executable, str(script), str(got)]),
+    )
     assert [r["frame"] for r in records if r["alarm"]] == [5, 11]
     assert summary["alarms"] == 2 and summary["alarm_actions"] == {"done": 2, "failed": 0}
     received = {int(p.stem): json.loads(p.read_text()) for p in got.glob("*.json")}
     assert sorted(received) == [5, 11]
-    assert received[5]["alarm"] == "defect:0.8" and received[5]["class"] == "defect" and received[5]["alarm_score"] > 0.8
+    assert (
+        received[5]["alarm"] == "defect:0.8" and received[5]["class"] == "defect" and received[5]["alarm_score"] > 0.8
+    )
     assert received[11]["time"] == records[11]["time"]
 
 
 def test_failing_alarm_command_does_not_stop_inference(session, tmp_path):
     video = write_video(tmp_path / "line.avi", [grey(BRIGHT)] * 8)
     fail = shlex.join([sys.executable, "-c", "import sys; sys.exit('line PLC unreachable')"])
-    records, summary = infer(session, video, tmp_path, alarms=[parse_alarm("defect:0.5")], alarm_frames=1, on_alarm=fail)
+    records, summary = infer(
+        session, video, tmp_path, alarms=[parse_alarm("defect:0.5")], alarm_frames=1, on_alarm=fail
+    )
     assert len(records) == 8 and summary["stopped_by"] == "end of source"
     assert summary["alarms"] == 1 and summary["alarm_actions"] == {"done": 0, "failed": 1}
-    records, summary = infer(session, video, tmp_path / "missing", alarms=[parse_alarm("defect:0.5")], alarm_frames=1,
-                             on_alarm=str(tmp_path / "no_such_script.sh"))
+    records, summary = infer(
+        session,
+        video,
+        tmp_path / "missing",
+        alarms=[parse_alarm("defect:0.5")],
+        alarm_frames=1,
+        on_alarm=str(tmp_path / "no_such_script.sh"),
+    )
     assert len(records) == 8 and summary["alarm_actions"]["failed"] == 1
     with pytest.raises(EdgetuneError, match="no class 'scratch'"):
         infer(session, video, tmp_path / "cls", alarms=[parse_alarm("scratch:0.5")])
@@ -145,14 +174,21 @@ def test_fps_covers_inference_only_and_a_hanging_alarm_action_is_reported_apart(
 
     video = write_video(tmp_path / "line.avi", [grey(BRIGHT)] * 20)
     hang = shlex.join([sys.executable, "-c", "import time; time.sleep(5)"])
-    records, summary = infer(session, video, tmp_path, alarms=[parse_alarm("defect:0.5")], alarm_frames=1, on_alarm=hang)
+    records, summary = infer(
+        session, video, tmp_path, alarms=[parse_alarm("defect:0.5")], alarm_frames=1, on_alarm=hang
+    )
     assert len(records) == 20 and summary["alarm_actions"] == {"done": 1, "failed": 0}
     # The action sleeps 5 s from its frame on: what inference has not covered of it is
     # the shutdown wait (a loaded machine slows inference, so no tighter bound).
-    assert summary["alarm_actions_wait_seconds"] >= 1.0 and summary["shutdown_seconds"] >= summary["alarm_actions_wait_seconds"]
+    assert (
+        summary["alarm_actions_wait_seconds"] >= 1.0
+        and summary["shutdown_seconds"] >= summary["alarm_actions_wait_seconds"]
+    )
     assert summary["seconds"] + summary["alarm_actions_wait_seconds"] >= 4.5
     # seconds is rounded to the millisecond: on a fast machine 20 frames take ~20 ms
-    assert summary["seconds"] < 4.0 and summary["fps"] * summary["seconds"] == pytest.approx(20, abs=summary["fps"] * 0.0005 + 0.01)
+    assert summary["seconds"] < 4.0 and summary["fps"] * summary["seconds"] == pytest.approx(
+        20, abs=summary["fps"] * 0.0005 + 0.01
+    )
     assert not summary["alarm_actions_unfinished"]
     print_summary(summary)
     out = " ".join("".join(capsys.readouterr()).split())
@@ -168,7 +204,7 @@ def test_truncated_and_damaged_videos_finish_cleanly(session, tmp_path):
     assert 5 <= len(records) < 20 and summary["truncated"] and summary["stopped_by"] == "end of source"
     assert [r["frame"] for r in records] == list(range(len(records)))
     damaged = bytearray(data)
-    damaged[len(data) // 2: len(data) // 2 + 3000] = rng.integers(0, 255, 3000, dtype=np.uint8).tobytes()
+    damaged[len(data) // 2 : len(data) // 2 + 3000] = rng.integers(0, 255, 3000, dtype=np.uint8).tobytes()
     (tmp_path / "damaged.avi").write_bytes(bytes(damaged))
     records, summary = infer(session, tmp_path / "damaged.avi", tmp_path / "damaged")
     assert summary["corrupt"] >= 1 and len(records) >= 15  # frames after the damage still processed
@@ -212,8 +248,12 @@ def test_lost_live_source_is_reopened_with_backoff(tmp_path):
 def test_bad_sources_are_user_errors(session, tmp_path):
     (tmp_path / "notes.avi").write_text("not a video")
     (tmp_path / "empty").mkdir()
-    for source, message in [(tmp_path / "nope.avi", "does not exist"), (tmp_path / "notes.avi", "cannot be opened"),
-                            (tmp_path / "empty", "holds no images"), (f"{tmp_path}/*.jpg", "matches no files")]:
+    for source, message in [
+        (tmp_path / "nope.avi", "does not exist"),
+        (tmp_path / "notes.avi", "cannot be opened"),
+        (tmp_path / "empty", "holds no images"),
+        (f"{tmp_path}/*.jpg", "matches no files"),
+    ]:
         with pytest.raises(EdgetuneError, match=message):
             run_inference(session, CLASSES, InferOptions(str(source), out=str(tmp_path / "r.jsonl")))
     assert parse_source("0").kind == "camera" and parse_source("/dev/video2").target == "/dev/video2"
@@ -227,7 +267,9 @@ def test_alarm_posts_the_record_to_a_webhook_and_survives_a_dead_one(session, tm
 
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self):
-            posted.append((self.headers["Content-Type"], json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            posted.append(
+                (self.headers["Content-Type"], json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            )
             self.send_response(204)
             self.end_headers()
 
@@ -238,8 +280,14 @@ def test_alarm_posts_the_record_to_a_webhook_and_survives_a_dead_one(session, tm
     threading.Thread(target=server.serve_forever, daemon=True).start()
     video = write_video(tmp_path / "line.avi", [grey(DARK), grey(BRIGHT), grey(BRIGHT), grey(DARK)])
     try:
-        records, summary = infer(session, video, tmp_path, alarms=[parse_alarm("defect:0.9")], alarm_frames=2,
-                                 webhook=f"http://127.0.0.1:{server.server_port}/alarm")
+        records, summary = infer(
+            session,
+            video,
+            tmp_path,
+            alarms=[parse_alarm("defect:0.9")],
+            alarm_frames=2,
+            webhook=f"http://127.0.0.1:{server.server_port}/alarm",
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -248,8 +296,15 @@ def test_alarm_posts_the_record_to_a_webhook_and_survives_a_dead_one(session, tm
     # Nobody listening, and no display: both reported, all frames still processed.
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    records, summary = infer(session, video, tmp_path / "dead", alarms=[parse_alarm("defect:0.9")], alarm_frames=2,
-                             webhook=f"http://127.0.0.1:{server.server_port}/alarm", show=True)
+    records, summary = infer(
+        session,
+        video,
+        tmp_path / "dead",
+        alarms=[parse_alarm("defect:0.9")],
+        alarm_frames=2,
+        webhook=f"http://127.0.0.1:{server.server_port}/alarm",
+        show=True,
+    )
     assert len(records) == 4 and summary["alarm_actions"]["failed"] == 1
     assert "no display" in caplog.text and "webhook" in caplog.text
 

@@ -6,25 +6,28 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom edgetune.cli.main import cli, COMMANDS\n"
-            "for args in [['--help']] + [[name, '--help'] for name in COMMANDS] + [['engine', 'build', '--help']]:\n"
-            "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, (args, r.output)\n"
-            "heavy = sorted(m for m in ('torch', 'timm', 'nncf', 'torchvision', 'onnx', 'openvino') if m in sys.modules)\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom edgetune.cli.main import cli, COMMANDS\n"
+        "for args in [['--help']] + [[name, '--help'] for name in COMMANDS] + [['engine', 'build', '--help']]:\n"
+        "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, (args, r.output)\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'nncf', 'torchvision', 'onnx', 'openvino') if m in sys.modules)\n"
+        "print('HEAVY', heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
 
 
 def test_yaml_values_apply_and_cli_flags_override(tmp_path, image_folder):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"seed": 7, "img-size": 40, "finetune": {"epochs": 3, "lr": 0.002, "batch-size": 12}}))
+    cfg.write_text(
+        yaml.safe_dump({"seed": 7, "img-size": 40, "finetune": {"epochs": 3, "lr": 0.002, "batch-size": 12}})
+    )
     out = tmp_path / "run"
     args = [a for a in TINY if a not in ("--img-size", "32", "--batch-size", "8", "--lr", "3e-3")]
     run_cli("--config", cfg, "finetune", "--data", image_folder, *args, "--epochs", "1", "--out", out)

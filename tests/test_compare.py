@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-
 from conftest import TINY, invoke, make_fp32_bundle
+
 from edgetune.compare import gate, junit_xml, markdown, paired_bootstrap
 
 CLASSES = ["ok", "defect"]

@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, invoke, make_images, run_cli
-from edgetune.data.sources import load_source
+
 from edgetune.data.dataset import train_val_datasets
+from edgetune.data.sources import load_source
 from edgetune.data.split import Split, make_split
 from edgetune.errors import EdgetuneError
 
@@ -24,7 +24,10 @@ def test_elpv_binary_and_four_class_sources():
 
 def test_elpv_split_is_stratified_seeded_and_quarter_test():
     src = load_source("elpv")
-    a, b = make_split(src, seed=0, val_frac=0.15, test_frac=0.25), make_split(src, seed=0, val_frac=0.15, test_frac=0.25)
+    a, b = (
+        make_split(src, seed=0, val_frac=0.15, test_frac=0.25),
+        make_split(src, seed=0, val_frac=0.15, test_frac=0.25),
+    )
     assert a.parts == b.parts
     assert len(a.parts["test"]) == 656
     strata = {it.path: it.stratum for it in src.items}
@@ -37,7 +40,12 @@ def test_elpv_split_is_stratified_seeded_and_quarter_test():
 
 def test_elpv_soft_labels_are_the_defect_probabilities_and_travel_with_the_split(tmp_path):
     split = make_split(load_source("elpv"), seed=0, val_frac=0.15, test_frac=0.25)
-    assert {tuple(round(v, 3) for v in t) for t in split.soft.values()} == {(1, 0), (0.667, 0.333), (0.333, 0.667), (0, 1)}
+    assert {tuple(round(v, 3) for v in t) for t in split.soft.values()} == {
+        (1, 0),
+        (0.667, 0.333),
+        (0.333, 0.667),
+        (0, 1),
+    }
     assert all((t[1] >= 0.5) == y for p, y in split.parts["train"] for t in [split.soft[p]])
     split.save(tmp_path / "split.json")
     assert Split.load(tmp_path / "split.json").soft == split.soft
@@ -98,7 +106,9 @@ def folder_with_bad_images(tmp_path):
 
 
 def test_bad_images_are_all_listed_in_one_error(folder_with_bad_images, tmp_path):
-    proc = run_cli("finetune", "--data", folder_with_bad_images, *TINY, "--epochs", "1", "--out", tmp_path / "run", check=False)
+    proc = run_cli(
+        "finetune", "--data", folder_with_bad_images, *TINY, "--epochs", "1", "--out", tmp_path / "run", check=False
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     err = " ".join(proc.stderr.split())
     assert "3 image(s) cannot be read" in err
@@ -129,7 +139,9 @@ def test_split_json_stores_paths_relative_to_the_source(tmp_path):
     split.save(tmp_path / "split.json")
     saved = json.loads((tmp_path / "split.json").read_text())
     assert saved["paths"] == "relative" and saved["source"] == "elpv"
-    assert all(not p.startswith("/") and "site-packages" not in p for k in ("train", "val", "test") for p, _ in saved[k])
+    assert all(
+        not p.startswith("/") and "site-packages" not in p for k in ("train", "val", "test") for p, _ in saved[k]
+    )
     assert all(not p.startswith("/") for p in saved["soft"])
     saved["root"] = "/elsewhere/venv/lib/python3.11/site-packages/elpv_dataset/data"  # written by another environment
     (tmp_path / "split.json").write_text(json.dumps(saved))

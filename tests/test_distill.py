@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import invoke
 
 TRAIN = ["--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--warmup-epochs", "0"]
@@ -40,7 +39,21 @@ def test_the_student_follows_its_teacher(command, float_run, contrary_teacher, t
     before = _test_accuracy(float_run)
     assert before >= 0.8
     out = tmp_path / "student"
-    assert invoke(command, float_run, *COMMANDS[command], *TRAIN, "--distill", "1", "--teacher", contrary_teacher, "--out", out) == 0
+    assert (
+        invoke(
+            command,
+            float_run,
+            *COMMANDS[command],
+            *TRAIN,
+            "--distill",
+            "1",
+            "--teacher",
+            contrary_teacher,
+            "--out",
+            out,
+        )
+        == 0
+    )
     assert _test_accuracy(out) <= before - 0.3
     config = json.loads((out / "run.json").read_text())["history"][-1]["config"]
     assert config["distill"] == 1.0 and config["teacher"] == str(contrary_teacher)
@@ -52,6 +65,21 @@ def test_a_teacher_with_other_classes_is_refused(float_run, tmp_path, capfd):
     info = json.loads((other / "run.json").read_text())
     info["classes"] = ["cat", "dog"]
     (other / "run.json").write_text(json.dumps(info))
-    assert invoke("prune", float_run, "--ratio", "0.25", *TRAIN, "--distill", "0.5", "--teacher", other, "--out", tmp_path / "p") == 2
+    assert (
+        invoke(
+            "prune",
+            float_run,
+            "--ratio",
+            "0.25",
+            *TRAIN,
+            "--distill",
+            "0.5",
+            "--teacher",
+            other,
+            "--out",
+            tmp_path / "p",
+        )
+        == 2
+    )
     err = capfd.readouterr().err
     assert f"--teacher {other}" in err and "['cat', 'dog']" in err

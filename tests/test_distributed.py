@@ -17,14 +17,27 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, invoke, make_images, tiny_build_config
 
 pytestmark = pytest.mark.slow
 PROBE = REPO / "tests" / "ddp_probe.py"
 EPOCHS = 3
-FINETUNE = ["finetune", "--model", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--batch-size", "4", "--lr", "3e-3",
-            "--warmup-epochs", "0", "--epochs", str(EPOCHS)]
+FINETUNE = [
+    "finetune",
+    "--model",
+    "test_efficientnet",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--lr",
+    "3e-3",
+    "--warmup-epochs",
+    "0",
+    "--epochs",
+    str(EPOCHS),
+]
 N_TRAIN = 24  # of the 40 generated images (val 15%, test 25%): 12 per rank, 3 steps of 4
 
 
@@ -38,8 +51,25 @@ def torchrun(args: list, root: Path, name: str, **env) -> tuple[list[str], dict,
     """The command, environment and probe folder of `torchrun --nproc-per-node 2 edgetune ARGS`."""
     probe = root / f"{name}-probe"
     probe.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--log-dir", str(root / f"{name}-logs"), "--redirects", "3", str(PROBE), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--log-dir",
+        str(root / f"{name}-logs"),
+        "--redirects",
+        "3",
+        str(PROBE),
+        *map(str, args),
+    ]
     return cmd, {**os.environ, "COLUMNS": "200", "EDGETUNE_PROBE_DIR": str(probe), **env}, probe
 
 
@@ -64,7 +94,9 @@ def ddp_root(tmp_path_factory) -> Path:
 def killed(ddp_root) -> dict:
     """A 2-rank fine-tune whose rank 1 is killed (SIGKILL) once the first epoch is saved."""
     out = ddp_root / "run"
-    cmd, env, probe = torchrun([*FINETUNE, "--data", ddp_root / "images", "--out", out], ddp_root, "killed", EDGETUNE_PROBE_SLOW="0.15")
+    cmd, env, probe = torchrun(
+        [*FINETUNE, "--data", ddp_root / "images", "--out", out], ddp_root, "killed", EDGETUNE_PROBE_SLOW="0.15"
+    )
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / "ckpt" / "last.pt").exists():
@@ -73,16 +105,29 @@ def killed(ddp_root) -> dict:
         time.sleep(0.1)
     os.kill(int((probe / "rank1.pid").read_text()), signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)
-    return {"out": out, "returncode": proc.returncode, "torchrun": stdout + stderr, "rank0": rank_output(ddp_root, "killed", 0)}
+    return {
+        "out": out,
+        "returncode": proc.returncode,
+        "torchrun": stdout + stderr,
+        "rank0": rank_output(ddp_root, "killed", 0),
+    }
 
 
 @pytest.fixture(scope="module")
 def resumed(ddp_root, killed) -> dict:
     """The same command rerun with --resume, to the end."""
-    cmd, env, probe = torchrun([*FINETUNE, "--data", ddp_root / "images", "--out", killed["out"], "--resume"], ddp_root, "resumed")
+    cmd, env, probe = torchrun(
+        [*FINETUNE, "--data", ddp_root / "images", "--out", killed["out"], "--resume"], ddp_root, "resumed"
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr + rank_output(ddp_root, "resumed", 0) + rank_output(ddp_root, "resumed", 1)
-    return {"out": killed["out"], "probes": probes(probe), "logs": [rank_output(ddp_root, "resumed", r) for r in (0, 1)]}
+    assert proc.returncode == 0, (
+        proc.stdout + proc.stderr + rank_output(ddp_root, "resumed", 0) + rank_output(ddp_root, "resumed", 1)
+    )
+    return {
+        "out": killed["out"],
+        "probes": probes(probe),
+        "logs": [rank_output(ddp_root, "resumed", r) for r in (0, 1)],
+    }
 
 
 def test_killing_one_rank_stops_every_rank_with_a_message(killed):
@@ -101,8 +146,15 @@ def test_resume_continues_from_the_last_full_epoch(resumed):
     info = json.loads((resumed["out"] / "run.json").read_text())
     record = info["history"][0]
     assert [e["epoch"] for e in record["metrics"]["epochs"]] == list(range(1, EPOCHS + 1))
-    assert (record["world_size"], record["batch_size_per_rank"], record["global_batch_size"], record["backend"]) == (2, 4, 8, "gloo")
-    assert all(e["train_images"] == N_TRAIN and e["train_seconds"] > 0 for e in record["metrics"]["epochs"])  # both ranks' steps, summed
+    assert (record["world_size"], record["batch_size_per_rank"], record["global_batch_size"], record["backend"]) == (
+        2,
+        4,
+        8,
+        "gloo",
+    )
+    assert all(
+        e["train_images"] == N_TRAIN and e["train_seconds"] > 0 for e in record["metrics"]["epochs"]
+    )  # both ranks' steps, summed
 
 
 def test_each_rank_trains_on_a_disjoint_half(resumed):
@@ -144,7 +196,9 @@ def test_build_under_torchrun(ddp_root):
     assert log1.strip() == "", log1
     r0, r1 = probes(probe)
     assert [f["desc"] for f in r0["fits"]] == [f["desc"] for f in r1["fits"]] == ["finetune", "qat"]
-    assert [f["weights"] for f in r0["fits"]] == [f["weights"] for f in r1["fits"]]  # QAT from identically calibrated quantizers
+    assert [f["weights"] for f in r0["fits"]] == [
+        f["weights"] for f in r1["fits"]
+    ]  # QAT from identically calibrated quantizers
     assert r1["writes"] == []
     assert any(w.endswith("bundle-cpu.tar.gz") for w in r0["writes"])
     for stage in ("finetune", "quantize"):
@@ -180,14 +234,22 @@ def test_cuda_with_too_few_gpus_is_a_clear_error_on_every_rank(as_rank, capfd, t
             continue  # this rank has its GPU
         assert invoke(*FINETUNE, "--data", tmp_path, "--device", "cuda", "--out", tmp_path / "run") == 2
         err = capfd.readouterr().err
-        assert f"this process is local rank {rank} of 2" in err and f"has {torch.cuda.device_count()} GPU(s)" in err, err
+        assert f"this process is local rank {rank} of 2" in err and f"has {torch.cuda.device_count()} GPU(s)" in err, (
+            err
+        )
         assert "Traceback" not in err
 
 
 def test_unreachable_rendezvous_times_out_naming_it(as_rank, capfd, tmp_path):
     port = free_port()  # nobody listens there
-    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                 "EDGETUNE_DIST_TIMEOUT": "2"}.items():
+    for k, v in {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "EDGETUNE_DIST_TIMEOUT": "2",
+    }.items():
         as_rank.setenv(k, v)
     started = time.time()
     assert invoke(*FINETUNE, "--data", tmp_path, "--out", tmp_path / "run") == 2
@@ -212,5 +274,8 @@ def test_anomaly_fit_runs_on_rank_0_alone(as_rank, capfd, tmp_path):
     for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         as_rank.setenv(k, v)
     out = tmp_path / "fit"
-    assert invoke("finetune", "--task", "anomaly", "--data", tmp_path / "no-such-data", "--normal", "good", "--out", out) == 0
+    assert (
+        invoke("finetune", "--task", "anomaly", "--data", tmp_path / "no-such-data", "--normal", "good", "--out", out)
+        == 0
+    )
     assert capfd.readouterr().err == "" and not out.exists()

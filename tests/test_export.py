@@ -9,9 +9,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import invoke, make_images
+from onnx import TensorProto, helper, numpy_helper
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +25,20 @@ def test_int8_export_passes_every_check(int8_export, qat_run):
 
     r = int8_export
     proto = onnx.load(r["path"])
-    assert r["input_name"] == "input" and r["output_name"] == "logits" and r["layout"] == "NCHW" and r["input_shape"] == [-1, 3, 32, 32]
+    assert (
+        r["input_name"] == "input"
+        and r["output_name"] == "logits"
+        and r["layout"] == "NCHW"
+        and r["input_shape"] == [-1, 3, 32, 32]
+    )
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
     c = r["checks"]
-    assert c["onnx_checker"] == "passed" and c["agreement"] >= 0.99 and c["images"] > 0 and np.isfinite(c["max_logit_diff"])
+    assert (
+        c["onnx_checker"] == "passed"
+        and c["agreement"] >= 0.99
+        and c["images"] > 0
+        and np.isfinite(c["max_logit_diff"])
+    )
     assert c["weight_qdq"] > 0 and c["weights_folded_to_int8"] == c["weight_qdq"]
     assert qdq_problems(proto) == []
     ops = {n.op_type for n in proto.graph.node}
@@ -73,8 +82,9 @@ def test_uint8_activation_export_fuses_every_conv_in_onnxruntime(qat_run, int8_e
     """The ONNX Runtime flavour computes exactly the same, and ORT's optimiser
     leaves no DQ -> Conv -> Q unit in float (ORT fuses a Conv only when its input
     and output quantizers have one type)."""
-    import onnxruntime as ort
     from pathlib import Path
+
+    import onnxruntime as ort
 
     from edgetune.export.onnx import _check_images, export_onnx
     from edgetune.run import load_run
@@ -88,7 +98,10 @@ def test_uint8_activation_export_fuses_every_conv_in_onnxruntime(qat_run, int8_e
     x = _check_images(load_run(qat_run), 8)
     plain = ort.SessionOptions()
     plain.graph_optimization_level, plain.log_severity_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 3
-    a, b = (ort.InferenceSession(p, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for p in (int8_export["path"], r["path"]))
+    a, b = (
+        ort.InferenceSession(p, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        for p in (int8_export["path"], r["path"])
+    )
     np.testing.assert_array_equal(a, b)
 
 
@@ -113,7 +126,10 @@ def test_export_cli_writes_json(qat_run, tmp_path):
     import json
 
     assert invoke("export", qat_run, "--out", tmp_path / "m.onnx", "--json", tmp_path / "m.json", "--no-check") == 0
-    assert json.loads((tmp_path / "m.json").read_text())["precision"] == "int8" and (tmp_path / "m.onnx").stat().st_size > 0
+    assert (
+        json.loads((tmp_path / "m.json").read_text())["precision"] == "int8"
+        and (tmp_path / "m.onnx").stat().st_size > 0
+    )
 
 
 def test_int8_export_of_a_float_run_is_rejected(float_run, tmp_path, capfd):
@@ -132,23 +148,32 @@ def _weight_qdq_model(w_dtype=np.int8, zp=0, per_channel=True, axis=0, domain=""
     w = np.ones((4, 3, 1, 1), w_dtype)
     scale = np.full(4 if per_channel else 1, 0.1, np.float32).reshape(-1) if per_channel else np.array(0.1, np.float32)
     zero = np.full(scale.shape, zp, w_dtype)
-    nodes = [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], axis=axis),
-             helper.make_node("Conv", ["x", "wf"], ["y"]),
-             helper.make_node("Relu", ["y"], ["out"], domain=domain)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
-                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z")])
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], axis=axis),
+        helper.make_node("Conv", ["x", "wf"], ["y"]),
+        helper.make_node("Relu", ["y"], ["out"], domain=domain),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z")],
+    )
     return helper.make_model(graph)
 
 
-@pytest.mark.parametrize("kwargs, problem", [
-    ({}, None),
-    ({"w_dtype": np.uint8}, "not int8"),
-    ({"zp": 3}, "zero-point"),
-    ({"per_channel": False}, "per output channel"),
-    ({"axis": 1}, "per output channel"),
-    ({"domain": "com.example"}, "custom op"),
-])
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        ({}, None),
+        ({"w_dtype": np.uint8}, "not int8"),
+        ({"zp": 3}, "zero-point"),
+        ({"per_channel": False}, "per output channel"),
+        ({"axis": 1}, "per output channel"),
+        ({"domain": "com.example"}, "custom op"),
+    ],
+)
 def test_qdq_problems_catches_each_bad_form(kwargs, problem):
     from edgetune.export.checks import qdq_problems
 
@@ -169,9 +194,41 @@ def test_backbone_families_prune_quantize_export(model, tmp_path_factory, capfd)
     root = tmp_path_factory.mktemp(model)
     data = make_images(root / "images", n_per_class=16, size=32)
     fast = ["--batch-size", "8", "--warmup-epochs", "0"]
-    assert invoke("finetune", "--data", data, "--model", model, "--no-pretrained", "--img-size", "32", "--epochs", "4", "--lr", "3e-3", *fast,
-                  "--out", root / "float") == 0
-    code = invoke("prune", root / "float", "--ratio", "0.3", "--round-to", "8", "--epochs", "1", "--lr", "1e-3", *fast, "--out", root / "pruned")
+    assert (
+        invoke(
+            "finetune",
+            "--data",
+            data,
+            "--model",
+            model,
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            "--epochs",
+            "4",
+            "--lr",
+            "3e-3",
+            *fast,
+            "--out",
+            root / "float",
+        )
+        == 0
+    )
+    code = invoke(
+        "prune",
+        root / "float",
+        "--ratio",
+        "0.3",
+        "--round-to",
+        "8",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        *fast,
+        "--out",
+        root / "pruned",
+    )
     assert code == 0
     parent = root / "pruned"
     if model == "test_vit":  # only the MLP hidden width shrank: attention and the token width are whole

@@ -12,8 +12,8 @@ import onnx
 import pytest
 import torch
 import yaml
-
 from conftest import BUILD_TARGETS, invoke, make_images, run_cli
+
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.bundle import load_bundle
 
@@ -27,9 +27,19 @@ def images(tmp_path_factory):
 
 
 def _config(path, data, model: str, **sections) -> str:
-    path.write_text(yaml.safe_dump({
-        "data": str(data), "model": model, "pretrained": False, "img-size": SIZE,
-        "finetune": {"epochs": 1, **FAST}, "quantize": {"mode": "ptq", "calib-count": 8}, **sections}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": str(data),
+                "model": model,
+                "pretrained": False,
+                "img-size": SIZE,
+                "finetune": {"epochs": 1, **FAST},
+                "quantize": {"mode": "ptq", "calib-count": 8},
+                **sections,
+            }
+        )
+    )
     return str(path)
 
 
@@ -38,13 +48,22 @@ def _int8_export(bundle) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["resnet18", "mobilenetv3_large_100", "efficientnet_lite0", "convnext_atto", "vit_tiny_patch16_224"])
+@pytest.mark.parametrize(
+    "model", ["resnet18", "mobilenetv3_large_100", "efficientnet_lite0", "convnext_atto", "vit_tiny_patch16_224"]
+)
 def test_real_architecture_builds_for_every_target(model, images, tmp_path):
     # ConvNeXt is pruned as well (its layer-scale gammas and LayerNorms follow the channels).
     prune = {"prune": {"ratio": 0.3, "round-to": 8, "epochs": 0}} if model == "convnext_atto" else {}
     out = tmp_path / "out"
-    run_cli("--config", _config(tmp_path / "build.yaml", images, model, **prune), "build",
-            *[a for t in BUILD_TARGETS for a in ("--target", t)], "--out", out, timeout=3600)
+    run_cli(
+        "--config",
+        _config(tmp_path / "build.yaml", images, model, **prune),
+        "build",
+        *[a for t in BUILD_TARGETS for a in ("--target", t)],
+        "--out",
+        out,
+        timeout=3600,
+    )
     bundles = {t: load_bundle(out / f"bundle-{t}.tar.gz") for t in BUILD_TARGETS}
     for target, b in bundles.items():
         assert b.manifest["model"]["backbone"] == model and b.precision == "int8"
@@ -66,15 +85,51 @@ def test_real_architecture_builds_for_every_target(model, images, tmp_path):
 def test_larger_sibling_quantizes_and_exports(model, images, tmp_path):
     """PTQ + both INT8 exports with all their checks (agreement with PyTorch, Q/DQ
     rules, the uint8 form) and TensorRT's rules on the signed one."""
-    from edgetune.export.onnx import export_onnx
     from edgetune.export.checks import tensorrt_problems
+    from edgetune.export.onnx import export_onnx
 
     fast = [a for k, v in FAST.items() for a in (f"--{k}", v)]
-    assert invoke("finetune", "--data", images, "--model", model, "--no-pretrained", "--img-size", SIZE, "--epochs", 0, *fast,
-                  "--out", tmp_path / "float") == 0
-    assert invoke("quantize", tmp_path / "float", "--mode", "ptq", "--calib-count", 8, "--activations", "int8", "--out", tmp_path / "int8") == 0
+    assert (
+        invoke(
+            "finetune",
+            "--data",
+            images,
+            "--model",
+            model,
+            "--no-pretrained",
+            "--img-size",
+            SIZE,
+            "--epochs",
+            0,
+            *fast,
+            "--out",
+            tmp_path / "float",
+        )
+        == 0
+    )
+    assert (
+        invoke(
+            "quantize",
+            tmp_path / "float",
+            "--mode",
+            "ptq",
+            "--calib-count",
+            8,
+            "--activations",
+            "int8",
+            "--out",
+            tmp_path / "int8",
+        )
+        == 0
+    )
     for activations in ("keep", "uint8"):
-        r = export_onnx(tmp_path / "int8", tmp_path / f"{activations}.onnx", precision="int8", activations=activations, check_images=24)
+        r = export_onnx(
+            tmp_path / "int8",
+            tmp_path / f"{activations}.onnx",
+            precision="int8",
+            activations=activations,
+            check_images=24,
+        )
         assert r["checks"]["decisive_agreement"] >= 0.99 and r["checks"]["weight_qdq"] > 0
     problems, _ = tensorrt_problems(onnx.load(str(tmp_path / "keep.onnx")))
     assert problems == []
@@ -92,11 +147,14 @@ def test_img_size_reaches_a_vit_and_pretrained_position_embeddings_follow(tmp_pa
     assert create_backbone("resnet18", 2, pretrained=False, img_size=64) is not None  # any-size models take no img_size
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--model", "vit_tiny_patch16_224", "--img-size", "60"], ["--img-size 60", "patch size is 16", "48 or 64"]),
-    (["--model", "efficientformer_l1", "--img-size", "64"], ["efficientformer_l1", "224x224"]),
-    (["--model", "qwen3_vit_88m_enc"], ["no classifier head", "qwen3_vit_88m_enc"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--model", "vit_tiny_patch16_224", "--img-size", "60"], ["--img-size 60", "patch size is 16", "48 or 64"]),
+        (["--model", "efficientformer_l1", "--img-size", "64"], ["efficientformer_l1", "224x224"]),
+        (["--model", "qwen3_vit_88m_enc"], ["no classifier head", "qwen3_vit_88m_enc"]),
+    ],
+)
 def test_sizes_and_heads_a_model_cannot_take_are_refused(args, needles, images, tmp_path, capfd):
     code = invoke("finetune", "--data", images, "--no-pretrained", "--epochs", "1", *args, "--out", tmp_path / "run")
     err = capfd.readouterr().err
@@ -139,21 +197,38 @@ def test_uint8_form_puts_a_relu_output_at_zero_point_0_and_the_rest_at_128():
     from edgetune.export.onnx import shift_activations_to_uint8
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
-             numpy_helper.from_array(rng.integers(-60, 60, (4, 3, 1, 1)).astype(np.int8), "w"),
-             numpy_helper.from_array(np.full(4, 0.02, np.float32), "ws"), numpy_helper.from_array(np.zeros(4, np.int8), "wz")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0), helper.make_node("Conv", ["xd", "wf"], ["y"]),
-             helper.make_node("Relu", ["y"], ["r"]), helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
-             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["out"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+        numpy_helper.from_array(rng.integers(-60, 60, (4, 3, 1, 1)).astype(np.int8), "w"),
+        numpy_helper.from_array(np.full(4, 0.02, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "wz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+        helper.make_node("Conv", ["xd", "wf"], ["y"]),
+        helper.make_node("Relu", ["y"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = rng.normal(0, 2, (1, 3, 4, 4)).astype(np.float32)
     before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert shift_activations_to_uint8(model) == 4 and activation_problems(model, "uint8") == []
-    zps = {n.output[0]: numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n.input[2])) for n in model.graph.node
-           if n.op_type == "QuantizeLinear"}
+    zps = {
+        n.output[0]: numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n.input[2]))
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
     assert zps["xq"].dtype == zps["rq"].dtype == np.uint8 and int(zps["xq"]) == 128 and int(zps["rq"]) == 0
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(before, after)

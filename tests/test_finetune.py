@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import EDGETUNE, TINY, invoke, make_images, run_cli
+
 from edgetune.models.backbone import create_backbone
 from edgetune.models.freeze import apply_freeze, parameter_groups
 
@@ -66,13 +66,15 @@ def test_killed_run_resumes_with_the_same_epochs(image_folder, tmp_path):
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("policy, epoch, trainable", [("head", 0, 1), ("last:2", 0, 3), ("gradual:2", 0, 1), ("gradual:2", 4, 3)])
+@pytest.mark.parametrize(
+    "policy, epoch, trainable", [("head", 0, 1), ("last:2", 0, 3), ("gradual:2", 0, 1), ("gradual:2", 4, 3)]
+)
 def test_freeze_policies(policy, epoch, trainable):
     model = create_backbone("test_resnet", 2, pretrained=False)
     groups = parameter_groups(model)
     apply_freeze(model, policy, epoch)
     train = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert train == {n for g in groups[len(groups) - trainable:] for n in g}
+    assert train == {n for g in groups[len(groups) - trainable :] for n in g}
     apply_freeze(model, "full", 0)
     assert all(p.requires_grad for p in model.parameters())
 
@@ -81,7 +83,9 @@ def test_bad_freeze_policy_and_weights(tmp_path, image_folder, capsys):
     assert invoke("finetune", "--data", image_folder, *TINY, "--freeze", "most", "--out", tmp_path / "r") == 2
     assert "--freeze 'most'" in capsys.readouterr().err
     (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
-    assert invoke("finetune", "--data", image_folder, *TINY, "--weights", tmp_path / "w.pt", "--out", tmp_path / "r2") == 2
+    assert (
+        invoke("finetune", "--data", image_folder, *TINY, "--weights", tmp_path / "w.pt", "--out", tmp_path / "r2") == 2
+    )
     err = capsys.readouterr().err
     assert "w.pt" in err and "not a loadable state dict" in err
     assert invoke("finetune", "--data", image_folder, *TINY, "--device", "gpu", "--out", tmp_path / "r3") == 2
@@ -152,7 +156,13 @@ def test_the_loop_hands_back_the_default_memory_layout(tmp_path):
     split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
     spec = PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
     model = create_backbone("test_efficientnet", 2, pretrained=False)
-    fit(model, *train_val_datasets(split, spec, Augment.parse("none"), False), split.classes, TrainConfig(epochs=1, batch_size=4), tmp_path / "ckpt")
+    fit(
+        model,
+        *train_val_datasets(split, spec, Augment.parse("none"), False),
+        split.classes,
+        TrainConfig(epochs=1, batch_size=4),
+        tmp_path / "ckpt",
+    )
     assert all(p.is_contiguous() for p in model.parameters())
     saved = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     fresh = create_backbone("test_efficientnet", 2, pretrained=False)
@@ -171,7 +181,9 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     from edgetune.train.loop import TrainConfig, fit
 
     split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
-    data = train_val_datasets(split, PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none"), False)
+    data = train_val_datasets(
+        split, PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none"), False
+    )
     model = create_backbone("test_efficientnet", 2, pretrained=False)
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0, ema=0.9, metric="loss")
     result = fit(model, *data, split.classes, cfg, tmp_path / "ckpt")
@@ -197,13 +209,21 @@ def test_layer_decay_lowers_each_stage_rate_below_the_one_above():
 
     model = create_backbone("test_efficientnet", 2, pretrained=False)
     stages, params = parameter_groups(model), dict(model.named_parameters())
-    lr_of = {id(p): g["lr"] for g in _optimizer(model, TrainConfig(lr=1e-2, layer_decay=0.5)).param_groups for p in g["params"]}
+    lr_of = {
+        id(p): g["lr"]
+        for g in _optimizer(model, TrainConfig(lr=1e-2, layer_decay=0.5)).param_groups
+        for p in g["params"]
+    }
     assert len(stages) >= 3
     for i, names in enumerate(stages):  # the head (last) at lr, halved with each stage further down
-        assert [lr_of[id(params[n])] for n in names] == pytest.approx([1e-2 * 0.5 ** (len(stages) - 1 - i)] * len(names))
+        assert [lr_of[id(params[n])] for n in names] == pytest.approx(
+            [1e-2 * 0.5 ** (len(stages) - 1 - i)] * len(names)
+        )
     groups = _optimizer(model, TrainConfig(lr=1e-2)).param_groups
     assert {g["lr"] for g in groups} == {1e-2}
-    assert {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]} == {id(p) for p in params.values() if p.ndim == 1}
+    assert {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]} == {
+        id(p) for p in params.values() if p.ndim == 1
+    }
     with pytest.raises(EdgetuneError, match="--layer-decay 0"):
         _optimizer(model, TrainConfig(layer_decay=0))
 
@@ -228,7 +248,9 @@ def test_mixup_blends_each_image_with_the_one_whose_label_it_also_learns(tmp_pat
 
     # in the loop: seeded like the augmentations (a resumed epoch draws the same), and it changes what is learnt
     split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
-    data = train_val_datasets(split, PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none"), False)
+    data = train_val_datasets(
+        split, PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none"), False
+    )
     weights = {}
     for name, alpha in (("a", 0.2), ("b", 0.2), ("plain", 0.0)):
         torch.manual_seed(0)
@@ -249,7 +271,9 @@ def test_flip_tta_averages_the_four_views_and_ignores_flips_of_the_input():
     tta = FlipTTA(model, "flips")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert not torch.allclose(model(x), model(torch.flip(x, (3,))), atol=1e-4)  # the model alone is not flip-invariant
+        assert not torch.allclose(
+            model(x), model(torch.flip(x, (3,))), atol=1e-4
+        )  # the model alone is not flip-invariant
         views = [model(v).softmax(-1) for v in (x, torch.flip(x, (3,)), torch.flip(x, (2,)), torch.flip(x, (2, 3)))]
         torch.testing.assert_close(tta(x).exp(), torch.stack(views).mean(0))
         for dims in ((2,), (3,), (2, 3)):

@@ -70,8 +70,10 @@ def test_config_rois_alarm_and_summary(tiny_bundle, tmp_path):
     frame[:, 48:] = 200
     video = write_video(tmp_path / "parts.avi", [frame] * 4)
     config = tmp_path / "line.yaml"
-    config.write_text(f"infer:\n  source: {video}\n  roi:\n    left: 0,0,48,48\n    right: [48, 0, 48, 48]\n"
-                      "  alarm: ['defect:0.9']\n  alarm-frames: 2\n")
+    config.write_text(
+        f"infer:\n  source: {video}\n  roi:\n    left: 0,0,48,48\n    right: [48, 0, 48, 48]\n"
+        "  alarm: ['defect:0.9']\n  alarm-frames: 2\n"
+    )
     out = tmp_path / "line.csv"
     proc = run_cli("--config", config, "infer", tiny_bundle, "--out", out)
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
@@ -83,7 +85,9 @@ def test_config_rois_alarm_and_summary(tiny_bundle, tmp_path):
     assert "4 frames" in proc.stderr
 
 
-@pytest.mark.parametrize("source, message", [("nope.avi", "does not exist"), ("notes.avi", "cannot be opened"), ("99", "cannot be opened")])
+@pytest.mark.parametrize(
+    "source, message", [("nope.avi", "does not exist"), ("notes.avi", "cannot be opened"), ("99", "cannot be opened")]
+)
 def test_unopenable_source_exits_2_with_a_clear_message(tiny_bundle, tmp_path, source, message):
     (tmp_path / "notes.avi").write_text("not a video")
     proc = run_cli("infer", tiny_bundle, "--source", source, "--out", tmp_path / "r.jsonl", check=False, cwd=tmp_path)
@@ -92,8 +96,12 @@ def test_unopenable_source_exits_2_with_a_clear_message(tiny_bundle, tmp_path, s
 
 
 def test_bad_alarm_and_roi_values_exit_2(tiny_bundle, line_video, tmp_path):
-    for args, message in [(["--alarm", "scratch:0.5"], "no class 'scratch'"), (["--alarm", "defect"], "CLASS:THRESHOLD"),
-                          (["--roi", "a=0,0,500,10"], "outside the 64x48"), (["--webhook", "file:///etc/passwd"], "http")]:
+    for args, message in [
+        (["--alarm", "scratch:0.5"], "no class 'scratch'"),
+        (["--alarm", "defect"], "CLASS:THRESHOLD"),
+        (["--roi", "a=0,0,500,10"], "outside the 64x48"),
+        (["--webhook", "file:///etc/passwd"], "http"),
+    ]:
         proc = run_cli("infer", tiny_bundle, "--source", line_video, "--out", tmp_path / "r.jsonl", *args, check=False)
         assert proc.returncode == 2 and message in " ".join(proc.stderr.split()), proc.stderr
 
@@ -101,9 +109,26 @@ def test_bad_alarm_and_roi_values_exit_2(tiny_bundle, line_video, tmp_path):
 @pytest.mark.parametrize("sig, fmt", [(signal.SIGTERM, "jsonl"), (signal.SIGINT, "csv")])
 def test_signal_mid_run_leaves_complete_outputs_and_a_summary(tiny_bundle, line_video, tmp_path, sig, fmt):
     out = tmp_path / f"records.{fmt}"
-    proc = subprocess.Popen([*EDGETUNE, "infer", str(tiny_bundle), "--source", str(line_video), "--loop", "--out", str(out),
-                             "--video", str(tmp_path / "annotated.avi"), "--status-every", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [
+            *EDGETUNE,
+            "infer",
+            str(tiny_bundle),
+            "--source",
+            str(line_video),
+            "--loop",
+            "--out",
+            str(out),
+            "--video",
+            str(tmp_path / "annotated.avi"),
+            "--status-every",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 200):
         time.sleep(0.1)
@@ -143,10 +168,24 @@ main(sys.argv[1:])
 
 def test_infer_runs_with_torch_timm_and_nncf_blocked(tiny_bundle, line_video, tmp_path):
     out = tmp_path / "r.jsonl"
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "infer", str(tiny_bundle), "--source", str(line_video), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, "infer", str(tiny_bundle), "--source", str(line_video), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert [r["class"] for r in read_jsonl(out)] == ["ok", "defect"] * 10
-    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, edgetune.camera, edgetune.cli.infer_cmd; "
-                                          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'nncf')))"],
-                                         capture_output=True, text=True).stdout
+    assert (
+        "torch"
+        not in subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, edgetune.camera, edgetune.cli.infer_cmd; "
+                "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'nncf')))",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )

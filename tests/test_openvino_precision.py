@@ -30,7 +30,12 @@ def ov_fp32(fp32_bundle, tmp_path_factory):
     # the intel profile with fp32 as its main precision and bf16 as its fallback
     target = get_target(dataclasses.replace(load_profile("intel"), precision="fp32", fallback=("bf16",)))
     dest = tmp_path_factory.mktemp("ov")
-    arts = target.compile(CompileInput({"fp32": bundle.artifact_path("fp32")}, run.classes, run.spec, "input", bundle.manifest["input"]["shape"]), dest)
+    arts = target.compile(
+        CompileInput(
+            {"fp32": bundle.artifact_path("fp32")}, run.classes, run.spec, "input", bundle.manifest["input"]["shape"]
+        ),
+        dest,
+    )
     paths = [p for part in run.split.parts.values() for p, _ in part]
     with torch.no_grad():
         reference = run.build_model()(torch.stack([EvalTransform(run.spec)(load_rgb(p)) for p in paths])).numpy()
@@ -60,4 +65,6 @@ def test_bf16_artifact_only_where_the_cpu_has_bf16(ov_fp32):
     session = target.load(dest, arts["bf16"], run.spec, threads=1)
     assert session.inference_precision == "bf16"
     logits = session.run_frames(frames)
-    assert float(np.abs(logits - reference).max()) > 1e-4 * max(1.0, float(np.abs(reference).max()))  # really computed in bf16
+    assert float(np.abs(logits - reference).max()) > 1e-4 * max(
+        1.0, float(np.abs(reference).max())
+    )  # really computed in bf16

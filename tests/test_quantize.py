@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import invoke
 
 
@@ -41,8 +40,8 @@ def test_calibration_selection_is_stratified_and_seeded(float_run):
 def test_quantized_run_restores_exactly(qat_run):
     """NNCF config + state dict rebuild the same model: the recorded test metrics
     come back, and two restores give identical outputs."""
-    from edgetune.train.evaluate import evaluate_model
     from edgetune.run import load_run
+    from edgetune.train.evaluate import evaluate_model
 
     run = load_run(qat_run)
     a, b = run.build_model(), run.build_model()
@@ -73,7 +72,9 @@ def test_int8_activations_are_all_signed(float_run, tmp_path):
     from edgetune.run import load_run
 
     out = tmp_path / "q"
-    assert invoke("quantize", float_run, "--mode", "ptq", "--calib-count", "8", "--activations", "int8", "--out", out) == 0
+    assert (
+        invoke("quantize", float_run, "--mode", "ptq", "--calib-count", "8", "--activations", "int8", "--out", out) == 0
+    )
     assert load_run(out).info["quant"]["made_signed"] > 0
     r = export_onnx(out, tmp_path / "m.onnx", check_images=16)
     assert r["checks"]["activation_qdq"].get("uint8", 0) == 0 and r["checks"]["activation_qdq"]["int8"] > 0
@@ -102,9 +103,16 @@ def test_bad_calibration_recipe_key(float_run, tmp_path, capfd):
     assert "split 'test' must be train or val" in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("pattern, message", [("blocks[", "not a valid regular expression"), ("no_such_layer", "no_such_layer")])
+@pytest.mark.parametrize(
+    "pattern, message", [("blocks[", "not a valid regular expression"), ("no_such_layer", "no_such_layer")]
+)
 def test_bad_ignore_pattern(float_run, tmp_path, capfd, pattern, message):
-    assert invoke("quantize", float_run, "--mode", "ptq", "--calib-count", "4", "--ignore", pattern, "--out", tmp_path / "q") == 2
+    assert (
+        invoke(
+            "quantize", float_run, "--mode", "ptq", "--calib-count", "4", "--ignore", pattern, "--out", tmp_path / "q"
+        )
+        == 2
+    )
     err = capfd.readouterr().err
     assert message in err and "--ignore" in err
 
@@ -113,13 +121,35 @@ def test_ignore_keeps_layer_in_float(float_run, tmp_path):
     from edgetune.run import load_run
 
     out = tmp_path / "q"
-    assert invoke("quantize", float_run, "--mode", "ptq", "--calib-count", "4", "--ignore", "classifier", "--out", out) == 0
-    hooks = [name for c in load_run(out).info["quant"]["nncf_config"]["compression_state"] for name in c["hook_names_in_model"]]
+    assert (
+        invoke("quantize", float_run, "--mode", "ptq", "--calib-count", "4", "--ignore", "classifier", "--out", out)
+        == 0
+    )
+    hooks = [
+        name
+        for c in load_run(out).info["quant"]["nncf_config"]["compression_state"]
+        for name in c["hook_names_in_model"]
+    ]
     assert hooks and not any("classifier" in h for h in hooks)
 
 
 def test_nan_loss_stops_with_a_clear_error(float_run, tmp_path, capfd):
-    code = invoke("quantize", float_run, "--calib-count", "4", "--epochs", "2", "--optimizer", "sgd", "--lr", "1e30", "--batch-size", "8", "--out", tmp_path / "q")
+    code = invoke(
+        "quantize",
+        float_run,
+        "--calib-count",
+        "4",
+        "--epochs",
+        "2",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--batch-size",
+        "8",
+        "--out",
+        tmp_path / "q",
+    )
     err = capfd.readouterr().err
     assert code == 2 and "loss became" in err and "--lr" in err
     assert not (tmp_path / "q" / "run.json").exists()

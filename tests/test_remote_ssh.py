@@ -14,19 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from edgetune.bench import remote
 from edgetune.bench.runner import Relay, RunnerOptions
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.timing import Policy
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="no OpenSSH server binary (sshd); install openssh-server (.ci/run does)")
+pytestmark = pytest.mark.skipif(
+    not Path(SSHD).exists(), reason="no OpenSSH server binary (sshd); install openssh-server (.ci/run does)"
+)
 
 # Runs before any import on the "device": torch and friends cannot be imported, and
 # edgetune is reachable only through what the benchmark uploaded (not this checkout).
-GUARD = '''
+GUARD = """
 import sys
 BLOCKED = {blocked!r}
 class _Block:
@@ -35,7 +37,7 @@ class _Block:
             raise ImportError(f"{{name}} is not installed on this device", name=name)
 sys.meta_path[:] = [_Block()] + [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 sys.path[:] = [p for p in sys.path if p.rstrip("/") != {repo!r}]
-'''
+"""
 
 
 def _keygen(path: Path) -> Path:
@@ -69,7 +71,9 @@ class Server:
         """A device Python: this venv's interpreter behind the guard above."""
         guard = self.root / ("guard-" + "-".join(sorted(blocked)))
         guard.mkdir(exist_ok=True)
-        (guard / "sitecustomize.py").write_text(GUARD.format(blocked=sorted(blocked), repo=str(Path(__file__).resolve().parents[1])))
+        (guard / "sitecustomize.py").write_text(
+            GUARD.format(blocked=sorted(blocked), repo=str(Path(__file__).resolve().parents[1]))
+        )
         wrapper = guard / "python"
         wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="$PYTHONPATH:{guard}" exec {sys.executable} "$@"\n')
         wrapper.chmod(0o755)
@@ -83,11 +87,26 @@ class Server:
 def sshd(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("sshd"))
     config = srv.root / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {srv.port}", "ListenAddress 127.0.0.1", f"HostKey {srv.host_key}", f"AuthorizedKeysFile {srv.root / 'authorized_keys'}",
-        "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-        f"PermitRootLogin {'yes' if os.geteuid() == 0 else 'no'}", f"PidFile {srv.root / 'sshd.pid'}", "Subsystem sftp internal-sftp", "LogLevel ERROR",
-    ]) + "\n")
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {srv.port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {srv.host_key}",
+                f"AuthorizedKeysFile {srv.root / 'authorized_keys'}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                f"PermitRootLogin {'yes' if os.geteuid() == 0 else 'no'}",
+                f"PidFile {srv.root / 'sshd.pid'}",
+                "Subsystem sftp internal-sftp",
+                "LogLevel ERROR",
+            ]
+        )
+        + "\n"
+    )
     if os.geteuid() == 0:  # sshd started as root insists on its privilege-separation directory
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log = open(srv.root / "sshd.log", "w")
@@ -124,15 +143,40 @@ def test_remote_bench_over_loopback_uses_only_the_uploaded_runtime(sshd, fp32_bu
     py = sshd.python({"torch", "timm", "nncf", "torchvision"})
     before = _leftovers()
     out = tmp_path / "remote.json"
-    proc = run_cli("bench", fp32_bundle, "--no-baseline", "--device", sshd.device(), "--identity", sshd.user_key, "--known-hosts", known,
-                   "--remote-python", py, "--warmup", "1", "--min-time", "0.1", "--min-runs", "5", "--batch", "1,2", "--json", out)
+    proc = run_cli(
+        "bench",
+        fp32_bundle,
+        "--no-baseline",
+        "--device",
+        sshd.device(),
+        "--identity",
+        sshd.user_key,
+        "--known-hosts",
+        known,
+        "--remote-python",
+        py,
+        "--warmup",
+        "1",
+        "--min-time",
+        "0.1",
+        "--min-runs",
+        "5",
+        "--batch",
+        "1,2",
+        "--json",
+        out,
+    )
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1, proc.stderr
     row = rows[0]
     assert row["remote"] == sshd.device() and row["runtime"] == "onnxruntime" and row["precision"] == "fp32"
     # the fixture run's test split, judged on the device: the same accuracy as PyTorch's on this machine
-    run_info = json.loads((Path(json.loads((fp32_bundle / "manifest.json").read_text())["source_run"]) / "run.json").read_text())
-    assert row["n_images"] > 0 and row["accuracy"] == pytest.approx(run_info["history"][-1]["metrics"]["test"]["accuracy"])
+    run_info = json.loads(
+        (Path(json.loads((fp32_bundle / "manifest.json").read_text())["source_run"]) / "run.json").read_text()
+    )
+    assert row["n_images"] > 0 and row["accuracy"] == pytest.approx(
+        run_info["history"][-1]["metrics"]["test"]["accuracy"]
+    )
     assert row["latency_ms_p50"] > 0 and set(row["throughput_by_batch"]) == {"1", "2"} and row["latency_runs"] >= 5
     dev = row["device"]
     assert dev["cores"] >= 1 and dev["memory_gb"] > 0 and dev["os"] and dev["cpu"]
@@ -161,7 +205,11 @@ def test_changed_host_key_is_refused_even_with_accept_host_key(sshd, tmp_path):
     new_fp = _fingerprint(sshd.host_key.with_suffix(".pub"))
     with pytest.raises(EdgetuneError, match="host key CHANGED") as e:
         remote.connect(device, _options(sshd, tmp_path, known_hosts=known))
-    assert new_fp in str(e.value) and "ssh-keygen -R" in str(e.value) and f"--host-key-fingerprint {new_fp}" in str(e.value)
+    assert (
+        new_fp in str(e.value)
+        and "ssh-keygen -R" in str(e.value)
+        and f"--host-key-fingerprint {new_fp}" in str(e.value)
+    )
     with pytest.raises(EdgetuneError, match="host key CHANGED.*accepts unknown keys only"):
         remote.connect(device, _options(sshd, tmp_path, known_hosts=known, accept_host_key=True))
     wrong_fp = _fingerprint(sshd.other_host_key.with_suffix(".pub"))
@@ -169,7 +217,9 @@ def test_changed_host_key_is_refused_even_with_accept_host_key(sshd, tmp_path):
         remote.connect(device, _options(sshd, tmp_path, known_hosts=known, host_key_fingerprint=wrong_fp))
     assert known.read_text() == old  # nothing recorded while refused
     remote.connect(device, _options(sshd, tmp_path, known_hosts=known, host_key_fingerprint=new_fp)).close()
-    assert (sshd.host_key.with_suffix(".pub").read_text().split()[1]) in known.read_text()  # the new key replaced the old
+    assert (
+        (sshd.host_key.with_suffix(".pub").read_text().split()[1]) in known.read_text()
+    )  # the new key replaced the old
     assert sshd.other_host_key.with_suffix(".pub").read_text().split()[1] not in known.read_text()
     remote.connect(device, _options(sshd, tmp_path, known_hosts=known)).close()  # now trusted
     with pytest.raises(EdgetuneError, match="SHA256: and 43 base64"):
@@ -182,7 +232,15 @@ def test_unknown_host_key_is_refused_unless_accepted(sshd, tmp_path):
     with pytest.raises(EdgetuneError, match="host key is unknown"):
         remote.connect(device, _options(sshd, tmp_path, known_hosts=known))
     with pytest.raises(EdgetuneError, match="not the SHA256:.* given with --host-key-fingerprint"):
-        remote.connect(device, _options(sshd, tmp_path, known_hosts=known, host_key_fingerprint=_fingerprint(sshd.other_host_key.with_suffix(".pub"))))
+        remote.connect(
+            device,
+            _options(
+                sshd,
+                tmp_path,
+                known_hosts=known,
+                host_key_fingerprint=_fingerprint(sshd.other_host_key.with_suffix(".pub")),
+            ),
+        )
     assert not known.exists()
     remote.connect(device, _options(sshd, tmp_path, known_hosts=known, accept_host_key=True)).close()  # accept-new
     assert sshd.host_key.with_suffix(".pub").read_text().split()[1] in known.read_text()
@@ -208,8 +266,14 @@ def test_missing_runtime_on_device_says_what_to_install(sshd, fp32_bundle, tmp_p
     ssh = _options(sshd, tmp_path, remote_python=str(py))
     opts = RunnerOptions(None, [1], Policy(0, 0.0, 1))
     with pytest.raises(EdgetuneError, match=r"onnxruntime runtime is not installed.*pip install"):
-        remote.bench_device(remote.parse_device(sshd.device()), ssh, [(fp32_bundle, _packed(fp32_bundle, tmp_path), opts)], None,
-                            lambda label: Relay(None, label), threading.Event())
+        remote.bench_device(
+            remote.parse_device(sshd.device()),
+            ssh,
+            [(fp32_bundle, _packed(fp32_bundle, tmp_path), opts)],
+            None,
+            lambda label: Relay(None, label),
+            threading.Event(),
+        )
     assert _leftovers() == before
 
 
@@ -227,8 +291,14 @@ def test_interrupt_stops_the_remote_process_and_removes_its_directory(sshd, fp32
     opts = RunnerOptions(None, [1], Policy(0, 60.0, 1))  # would run a minute
     t0 = time.time()
     with pytest.raises(remote.Cancelled):
-        remote.bench_device(remote.parse_device(sshd.device()), ssh, [(fp32_bundle, _packed(fp32_bundle, tmp_path), opts)], None,
-                            lambda label: CancelOnProgress(None, label), cancel)
+        remote.bench_device(
+            remote.parse_device(sshd.device()),
+            ssh,
+            [(fp32_bundle, _packed(fp32_bundle, tmp_path), opts)],
+            None,
+            lambda label: CancelOnProgress(None, label),
+            cancel,
+        )
     assert time.time() - t0 < 30
     assert _leftovers() == before
     deadline = time.time() + 10
@@ -263,8 +333,21 @@ def test_remote_bench_of_an_anomaly_bundle_reports_what_this_machine_does(sshd, 
     bundle = anomaly_build / "bundle-cpu"
     common = ["--no-baseline", "--warmup", "1", "--min-time", "0.1", "--min-runs", "5"]
     run_cli("bench", bundle, *common, "--json", tmp_path / "here.json")
-    proc = run_cli("bench", bundle, *common, "--device", sshd.device(), "--identity", sshd.user_key, "--known-hosts", known,
-                   "--remote-python", py, "--json", tmp_path / "remote.json")
+    proc = run_cli(
+        "bench",
+        bundle,
+        *common,
+        "--device",
+        sshd.device(),
+        "--identity",
+        sshd.user_key,
+        "--known-hosts",
+        known,
+        "--remote-python",
+        py,
+        "--json",
+        tmp_path / "remote.json",
+    )
     here, there = (json.loads((tmp_path / f"{name}.json").read_text())["rows"] for name in ("here", "remote"))
     assert len(there) == len(here) >= 1, proc.stderr
     for h, r in zip(here, there):

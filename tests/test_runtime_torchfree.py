@@ -20,7 +20,9 @@ BLOCKER = textwrap.dedent("""
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
 
 
 def test_blocker_really_blocks():
@@ -61,4 +63,8 @@ def test_bundles_load_and_run_without_torch(cpu_bundle, intel_bundle):
         assert not {{"torch", "timm", "nncf"}} & set(sys.modules)
     """)
     assert proc.returncode == 0, proc.stderr
-    assert "cpu onnxruntime int8" in proc.stdout and "intel openvino int8" in proc.stdout and "files verified: yes" in proc.stdout
+    assert (
+        "cpu onnxruntime int8" in proc.stdout
+        and "intel openvino int8" in proc.stdout
+        and "files verified: yes" in proc.stdout
+    )

@@ -91,7 +91,9 @@ def test_alternating_blocks_share_the_drift():
         calls.append(name)
         time.sleep(0.001 if time.perf_counter() - start < 0.15 else 0.003)
 
-    t = time_alternating({"a": lambda: call("a"), "b": lambda: call("b")}, Policy(warmup=1, min_time_s=0.3, min_runs=10), rounds=5)
+    t = time_alternating(
+        {"a": lambda: call("a"), "b": lambda: call("b")}, Policy(warmup=1, min_time_s=0.3, min_runs=10), rounds=5
+    )
     switches = sum(x != y for x, y in zip(calls, calls[1:]))
     assert switches == 9  # a b a b ... in five rounds of blocks
     assert all(len(t[k].samples_s) >= 10 for k in "ab")
@@ -130,16 +132,29 @@ def test_measure_covers_model_e2e_throughput_and_logits(tmp_path, capsys):
     # Every call takes 3 ms whatever the batch, so batch 4 gives ~4x the images per second.
     assert r["throughput"]["4"]["fps"] == pytest.approx(4 * r["throughput"]["1"]["fps"], rel=0.5)
     assert r["logits"] == [[0.0, 1.0, 2.0]] * 3
-    lines = [json.loads(line[len(devicebench.PROGRESS):]) for line in capsys.readouterr().out.splitlines() if line.startswith(devicebench.PROGRESS)]
+    lines = [
+        json.loads(line[len(devicebench.PROGRESS) :])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(devicebench.PROGRESS)
+    ]
     assert {p["phase"] for p in lines} == {"latency b1", "throughput b4", "accuracy"}
     assert any(p.get("finished") and p["phase"] == "accuracy" and p["done"] == 3 for p in lines)
 
 
 def test_devicebench_main_writes_result_with_device(tmp_path):
-    info = {"kind": "test", "name": "sleep", "runtime": "sleep", "precision": "fp32", "classes": ["a", "b"], "size_bytes": 1}
+    info = {
+        "kind": "test",
+        "name": "sleep",
+        "runtime": "sleep",
+        "precision": "fp32",
+        "classes": ["a", "b"],
+        "size_bytes": 1,
+    }
     out = tmp_path / "r.json"
-    rc = devicebench.main([str(tmp_path), "--out", str(out), "--warmup", "1", "--min-time", "0", "--min-runs", "3", "--batch", "1,2"],
-                          opener=lambda path, threads, precision, runtime: (SleepSession(0.001), SPEC, info))
+    rc = devicebench.main(
+        [str(tmp_path), "--out", str(out), "--warmup", "1", "--min-time", "0", "--min-runs", "3", "--batch", "1,2"],
+        opener=lambda path, threads, precision, runtime: (SleepSession(0.001), SPEC, info),
+    )
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["artifact"] == info and r["batches"] == [1, 2] and r["load_s"] >= 0

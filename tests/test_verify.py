@@ -7,7 +7,9 @@ import json
 from conftest import invoke, make_fp32_bundle
 
 
-def test_verify_passes_a_faithful_bundle_and_catches_a_wrong_channel_order(float_run, fp32_bundle, image_folder, tmp_path, capsys):
+def test_verify_passes_a_faithful_bundle_and_catches_a_wrong_channel_order(
+    float_run, fp32_bundle, image_folder, tmp_path, capsys
+):
     good = tmp_path / "good.json"
     assert invoke("verify", fp32_bundle, "--images", image_folder, "--json", good) == 0
     r = json.loads(good.read_text())

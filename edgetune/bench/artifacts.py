@@ -23,7 +23,9 @@ class Artifact:
     path: Path
     run: Run | None = None
     bundle: Bundle | None = None
-    runtime: str | None = None  # a bundle's session runtime, when not its own (a Jetson bundle's ONNX through ONNX Runtime)
+    runtime: str | None = (
+        None  # a bundle's session runtime, when not its own (a Jetson bundle's ONNX through ONNX Runtime)
+    )
     precision: str | None = None  # which artifact of a bundle; None: its main one
 
     @property
@@ -58,21 +60,29 @@ class Artifact:
         return load_run(src) if src and is_run(src) else None
 
 
-def open_artifact(path: str | Path, what: str = "artifact", runtime: str | None = None, precision: str | None = None) -> Artifact:
+def open_artifact(
+    path: str | Path, what: str = "artifact", runtime: str | None = None, precision: str | None = None
+) -> Artifact:
     """A run or a bundle; for a bundle, `runtime` runs it through another runtime and
     `precision` picks its artifact (int8, fp32, bf16, ...)."""
     path = Path(path)
     if is_run(path):
         if precision:
-            raise EdgetuneError(f"--precision {precision}: {what} {path} is a run (PyTorch, fp32); --precision picks an artifact of a bundle.")
+            raise EdgetuneError(
+                f"--precision {precision}: {what} {path} is a run (PyTorch, fp32); --precision picks an artifact of a bundle."
+            )
         return Artifact(path, run=load_run(path))
     if (path / "manifest.json").is_file() or (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))):
         bundle = load_bundle(path)
         bundle.artifact(precision)  # names the bundle and what it has when missing
         return Artifact(path, bundle=bundle, runtime=runtime, precision=precision)
     if not path.exists():
-        raise EdgetuneError(f"{what} {path}: no such file or directory. Give a run directory (edgetune finetune/prune/quantize --out) or a bundle (edgetune build).")
-    raise EdgetuneError(f"{what} {path}: neither a run directory (no run.json) nor a bundle (no manifest.json, not a .tar.gz).")
+        raise EdgetuneError(
+            f"{what} {path}: no such file or directory. Give a run directory (edgetune finetune/prune/quantize --out) or a bundle (edgetune build)."
+        )
+    raise EdgetuneError(
+        f"{what} {path}: neither a run directory (no run.json) nor a bundle (no manifest.json, not a .tar.gz)."
+    )
 
 
 def float_ancestor(run: Run | None) -> Run | None:
@@ -106,12 +116,16 @@ class Labelled:
             return self
         if normal is not None:
             if normal not in self.classes:
-                raise EdgetuneError(f"{who} was fitted on normal class '{normal}', but the images are labelled {self.classes}. "
-                                    f"Give --data with a '{normal}' class (every other class counts as anomalous).")
+                raise EdgetuneError(
+                    f"{who} was fitted on normal class '{normal}', but the images are labelled {self.classes}. "
+                    f"Give --data with a '{normal}' class (every other class counts as anomalous)."
+                )
             n = self.classes.index(normal)
             return Labelled([(p, int(y != n)) for p, y in self.pairs], list(classes), self.name)
         if sorted(classes) != sorted(self.classes):
-            raise EdgetuneError(f"{who} predicts classes {classes}, but the images are labelled {self.classes}. Give --data with the classes the model was trained on.")
+            raise EdgetuneError(
+                f"{who} predicts classes {classes}, but the images are labelled {self.classes}. Give --data with the classes the model was trained on."
+            )
         index = {c: i for i, c in enumerate(classes)}
         return Labelled([(p, index[self.classes[y]]) for p, y in self.pairs], list(classes), self.name)
 
@@ -145,7 +159,9 @@ def predict(artifact: Artifact, images: Labelled, threads: int | None = None, ba
         from edgetune.data.transforms import EvalTransform
         from edgetune.train.loop import predict as torch_predict
 
-        logits, _ = torch_predict(artifact.run.build_model(), eval_loader(images.pairs, EvalTransform(artifact.run.spec), batch_size=64))
+        logits, _ = torch_predict(
+            artifact.run.build_model(), eval_loader(images.pairs, EvalTransform(artifact.run.spec), batch_size=64)
+        )
         return logits
     session = artifact.bundle.open(threads=threads, runtime=artifact.runtime, precision=artifact.precision)
     return session_logits(session, [p for p, _ in images.pairs], batch_size, artifact.label)
@@ -160,7 +176,7 @@ def session_logits(session, paths: list[str], batch_size: int = 16, desc: str = 
     with Progress(console=log.console, transient=True, disable=log.quiet()) as progress:
         task = progress.add_task(f"{desc}: predicting", total=len(paths))
         for i in range(0, len(paths), batch_size):
-            chunk = paths[i:i + batch_size]
+            chunk = paths[i : i + batch_size]
             try:
                 frames = [read_image(p) for p in chunk]
             except BadImageError as e:

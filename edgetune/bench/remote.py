@@ -57,7 +57,9 @@ def parse_device(url: str) -> Device:
     except ValueError as e:
         raise EdgetuneError(f"--device {url}: {e}. Write it as ssh://user@host[:port].") from None
     if u.scheme != "ssh" or not u.hostname or not u.username or u.path not in ("", "/"):
-        raise EdgetuneError(f"--device {url}: write it as ssh://user@host[:port], e.g. ssh://nvidia@192.168.1.20 or ssh://pi@line3-cam:2222.")
+        raise EdgetuneError(
+            f"--device {url}: write it as ssh://user@host[:port], e.g. ssh://nvidia@192.168.1.20 or ssh://pi@line3-cam:2222."
+        )
     return Device(u.username, u.hostname, port)
 
 
@@ -66,10 +68,14 @@ class SSHOptions:
     identity: Path | None = None
     known_hosts: Path = field(default_factory=lambda: Path.home() / ".ssh" / "known_hosts")
     accept_host_key: bool = False  # an UNKNOWN host key only, like OpenSSH's accept-new; never a changed one
-    host_key_fingerprint: str | None = None  # "SHA256:...": accept the server's key, unknown or changed, when it has this fingerprint
+    host_key_fingerprint: str | None = (
+        None  # "SHA256:...": accept the server's key, unknown or changed, when it has this fingerprint
+    )
     remote_python: str = "python3"
     connect_timeout: float = 15.0
-    idle_timeout: float = 1800.0  # no output for this long: the device is stuck (a TensorRT build is silent for minutes)
+    idle_timeout: float = (
+        1800.0  # no output for this long: the device is stuck (a TensorRT build is silent for minutes)
+    )
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -106,8 +112,10 @@ class _KeyPolicy(paramiko.MissingHostKeyPolicy):
 
 def check_fingerprint(value: str | None) -> str | None:
     if value is not None and not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", value):
-        raise EdgetuneError(f"--host-key-fingerprint {value!r}: give it as OpenSSH prints it, SHA256: and 43 base64 characters "
-                            "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on the device).")
+        raise EdgetuneError(
+            f"--host-key-fingerprint {value!r}: give it as OpenSSH prints it, SHA256: and 43 base64 characters "
+            "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on the device)."
+        )
     return value
 
 
@@ -128,8 +136,14 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
             raise EdgetuneError(f"--known-hosts {known}: cannot be read ({e}).") from None
     policy = _KeyPolicy(opts.accept_host_key, expected)
     client.set_missing_host_key_policy(policy)
-    kwargs = dict(hostname=device.host, port=device.port, username=device.user, timeout=opts.connect_timeout,
-                  banner_timeout=opts.connect_timeout, auth_timeout=opts.connect_timeout)
+    kwargs = dict(
+        hostname=device.host,
+        port=device.port,
+        username=device.user,
+        timeout=opts.connect_timeout,
+        banner_timeout=opts.connect_timeout,
+        auth_timeout=opts.connect_timeout,
+    )
     if opts.identity is not None:  # an explicit key only: no agent, no other keys tried
         kwargs.update(key_filename=str(opts.identity), look_for_keys=False, allow_agent=False)
     where = f"{device.url}"
@@ -139,14 +153,25 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
         except paramiko.BadHostKeyException as e:
             if expected is None or fingerprint(e.key) != expected:
                 client.close()
-                given = (f" It is not the fingerprint given with --host-key-fingerprint ({expected})." if expected else
-                         " --accept-host-key accepts unknown keys only, never a changed one." if opts.accept_host_key else "")
+                given = (
+                    f" It is not the fingerprint given with --host-key-fingerprint ({expected})."
+                    if expected
+                    else " --accept-host-key accepts unknown keys only, never a changed one."
+                    if opts.accept_host_key
+                    else ""
+                )
                 raise EdgetuneError(
                     f"{where}: the host key CHANGED. known_hosts ({known}) has {fingerprint(e.expected_key)}, the server offers "
                     f"{fingerprint(e.key)}. This can be a reinstalled device or someone intercepting the connection; the connection "
                     f"was refused.{given} If the device was reinstalled, check the new fingerprint on it (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
-                    f"then run: ssh-keygen -R '{device.known_hosts_name}' -f {known}, or pass --host-key-fingerprint {fingerprint(e.key)}.") from None
-            logger.warning("%s: replacing the changed host key %s with %s (--host-key-fingerprint).", where, fingerprint(e.expected_key), fingerprint(e.key))
+                    f"then run: ssh-keygen -R '{device.known_hosts_name}' -f {known}, or pass --host-key-fingerprint {fingerprint(e.key)}."
+                ) from None
+            logger.warning(
+                "%s: replacing the changed host key %s with %s (--host-key-fingerprint).",
+                where,
+                fingerprint(e.expected_key),
+                fingerprint(e.key),
+            )
             del client.get_host_keys()[device.known_hosts_name]
             client.connect(**kwargs)
     except UnknownHostKey as e:
@@ -154,28 +179,37 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
         raise EdgetuneError(
             f"{where}: the host key is unknown (not in {known}); the server offers {e.key.get_name()} {fingerprint(e.key)}. "
             f"Check that fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add it "
-            f"(ssh-keyscan -p {device.port} {device.host} >> {known}), or pass --host-key-fingerprint with it, or --accept-host-key.") from None
+            f"(ssh-keyscan -p {device.port} {device.host} >> {known}), or pass --host-key-fingerprint with it, or --accept-host-key."
+        ) from None
     except WrongFingerprint as e:
         client.close()
-        raise EdgetuneError(f"{where}: the server offers host key {e.key.get_name()} {fingerprint(e.key)}, not the {expected} given with "
-                            "--host-key-fingerprint; the connection was refused. Check the fingerprint on the device "
-                            "(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub).") from None
+        raise EdgetuneError(
+            f"{where}: the server offers host key {e.key.get_name()} {fingerprint(e.key)}, not the {expected} given with "
+            "--host-key-fingerprint; the connection was refused. Check the fingerprint on the device "
+            "(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub)."
+        ) from None
     except paramiko.AuthenticationException:
         client.close()
         key = f"the key {opts.identity}" if opts.identity else "your SSH keys and agent"
-        raise EdgetuneError(f"{where}: authentication as {device.user} failed with {key}. Put the public key in ~{device.user}/.ssh/authorized_keys "
-                            f"on the device (ssh-copy-id), or pass --identity KEY.") from None
+        raise EdgetuneError(
+            f"{where}: authentication as {device.user} failed with {key}. Put the public key in ~{device.user}/.ssh/authorized_keys "
+            f"on the device (ssh-copy-id), or pass --identity KEY."
+        ) from None
     except paramiko.ssh_exception.NoValidConnectionsError as e:
         client.close()
-        raise EdgetuneError(f"{where}: cannot connect to {device.host}:{device.port} ({e.strerror or e}). Is the device on the network, "
-                            f"sshd running and the port right?") from None
+        raise EdgetuneError(
+            f"{where}: cannot connect to {device.host}:{device.port} ({e.strerror or e}). Is the device on the network, "
+            f"sshd running and the port right?"
+        ) from None
     except socket.gaierror as e:
         client.close()
         raise EdgetuneError(f"{where}: unknown host name {device.host!r} ({e.strerror}).") from None
     except (socket.timeout, TimeoutError):
         client.close()
-        raise EdgetuneError(f"{where}: timed out after {opts.connect_timeout:g} s connecting to {device.host}:{device.port}. "
-                            f"Check the address and any firewall in between.") from None
+        raise EdgetuneError(
+            f"{where}: timed out after {opts.connect_timeout:g} s connecting to {device.host}:{device.port}. "
+            f"Check the address and any firewall in between."
+        ) from None
     except (paramiko.SSHException, OSError) as e:
         client.close()
         raise EdgetuneError(f"{where}: SSH connection failed: {e}.") from None
@@ -218,7 +252,9 @@ class RemoteHost:
             rc, out = self.exec('mktemp -d "${TMPDIR:-/tmp}/edgetune-bench.XXXXXXXX"')
             path = out.strip()
             if rc != 0 or not TMP_PATTERN.match(path):
-                raise EdgetuneError(f"{device.url}: cannot make a temporary directory (mktemp said: {out.strip()[:200]}).")
+                raise EdgetuneError(
+                    f"{device.url}: cannot make a temporary directory (mktemp said: {out.strip()[:200]})."
+                )
             self.tmp = path
         except BaseException:
             self.close()
@@ -241,8 +277,10 @@ class RemoteHost:
                     data = chan.recv(65536)
                 except socket.timeout:
                     if time.monotonic() - last > timeout:
-                        raise EdgetuneError(f"{self.device.url}: no output for {timeout:g} s from: {command[:120]}. The device may be stuck; "
-                                            f"rerun with a longer --remote-timeout if it is just slow.") from None
+                        raise EdgetuneError(
+                            f"{self.device.url}: no output for {timeout:g} s from: {command[:120]}. The device may be stuck; "
+                            f"rerun with a longer --remote-timeout if it is just slow."
+                        ) from None
                     continue
                 if not data:
                     break
@@ -292,8 +330,14 @@ class RemoteHost:
             self.client.close()
 
 
-def bench_device(device: Device, ssh: SSHOptions, items: list[tuple[Path, Path, RunnerOptions]], images_tar: Path | None,
-                 relay_for, cancel: threading.Event) -> list[dict]:
+def bench_device(
+    device: Device,
+    ssh: SSHOptions,
+    items: list[tuple[Path, Path, RunnerOptions]],
+    images_tar: Path | None,
+    relay_for,
+    cancel: threading.Event,
+) -> list[dict]:
     """Benchmark each (bundle as given, its .tar.gz, runner options) on `device`,
     one after the other; one result each. `relay_for(label)` gives a progress relay."""
     host = RemoteHost(device, ssh, cancel)

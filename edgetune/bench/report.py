@@ -10,11 +10,28 @@ import numpy as np
 from edgetune.metrics import agreement, classification_metrics
 
 # The row fields every results file has, in order (docs/measure.md); detail follows them.
-ROW_FIELDS = ("dataset", "model", "stage", "runtime", "precision", "accuracy", "f1", "latency_ms_p50", "latency_ms_p90",
-              "latency_ms_p99", "throughput_fps", "size_mb", "macs", "machine", "date")
+ROW_FIELDS = (
+    "dataset",
+    "model",
+    "stage",
+    "runtime",
+    "precision",
+    "accuracy",
+    "f1",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "throughput_fps",
+    "size_mb",
+    "macs",
+    "machine",
+    "date",
+)
 
 
-def make_row(result: dict, dataset: str | None, labels: np.ndarray | None = None, reference_logits: np.ndarray | None = None) -> dict:
+def make_row(
+    result: dict, dataset: str | None, labels: np.ndarray | None = None, reference_logits: np.ndarray | None = None
+) -> dict:
     """One row from a runner's result (`edgetune.runtime.devicebench`)."""
     art, lat = result["artifact"], result["latency"]
     best_batch, best = max(result["throughput"].items(), key=lambda kv: kv[1]["fps"])
@@ -60,12 +77,19 @@ def make_row(result: dict, dataset: str | None, labels: np.ndarray | None = None
     logits = np.asarray(result["logits"]) if result.get("logits") is not None else None
     if logits is not None and labels is not None and len(logits) == len(labels):
         m = classification_metrics(labels, logits, art["classes"], full=False)
-        row.update(accuracy=m["accuracy"], f1=m["f1"], n_images=m["n"], per_class_recall={c: v["recall"] for c, v in m["per_class"].items()})
+        row.update(
+            accuracy=m["accuracy"],
+            f1=m["f1"],
+            n_images=m["n"],
+            per_class_recall={c: v["recall"] for c, v in m["per_class"].items()},
+        )
         if art.get("task") == "anomaly":  # F1 of the anomalous class at the threshold, AUROC, false alarms
             from edgetune.metrics import anomaly_logit_metrics
 
             a = anomaly_logit_metrics(labels, logits)
-            row.update(f1=a["f1"], auroc=a["auroc"], aupr=a["aupr"], false_alarm_rate=a["false_alarm_rate"], task="anomaly")
+            row.update(
+                f1=a["f1"], auroc=a["auroc"], aupr=a["aupr"], false_alarm_rate=a["false_alarm_rate"], task="anomaly"
+            )
         if reference_logits is not None:
             row["agreement"] = agreement(reference_logits, logits)
     return row
@@ -76,7 +100,10 @@ def complete_rows(rows: list[dict]) -> None:
     float baseline's p50 over the row's (same machine); and a `name` that tells
     apart bundles named alike (two builds' `bundle-intel`) by their folders."""
     for row in rows:
-        base = next((r for r in rows if r["runtime"] == "pytorch" and r["stage"] == "float" and r["machine"] == row["machine"]), None)
+        base = next(
+            (r for r in rows if r["runtime"] == "pytorch" and r["stage"] == "float" and r["machine"] == row["machine"]),
+            None,
+        )
         row["speedup_vs_pytorch"] = base["latency_ms_p50"] / row["latency_ms_p50"] if base else None
     for name in {r["name"] for r in rows}:
         # a device's copy keeps its bundle's name
@@ -115,7 +142,10 @@ COLUMNS = [  # header, row -> text
     ("p90 ms", lambda r: _f(r["latency_ms_p90"], ".3f")),
     ("p99 ms", lambda r: _f(r["latency_ms_p99"], ".3f")),
     ("e2e p50 ms", lambda r: _f(r["e2e_ms_p50"], ".3f")),
-    ("pre ms", lambda r: _f(r["e2e_ms_p50"] - r["latency_ms_p50"] if r.get("e2e_ms_p50") is not None else None, "+.3f")),
+    (
+        "pre ms",
+        lambda r: _f(r["e2e_ms_p50"] - r["latency_ms_p50"] if r.get("e2e_ms_p50") is not None else None, "+.3f"),
+    ),
     ("img/s", lambda r: f"{r['throughput_fps']:.1f} (b{r['throughput_batch']})"),
     ("speedup", lambda r: _f(r.get("speedup_vs_pytorch"), ".2f") + ("x" if r.get("speedup_vs_pytorch") else "")),
     ("size MB", lambda r: _f(r["size_mb"], ".2f")),
@@ -137,7 +167,7 @@ def columns(rows: list[dict]) -> list:
     accuracy when the rows are anomaly models (F1 is then the anomalous class's)."""
     if rows and all(r.get("task") == "anomaly" for r in rows):
         i = [h for h, _ in COLUMNS].index("accuracy")
-        return COLUMNS[:i] + ANOMALY_COLUMNS + COLUMNS[i + 1:]
+        return COLUMNS[:i] + ANOMALY_COLUMNS + COLUMNS[i + 1 :]
     return COLUMNS
 
 
@@ -149,7 +179,11 @@ def print_table(rows: list[dict], title: str) -> None:
     t = Table(title=title)
     cols = columns(rows)
     for header, _ in cols:
-        t.add_column(header, justify="left" if header in ("artifact", "stage", "runtime", "prec.", "machine") else "right", overflow="fold")
+        t.add_column(
+            header,
+            justify="left" if header in ("artifact", "stage", "runtime", "prec.", "machine") else "right",
+            overflow="fold",
+        )
     for r in rows:
         t.add_row(*(fn(r) for _, fn in cols))
     log.console.print(t)
@@ -159,15 +193,19 @@ def markdown(rows: list[dict], title: str) -> str:
     COLUMNS = columns(rows)  # noqa: N806 - the same table as print_table
     lines = [f"### {title}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fn(r).replace("|", "/") for _, fn in COLUMNS) + " |" for r in rows]
-    lines += ["", "Latency is the model call alone at batch 1 (p50/p90/p99 over all timed runs, outliers kept); "
-              "e2e adds preprocessing from a uint8 camera frame (640x480 unless `--frame` says otherwise), pre = e2e p50 - p50. "
-              "Speedup is against PyTorch float on the same machine."]
+    lines += [
+        "",
+        "Latency is the model call alone at batch 1 (p50/p90/p99 over all timed runs, outliers kept); "
+        "e2e adds preprocessing from a uint8 camera frame (640x480 unless `--frame` says otherwise), pre = e2e p50 - p50. "
+        "Speedup is against PyTorch float on the same machine.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def point_label(r: dict, rows: list[dict]) -> str:
     """What tells a point apart: stage (float, pruned, pruned+qat, ...), runtime and
     precision; the artifact's name too where two rows would read alike."""
+
     def short(x):
         return f"{x.get('stage') or '-'} {x['runtime']} {precision_label(x)}"
 
@@ -190,7 +228,8 @@ def pareto_front(rows: list[dict], metric: str = "accuracy") -> list[dict]:
 # Label positions tried around a point (offset in points, horizontal alignment): right, left,
 # then further above and below, until a label inside the axes overlaps neither another label nor a point.
 _OFFSETS = [((7, 3), "left"), ((-7, 3), "right"), ((7, -11), "left"), ((-7, -11), "right")] + [
-    ((dx, dy * k), ha) for k in range(2, 40) for dy in (9, -9) for dx, ha in (((7, "left"), (-7, "right")))]
+    ((dx, dy * k), ha) for k in range(2, 40) for dy in (9, -9) for dx, ha in (((7, "left"), (-7, "right")))
+]
 
 
 def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> list:
@@ -203,12 +242,23 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> li
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     marker = 3  # px around each point that a label must not cover
-    taken = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker) for px, py in ax.transData.transform(points)]
+    taken = [
+        Bbox.from_extents(px - marker, py - marker, px + marker, py + marker)
+        for px, py in ax.transData.transform(points)
+    ]
     placed = []
     for (x, y), text in sorted(zip(points, labels), key=lambda pl: (pl[0][0], -pl[0][1])):
         for i, (offset, ha) in enumerate(_OFFSETS):
-            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, ha=ha, va="bottom", fontsize=8,
-                              arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if i >= 4 else None)
+            ann = ax.annotate(
+                text,
+                (x, y),
+                textcoords="offset points",
+                xytext=offset,
+                ha=ha,
+                va="bottom",
+                fontsize=8,
+                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if i >= 4 else None,
+            )
             ann.update_positions(renderer)
             text_box = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
             box = Bbox.from_extents(text_box.x0 - 1, text_box.y0 - 1, text_box.x1 + 1, text_box.y1 + 1)
@@ -234,17 +284,32 @@ def plot(rows: list[dict], path: Path, title: str) -> dict:
     from edgetune.runtime.files import atomic_path
 
     rows = [r for r in rows if r["latency_ms_p50"] and r["latency_ms_p50"] > 0]
-    metric = "auroc" if rows and all(r.get("task") == "anomaly" for r in rows) else "accuracy"  # an anomaly model's image AUROC
+    metric = (
+        "auroc" if rows and all(r.get("task") == "anomaly" for r in rows) else "accuracy"
+    )  # an anomaly model's image AUROC
     fig, ax = plt.subplots(figsize=(9, 6))
     ax.set_xscale("log")
     front = pareto_front(rows, metric)
     if len(front) > 1:
-        ax.step([r["latency_ms_p50"] for r in front], [r[metric] for r in front], where="post", color="tab:green", alpha=0.6,
-                lw=1.5, label="Pareto front (nothing faster and more accurate)")
+        ax.step(
+            [r["latency_ms_p50"] for r in front],
+            [r[metric] for r in front],
+            where="post",
+            color="tab:green",
+            alpha=0.6,
+            lw=1.5,
+            label="Pareto front (nothing faster and more accurate)",
+        )
     points, labels = [], []
     for r in rows:
         y = r[metric] if r.get(metric) is not None else float("nan")
-        ax.scatter(r["latency_ms_p50"], y, s=60 if r in front else 36, color="tab:green" if r in front else "tab:blue", zorder=3)
+        ax.scatter(
+            r["latency_ms_p50"],
+            y,
+            s=60 if r in front else 36,
+            color="tab:green" if r in front else "tab:blue",
+            zorder=3,
+        )
         points.append((r["latency_ms_p50"], y))
         labels.append(point_label(r, rows))
     lat = [x for x, _ in points]
@@ -263,14 +328,19 @@ def plot(rows: list[dict], path: Path, title: str) -> dict:
     fig.tight_layout()
     annotations = place_labels(ax, points, labels)
     renderer = fig.canvas.get_renderer()
-    drawn = {"xscale": ax.get_xscale(), "labels": [(a.get_text(), Text.get_window_extent(a, renderer)) for a in annotations]}
+    drawn = {
+        "xscale": ax.get_xscale(),
+        "labels": [(a.get_text(), Text.get_window_extent(a, renderer)) for a in annotations],
+    }
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return drawn
 
 
-def write_outputs(rows: list[dict], title: str, json_file: Path | None, md_file: Path | None, png_file: Path | None, meta: dict) -> None:
+def write_outputs(
+    rows: list[dict], title: str, json_file: Path | None, md_file: Path | None, png_file: Path | None, meta: dict
+) -> None:
     from edgetune.runtime.files import write_json, write_text
 
     if json_file:

@@ -36,8 +36,16 @@ class RunnerOptions:
     runtime: str | None = None
 
     def args(self, images: str | None) -> list[str]:
-        a = ["--batch", ",".join(map(str, self.batches)), "--warmup", str(self.policy.warmup),
-             "--min-time", str(self.policy.min_time_s), "--min-runs", str(self.policy.min_runs)]
+        a = [
+            "--batch",
+            ",".join(map(str, self.batches)),
+            "--warmup",
+            str(self.policy.warmup),
+            "--min-time",
+            str(self.policy.min_time_s),
+            "--min-runs",
+            str(self.policy.min_runs),
+        ]
         if self.threads:
             a += ["--threads", str(self.threads)]
         if self.precision:
@@ -62,16 +70,21 @@ class Relay:
         line = line.rstrip("\r\n")
         if line.startswith(PROGRESS):
             try:
-                p = json.loads(line[len(PROGRESS):])
+                p = json.loads(line[len(PROGRESS) :])
             except ValueError:
                 return
             if self.progress is not None:
-                self.progress.update(self.task, description=f"{self.label}: {p['phase']}", total=p.get("total") or None, completed=p.get("done", 0))
+                self.progress.update(
+                    self.task,
+                    description=f"{self.label}: {p['phase']}",
+                    total=p.get("total") or None,
+                    completed=p.get("done", 0),
+                )
         elif line.startswith(ERROR):
             try:
-                self.error = json.loads(line[len(ERROR):])
+                self.error = json.loads(line[len(ERROR) :])
             except ValueError:
-                self.error = {"message": line[len(ERROR):]}
+                self.error = {"message": line[len(ERROR) :]}
         elif line.strip():
             self.tail.append(line)
             logger.debug("%s: %s", self.label, line)

@@ -49,7 +49,9 @@ def with_baseline(artifacts: list[Artifact]) -> list[Artifact]:
         base = float_ancestor(a.source_run())
         if base is not None:
             return [Artifact(base.dir, run=base), *artifacts]
-    logger.warning("No float run found for a PyTorch baseline row (the bundles' source runs are not on this machine); pass the float run directory too.")
+    logger.warning(
+        "No float run found for a PyTorch baseline row (the bundles' source runs are not on this machine); pass the float run directory too."
+    )
     return artifacts
 
 
@@ -64,9 +66,21 @@ def _write_images(images: Labelled, folder: Path) -> tuple[Path, Path]:
     return listing, tar_path
 
 
-def run_bench(paths: list[Path], *, data: str | None, opts: RunnerOptions, precision: str | None, baseline: bool,
-              devices: list[str], ssh=None, json_file: Path | None = None, md_file: Path | None = None, png_file: Path | None = None,
-              skip_bad: bool = False, command: str = "edgetune bench") -> list[dict]:
+def run_bench(
+    paths: list[Path],
+    *,
+    data: str | None,
+    opts: RunnerOptions,
+    precision: str | None,
+    baseline: bool,
+    devices: list[str],
+    ssh=None,
+    json_file: Path | None = None,
+    md_file: Path | None = None,
+    png_file: Path | None = None,
+    skip_bad: bool = False,
+    command: str = "edgetune bench",
+) -> list[dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     if not paths:
@@ -78,7 +92,9 @@ def run_bench(paths: list[Path], *, data: str | None, opts: RunnerOptions, preci
 
     targets = [parse_device(d) for d in devices]
     if targets and not any(a.bundle for a in artifacts):
-        raise EdgetuneError("--device benchmarks bundles on the device; give a bundle (edgetune build), not only run directories.")
+        raise EdgetuneError(
+            "--device benchmarks bundles on the device; give a bundle (edgetune build), not only run directories."
+        )
     reference = next((a for a in artifacts if a.source_run() is not None), None)
     images = labelled_images(data, reference, skip_bad)
     if images is None:
@@ -89,29 +105,59 @@ def run_bench(paths: list[Path], *, data: str | None, opts: RunnerOptions, preci
 
     results: list[tuple[Job, dict]] = []
     failures: list[str] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp, \
-            Progress(*columns, console=log.console, disable=log.quiet()) as progress:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp,
+        Progress(*columns, console=log.console, disable=log.quiet()) as progress,
+    ):
         listing, tar_path = _write_images(images, Path(tmp)) if images else (None, None)
         for job in local:  # one at a time: measurements never overlap on this machine
             module = TORCH_RUNNER if job.artifact.run else BUNDLE_RUNNER
-            relay = Relay(progress, job.artifact.label if not job.precision else f"{job.artifact.bundle.name} ({job.precision})")
-            results.append((job, run_local(module, str(job.artifact.path), dataclasses.replace(opts, precision=job.precision), str(listing) if listing else None, relay)))
+            relay = Relay(
+                progress, job.artifact.label if not job.precision else f"{job.artifact.bundle.name} ({job.precision})"
+            )
+            results.append(
+                (
+                    job,
+                    run_local(
+                        module,
+                        str(job.artifact.path),
+                        dataclasses.replace(opts, precision=job.precision),
+                        str(listing) if listing else None,
+                        relay,
+                    ),
+                )
+            )
         if remote:
             results += _run_remote(remote, targets, ssh, opts, tar_path, Path(tmp), progress, failures)
 
     rows = _rows(results, images)
     title = f"edgetune bench on {images.name if images else 'no labelled images'}: threads {opts.threads or 'default'}, batch {','.join(map(str, opts.batches))}"
     print_table(rows, title)
-    meta = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": opts.threads, "batches": opts.batches,
-            "policy": opts.policy.to_dict(), "images": len(images.pairs) if images else 0, "failures": failures}
+    meta = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "threads": opts.threads,
+        "batches": opts.batches,
+        "policy": opts.policy.to_dict(),
+        "images": len(images.pairs) if images else 0,
+        "failures": failures,
+    }
     write_outputs(rows, title, json_file, md_file, png_file, meta)
     if failures:
         raise EdgetuneError("Some benchmarks failed (the rows above are the ones that ran):\n" + "\n".join(failures))
     return rows
 
 
-def _run_remote(jobs: list[Job], targets, ssh, opts: RunnerOptions, tar_path: Path | None, tmp: Path, progress, failures: list[str]) -> list[tuple[Job, dict]]:
+def _run_remote(
+    jobs: list[Job], targets, ssh, opts: RunnerOptions, tar_path: Path | None, tmp: Path, progress, failures: list[str]
+) -> list[tuple[Job, dict]]:
     """Each device in its own thread (they are separate machines); bundles one
     after the other on a device."""
     from edgetune.bench.remote import bench_device
@@ -148,12 +194,24 @@ def _run_remote(jobs: list[Job], targets, ssh, opts: RunnerOptions, tar_path: Pa
 
 def _rows(results: list[tuple[Job, dict]], images: Labelled | None) -> list[dict]:
     rows = []
-    reference = next((r for j, r in results if r["artifact"]["runtime"] == "pytorch" and r["artifact"]["stage"] == "float"), None) \
-        or next((r for j, r in results if r["artifact"]["stage"] == "float"), None)
+    reference = next(
+        (r for j, r in results if r["artifact"]["runtime"] == "pytorch" and r["artifact"]["stage"] == "float"), None
+    ) or next((r for j, r in results if r["artifact"]["stage"] == "float"), None)
     for job, r in results:
-        labels = images.for_classes(r["artifact"]["classes"], str(job.artifact.path), r["artifact"].get("normal_class")).labels if images else None
+        labels = (
+            images.for_classes(
+                r["artifact"]["classes"], str(job.artifact.path), r["artifact"].get("normal_class")
+            ).labels
+            if images
+            else None
+        )
         ref_logits = None
-        if reference is not None and reference is not r and reference.get("logits") is not None and reference["artifact"]["classes"] == r["artifact"]["classes"]:
+        if (
+            reference is not None
+            and reference is not r
+            and reference.get("logits") is not None
+            and reference["artifact"]["classes"] == r["artifact"]["classes"]
+        ):
             ref_logits = np.asarray(reference["logits"])
         row = make_row(r, images.name if images else None, labels, ref_logits)
         if r.get("remote"):

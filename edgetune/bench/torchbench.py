@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgetune.runtime.devicebench import main as bench_main, stage_label
+from edgetune.runtime.devicebench import main as bench_main
+from edgetune.runtime.devicebench import stage_label
 from edgetune.runtime.preprocess import PreprocessSpec, preprocess
 
 

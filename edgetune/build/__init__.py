@@ -81,7 +81,9 @@ def build(req: BuildRequest) -> dict[str, Path]:
         results[stage.name] = cache.run(stage, [results[name] for name in stage.inputs])
     bundles = {p.name: out / results[f"compile-{p.name}"].output["bundle"] for p in profiles}
     summary(bundles, time.time() - started)
-    max_drop = 1.0 if task == "anomaly" and req.max_drop is None else req.max_drop  # INT8 anomaly models are always gated
+    max_drop = (
+        1.0 if task == "anomaly" and req.max_drop is None else req.max_drop
+    )  # INT8 anomaly models are always gated
     if max_drop is not None:
         reference = out / (results.get("prune") or results["finetune"]).output["run_dir"]
         gate_bundles(out, bundles, reference, max_drop, req.min_agreement)
@@ -108,24 +110,33 @@ def runs_from(path: Path, quant_in: dict, overrides: dict) -> dict[str, Result]:
     own = {"data": run.split.source, "model": run.model_name, "img_size": run.spec.size[0]}
     differ = {k: v for k, v in overrides.items() if str(v) != str(own.get(k))}
     if differ:
-        raise EdgetuneError(f"--from {path} starts from a trained run, so "
-                            + ", ".join(f"--{k.replace('_', '-')} {v!r} (the run has {own.get(k)!r})" for k, v in differ.items())
-                            + " cannot apply: fine-tuning is not rerun. Remove them (from the command line or the config's top level) "
-                            "or set them to the run's values, or build without --from.")
+        raise EdgetuneError(
+            f"--from {path} starts from a trained run, so "
+            + ", ".join(f"--{k.replace('_', '-')} {v!r} (the run has {own.get(k)!r})" for k, v in differ.items())
+            + " cannot apply: fine-tuning is not rerun. Remove them (from the command line or the config's top level) "
+            "or set them to the run's values, or build without --from."
+        )
     chain = [run]
     if run.quantized:
         parent = run.info.get("parent")
         if not parent or not is_run(parent):
-            raise EdgetuneError(f"--from {path} is a quantized run whose float parent ({parent or 'not recorded'}) is not on this machine; the build "
-                                "needs it as the accuracy reference and for the model's MACs and history. Build from the float run instead "
-                                "(QAT then runs in the build).")
+            raise EdgetuneError(
+                f"--from {path} is a quantized run whose float parent ({parent or 'not recorded'}) is not on this machine; the build "
+                "needs it as the accuracy reference and for the model's MACs and history. Build from the float run instead "
+                "(QAT then runs in the build)."
+            )
         chain.append(load_run(parent))
         made = (run.info.get("quant") or {}).get("activations")
         if quant_in.get("activations") == "int8" and made != "int8":
-            raise EdgetuneError(f"--from {path} was quantized with --activations {made}, but a target here (TensorRT) needs signed int8 "
-                                f"activations. Quantize again with `edgetune quantize {parent} --activations int8`, or build from {parent}.")
+            raise EdgetuneError(
+                f"--from {path} was quantized with --activations {made}, but a target here (TensorRT) needs signed int8 "
+                f"activations. Quantize again with `edgetune quantize {parent} --activations int8`, or build from {parent}."
+            )
     key = sha256_json({"from": run.stage, "weights": sha256_file(run.dir / "model.pt")})
-    given = {STAGE_OF_RUN[r.stage]: Result(STAGE_OF_RUN[r.stage], key, {"run_dir": str(r.dir.resolve())}, cached=True) for r in chain}
+    given = {
+        STAGE_OF_RUN[r.stage]: Result(STAGE_OF_RUN[r.stage], key, {"run_dir": str(r.dir.resolve())}, cached=True)
+        for r in chain
+    }
     logger.info("Starting from the %s run %s: %s not rerun.", run.stage, path, ", ".join(sorted(given)))
     return given
 
@@ -141,13 +152,27 @@ def gate_bundles(out: Path, bundles: dict[str, Path], reference: Path, max_drop:
     results, failed = {}, []
     for target, path in bundles.items():
         runtime = load_bundle(path, verify=False).metrics.get("evaluated_with")
-        result = run_compare(reference, path, None, max_drop, min_agreement, None, junit=out / f"gate-{target}.xml", md=None,
-                             json_file=out / f"gate-{target}.json", runtime=runtime)
+        result = run_compare(
+            reference,
+            path,
+            None,
+            max_drop,
+            min_agreement,
+            None,
+            junit=out / f"gate-{target}.xml",
+            md=None,
+            json_file=out / f"gate-{target}.json",
+            runtime=runtime,
+        )
         results[target] = result
         failed += [f"{target}: {c.message}" for c in result.checks if not c.passed]
     if failed:
-        raise EdgetuneError("The accuracy gate (build.max-drop / build.min-agreement) failed; the bundles are written but should not ship:\n  - "
-                            + "\n  - ".join(failed) + f"\nReports: {out}/gate-TARGET.json.", exit_code=1)
+        raise EdgetuneError(
+            "The accuracy gate (build.max-drop / build.min-agreement) failed; the bundles are written but should not ship:\n  - "
+            + "\n  - ".join(failed)
+            + f"\nReports: {out}/gate-TARGET.json.",
+            exit_code=1,
+        )
     return results
 
 
@@ -166,11 +191,22 @@ def summary(bundles: dict[str, Path], seconds: float) -> None:
     metrics = {name: b.metrics for name, b in loaded.items()}
     for name in bundles:
         m = metrics[name]
-        auroc = m["test"].get("auroc", m["test"].get("roc_auc"))  # an anomaly model's image AUROC; F1 is then the anomalous class's
-        table.add_row(name, loaded[name].precision, f"{m['test']['accuracy']:.4f}", f"{m['test']['f1']:.4f}",
-                      f"{auroc:.4f}" if auroc is not None else "-", f"{m['latency_ms_p50']:.2f} ms", m.get("evaluated_with", "?"))
+        auroc = m["test"].get(
+            "auroc", m["test"].get("roc_auc")
+        )  # an anomaly model's image AUROC; F1 is then the anomalous class's
+        table.add_row(
+            name,
+            loaded[name].precision,
+            f"{m['test']['accuracy']:.4f}",
+            f"{m['test']['f1']:.4f}",
+            f"{auroc:.4f}" if auroc is not None else "-",
+            f"{m['latency_ms_p50']:.2f} ms",
+            m.get("evaluated_with", "?"),
+        )
     log.console.print(table)
     for name, path in bundles.items():
         m = metrics[name]
         archive = f" (archive {path}.tar.gz)" if Path(f"{path}.tar.gz").exists() else ""
-        click.echo(f"bundle {path} accuracy {m['test']['accuracy']:.4f} latency_ms {m['latency_ms_p50']:.2f} ({name}, {m.get('evaluated_with')}){archive}")
+        click.echo(
+            f"bundle {path} accuracy {m['test']['accuracy']:.4f} latency_ms {m['latency_ms_p50']:.2f} ({name}, {m.get('evaluated_with')}){archive}"
+        )

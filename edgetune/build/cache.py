@@ -43,16 +43,33 @@ class StageCache:
         if rec is not None:
             logger.info("[bold]%s[/]: unchanged (inputs %s), skipped.", stage.name, key[:12], extra={"markup": True})
             return Result(stage.name, key, rec["output"], cached=True)
-        logger.info("[bold]%s[/]: %s (inputs %s).", stage.name, "resuming" if resume else "running", key[:12], extra={"markup": True})
+        logger.info(
+            "[bold]%s[/]: %s (inputs %s).",
+            stage.name,
+            "resuming" if resume else "running",
+            key[:12],
+            extra={"markup": True},
+        )
         started = time.time()
         main = distributed.is_main()
         if main:
-            write_json(self._path(stage.name, pending=True), {"stage": stage.name, "inputs_hash": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            write_json(
+                self._path(stage.name, pending=True),
+                {"stage": stage.name, "inputs_hash": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+            )
             self._path(stage.name).unlink(missing_ok=True)
         output = stage.run(inputs, self.out, resume)
         if main:
-            write_json(self._path(stage.name), {"stage": stage.name, "inputs_hash": key, "output": output, "seconds": round(time.time() - started, 1),
-                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            write_json(
+                self._path(stage.name),
+                {
+                    "stage": stage.name,
+                    "inputs_hash": key,
+                    "output": output,
+                    "seconds": round(time.time() - started, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
             self._path(stage.name, pending=True).unlink(missing_ok=True)
         return Result(stage.name, key, output)
 
@@ -69,7 +86,9 @@ def data_fingerprint(data: str) -> str:
     modification times; a CSV's bytes and the files it lists; else the name."""
     path = Path(data)
     if path.is_dir():
-        entries = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+        entries = sorted(
+            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()
+        )
         return sha256_json(entries)
     if path.is_file():
         return sha256_file(path)

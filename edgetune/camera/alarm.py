@@ -80,8 +80,16 @@ class Alarms:
 
     def _fire(self, rule: AlarmRule, score: float, record: dict) -> None:
         where = f" on ROI '{record['roi']}'" if record["roi"] else ""
-        log.warning("ALARM %s%s at frame %d (%s score %.3f >= %g on %d consecutive frames).",
-                    rule.cls, where, record["frame"], rule.cls, score, rule.threshold, self.frames)
+        log.warning(
+            "ALARM %s%s at frame %d (%s score %.3f >= %g on %d consecutive frames).",
+            rule.cls,
+            where,
+            record["frame"],
+            rule.cls,
+            score,
+            rule.threshold,
+            self.frames,
+        )
         event = {**record, "alarm": str(rule), "alarm_score": round(score, 4)}
         self.count += 1
         if len(self.events) < self.KEEP:
@@ -135,12 +143,17 @@ class AlarmActions:
             return
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip().splitlines()
-            self._failed(f"alarm command {shlex.join(self.argv)} exited {proc.returncode}" + (f": {err[-1]}" if err else ""), record)
+            self._failed(
+                f"alarm command {shlex.join(self.argv)} exited {proc.returncode}" + (f": {err[-1]}" if err else ""),
+                record,
+            )
         else:
             self.done += 1
 
     def _post(self, payload: bytes, record: dict) -> None:
-        req = urllib.request.Request(self.webhook, data=payload, headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            self.webhook, data=payload, headers={"Content-Type": "application/json"}, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 resp.read()

@@ -93,9 +93,19 @@ class Capture(threading.Thread):
     frames were read, or `stop` is set. `reopen()` gives a fresh reader. `prepare`
     (image -> model inputs), when given, runs here: preprocessing overlaps inference."""
 
-    def __init__(self, reader, reopen: Callable[[], object], buffer: FrameBuffer, stop: threading.Event, *,
-                 live: bool, loop: bool = False, max_frames: int | None = None,
-                 backoff: tuple[float, float] = (0.5, 10.0), prepare: Callable | None = None):
+    def __init__(
+        self,
+        reader,
+        reopen: Callable[[], object],
+        buffer: FrameBuffer,
+        stop: threading.Event,
+        *,
+        live: bool,
+        loop: bool = False,
+        max_frames: int | None = None,
+        backoff: tuple[float, float] = (0.5, 10.0),
+        prepare: Callable | None = None,
+    ):
         super().__init__(name="capture", daemon=True)
         self.reader, self.reopen, self.buffer, self.stop = reader, reopen, buffer, stop
         self.live, self.loop, self.max_frames, self.backoff = live, loop, max_frames, backoff
@@ -120,8 +130,13 @@ class Capture(threading.Thread):
                     if not self._source_ended():
                         break
                     continue
-                frame = Frame(self._index, image, datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                              time.monotonic(), getattr(self.reader, "current", None) or self.reader.name)
+                frame = Frame(
+                    self._index,
+                    image,
+                    datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    time.monotonic(),
+                    getattr(self.reader, "current", None) or self.reader.name,
+                )
                 if self.prepare is not None:
                     frame.inputs = self.prepare(image)
                 self._index += 1
@@ -147,8 +162,12 @@ class Capture(threading.Thread):
             return True
         announced = getattr(self.reader, "frame_count", 0)
         if announced and self._index < announced:
-            log.warning("%s ended at frame %d of the %d its header announces: the file is truncated or damaged. Finished with what it holds.",
-                        self.reader.name, self._index, announced)
+            log.warning(
+                "%s ended at frame %d of the %d its header announces: the file is truncated or damaged. Finished with what it holds.",
+                self.reader.name,
+                self._index,
+                announced,
+            )
             self.stats.truncated = True
         else:
             log.info("%s ended after %d frames.", self.reader.name, self._index)
@@ -164,12 +183,23 @@ class Capture(threading.Thread):
             try:
                 self.reader = self.reopen()
             except Exception as e:  # the next try may work: the camera may come back
-                log.warning("%s: reconnect failed (%s); next try in %.1f s.", name, str(e).split(". ")[0], min(delay * 2, self.backoff[1]))
+                log.warning(
+                    "%s: reconnect failed (%s); next try in %.1f s.",
+                    name,
+                    str(e).split(". ")[0],
+                    min(delay * 2, self.backoff[1]),
+                )
                 delay = min(delay * 2, self.backoff[1])
                 continue
             seconds = time.monotonic() - started
             self.stats.reconnects += 1
-            self.stats.gaps.append({"lost": lost.isoformat(timespec="milliseconds"), "after_frame": self._index - 1, "seconds": round(seconds, 3)})
+            self.stats.gaps.append(
+                {
+                    "lost": lost.isoformat(timespec="milliseconds"),
+                    "after_frame": self._index - 1,
+                    "seconds": round(seconds, 3),
+                }
+            )
             log.warning("%s reconnected after a gap of %.1f s.", name, seconds)
             return True
         return False  # stopped while waiting

@@ -73,14 +73,18 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def run_inference(session, classes: list[str], opts: InferOptions, stop: threading.Event | None = None, extra: dict | None = None) -> dict:
+def run_inference(
+    session, classes: list[str], opts: InferOptions, stop: threading.Event | None = None, extra: dict | None = None
+) -> dict:
     """Run the camera loop until the source ends or `stop` is set; return the summary."""
     stop = stop or threading.Event()
     spec = parse_source(opts.source)
     mode = opts.mode if opts.mode != "auto" else ("latest" if spec.live else "every")
     for rule in opts.alarms:
         if rule.cls not in classes:
-            raise EdgetuneError(f"--alarm {rule}: the bundle has no class '{rule.cls}'. Its classes are: {', '.join(classes)}.")
+            raise EdgetuneError(
+                f"--alarm {rule}: the bundle has no class '{rule.cls}'. Its classes are: {', '.join(classes)}."
+            )
     if opts.loop and spec.live:
         raise EdgetuneError(f"--loop replays files and image folders; '{opts.source}' is a live {spec.kind}.")
 
@@ -91,14 +95,30 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
     size = getattr(reader, "size", None)
     if opts.rois and size and all(size):
         check_rois(opts.rois, *size, opts.source)
-    log.info("Source %s (%s%s), mode %s, %s on %s %s.", opts.source, spec.kind,
-             f", {size[0]}x{size[1]}" if size and all(size) else "", mode,
-             f"{len(opts.rois)} ROIs" if opts.rois else "whole frame", session.name, session.precision)
+    log.info(
+        "Source %s (%s%s), mode %s, %s on %s %s.",
+        opts.source,
+        spec.kind,
+        f", {size[0]}x{size[1]}" if size and all(size) else "",
+        mode,
+        f"{len(opts.rois)} ROIs" if opts.rois else "whole frame",
+        session.name,
+        session.precision,
+    )
 
     buffer = FrameBuffer(mode, opts.queue_size)
     prepare = _prepare_in_capture(session, opts.rois)
-    capture = Capture(reader, reopen, buffer, stop, live=spec.live, loop=opts.loop, max_frames=opts.max_frames,
-                      backoff=opts.backoff, prepare=prepare)
+    capture = Capture(
+        reader,
+        reopen,
+        buffer,
+        stop,
+        live=spec.live,
+        loop=opts.loop,
+        max_frames=opts.max_frames,
+        backoff=opts.backoff,
+        prepare=prepare,
+    )
     # Opened before the loop so a bad path fails at once, not after the first frame.
     if opts.save_anomalies:
         _make_folder(opts.save_anomalies)
@@ -133,9 +153,19 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
                 for j, roi in enumerate(opts.rois or [None]):
                     probs, ms, found = _classify(session, frame, j, roi)
                     k = int(probs.argmax())
-                    record = {"time": frame.time, "frame": frame.index, "source": frame.source, "roi": roi.name if roi else None,
-                              "class": classes[k], "score": round(float(probs[k]), 4), "latency_ms": round(ms, 3), "alarm": None}
-                    if found is not None:  # an anomaly bundle: its normalised score (0.5 = threshold), not a probability
+                    record = {
+                        "time": frame.time,
+                        "frame": frame.index,
+                        "source": frame.source,
+                        "roi": roi.name if roi else None,
+                        "class": classes[k],
+                        "score": round(float(probs[k]), 4),
+                        "latency_ms": round(ms, 3),
+                        "alarm": None,
+                    }
+                    if (
+                        found is not None
+                    ):  # an anomaly bundle: its normalised score (0.5 = threshold), not a probability
                         record.update(score=round(found["score"], 4), anomalous=found["anomalous"])
                         heat.append((roi, found["map"]))
                         if found["anomalous"] and opts.save_anomalies:
@@ -166,7 +196,12 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
             if capture.error is not None and error is None:
                 error = capture.error
             stopped_by = signals.name or stopped_by or _why(capture, opts, error)
-            for closer in (writer.close, video.close if video else None, display.close if display else None, actions.close):
+            for closer in (
+                writer.close,
+                video.close if video else None,
+                display.close if display else None,
+                actions.close,
+            ):
                 if closer:
                     t0 = time.monotonic()
                     try:
@@ -175,9 +210,26 @@ def run_inference(session, classes: list[str], opts: InferOptions, stop: threadi
                         log.error("Closing an output failed: %s", e)
                     if closer == actions.close:
                         actions_wait = time.monotonic() - t0
-            shutdown = {"shutdown_seconds": round(time.monotonic() - stats.ended, 3), "alarm_actions_wait_seconds": round(actions_wait, 3),
-                        "alarm_actions_unfinished": actions.running}
-            summary = _summary(opts, spec, mode, session, started, stats, buffer, capture, writer, video, alarms, stopped_by, {**(extra or {}), **shutdown})
+            shutdown = {
+                "shutdown_seconds": round(time.monotonic() - stats.ended, 3),
+                "alarm_actions_wait_seconds": round(actions_wait, 3),
+                "alarm_actions_unfinished": actions.running,
+            }
+            summary = _summary(
+                opts,
+                spec,
+                mode,
+                session,
+                started,
+                stats,
+                buffer,
+                capture,
+                writer,
+                video,
+                alarms,
+                stopped_by,
+                {**(extra or {}), **shutdown},
+            )
             if opts.summary:
                 write_json(opts.summary, summary)
     if capture.error is not None:
@@ -194,7 +246,9 @@ def _prepare_in_capture(session, rois: list[Roi]):
     from edgetune.runtime.backends import ArraySession
     from edgetune.runtime.preprocess import preprocess
 
-    inner = session.session if isinstance(session, AnomalySession) else session  # detect_frames, too, is preprocess + detect
+    inner = (
+        session.session if isinstance(session, AnomalySession) else session
+    )  # detect_frames, too, is preprocess + detect
     if not isinstance(inner, ArraySession) or type(inner).run_frames is not ArraySession.run_frames:
         return None
     spec = session.spec
@@ -225,7 +279,11 @@ def _classify(session, frame, j: int, roi: Roi | None) -> tuple[np.ndarray, floa
         out = session.detect(x) if x is not None else session.detect_frames(image)
         ms = (time.perf_counter() - t0) * 1000.0 + prepare_ms
         score = float(out["score"][0])
-        return np.array([1.0 - score, score]), ms, {"score": score, "anomalous": bool(out["anomalous"][0]), "map": out["map"][0]}
+        return (
+            np.array([1.0 - score, score]),
+            ms,
+            {"score": score, "anomalous": bool(out["anomalous"][0]), "map": out["map"][0]},
+        )
     logits = session.run(x) if x is not None else session.run_frames(image)
     ms = (time.perf_counter() - t0) * 1000.0 + prepare_ms
     return softmax(np.asarray(logits, dtype=np.float64).reshape(1, -1))[0], ms, None
@@ -242,7 +300,7 @@ def overlay_maps(image: np.ndarray, heat: list) -> np.ndarray:
         if roi is None:
             out = heat_overlay(out, m)
         else:
-            out[roi.y:roi.y + roi.h, roi.x:roi.x + roi.w] = heat_overlay(roi.crop(out), m)
+            out[roi.y : roi.y + roi.h, roi.x : roi.x + roi.w] = heat_overlay(roi.crop(out), m)
     return out
 
 
@@ -252,7 +310,9 @@ def _make_folder(folder: str) -> None:
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EdgetuneError(f"--save-anomalies {folder}: cannot make that folder ({e.strerror or e}). Give a folder that can be written.") from None
+        raise EdgetuneError(
+            f"--save-anomalies {folder}: cannot make that folder ({e.strerror or e}). Give a folder that can be written."
+        ) from None
 
 
 def save_anomaly(folder: str, frame, roi: Roi | None, heat: np.ndarray) -> str:
@@ -267,7 +327,10 @@ def save_anomaly(folder: str, frame, roi: Roi | None, heat: np.ndarray) -> str:
 
     image = roi.crop(frame.image) if roi else frame.image
     stem = Path(folder) / f"frame-{frame.index:06d}{'-' + roi.name if roi else ''}"  # the folder: made before the loop
-    for path, img in ((stem.with_name(stem.name + ".png"), image), (stem.with_name(stem.name + "-map.png"), heat_overlay(image, heat))):
+    for path, img in (
+        (stem.with_name(stem.name + ".png"), image),
+        (stem.with_name(stem.name + "-map.png"), heat_overlay(image, heat)),
+    ):
         ok, data = cv2.imencode(".png", img)
         if ok:
             write_bytes(path, data.tobytes())
@@ -277,8 +340,16 @@ def save_anomaly(folder: str, frame, roi: Roi | None, heat: np.ndarray) -> str:
 def _status(stats: Stats, buffer: FrameBuffer, capture: Capture) -> None:
     i = stats.interval()
     p50 = f"{i['p50_ms']:.2f} ms" if i["p50_ms"] is not None else "-"
-    log.info("%.0f s | %.1f FPS | p50 %s | frames %d | dropped %d | corrupt %d | alarms %d",
-             stats.elapsed(), i["fps"], p50, stats.frames, buffer.dropped, capture.stats.corrupt, stats.alarms)
+    log.info(
+        "%.0f s | %.1f FPS | p50 %s | frames %d | dropped %d | corrupt %d | alarms %d",
+        stats.elapsed(),
+        i["fps"],
+        p50,
+        stats.frames,
+        buffer.dropped,
+        capture.stats.corrupt,
+        stats.alarms,
+    )
 
 
 def _why(capture: Capture, opts: InferOptions, error) -> str:
@@ -289,7 +360,21 @@ def _why(capture: Capture, opts: InferOptions, error) -> str:
     return "end of source"
 
 
-def _summary(opts, spec, mode, session, started, stats: Stats, buffer, capture: Capture, writer, video, alarms: Alarms, stopped_by, extra) -> dict:
+def _summary(
+    opts,
+    spec,
+    mode,
+    session,
+    started,
+    stats: Stats,
+    buffer,
+    capture: Capture,
+    writer,
+    video,
+    alarms: Alarms,
+    stopped_by,
+    extra,
+) -> dict:
     seconds = stats.elapsed()
     return {
         **(extra or {}),
@@ -318,6 +403,10 @@ def _summary(opts, spec, mode, session, started, stats: Stats, buffer, capture: 
         "alarms": alarms.count,
         "alarm_events": alarms.events,
         "alarm_actions": {"done": alarms.actions.done, "failed": alarms.actions.failures},
-        "outputs": {"records": str(writer.path) if writer.path else "stdout", "format": writer.format,
-                    "video": str(video.path) if video else None, "summary": str(opts.summary) if opts.summary else None},
+        "outputs": {
+            "records": str(writer.path) if writer.path else "stdout",
+            "format": writer.format,
+            "video": str(video.path) if video else None,
+            "summary": str(opts.summary) if opts.summary else None,
+        },
     }

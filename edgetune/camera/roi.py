@@ -23,7 +23,7 @@ class Roi:
     h: int
 
     def crop(self, frame: np.ndarray) -> np.ndarray:
-        return frame[self.y:self.y + self.h, self.x:self.x + self.w]
+        return frame[self.y : self.y + self.h, self.x : self.x + self.w]
 
     def fits(self, width: int, height: int) -> bool:
         return self.x + self.w <= width and self.y + self.h <= height

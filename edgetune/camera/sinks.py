@@ -39,10 +39,16 @@ class RecordWriter:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "a+", encoding="utf-8", newline="")
             except OSError as e:
-                raise EdgetuneError(f"Records file {self.path} cannot be written: {e.strerror or e}. Choose another --out.") from None
+                raise EdgetuneError(
+                    f"Records file {self.path} cannot be written: {e.strerror or e}. Choose another --out."
+                ) from None
             self._own = True
             self._repair_tail()
-        self._csv = csv.DictWriter(self._file, FIELDS, extrasaction="ignore", lineterminator="\n") if self.format == "csv" else None
+        self._csv = (
+            csv.DictWriter(self._file, FIELDS, extrasaction="ignore", lineterminator="\n")
+            if self.format == "csv"
+            else None
+        )
         if self._csv and (not self._own or self._file.tell() == 0):
             self._csv.writeheader()
 
@@ -113,9 +119,13 @@ class AnnotatedVideo:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.CODECS[self.path.suffix.lower()]), self.fps, (w, h))
+            self._writer = cv2.VideoWriter(
+                str(self.tmp), cv2.VideoWriter_fourcc(*self.CODECS[self.path.suffix.lower()]), self.fps, (w, h)
+            )
             if not self._writer.isOpened():
-                raise EdgetuneError(f"--video {self.path}: OpenCV cannot write this file (check the folder and the extension).")
+                raise EdgetuneError(
+                    f"--video {self.path}: OpenCV cannot write this file (check the folder and the extension)."
+                )
         self._writer.write(frame)
         self.frames += 1
 
@@ -130,7 +140,10 @@ class Display:
 
     def __init__(self, title: str = "edgetune"):
         self.title = title
-        self.enabled = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("win32", "darwin")
+        self.enabled = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in (
+            "win32",
+            "darwin",
+        )
         if not self.enabled:
             log.warning("--show: no display here (DISPLAY is not set); running without a window.")
         self.quit = False
@@ -142,7 +155,9 @@ class Display:
             cv2.imshow(self.title, frame)
             self.quit = (cv2.waitKey(1) & 0xFF) in (ord("q"), 27)
         except cv2.error as e:  # headless OpenCV build
-            log.warning("--show: this OpenCV cannot open windows (%s); running without one.", str(e).strip().splitlines()[-1])
+            log.warning(
+                "--show: this OpenCV cannot open windows (%s); running without one.", str(e).strip().splitlines()[-1]
+            )
             self.enabled = False
 
     def close(self) -> None:

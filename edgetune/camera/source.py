@@ -54,7 +54,9 @@ def parse_source(text: str) -> SourceSpec:
     """Classify SRC without opening it."""
     text = str(text).strip()
     if not text:
-        raise EdgetuneError("--source is empty: give a camera index (0), a device (/dev/video0), a video file, a stream URL or an image directory/glob.")
+        raise EdgetuneError(
+            "--source is empty: give a camera index (0), a device (/dev/video0), a video file, a stream URL or an image directory/glob."
+        )
     if text.isdigit():
         return SourceSpec(text, "camera", int(text))
     if _DEVICE.match(text):
@@ -84,7 +86,12 @@ class VideoReader:
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         self._retries = _FILE_RETRIES if spec.kind == "file" else 0
         if spec.kind == "stream":
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, _STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, _STREAM_TIMEOUT_MS]
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                _STREAM_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                _STREAM_TIMEOUT_MS,
+            ]
             cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
         elif spec.kind == "file":
             cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG)
@@ -105,8 +112,20 @@ class VideoReader:
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or None
         self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if spec.kind == "file" else 0
         self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        if (width and self.size[0] != width) or (height and self.size[1] != height) or (fps and self.fps and abs(self.fps - fps) > 0.5):
-            log.warning("%s: asked for %sx%s at %s fps, got %dx%d at %s fps.", self.name, width or "-", height or "-", fps or "-", *self.size, self.fps)
+        if (
+            (width and self.size[0] != width)
+            or (height and self.size[1] != height)
+            or (fps and self.fps and abs(self.fps - fps) > 0.5)
+        ):
+            log.warning(
+                "%s: asked for %sx%s at %s fps, got %dx%d at %s fps.",
+                self.name,
+                width or "-",
+                height or "-",
+                fps or "-",
+                *self.size,
+                self.fps,
+            )
 
     def read(self) -> np.ndarray | None:
         failures = 0
@@ -155,7 +174,9 @@ class ImageReader:
 
 def image_paths(spec: SourceSpec) -> list[str]:
     if Path(spec.target).is_dir():
-        paths = sorted(str(p) for p in Path(spec.target).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths = sorted(
+            str(p) for p in Path(spec.target).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
         what = f"directory {spec.text} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
     else:
         paths = sorted(p for p in glob.glob(os.path.expanduser(str(spec.target)), recursive=True) if os.path.isfile(p))

@@ -62,10 +62,18 @@ def print_summary(s: dict) -> None:
     lines = [
         f"[bold]{s['frames_inferred']}[/] frames from {s['source']} in {s['seconds']:.1f} s of inference ({s['fps']:.1f} FPS), stopped by {s['stopped_by']}.",
         f"Latency per model call: p50 {_ms(lat['p50'])}, p90 {_ms(lat['p90'])}, p99 {_ms(lat['p99'])}.",
-        *([f"Shutdown took {s['shutdown_seconds']:.1f} s after inference, {s['alarm_actions_wait_seconds']:.1f} s of it waiting for alarm actions"
-           + (" (still running, not waited for)" if s["alarm_actions_unfinished"] else "") + "."] if s["shutdown_seconds"] >= 0.5 else []),
+        *(
+            [
+                f"Shutdown took {s['shutdown_seconds']:.1f} s after inference, {s['alarm_actions_wait_seconds']:.1f} s of it waiting for alarm actions"
+                + (" (still running, not waited for)" if s["alarm_actions_unfinished"] else "")
+                + "."
+            ]
+            if s["shutdown_seconds"] >= 0.5
+            else []
+        ),
         f"Dropped {s['dropped']}, corrupt {s['corrupt']}, reconnects {s['reconnects']}, alarms {s['alarms']}"
-        + (f" ({s['alarm_actions']['failed']} alarm action(s) failed)" if s["alarm_actions"]["failed"] else "") + ".",
+        + (f" ({s['alarm_actions']['failed']} alarm action(s) failed)" if s["alarm_actions"]["failed"] else "")
+        + ".",
         f"{s['records']} records -> {s['outputs']['records']}"
         + (f"; video -> {s['outputs']['video']}" if s["outputs"]["video"] else "")
         + (f"; summary -> {s['outputs']['summary']}" if s["outputs"]["summary"] else ""),

@@ -66,7 +66,12 @@ def build_default_map(cfg: dict, group: click.Group, ctx: click.Context, file: P
     """Validate `cfg` against `group`'s commands and return Click's default_map."""
     commands = _commands(group, ctx)
     shared = {k: v for k, v in cfg.items() if k not in commands}
-    known_shared = {name.replace("_", "-") for cmd in commands.values() if not isinstance(cmd, click.Group) for name in _options(cmd)}
+    known_shared = {
+        name.replace("_", "-")
+        for cmd in commands.values()
+        if not isinstance(cmd, click.Group)
+        for name in _options(cmd)
+    }
     for k in shared:
         if _key(k) not in {_key(n) for n in known_shared}:
             raise EdgetuneError(
@@ -77,7 +82,9 @@ def build_default_map(cfg: dict, group: click.Group, ctx: click.Context, file: P
     for name, cmd in commands.items():
         section = cfg.get(name, {}) or {}
         if not isinstance(section, dict):
-            raise EdgetuneError(f"Config file {file}: section '{prefix}{name}' must be a mapping of option names to values, not {section!r}.")
+            raise EdgetuneError(
+                f"Config file {file}: section '{prefix}{name}' must be a mapping of option names to values, not {section!r}."
+            )
         if isinstance(cmd, click.Group):
             sub_ctx = click.Context(cmd, parent=ctx, info_name=name)
             default_map[name] = build_default_map(section, cmd, sub_ctx, file, f"{prefix}{name}.")
@@ -92,7 +99,9 @@ def build_default_map(cfg: dict, group: click.Group, ctx: click.Context, file: P
             key = flags.get(_key(str(k)), _key(str(k)))
             if key not in opts:
                 allowed = ", ".join(sorted({n.replace("_", "-") for n in opts} | {f.replace("_", "-") for f in flags}))
-                raise EdgetuneError(f"Config file {file}: unknown key '{prefix}{name}.{k}'. The {name} command accepts: {allowed}.")
+                raise EdgetuneError(
+                    f"Config file {file}: unknown key '{prefix}{name}.{k}'. The {name} command accepts: {allowed}."
+                )
             m[key] = _check_value(file, f"{prefix}{name}.{k}", opts[key], v, ctx)
         default_map[name] = m
     return default_map

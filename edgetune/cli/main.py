@@ -56,7 +56,12 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML file of option values: shared top-level keys plus one section per command.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML file of option values: shared top-level keys plus one section per command.",
+)
 @click.option("-v", "--verbose", count=True, help="More detail (repeat for debug logs).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and final results.")
 @click.version_option(__version__, prog_name="edgetune")
@@ -95,7 +100,12 @@ def _distributed_failure(e: BaseException) -> str | None:
     if isinstance(e, Terminated):
         return f"{where}: stopped by torchrun (SIGTERM), because another rank failed or the job was cancelled. {again}"
     dist = sys.modules.get("torch.distributed")
-    if dist is not None and isinstance(e, getattr(dist, "DistError", ())) or "gloo" in str(e).lower() or "nccl" in str(e).lower():
+    if (
+        dist is not None
+        and isinstance(e, getattr(dist, "DistError", ()))
+        or "gloo" in str(e).lower()
+        or "nccl" in str(e).lower()
+    ):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"{where}: lost contact with the other ranks ({type(e).__name__}: {first[:300]}). One of them failed or was killed: see its output above. {again}"
     return None
@@ -103,7 +113,9 @@ def _distributed_failure(e: BaseException) -> str | None:
 
 def main(argv=None):
     if torchrun.launched():
-        signal.signal(signal.SIGTERM, _terminate)  # torchrun stops the others when one rank fails: say so, and exit non-zero
+        signal.signal(
+            signal.SIGTERM, _terminate
+        )  # torchrun stops the others when one rank fails: say so, and exit non-zero
     try:
         # Without standalone mode Click returns ctx.exit()'s code instead of exiting.
         code = cli.main(args=argv, prog_name="edgetune", standalone_mode=False)

@@ -29,44 +29,116 @@ def _stack(*decorators):
         for d in reversed(decorators):
             f = d(f)
         return f
+
     return apply
 
 
 data_options = _stack(
-    click.option("--data", default="elpv", show_default=True, help="A folder with one sub-folder per class, a CSV with columns path,label, 'elpv' or 'elpv:4class'."),
-    click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (counted and recorded) instead of stopping."),
-    click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True, help="Fraction of images for validation."),
-    click.option("--test-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, show_default=True, help="Fraction of images for test (25% as Deitsch et al. 2019)."),
-    click.option("--split-seed", type=int, help="Seeds the split alone (default: --seed): runs with different --seed values then share their test images."),
+    click.option(
+        "--data",
+        default="elpv",
+        show_default=True,
+        help="A folder with one sub-folder per class, a CSV with columns path,label, 'elpv' or 'elpv:4class'.",
+    ),
+    click.option(
+        "--skip-bad", is_flag=True, help="Leave unreadable images out (counted and recorded) instead of stopping."
+    ),
+    click.option(
+        "--val-frac",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.15,
+        show_default=True,
+        help="Fraction of images for validation.",
+    ),
+    click.option(
+        "--test-frac",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.25,
+        show_default=True,
+        help="Fraction of images for test (25% as Deitsch et al. 2019).",
+    ),
+    click.option(
+        "--split-seed",
+        type=int,
+        help="Seeds the split alone (default: --seed): runs with different --seed values then share their test images.",
+    ),
 )
 
 model_options = _stack(
     click.option("--model", default="efficientnet_lite0", show_default=True, help="Any timm model name."),
-    click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="A local state dict to start from (loaded weights_only)."),
-    click.option("--pretrained/--no-pretrained", default=True, show_default=True, help="ImageNet weights: offline packages for efficientnet_lite0/1/2, else timm's hub."),
-    click.option("--img-size", type=click.IntRange(16, 1024), help="Input size (square); default from the backbone's pretrained config."),
-    click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Dropout before the classifier."),
+    click.option(
+        "--weights",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A local state dict to start from (loaded weights_only).",
+    ),
+    click.option(
+        "--pretrained/--no-pretrained",
+        default=True,
+        show_default=True,
+        help="ImageNet weights: offline packages for efficientnet_lite0/1/2, else timm's hub.",
+    ),
+    click.option(
+        "--img-size",
+        type=click.IntRange(16, 1024),
+        help="Input size (square); default from the backbone's pretrained config.",
+    ),
+    click.option(
+        "--drop-rate",
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        show_default=True,
+        help="Dropout before the classifier.",
+    ),
 )
 
 
-task_option = click.option("--task", type=click.Choice(["classification", "anomaly"]), default="classification", show_default=True,
-                           help="classification: learn the labelled classes. anomaly: fit PatchCore on the --normal class alone and flag "
-                                "whatever differs from it, with a heat map (training options such as --epochs do not apply).")
-normal_option = click.option("--normal", metavar="CLASS", help="--task anomaly: the class of good parts; only its training images are used.")
+task_option = click.option(
+    "--task",
+    type=click.Choice(["classification", "anomaly"]),
+    default="classification",
+    show_default=True,
+    help="classification: learn the labelled classes. anomaly: fit PatchCore on the --normal class alone and flag "
+    "whatever differs from it, with a heat map (training options such as --epochs do not apply).",
+)
+normal_option = click.option(
+    "--normal", metavar="CLASS", help="--task anomaly: the class of good parts; only its training images are used."
+)
 
 anomaly_options = _stack(
     task_option,
     normal_option,
-    click.option("--coreset", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
-                 help="--task anomaly: fraction of the normal images' patch features kept in the memory bank (greedy k-center coreset)."),
-    click.option("--max-bank-mb", type=click.FloatRange(0, min_open=True), default=256.0, show_default=True,
-                 help="--task anomaly: refuse a memory bank larger than this (it ships in every bundle and sets the search cost)."),
-    click.option("--max-false-alarm", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True,
-                 help="--task anomaly, when validation has no labelled anomalies: the threshold lets this share of normal images raise an alarm."),
+    click.option(
+        "--coreset",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=0.1,
+        show_default=True,
+        help="--task anomaly: fraction of the normal images' patch features kept in the memory bank (greedy k-center coreset).",
+    ),
+    click.option(
+        "--max-bank-mb",
+        type=click.FloatRange(0, min_open=True),
+        default=256.0,
+        show_default=True,
+        help="--task anomaly: refuse a memory bank larger than this (it ships in every bundle and sets the search cost).",
+    ),
+    click.option(
+        "--max-false-alarm",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.01,
+        show_default=True,
+        help="--task anomaly, when validation has no labelled anomalies: the threshold lets this share of normal images raise an alarm.",
+    ),
 )
 
 
-def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 1.0, weight_decay: float = 0.05, inherit_augment: bool = False):
+def train_options(
+    epochs: int,
+    lr: float,
+    freeze: str = "full",
+    warmup: float = 1.0,
+    weight_decay: float = 0.05,
+    inherit_augment: bool = False,
+):
     """The training loop's options; each command that trains sets its own defaults.
     `inherit_augment`: no default augmentation; the stage trains with its input run's."""
     from edgetune.data.augment import DEFAULT_AUGMENT
@@ -76,45 +148,133 @@ def train_options(epochs: int, lr: float, freeze: str = "full", warmup: float = 
         augment_help += " Default: those the input run trained with."
     return _stack(
         click.option("--epochs", type=click.IntRange(0), default=epochs, show_default=True, help="Training epochs."),
-        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
-                     help="Images per step and process: under torchrun the global batch is this times the number of "
-                          "processes, and --lr is used as given (not scaled)."),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=lr, show_default=True, help="Peak learning rate (cosine schedule with warm-up)."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1),
+            default=32,
+            show_default=True,
+            help="Images per step and process: under torchrun the global batch is this times the number of "
+            "processes, and --lr is used as given (not scaled).",
+        ),
+        click.option(
+            "--lr",
+            type=click.FloatRange(0, min_open=True),
+            default=lr,
+            show_default=True,
+            help="Peak learning rate (cosine schedule with warm-up).",
+        ),
         click.option("--weight-decay", type=click.FloatRange(0), default=weight_decay, show_default=True),
         click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True),
         click.option("--warmup-epochs", type=click.FloatRange(0), default=warmup, show_default=True),
         click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
-        click.option("--soft-labels/--hard-labels", default=False, show_default=True, help="Train on the label probabilities where the data source has them (ELPV: the defect probability)."),
-        click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True, help="Class imbalance: weighted loss, weighted sampler, or nothing."),
-        click.option("--freeze", default=freeze, show_default=True, help="full, head, last:N (last N stages + head) or gradual:K (one more stage every K epochs)."),
-        click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-                     help="Validate and keep a moving average of the weights with this decay per step (e.g. 0.99); 0: the weights themselves."),
-        click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-                     help="The head learns at --lr and each stage below it (as --freeze counts them) at this times the rate "
-                          "of the stage above: the general early features move least. 1: one rate for all."),
-        click.option("--mixup", type=click.FloatRange(0), default=0.0, show_default=True,
-                     help="Blend each training image with another of its batch, and their targets, by a Beta(ALPHA, ALPHA) weight "
-                          "(mixup; e.g. 0.2). 0: no blending."),
-        click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
-                     help="Which weights the run keeps: the epoch with the best validation --metric, or the last epoch's "
-                          "(the schedule has annealed there; on a small validation split the best epoch is picked by noise)."),
-        click.option("--patience", type=click.IntRange(0), default=0, show_default=True, help="Stop after this many epochs without a better validation metric (0: never)."),
-        click.option("--metric", type=click.Choice(["accuracy", "balanced_accuracy", "f1", "loss"]), default="accuracy", show_default=True, help="Validation metric that picks the best checkpoint."),
-        click.option("--augment", type=AugmentType(), default=None if inherit_augment else DEFAULT_AUGMENT, show_default=not inherit_augment, help=augment_help),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split (unless --split-seed), initialisation, data order and augmentation."),
-        click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ... Under torchrun: "
-                     "auto, cuda or cpu; each process takes the GPU of its local rank."),
-        click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Data-loading worker processes."),
-        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last completed epoch."),
+        click.option(
+            "--soft-labels/--hard-labels",
+            default=False,
+            show_default=True,
+            help="Train on the label probabilities where the data source has them (ELPV: the defect probability).",
+        ),
+        click.option(
+            "--balance",
+            type=click.Choice(["loss", "sampler", "none"]),
+            default="loss",
+            show_default=True,
+            help="Class imbalance: weighted loss, weighted sampler, or nothing.",
+        ),
+        click.option(
+            "--freeze",
+            default=freeze,
+            show_default=True,
+            help="full, head, last:N (last N stages + head) or gradual:K (one more stage every K epochs).",
+        ),
+        click.option(
+            "--ema",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.0,
+            show_default=True,
+            help="Validate and keep a moving average of the weights with this decay per step (e.g. 0.99); 0: the weights themselves.",
+        ),
+        click.option(
+            "--layer-decay",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="The head learns at --lr and each stage below it (as --freeze counts them) at this times the rate "
+            "of the stage above: the general early features move least. 1: one rate for all.",
+        ),
+        click.option(
+            "--mixup",
+            type=click.FloatRange(0),
+            default=0.0,
+            show_default=True,
+            help="Blend each training image with another of its batch, and their targets, by a Beta(ALPHA, ALPHA) weight "
+            "(mixup; e.g. 0.2). 0: no blending.",
+        ),
+        click.option(
+            "--keep",
+            type=click.Choice(["best", "last"]),
+            default="best",
+            show_default=True,
+            help="Which weights the run keeps: the epoch with the best validation --metric, or the last epoch's "
+            "(the schedule has annealed there; on a small validation split the best epoch is picked by noise).",
+        ),
+        click.option(
+            "--patience",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="Stop after this many epochs without a better validation metric (0: never).",
+        ),
+        click.option(
+            "--metric",
+            type=click.Choice(["accuracy", "balanced_accuracy", "f1", "loss"]),
+            default="accuracy",
+            show_default=True,
+            help="Validation metric that picks the best checkpoint.",
+        ),
+        click.option(
+            "--augment",
+            type=AugmentType(),
+            default=None if inherit_augment else DEFAULT_AUGMENT,
+            show_default=not inherit_augment,
+            help=augment_help,
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seeds the split (unless --split-seed), initialisation, data order and augmentation.",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="auto (CUDA when present), cpu, cuda, cuda:1 ... Under torchrun: "
+            "auto, cuda or cpu; each process takes the GPU of its local rank.",
+        ),
+        click.option(
+            "--workers", type=click.IntRange(0), default=0, show_default=True, help="Data-loading worker processes."
+        ),
+        click.option(
+            "--resume", is_flag=True, help="Continue an interrupted run in --out from its last completed epoch."
+        ),
         click.option("--force", is_flag=True, help="Replace what --out already holds."),
     )
 
 
 distill_options = _stack(
-    click.option("--distill", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                 help="Weight of the teacher's predictions in the training loss (knowledge distillation); 0: labels only."),
-    click.option("--teacher", type=click.Path(file_okay=False, path_type=Path),
-                 help="Run directory of the distillation teacher (default: the input run). For QAT of a pruned run, the float run teaches best."),
+    click.option(
+        "--distill",
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        show_default=True,
+        help="Weight of the teacher's predictions in the training loss (knowledge distillation); 0: labels only.",
+    ),
+    click.option(
+        "--teacher",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Run directory of the distillation teacher (default: the input run). For QAT of a pruned run, the float run teaches best.",
+    ),
 )
 
 
@@ -143,8 +303,10 @@ def record(ctx: click.Context, **params) -> dict:
 
 def pass_options(f):
     """Call `f(ctx, opts)` with the command's options as one dict."""
+
     @click.pass_context
     @functools.wraps(f)
     def wrapper(ctx, **kwargs):
         return f(ctx, kwargs)
+
     return wrapper

@@ -35,15 +35,21 @@ def load_recipe(name_or_path: str) -> Recipe:
         path = recipe_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in recipe_dir().glob("*.yaml"))
-        raise EdgetuneError(f"--calibration {name_or_path}: no such recipe ({path}). Give a YAML file or one of: {', '.join(known) or 'none'}.")
+        raise EdgetuneError(
+            f"--calibration {name_or_path}: no such recipe ({path}). Give a YAML file or one of: {', '.join(known) or 'none'}."
+        )
     data = read_yaml(path, "Calibration recipe")
     if set(data) - KEYS:
-        raise EdgetuneError(f"Calibration recipe {path}: unknown key(s) {sorted(set(data) - KEYS)}; allowed: {', '.join(sorted(KEYS))}.")
+        raise EdgetuneError(
+            f"Calibration recipe {path}: unknown key(s) {sorted(set(data) - KEYS)}; allowed: {', '.join(sorted(KEYS))}."
+        )
     r = Recipe(name=path.stem, **data)
     if not isinstance(r.count, int) or r.count < 1:
         raise EdgetuneError(f"Calibration recipe {path}: count {r.count!r} must be a positive integer.")
     if r.split not in ("train", "val"):
-        raise EdgetuneError(f"Calibration recipe {path}: split {r.split!r} must be train or val (the test split stays unseen).")
+        raise EdgetuneError(
+            f"Calibration recipe {path}: split {r.split!r} must be train or val (the test split stays unseen)."
+        )
     if r.strategy not in ("stratified", "random"):
         raise EdgetuneError(f"Calibration recipe {path}: strategy {r.strategy!r} must be stratified or random.")
     return r
@@ -58,7 +64,13 @@ def select(split: Split, recipe: Recipe, count: int | None = None) -> tuple[list
     want = count or recipe.count
     if len(pool) <= want:
         if len(pool) < want:
-            logger.warning("Calibration recipe '%s' asks for %d images but the %s split has %d: using all of them.", recipe.name, want, recipe.split, len(pool))
+            logger.warning(
+                "Calibration recipe '%s' asks for %d images but the %s split has %d: using all of them.",
+                recipe.name,
+                want,
+                recipe.split,
+                len(pool),
+            )
         chosen = list(pool)
     elif recipe.strategy == "stratified" and len({y for _, y in pool}) > 1 and want >= len({y for _, y in pool}):
         from sklearn.model_selection import train_test_split
@@ -69,6 +81,12 @@ def select(split: Split, recipe: Recipe, count: int | None = None) -> tuple[list
         chosen = [pool[i] for i in sorted(idx)]
     chosen = sorted(chosen)
     images = [[p, int(y), sha256_file(p)] for p, y in chosen]
-    record = {"recipe": {**asdict(recipe), "count": want}, "requested": want, "count": len(chosen), "short": max(0, want - len(chosen)),
-              "hash": sha256_json(images), "images": [[p, y] for p, y, _ in images]}
+    record = {
+        "recipe": {**asdict(recipe), "count": want},
+        "requested": want,
+        "count": len(chosen),
+        "short": max(0, want - len(chosen)),
+        "hash": sha256_json(images),
+        "images": [[p, y] for p, y, _ in images],
+    }
     return [(p, int(y)) for p, y in chosen], record

@@ -28,16 +28,25 @@ IMPORTANCE = ("l1", "l2", "fpgm", "lamp", "random")
 def importance(name: str):
     import torch_pruning as tp
 
-    table = {"l1": lambda: tp.importance.MagnitudeImportance(p=1), "l2": lambda: tp.importance.MagnitudeImportance(p=2),
-             "fpgm": tp.importance.FPGMImportance, "lamp": tp.importance.LAMPImportance, "random": tp.importance.RandomImportance}
+    table = {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "fpgm": tp.importance.FPGMImportance,
+        "lamp": tp.importance.LAMPImportance,
+        "random": tp.importance.RandomImportance,
+    }
     if name not in table:
         raise EdgetuneError(f"--importance {name!r}: use one of {', '.join(IMPORTANCE)} (magnitude l1 is the default).")
     return table[name]()
 
 
 def _attention_layers(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules()
-            if hasattr(m, "num_heads") and (hasattr(m, "qkv") or hasattr(m, "q_proj") or isinstance(m, nn.MultiheadAttention))]
+    return [
+        name
+        for name, m in model.named_modules()
+        if hasattr(m, "num_heads")
+        and (hasattr(m, "qkv") or hasattr(m, "q_proj") or isinstance(m, nn.MultiheadAttention))
+    ]
 
 
 def mlp_hidden_layers(model: nn.Module) -> list[nn.Module]:
@@ -45,7 +54,11 @@ def mlp_hidden_layers(model: nn.Module) -> list[nn.Module]:
     output channels are the MLP's hidden width, which nothing outside the MLP sees."""
     from timm.layers import Mlp
 
-    return [m.fc1 for m in model.modules() if type(m) is Mlp and isinstance(m.fc1, nn.Linear) and isinstance(m.fc2, nn.Linear)]
+    return [
+        m.fc1
+        for m in model.modules()
+        if type(m) is Mlp and isinstance(m.fc1, nn.Linear) and isinstance(m.fc2, nn.Linear)
+    ]
 
 
 def check_prunable(model: nn.Module, model_name: str) -> None:
@@ -54,9 +67,11 @@ def check_prunable(model: nn.Module, model_name: str) -> None:
     attention = _attention_layers(model)
     if attention and not mlp_hidden_layers(model):
         m = model.get_submodule(attention[0])
-        raise EdgetuneError(f"{model_name} cannot be pruned: layer '{attention[0]}' ({type(m).__name__}) is multi-head attention, and pruning "
-                            "attention heads is not supported (nor are its MLPs plain Linear -> activation -> Linear ones whose hidden channels "
-                            "could be pruned instead). Skip pruning for this model: run `edgetune quantize` on the float run directly.")
+        raise EdgetuneError(
+            f"{model_name} cannot be pruned: layer '{attention[0]}' ({type(m).__name__}) is multi-head attention, and pruning "
+            "attention heads is not supported (nor are its MLPs plain Linear -> activation -> Linear ones whose hidden channels "
+            "could be pruned instead). Skip pruning for this model: run `edgetune quantize` on the float run directly."
+        )
 
 
 def _ignored_layers(model: nn.Module) -> list[nn.Module]:
@@ -104,12 +119,21 @@ def prune_groups(model: nn.Module) -> list[str]:
     for name, child in model.named_children():
         if child is classifier or not weighted(child):
             continue
-        body = isinstance(child, (nn.Sequential, nn.ModuleList)) and sum(p.numel() for p in child.parameters()) > total / 2
+        body = (
+            isinstance(child, (nn.Sequential, nn.ModuleList)) and sum(p.numel() for p in child.parameters()) > total / 2
+        )
         groups += [f"{name}.{n}" for n, c in child.named_children() if weighted(c)] if body else [name]
     return groups
 
 
-def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str, ratios: dict[str, float] | None = None) -> nn.Module:
+def prune_once(
+    model: nn.Module,
+    size: tuple[int, int],
+    ratio: float,
+    round_to: int,
+    imp: str,
+    ratios: dict[str, float] | None = None,
+) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer (uniformly, each kept
     count rounded to the nearest multiple of `round_to`), in place; `ratios` (group
     name -> ratio, see `prune_groups`) overrides it for the layers in those groups.
@@ -126,12 +150,21 @@ def prune_once(model: nn.Module, size: tuple[int, int], ratio: float, round_to: 
             # ConvNeXt's layer-scale gammas are "unwrapped" parameters; torch-pruning
             # prunes their last (channel) dimension, which is what they need.
             warnings.filterwarnings("ignore", message="Unwrapped parameters")
-            pruner = _pruner_class()(model, example, importance=importance(imp), pruning_ratio=max(ratio, 0.0), ignored_layers=ignored, round_to=round_to or None,
-                                      pruning_ratio_dict={model.get_submodule(name): r for name, r in ratios.items()} or None)
+            pruner = _pruner_class()(
+                model,
+                example,
+                importance=importance(imp),
+                pruning_ratio=max(ratio, 0.0),
+                ignored_layers=ignored,
+                round_to=round_to or None,
+                pruning_ratio_dict={model.get_submodule(name): r for name, r in ratios.items()} or None,
+            )
             pruner.step()
     except Exception as e:
-        raise EdgetuneError(f"torch-pruning cannot prune {type(model).__name__}{_layer_hint(model, e)}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}. Prune another backbone or skip pruning for this one.") from None
+        raise EdgetuneError(
+            f"torch-pruning cannot prune {type(model).__name__}{_layer_hint(model, e)}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Prune another backbone or skip pruning for this one."
+        ) from None
     finally:
         model.train(was_training)
     return model
@@ -144,7 +177,9 @@ def _layer_hint(model: nn.Module, e: Exception) -> str:
     return f" at layer {max(names, key=len)}" if names else ""
 
 
-def mac_reduction(model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str, steps: int = 1) -> float:
+def mac_reduction(
+    model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str, steps: int = 1
+) -> float:
     """The share of `model`'s MACs that pruning `ratio` of the channels in `steps`
     steps removes (on a copy; each step rounds the channel counts again)."""
     pruned = copy.deepcopy(model)
@@ -153,15 +188,19 @@ def mac_reduction(model: nn.Module, size: tuple[int, int], ratio: float, round_t
     return 1 - count_macs(pruned, size)[0] / count_macs(model, size)[0]
 
 
-def ratio_for_macs(model: nn.Module, size: tuple[int, int], reduction: float, round_to: int, imp: str, steps: int = 1) -> float:
+def ratio_for_macs(
+    model: nn.Module, size: tuple[int, int], reduction: float, round_to: int, imp: str, steps: int = 1
+) -> float:
     """The channel ratio whose pruning in `steps` steps removes at least `reduction`
     of the MACs (bisection). The steps are simulated: one-shot ratios overshoot
     (45% asked, 50% removed in 2 steps)."""
     lo, hi = 0.0, 0.95
     most = mac_reduction(model, size, hi, round_to, imp, steps)
     if most < reduction:  # e.g. a ViT, whose MLP hidden channels alone are prunable
-        raise EdgetuneError(f"--target-macs {reduction:g}: pruning {type(model).__name__} removes at most {most:.0%} of its MACs "
-                            f"(95% of its prunable channels). Ask for less, or give --ratio.")
+        raise EdgetuneError(
+            f"--target-macs {reduction:g}: pruning {type(model).__name__} removes at most {most:.0%} of its MACs "
+            f"(95% of its prunable channels). Ask for less, or give --ratio."
+        )
     for _ in range(8):
         mid = (lo + hi) / 2
         if mac_reduction(model, size, mid, round_to, imp, steps) >= reduction:

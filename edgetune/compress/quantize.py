@@ -43,11 +43,18 @@ def _quantization_parameters(overflow_fix: str = "enable"):
     weights make ONNX Runtime's integer kernels disagree with the trained model
     (measured on a tiny model: 88% top-1 agreement without, 100% with)."""
     from nncf.common.quantization.structs import QuantizationScheme
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
 
     return AdvancedQuantizationParameters(
         overflow_fix=OverflowFix[overflow_fix.upper()],
-        activations_quantization_params=QuantizationParameters(num_bits=8, mode=QuantizationScheme.SYMMETRIC, per_channel=False))
+        activations_quantization_params=QuantizationParameters(
+            num_bits=8, mode=QuantizationScheme.SYMMETRIC, per_channel=False
+        ),
+    )
 
 
 def _ignored_scope(patterns: list[str]):
@@ -57,7 +64,9 @@ def _ignored_scope(patterns: list[str]):
         try:
             re.compile(p)
         except re.error as e:
-            raise EdgetuneError(f"--ignore {p!r} is not a valid regular expression ({e}). Example: --ignore 'classifier' or --ignore 'blocks\\.0\\..*'.") from None
+            raise EdgetuneError(
+                f"--ignore {p!r} is not a valid regular expression ({e}). Example: --ignore 'classifier' or --ignore 'blocks\\.0\\..*'."
+            ) from None
     return nncf.IgnoredScope(patterns=list(patterns)) if patterns else None
 
 
@@ -68,8 +77,15 @@ def _layer_names(model: torch.nn.Module, size) -> list[str]:
     return sorted(n.node_name for n in graph.get_all_nodes() if n.node_type in ("conv2d", "linear", "matmul"))
 
 
-def quantize_model(model: torch.nn.Module, calib_tensors: list[torch.Tensor], size: tuple[int, int], ignore: list[str] = (), fold_bn: bool = True,
-                   overflow_fix: str = "enable", activations: str = "auto"):
+def quantize_model(
+    model: torch.nn.Module,
+    calib_tensors: list[torch.Tensor],
+    size: tuple[int, int],
+    ignore: list[str] = (),
+    fold_bn: bool = True,
+    overflow_fix: str = "enable",
+    activations: str = "auto",
+):
     """The NNCF-quantized model (quantizers initialised, not trained) and its record."""
     nncf = import_nncf()
 
@@ -80,25 +96,49 @@ def quantize_model(model: torch.nn.Module, calib_tensors: list[torch.Tensor], si
     folded = fold_batchnorm(model, size) if fold_bn else []
     scope = _ignored_scope(list(ignore))
     try:
-        qmodel = nncf.quantize(model, nncf.Dataset(calib_tensors), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib_tensors),
-                               ignored_scope=scope, advanced_parameters=_quantization_parameters(overflow_fix))
+        qmodel = nncf.quantize(
+            model,
+            nncf.Dataset(calib_tensors),
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            subset_size=len(calib_tensors),
+            ignored_scope=scope,
+            advanced_parameters=_quantization_parameters(overflow_fix),
+        )
     except nncf.ValidationError as e:
         if scope is not None and "ignored" in str(e).lower():
             names = _layer_names(model, size)
-            raise EdgetuneError(f"--ignore {' '.join(ignore)}: {str(e).splitlines()[0]} Patterns are regular expressions matched from the start of "
-                                f"layer names such as {', '.join(names[:3])}, ..., {names[-1]}.") from None
-        raise EdgetuneError(f"NNCF cannot quantize this model: {str(e).splitlines()[0]}. Keep the failing layer in float with --ignore LAYER_PATTERN.") from None
+            raise EdgetuneError(
+                f"--ignore {' '.join(ignore)}: {str(e).splitlines()[0]} Patterns are regular expressions matched from the start of "
+                f"layer names such as {', '.join(names[:3])}, ..., {names[-1]}."
+            ) from None
+        raise EdgetuneError(
+            f"NNCF cannot quantize this model: {str(e).splitlines()[0]}. Keep the failing layer in float with --ignore LAYER_PATTERN."
+        ) from None
     except Exception as e:
-        raise EdgetuneError(f"NNCF cannot quantize this model: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-                            "Keep the failing layer in float with --ignore LAYER_PATTERN (a regular expression over layer names).") from None
+        raise EdgetuneError(
+            f"NNCF cannot quantize this model: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+            "Keep the failing layer in float with --ignore LAYER_PATTERN (a regular expression over layer names)."
+        ) from None
     signed = force_signed_activations(qmodel) if activations == "int8" else 0
     from nncf.torch import get_config
 
-    record = {"tool": f"nncf {nncf.__version__}", "nncf_config": get_config(qmodel), "fold_bn": bool(folded), "folded_pairs": len(folded), "fixed_input_size": fixed_size,
-              "weights": "int8 symmetric per-channel (output axis)", "zero_point": 0,
-              "activations": activations, "activation_types": "int8 per-tensor" if activations == "int8" else "per-tensor, uint8 after ReLU, int8 elsewhere",
-              "made_signed": signed,
-              "overflow_fix": overflow_fix, "ignore": list(ignore), "quantizers": _count_quantizers(qmodel)}
+    record = {
+        "tool": f"nncf {nncf.__version__}",
+        "nncf_config": get_config(qmodel),
+        "fold_bn": bool(folded),
+        "folded_pairs": len(folded),
+        "fixed_input_size": fixed_size,
+        "weights": "int8 symmetric per-channel (output axis)",
+        "zero_point": 0,
+        "activations": activations,
+        "activation_types": "int8 per-tensor"
+        if activations == "int8"
+        else "per-tensor, uint8 after ReLU, int8 elsewhere",
+        "made_signed": signed,
+        "overflow_fix": overflow_fix,
+        "ignore": list(ignore),
+        "quantizers": _count_quantizers(qmodel),
+    }
     return qmodel, record
 
 

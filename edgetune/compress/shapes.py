@@ -12,8 +12,21 @@ from edgetune.errors import EdgetuneError
 
 # Size attributes torch-pruning rewrites on the layers it touches (and timm keeps
 # on models and heads); anything else it changes lives in parameter shapes.
-SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "normalized_shape",
-              "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim", "head_hidden_size")
+SIZE_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "num_channels",
+    "num_groups",
+    "embed_dim",
+    "num_heads",
+    "head_dim",
+    "head_hidden_size",
+)
 
 
 def _plain(v):
@@ -24,7 +37,11 @@ def record_shapes(model: nn.Module) -> dict:
     """{module name: {"attrs": {...}, "params": {name: shape}, "buffers": {name: shape}}}, JSON-ready."""
     arch = {}
     for name, mod in model.named_modules():
-        attrs = {a: _plain(getattr(mod, a)) for a in SIZE_ATTRS if isinstance(getattr(mod, a, None), (int, tuple, list, torch.Size))}
+        attrs = {
+            a: _plain(getattr(mod, a))
+            for a in SIZE_ATTRS
+            if isinstance(getattr(mod, a, None), (int, tuple, list, torch.Size))
+        }
         params = {n: list(p.shape) for n, p in mod.named_parameters(recurse=False)}
         buffers = {n: list(b.shape) for n, b in mod.named_buffers(recurse=False) if b is not None}
         if attrs or params or buffers:
@@ -39,8 +56,10 @@ def apply_shapes(model: nn.Module, arch: dict) -> nn.Module:
     for name, rec in arch.items():
         mod = modules.get(name)
         if mod is None:
-            raise EdgetuneError(f"The recorded architecture names a layer '{name}' that {type(model).__name__} does not have: "
-                                "the run was made with another model or timm version.")
+            raise EdgetuneError(
+                f"The recorded architecture names a layer '{name}' that {type(model).__name__} does not have: "
+                "the run was made with another model or timm version."
+            )
         for a, v in rec.get("attrs", {}).items():
             setattr(mod, a, tuple(v) if isinstance(v, list) else v)
         for n, shape in rec.get("params", {}).items():
@@ -50,5 +69,7 @@ def apply_shapes(model: nn.Module, arch: dict) -> nn.Module:
         for n, shape in rec.get("buffers", {}).items():
             old = getattr(mod, n)
             if old is not None and list(old.shape) != shape:
-                mod.register_buffer(n, torch.empty(shape, dtype=old.dtype), persistent=n not in mod._non_persistent_buffers_set)
+                mod.register_buffer(
+                    n, torch.empty(shape, dtype=old.dtype), persistent=n not in mod._non_persistent_buffers_set
+                )
     return model

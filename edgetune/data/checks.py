@@ -23,8 +23,12 @@ def image_problem(path: str) -> str | None:
 def drop_bad_images(source: Source, skip_bad: bool, log=None) -> Source:
     bad = [(it.path, why) for it in source.items if (why := image_problem(it.path))]
     if bad and not skip_bad:
-        listing = "; ".join(f"{p} ({why})" for p, why in bad[:50]) + (f"; and {len(bad) - 50} more" if len(bad) > 50 else "")
-        raise EdgetuneError(f"--data {source.spec}: {len(bad)} image(s) cannot be read: {listing}. Fix or remove them, or pass --skip-bad to leave them out (they are recorded in the run).")
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:50]) + (
+            f"; and {len(bad) - 50} more" if len(bad) > 50 else ""
+        )
+        raise EdgetuneError(
+            f"--data {source.spec}: {len(bad)} image(s) cannot be read: {listing}. Fix or remove them, or pass --skip-bad to leave them out (they are recorded in the run)."
+        )
     if bad:
         bad_paths = {p for p, _ in bad}
         source.items = [it for it in source.items if it.path not in bad_paths]
@@ -34,5 +38,7 @@ def drop_bad_images(source: Source, skip_bad: bool, log=None) -> Source:
         counts = [sum(it.label == c for it in source.items) for c in range(len(source.classes))]
         empty = [source.classes[c] for c, n in enumerate(counts) if n == 0]
         if empty:
-            raise EdgetuneError(f"--data {source.spec}: after skipping unreadable images, class(es) {', '.join(empty)} have no images left.")
+            raise EdgetuneError(
+                f"--data {source.spec}: after skipping unreadable images, class(es) {', '.join(empty)} have no images left."
+            )
     return source

@@ -15,7 +15,12 @@ class ImageDataset(Dataset):
     """Yields (image, label), or (image, class probabilities) when `soft` maps paths
     to them (for the loss; metrics always use the hard labels)."""
 
-    def __init__(self, pairs: list[tuple[str, int]], transform: Callable[[torch.Tensor], torch.Tensor], soft: dict[str, list[float]] | None = None):
+    def __init__(
+        self,
+        pairs: list[tuple[str, int]],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        soft: dict[str, list[float]] | None = None,
+    ):
         self.pairs, self.transform, self.soft = pairs, transform, soft
 
     def __len__(self) -> int:
@@ -43,16 +48,27 @@ def train_val_datasets(split, spec, augment, soft_labels: bool) -> tuple[ImageDa
         n = len(split.classes)
         soft = {p: split.soft.get(p) or [float(c == y) for c in range(n)] for p, y in split.parts["train"]}
     elif soft_labels:
-        log.get(__name__).warning("--soft-labels: %s has no label probabilities (only the built-in ELPV has); training on the hard labels.", split.source)
-    return (ImageDataset(split.parts["train"], TrainTransform(spec, augment), soft),
-            ImageDataset(split.parts["val"], EvalTransform(spec)))
+        log.get(__name__).warning(
+            "--soft-labels: %s has no label probabilities (only the built-in ELPV has); training on the hard labels.",
+            split.source,
+        )
+    return (
+        ImageDataset(split.parts["train"], TrainTransform(spec, augment), soft),
+        ImageDataset(split.parts["val"], EvalTransform(spec)),
+    )
 
 
 def make_loader(dataset, batch_size: int, workers: int = 0, **kw) -> DataLoader:
     """Every DataLoader of training and evaluation: its worker processes run OpenCV
     (the preprocessing) with one thread each, as the workers are the parallelism
     and a thread pool inherited across fork is a known way to hang."""
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, worker_init_fn=_one_opencv_thread if workers else None, **kw)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        worker_init_fn=_one_opencv_thread if workers else None,
+        **kw,
+    )
 
 
 def _one_opencv_thread(_worker: int) -> None:

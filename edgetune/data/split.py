@@ -34,9 +34,16 @@ class Split:
     def to_dict(self) -> dict:
         """The split.json record: paths relative to `root` (portable), `root` itself for reference."""
         rel = self._relative
-        return {"source": self.source, "root": self.root, "paths": "relative" if self.root else "absolute", "classes": self.classes,
-                "seed": self.seed, "skipped": [rel(p) for p in self.skipped], **{k: [[rel(p), y] for p, y in v] for k, v in self.parts.items()},
-                **({"soft": {rel(p): t for p, t in self.soft.items()}} if self.soft else {})}
+        return {
+            "source": self.source,
+            "root": self.root,
+            "paths": "relative" if self.root else "absolute",
+            "classes": self.classes,
+            "seed": self.seed,
+            "skipped": [rel(p) for p in self.skipped],
+            **{k: [[rel(p), y] for p, y in v] for k, v in self.parts.items()},
+            **({"soft": {rel(p): t for p, t in self.soft.items()}} if self.soft else {}),
+        }
 
     def _relative(self, path: str) -> str:
         return Path(os.path.relpath(path, self.root)).as_posix() if self.root else path
@@ -46,12 +53,19 @@ class Split:
         """`data`: where the source is on this machine, when not where its spec (or the
         recorded root) points from here."""
         root = resolve_root(d, data) if d.get("paths") == "relative" else None
+
         def here(p):
             return str(root / p) if root is not None else p
 
-        return cls(d["source"], list(d["classes"]), int(d["seed"]), {k: [(here(p), int(y)) for p, y in d[k]] for k in SPLITS},
-                   [here(p) for p in d.get("skipped", [])], {here(p): [float(v) for v in t] for p, t in d.get("soft", {}).items()},
-                   str(root) if root is not None else d.get("root"))
+        return cls(
+            d["source"],
+            list(d["classes"]),
+            int(d["seed"]),
+            {k: [(here(p), int(y)) for p, y in d[k]] for k in SPLITS},
+            [here(p) for p in d.get("skipped", [])],
+            {here(p): [float(v) for v in t] for p, t in d.get("soft", {}).items()},
+            str(root) if root is not None else d.get("root"),
+        )
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())
@@ -94,15 +108,29 @@ def make_split(source: Source, seed: int, val_frac: float, test_frac: float) -> 
     from sklearn.model_selection import train_test_split
 
     if not (0 < test_frac < 1 and 0 < val_frac < 1 and val_frac + test_frac < 1):
-        raise EdgetuneError(f"--val-frac {val_frac} and --test-frac {test_frac} must each be in (0, 1) and sum to less than 1.")
+        raise EdgetuneError(
+            f"--val-frac {val_frac} and --test-frac {test_frac} must each be in (0, 1) and sum to less than 1."
+        )
     items = source.items
     small = [source.classes[c] for c, n in Counter(it.label for it in items).items() if n < 3]
     if small:
-        raise EdgetuneError(f"--data {source.spec}: class(es) {', '.join(small)} have fewer than 3 images; each of train, val and test needs one.")
+        raise EdgetuneError(
+            f"--data {source.spec}: class(es) {', '.join(small)} have fewer than 3 images; each of train, val and test needs one."
+        )
     idx = list(range(len(items)))
     keys = _stratify_keys(items)
     rest, test = train_test_split(idx, test_size=test_frac, random_state=seed, stratify=keys)
     rest_keys = _stratify_keys([items[i] for i in rest])
     train, val = train_test_split(rest, test_size=val_frac / (1 - test_frac), random_state=seed, stratify=rest_keys)
-    parts = {name: [(items[i].path, items[i].label) for i in sorted(part)] for name, part in zip(SPLITS, (train, val, test))}
-    return Split(source.spec, source.classes, seed, parts, source.skipped, {it.path: list(it.soft) for it in items if it.soft is not None}, source.root)
+    parts = {
+        name: [(items[i].path, items[i].label) for i in sorted(part)] for name, part in zip(SPLITS, (train, val, test))
+    }
+    return Split(
+        source.spec,
+        source.classes,
+        seed,
+        parts,
+        source.skipped,
+        {it.path: list(it.soft) for it in items if it.soft is not None},
+        source.root,
+    )

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 
 
-def make_images(root: Path, n_per_class: int = 30, size: int = 48, classes=("ok", "defect"), seed: int = 0, gray: bool = False) -> Path:
+def make_images(
+    root: Path, n_per_class: int = 30, size: int = 48, classes=("ok", "defect"), seed: int = 0, gray: bool = False
+) -> Path:
     """A folder of class sub-folders whose classes a tiny model can tell apart:
     'defect' images carry a dark diagonal crack on a noisy bright cell."""
     rng = np.random.default_rng(seed)

@@ -33,7 +33,9 @@ def normalize(img_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
 def augment_ops(augment: Augment) -> v2.Compose:
     ops = []
     if augment.rrc < 1.0:
-        ops.append(v2.RandomResizedCrop(size=1, scale=(augment.rrc, 1.0), ratio=(0.9, 1.1)))  # size set by TrainTransform
+        ops.append(
+            v2.RandomResizedCrop(size=1, scale=(augment.rrc, 1.0), ratio=(0.9, 1.1))
+        )  # size set by TrainTransform
     if augment.hflip:
         ops.append(v2.RandomHorizontalFlip())
     if augment.vflip:

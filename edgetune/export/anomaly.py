@@ -38,7 +38,9 @@ EMBEDDER_POOL = r"pool/.*"  # NNCF's names for PatchEmbedder.pool's ops
 def normal_split(run):
     """The run's split with only the normal images in train and val: what
     calibration may draw from."""
-    return dataclasses.replace(run.split, parts={k: [(p, y) for p, y in v if y == 0] if k != "test" else v for k, v in run.split.parts.items()})
+    return dataclasses.replace(
+        run.split, parts={k: [(p, y) for p, y in v if y == 0] if k != "test" else v for k, v in run.split.parts.items()}
+    )
 
 
 def quantized_patchcore(run, calibration: str = "default", count: int | None = None, activations: str = "int8"):
@@ -50,13 +52,23 @@ def quantized_patchcore(run, calibration: str = "default", count: int | None = N
     model = load_patchcore(run)
     recipe = load_recipe(calibration)
     pairs, calib = select(normal_split(run), recipe, count)
-    logger.info("Calibrating INT8 quantizers of the %s embedder on %d normal images (recipe '%s', hash %s).", run.model_name, calib["count"],
-                recipe.name, calib["hash"][:12])
+    logger.info(
+        "Calibrating INT8 quantizers of the %s embedder on %d normal images (recipe '%s', hash %s).",
+        run.model_name,
+        calib["count"],
+        recipe.name,
+        calib["hash"][:12],
+    )
     # The embedder's own 3x3 average pool stays float: a quantizer on its output
     # (feeding the bank's MatMul) made OpenVINO's low-precision transformations
     # compute scores 8x off (measured: 0.84 absolute vs ONNX Runtime on the same file).
-    qemb, record = quantize_model(model.embedder, calibration_tensors(run, pairs), tuple(run.spec.size), ignore=[EMBEDDER_POOL],
-                                  activations=activations)
+    qemb, record = quantize_model(
+        model.embedder,
+        calibration_tensors(run, pairs),
+        tuple(run.spec.size),
+        ignore=[EMBEDDER_POOL],
+        activations=activations,
+    )
     model.embedder = qemb
     return model.eval(), {**record, "mode": "ptq", "calibration": calib}
 
@@ -78,8 +90,16 @@ def _for_export(model, precision: str, size):
     return model.eval()
 
 
-def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, activations: str = "keep", model=None, check_images: int = 64,
-                     check: bool = True) -> dict:
+def export_patchcore(
+    run,
+    out: Path,
+    precision: str = "fp32",
+    opset: int = 17,
+    activations: str = "keep",
+    model=None,
+    check_images: int = 64,
+    check: bool = True,
+) -> dict:
     """Write `run`'s PatchCore graph to `out` (for int8, `model` is the quantized
     module from `quantized_patchcore`); check it unless told not to; return the
     export's record."""
@@ -97,18 +117,44 @@ def export_patchcore(run, out: Path, precision: str = "fp32", opset: int = 17, a
             raise EdgetuneError("An int8 anomaly export needs the quantized module (quantized_patchcore).")
         model = load_patchcore(run)
     size = tuple(run.spec.size)
-    proto, folded = save_onnx(_for_export(model, precision, size), size, out, precision, opset, activations, [SCORE, MAP],
-                              f"edgetune PatchCore {run.model_name} {precision}")
+    proto, folded = save_onnx(
+        _for_export(model, precision, size),
+        size,
+        out,
+        precision,
+        opset,
+        activations,
+        [SCORE, MAP],
+        f"edgetune PatchCore {run.model_name} {precision}",
+    )
     checks = {}
     if check:
-        checks = {"onnx_checker": "passed", "weight_qdq": static_checks(out, proto, precision, activations), "weights_folded_to_int8": folded,
-                  **compare_scores(out, model, run, check_images)}
-        logger.info("ONNX Runtime vs PyTorch: Spearman %.4f of the scores on %d images.", checks["spearman"], checks["images"])
+        checks = {
+            "onnx_checker": "passed",
+            "weight_qdq": static_checks(out, proto, precision, activations),
+            "weights_folded_to_int8": folded,
+            **compare_scores(out, model, run, check_images),
+        }
+        logger.info(
+            "ONNX Runtime vs PyTorch: Spearman %.4f of the scores on %d images.", checks["spearman"], checks["images"]
+        )
     h, w = size
-    logger.info("Exported PatchCore %s (%s) to %s (%.2f MB).", run.model_name, precision, out, out.stat().st_size / 2**20)
-    return {"path": str(out), "precision": precision, "input_name": INPUT_NAME, "output_names": [SCORE, MAP], "layout": "NCHW",
-            "input_shape": [-1, 3, int(h), int(w)], "opset": int(opset), "activations": activations if precision == "int8" else None,
-            "sha256": sha256_file(out), "size_mb": out.stat().st_size / 2**20, "checks": checks}
+    logger.info(
+        "Exported PatchCore %s (%s) to %s (%.2f MB).", run.model_name, precision, out, out.stat().st_size / 2**20
+    )
+    return {
+        "path": str(out),
+        "precision": precision,
+        "input_name": INPUT_NAME,
+        "output_names": [SCORE, MAP],
+        "layout": "NCHW",
+        "input_shape": [-1, 3, int(h), int(w)],
+        "opset": int(opset),
+        "activations": activations if precision == "int8" else None,
+        "sha256": sha256_file(out),
+        "size_mb": out.stat().st_size / 2**20,
+        "checks": checks,
+    }
 
 
 def compare_scores(path: Path, model, run, n: int) -> dict:
@@ -122,25 +168,42 @@ def compare_scores(path: Path, model, run, n: int) -> dict:
 
     images = _check_images(run, n)
     with torch.no_grad():
-        ref = [model(torch.from_numpy(images[i:i + 16])) for i in range(0, len(images), 16)]
+        ref = [model(torch.from_numpy(images[i : i + 16])) for i in range(0, len(images), 16)]
     ref_s = np.concatenate([s.numpy() for s, _ in ref])
     ref_m = np.concatenate([m.numpy() for _, m in ref])
     sess = ort_session(path)
-    got = [sess.run(None, {sess.get_inputs()[0].name: images[i:i + 16]}) for i in range(0, len(images), 16)]
+    got = [sess.run(None, {sess.get_inputs()[0].name: images[i : i + 16]}) for i in range(0, len(images), 16)]
     got_s = np.concatenate([g[0] for g in got])
     got_m = np.concatenate([g[1] for g in got])
     rho = float(spearmanr(ref_s, got_s).statistic) if len(images) > 2 else 1.0
-    out = {"images": int(len(images)), "spearman": rho, "min_spearman": MIN_SPEARMAN,
-           "max_score_diff": float(np.abs(ref_s - got_s).max()), "max_map_diff": float(np.abs(ref_m - got_m).max())}
+    out = {
+        "images": int(len(images)),
+        "spearman": rho,
+        "min_spearman": MIN_SPEARMAN,
+        "max_score_diff": float(np.abs(ref_s - got_s).max()),
+        "max_map_diff": float(np.abs(ref_m - got_m).max()),
+    }
     if not rho >= MIN_SPEARMAN:
-        raise EdgetuneError(f"Export {path}: ONNX Runtime's anomaly scores rank {len(images)} images differently from PyTorch's (Spearman "
-                            f"{rho:.4f} < {MIN_SPEARMAN}; largest score difference {out['max_score_diff']:.4g}). The exported graph computes "
-                            "something else than the fitted model.")
+        raise EdgetuneError(
+            f"Export {path}: ONNX Runtime's anomaly scores rank {len(images)} images differently from PyTorch's (Spearman "
+            f"{rho:.4f} < {MIN_SPEARMAN}; largest score difference {out['max_score_diff']:.4g}). The exported graph computes "
+            "something else than the fitted model."
+        )
     return out
 
 
-def export_variant(run, out_dir: Path, precision: str, activations: str = "keep", opset: int = 17, calibration: str = "default",
-                   calib_count: int | None = None, cache: dict | None = None, path: Path | None = None, check: bool = True) -> dict:
+def export_variant(
+    run,
+    out_dir: Path,
+    precision: str,
+    activations: str = "keep",
+    opset: int = 17,
+    calibration: str = "default",
+    calib_count: int | None = None,
+    cache: dict | None = None,
+    path: Path | None = None,
+    check: bool = True,
+) -> dict:
     """The (precision, activations) variant as OUT_DIR/model.TAG.onnx (or `path`).
     With a `cache` dict, one PTQ (signed int8 activations, which every runtime
     takes) serves every int8 variant of a build."""

@@ -25,7 +25,11 @@ class GraphIndex:
         self.initializers = {i.name: i for i in g.initializer}
         self.constants = dict(self.initializers)  # name -> TensorProto
         for n in g.node:
-            value = next((a.t for a in n.attribute if a.name == "value"), None) if n.op_type == "Constant" and n.output else None
+            value = (
+                next((a.t for a in n.attribute if a.name == "value"), None)
+                if n.op_type == "Constant" and n.output
+                else None
+            )
             if value is not None:
                 self.constants[n.output[0]] = value
         self.producer = {o: n for n in g.node for o in n.output}
@@ -56,12 +60,19 @@ def weight_dequantizers(model_proto, index: GraphIndex | None = None) -> list:
         for node, i in index.consumers.get(name, []):
             if node.op_type in WEIGHT_OPS and i == WEIGHT_OPS[node.op_type]:
                 return True
-            if node.op_type in ("Transpose", "Reshape", "Identity") and depth < 3 and feeds_weight(node.output[0], depth + 1):
+            if (
+                node.op_type in ("Transpose", "Reshape", "Identity")
+                and depth < 3
+                and feeds_weight(node.output[0], depth + 1)
+            ):
                 return True
         return False
 
-    return [n for n in model_proto.graph.node
-            if n.op_type == "DequantizeLinear" and index.value(n.input[0]) is not None and feeds_weight(n.output[0])]
+    return [
+        n
+        for n in model_proto.graph.node
+        if n.op_type == "DequantizeLinear" and index.value(n.input[0]) is not None and feeds_weight(n.output[0])
+    ]
 
 
 def weight_axis(node, weight_index: int, rank: int | None) -> int | None:
@@ -91,7 +102,9 @@ def qdq_problems(model_proto) -> list[str]:
         scale = index.value(node.input[1])
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(w.ndim, 1)
         # A weight feeding its layer directly has a known output axis; behind a Transpose, axis 0.
-        want = {weight_axis(u, i, w.ndim) for u, i in index.consumers.get(node.output[0], []) if u.op_type in WEIGHT_OPS} - {None} or {0}
+        want = {
+            weight_axis(u, i, w.ndim) for u, i in index.consumers.get(node.output[0], []) if u.op_type in WEIGHT_OPS
+        } - {None} or {0}
         out_axis = min(want)
         if w.dtype == np.int32:
             continue  # a bias in int32 (scale = input scale x weight scale) is not a weight quantizer
@@ -100,9 +113,16 @@ def qdq_problems(model_proto) -> list[str]:
         zp = index.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if zp is not None and np.any(zp != 0):
             problems.append(f"weight {node.input[0]} ({name}) has zero-point {zp.ravel()[:4].tolist()}..., not 0")
-        if scale is None or scale.size != w.shape[out_axis] or (w.shape[out_axis] > 1 and axis != out_axis) or len(want) > 1:
-            problems.append(f"weight {node.input[0]} ({name}) is not quantized per output channel on axis {out_axis} "
-                            f"(scale of {None if scale is None else scale.size} values, axis {axis}, weight shape {list(w.shape)})")
+        if (
+            scale is None
+            or scale.size != w.shape[out_axis]
+            or (w.shape[out_axis] > 1 and axis != out_axis)
+            or len(want) > 1
+        ):
+            problems.append(
+                f"weight {node.input[0]} ({name}) is not quantized per output channel on axis {out_axis} "
+                f"(scale of {None if scale is None else scale.size} values, axis {axis}, weight shape {list(w.shape)})"
+            )
     return problems
 
 
@@ -118,10 +138,16 @@ def activation_problems(model_proto, activations: str = "keep") -> list[str]:
             continue  # weights are qdq_problems' job
         zp = index.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.uint8)
         values = set(zp.ravel().tolist())
-        ok = values == {0} if activations == "keep" else (zp.dtype == np.uint8 and values <= {0, 128} and len(values) == 1)
+        ok = (
+            values == {0}
+            if activations == "keep"
+            else (zp.dtype == np.uint8 and values <= {0, 128} and len(values) == 1)
+        )
         if not ok:
-            problems.append(f"activation {node.op_type} {node.name or node.output[0]}: {zp.dtype} zero-point {sorted(values)[:2]} "
-                            f"({'0 required' if activations == 'keep' else 'uint8 0 or 128 expected'})")
+            problems.append(
+                f"activation {node.op_type} {node.name or node.output[0]}: {zp.dtype} zero-point {sorted(values)[:2]} "
+                f"({'0 required' if activations == 'keep' else 'uint8 0 or 128 expected'})"
+            )
     return problems
 
 
@@ -160,18 +186,24 @@ def compare_with_torch(path, torch_logits: np.ndarray, inputs: np.ndarray, batch
 
     sess = ort_session(path)
     name = sess.get_inputs()[0].name
-    got = np.concatenate([sess.run(None, {name: inputs[i:i + batch]})[0] for i in range(0, len(inputs), batch)])
+    got = np.concatenate([sess.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
     top2 = np.sort(torch_logits, axis=1)[:, -2:]
     decisive = (top2[:, 1] - top2[:, 0]) > TIE_MARGIN
-    return {"images": int(len(inputs)), "agreement": agreement(torch_logits, got), "decisive_images": int(decisive.sum()),
-            "decisive_agreement": agreement(torch_logits[decisive], got[decisive]), "tie_margin": TIE_MARGIN,
-            "max_logit_diff": float(np.abs(torch_logits - got).max()) if len(got) else 0.0}
+    return {
+        "images": int(len(inputs)),
+        "agreement": agreement(torch_logits, got),
+        "decisive_images": int(decisive.sum()),
+        "decisive_agreement": agreement(torch_logits[decisive], got[decisive]),
+        "tie_margin": TIE_MARGIN,
+        "max_logit_diff": float(np.abs(torch_logits - got).max()) if len(got) else 0.0,
+    }
 
 
 # --- TensorRT's explicit-quantization rules (the jetson targets) ---------------
 
 # ONNX operators TensorRT's parser imports (onnx-tensorrt, TensorRT 8.5-10).
-TRT_OPS = set("""
+TRT_OPS = set(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip Concat
 Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf
 Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
@@ -183,7 +215,8 @@ ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
 ReverseSequence RoiAlign Round ScaledTanh Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh
 Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
 Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 QUANTIZABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
@@ -207,7 +240,10 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
 
     for n in graph.node:
         if n.domain not in ("", "ai.onnx") or n.op_type not in TRT_OPS:
-            problem(f"operator {n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type} is not imported by TensorRT's ONNX parser", n)
+            problem(
+                f"operator {n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type} is not imported by TensorRT's ONNX parser",
+                n,
+            )
 
     for n in graph.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -229,7 +265,10 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
         else:
             zp = consts[n.input[2]]
             if zp.data_type != TensorProto.INT8:
-                problem(f"{n.op_type}: zero-point type {TensorProto.DataType.Name(zp.data_type).lower()}; TensorRT needs int8 (symmetric)", n)
+                problem(
+                    f"{n.op_type}: zero-point type {TensorProto.DataType.Name(zp.data_type).lower()}; TensorRT needs int8 (symmetric)",
+                    n,
+                )
             if numpy_helper.to_array(zp).any():
                 problem(f"{n.op_type}: zero-point is not 0 (asymmetric); TensorRT needs symmetric quantization", n)
         if scale.size > 1 and n.op_type == "DequantizeLinear":
@@ -239,7 +278,10 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
             if not want or None in want:
                 problem("per-channel scales on an activation; TensorRT needs per-tensor activation scales", n)
             elif (axis % rank if rank else axis) not in want:
-                problem(f"per-channel weight scales on axis {axis}; TensorRT needs the output-channel axis ({sorted(want)[0]})", n)
+                problem(
+                    f"per-channel weight scales on axis {axis}; TensorRT needs the output-channel axis ({sorted(want)[0]})",
+                    n,
+                )
 
     unquantized = []
     for n in graph.node:
@@ -249,10 +291,22 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
         if all(fed):
             continue
         # Q/DQ before one input only: TensorRT folds the weight's DQ and runs the layer in float (FP16).
-        unquantized.append(f"{n.name or n.output[0]}" + (f" (Q/DQ before its {'input' if fed[0] else 'weight'} only)" if any(fed) else ""))
-    notes = [f"{len(unquantized)} Conv/Gemm/MatMul layer(s) without Q/DQ before both inputs run in FP16: "
-             f"{', '.join(unquantized[:5])}{' ...' if len(unquantized) > 5 else ''}"] if unquantized else []
-    problems = [f"{msg}" + (f" ({len(names)}x, e.g. {', '.join(n for n in names[:3] if n)})" if any(names) else "") for msg, names in found.items()]
+        unquantized.append(
+            f"{n.name or n.output[0]}"
+            + (f" (Q/DQ before its {'input' if fed[0] else 'weight'} only)" if any(fed) else "")
+        )
+    notes = (
+        [
+            f"{len(unquantized)} Conv/Gemm/MatMul layer(s) without Q/DQ before both inputs run in FP16: "
+            f"{', '.join(unquantized[:5])}{' ...' if len(unquantized) > 5 else ''}"
+        ]
+        if unquantized
+        else []
+    )
+    problems = [
+        f"{msg}" + (f" ({len(names)}x, e.g. {', '.join(n for n in names[:3] if n)})" if any(names) else "")
+        for msg, names in found.items()
+    ]
     return problems, notes
 
 

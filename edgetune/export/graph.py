@@ -61,7 +61,11 @@ def _fold_weight_quantizers(model_proto) -> int:
         if scale.size > 1:
             shape[axis] = scale.size
         info = np.iinfo(zp.dtype)
-        qw = np.clip(np.rint(w / scale.reshape(shape)) + zp.reshape(shape if zp.size > 1 else [1] * w.ndim).astype(np.int32), info.min, info.max).astype(zp.dtype)
+        qw = np.clip(
+            np.rint(w / scale.reshape(shape)) + zp.reshape(shape if zp.size > 1 else [1] * w.ndim).astype(np.int32),
+            info.min,
+            info.max,
+        ).astype(zp.dtype)
         name = q.output[0] + "_int8"
         g.initializer.append(numpy_helper.from_array(qw, name))
         for user, i in index.consumers.get(q.output[0], []):
@@ -87,7 +91,12 @@ def _fold_weight_transposes(model_proto) -> int:
     folded = 0
     for t in [n for n in g.node if n.op_type == "Transpose"]:
         dq = index.producer.get(t.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in index.initializers or len(index.consumers.get(dq.output[0], [])) != 1:
+        if (
+            dq is None
+            or dq.op_type != "DequantizeLinear"
+            or dq.input[0] not in index.initializers
+            or len(index.consumers.get(dq.output[0], [])) != 1
+        ):
             continue
         w = numpy_helper.to_array(index.initializers[dq.input[0]])
         perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), list(range(w.ndim))[::-1])
@@ -128,8 +137,9 @@ def dequantize_constants(model_proto) -> int:
         shape = [1] * q.ndim
         if scale.size > 1:
             shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = scale.size
-        value = ((q.astype(np.int32) - zp.astype(np.int32).reshape(shape if zp.size > 1 else [1] * q.ndim)).astype(np.float32)
-                 * scale.astype(np.float32).reshape(shape))
+        value = (q.astype(np.int32) - zp.astype(np.int32).reshape(shape if zp.size > 1 else [1] * q.ndim)).astype(
+            np.float32
+        ) * scale.astype(np.float32).reshape(shape)
         g.initializer.append(numpy_helper.from_array(value.astype(np.float32), dq.output[0]))
         g.node.remove(dq)
         done += 1
@@ -168,7 +178,11 @@ def shift_activations_to_uint8(model_proto) -> int:
     after_relu = {q.output[0] for q in g.node if q.op_type == "QuantizeLinear" and non_negative(q.input[0])}
     shifted, n = {}, 0
     for node in g.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or value(node.input[0]) is not None:
+        if (
+            node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            or len(node.input) < 3
+            or value(node.input[0]) is not None
+        ):
             continue  # weights (constant inputs) stay int8
         zp = value(node.input[2])
         if zp is None or zp.dtype != np.int8:
@@ -199,7 +213,16 @@ def _check_images(run, n: int) -> np.ndarray:
     return preprocess([read_image(p) for p, _ in pairs], run.spec)
 
 
-def save_onnx(model, size: tuple[int, int], out: Path, precision: str, opset: int, activations: str, output_names: list[str], doc: str):
+def save_onnx(
+    model,
+    size: tuple[int, int],
+    out: Path,
+    precision: str,
+    opset: int,
+    activations: str,
+    output_names: list[str],
+    doc: str,
+):
     """torch.onnx.export of `model` (input `INPUT_NAME`, dynamic batch on the input
     and every output) to `out`, atomically; then identities removed and, for INT8,
     the weights' quantizers folded into int8 initializers (and activations shifted
@@ -212,8 +235,17 @@ def save_onnx(model, size: tuple[int, int], out: Path, precision: str, opset: in
     example = torch.zeros(1, 3, *size)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(tmp), opset_version=int(opset), input_names=[INPUT_NAME], output_names=list(output_names),
-                          dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]}, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            opset_version=int(opset),
+            input_names=[INPUT_NAME],
+            output_names=list(output_names),
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]},
+            do_constant_folding=True,
+            dynamo=False,
+        )
         proto = onnx.load(str(tmp))
         _remove_identities(proto)
         folded = _fold_weight_quantizers(proto) if precision == "int8" else 0
@@ -231,9 +263,13 @@ def check_options(precision: str, opset, activations: str, out: Path) -> None:
     if precision not in PRECISIONS:
         raise EdgetuneError(f"--precision {precision!r}: use fp32 or int8.")
     if not 13 <= int(opset) <= 21:
-        raise EdgetuneError(f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default).")
+        raise EdgetuneError(
+            f"--opset {opset}: use 13 to 21 (per-channel QuantizeLinear needs 13 or later; 17 is the default)."
+        )
     if activations not in ("keep", "uint8"):
-        raise EdgetuneError(f"--activations {activations!r}: use keep (as quantized, zero-point 0) or uint8 (ONNX Runtime on x86).")
+        raise EdgetuneError(
+            f"--activations {activations!r}: use keep (as quantized, zero-point 0) or uint8 (ONNX Runtime on x86)."
+        )
     if Path(out).suffix != ".onnx":
         raise EdgetuneError(f"--out {out}: the file name must end in .onnx.")
 
@@ -258,5 +294,9 @@ def static_checks(path: Path, proto, precision: str, activations: str = "keep") 
     if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
         problems.append("BatchNormalization left unfolded")
     if problems:
-        raise EdgetuneError(f"Export {path} fails its checks: " + "; ".join(problems[:6]) + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
+        raise EdgetuneError(
+            f"Export {path} fails its checks: "
+            + "; ".join(problems[:6])
+            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
+        )
     return n_qdq

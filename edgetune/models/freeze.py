@@ -16,7 +16,9 @@ PATTERN = re.compile(r"^(full|head|last:(\d+)|gradual:(\d+))$")
 
 def check_policy(policy: str) -> str:
     if not PATTERN.match(policy):
-        raise EdgetuneError(f"--freeze {policy!r}: use full, head, last:N (last N stages + head) or gradual:K (unfreeze one stage every K epochs).")
+        raise EdgetuneError(
+            f"--freeze {policy!r}: use full, head, last:N (last N stages + head) or gradual:K (unfreeze one stage every K epochs)."
+        )
     return policy
 
 
@@ -49,7 +51,7 @@ def apply_freeze(model: torch.nn.Module, policy: str, epoch: int) -> int:
     """Set requires_grad by policy; returns the number of trainable parameters."""
     groups = parameter_groups(model)
     k = trainable_groups(policy, len(groups), epoch)
-    train = {n for g in groups[len(groups) - k:] for n in g}
+    train = {n for g in groups[len(groups) - k :] for n in g}
     n = 0
     for name, p in model.named_parameters():
         if not p.is_floating_point():

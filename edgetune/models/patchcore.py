@@ -39,18 +39,24 @@ def feature_indices(name: str) -> list[int]:
     import timm
 
     if not timm.is_model(name):
-        raise EdgetuneError(f"--model {name}: not a timm model name. PatchCore takes a CNN such as resnet18, efficientnet_lite0 or convnext_atto.")
+        raise EdgetuneError(
+            f"--model {name}: not a timm model name. PatchCore takes a CNN such as resnet18, efficientnet_lite0 or convnext_atto."
+        )
     try:
         info = timm.create_model(name, pretrained=False, features_only=True).feature_info
         reductions = list(info.reduction())
     except Exception as e:  # noqa: BLE001 - timm raises several kinds for models without feature maps
-        raise EdgetuneError(f"--model {name}: timm cannot give its intermediate feature maps ({str(e).splitlines()[0]}); PatchCore needs a CNN backbone.") from None
+        raise EdgetuneError(
+            f"--model {name}: timm cannot give its intermediate feature maps ({str(e).splitlines()[0]}); PatchCore needs a CNN backbone."
+        ) from None
     idx = [reductions.index(s) for s in STRIDES if s in reductions]
     if len(idx) != len(STRIDES) or len(set(reductions)) < 2:
-        raise EdgetuneError(f"--model {name}: PatchCore needs a CNN's mid-level feature maps at strides {' and '.join(map(str, STRIDES))} "
-                            f"(ResNet's layer2 + layer3); this model's features are at strides {sorted(set(reductions))}. A ViT's patch tokens "
-                            "form a single stride-16 grid already mixed globally by attention, which is not the local, multi-scale patch "
-                            "feature PatchCore relies on; ViTs are refused. Use a CNN: resnet18, efficientnet_lite0, convnext_atto, ...")
+        raise EdgetuneError(
+            f"--model {name}: PatchCore needs a CNN's mid-level feature maps at strides {' and '.join(map(str, STRIDES))} "
+            f"(ResNet's layer2 + layer3); this model's features are at strides {sorted(set(reductions))}. A ViT's patch tokens "
+            "form a single stride-16 grid already mixed globally by attention, which is not the local, multi-scale patch "
+            "feature PatchCore relies on; ViTs are refused. Use a CNN: resnet18, efficientnet_lite0, convnext_atto, ..."
+        )
     return idx
 
 
@@ -69,7 +75,9 @@ def create_features(name: str, indices: list[int], pretrained: bool = True, weig
         mapped = {k: full.get(k, full.get(re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k))) for k in own}
         missing = [k for k, v in mapped.items() if v is None or v.shape != own[k].shape]
         if missing:
-            raise EdgetuneError(f"--model {name}: the pretrained weights do not fit its feature layers (e.g. {', '.join(missing[:3])}).")
+            raise EdgetuneError(
+                f"--model {name}: the pretrained weights do not fit its feature layers (e.g. {', '.join(missing[:3])})."
+            )
         features.load_state_dict(mapped)
     return features
 
@@ -86,7 +94,9 @@ class PatchEmbedder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = [self.pool(f) for f in self.features(x)]
         size = maps[0].shape[-2:]
-        return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1)
+        return torch.cat(
+            [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1
+        )
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -110,7 +120,9 @@ class PatchCore(nn.Module):
         self.embedder = embedder
         self.size, self.grid = tuple(size), tuple(grid)
         self.register_buffer("bank_mean", torch.zeros(bank.shape[1]))
-        self.register_buffer("bank_t", torch.zeros(bank.shape[1], bank.shape[0]))  # (D, M): the MatMul's right-hand side
+        self.register_buffer(
+            "bank_t", torch.zeros(bank.shape[1], bank.shape[0])
+        )  # (D, M): the MatMul's right-hand side
         self.register_buffer("bank_sq", torch.zeros(bank.shape[0]))  # (M,)
         self.set_bank(bank)
         k = gaussian_kernel(map_sigma(self.size))
@@ -171,8 +183,14 @@ def bank_mb(rows: int, dim: int) -> float:
     return rows * dim * 4 / 2**20
 
 
-def build_patchcore(name: str, size: tuple[int, int], pretrained: bool = True, weights=None, bank: torch.Tensor | None = None,
-                    indices: list[int] | None = None) -> PatchCore:
+def build_patchcore(
+    name: str,
+    size: tuple[int, int],
+    pretrained: bool = True,
+    weights=None,
+    bank: torch.Tensor | None = None,
+    indices: list[int] | None = None,
+) -> PatchCore:
     """A PatchCore module for backbone `name` at input `size` (an empty bank of the
     right width when `bank` is None: fitting fills it; restoring loads it)."""
     indices = indices if indices is not None else feature_indices(name)

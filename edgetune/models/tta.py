@@ -20,7 +20,9 @@ class FlipTTA(nn.Module):
         self.model, self.views = model, VIEWS[views]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([self.model(torch.flip(x, dims) if dims else x).float().softmax(-1) for dims in self.views]).mean(0)
+        probs = torch.stack(
+            [self.model(torch.flip(x, dims) if dims else x).float().softmax(-1) for dims in self.views]
+        ).mean(0)
         return probs.clamp_min(1e-12).log()
 
 

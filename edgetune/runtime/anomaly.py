@@ -45,26 +45,50 @@ class Normalisation:
     normal_class: str = ""
 
     @classmethod
-    def from_scores(cls, threshold_raw: float, scores, map_size, rule: str = "", normal_class: str = "") -> "Normalisation":
+    def from_scores(
+        cls, threshold_raw: float, scores, map_size, rule: str = "", normal_class: str = ""
+    ) -> "Normalisation":
         s = np.asarray(scores, dtype=np.float64)
         spread = float(s.max() - s.min()) if len(s) else 0.0
-        return cls(float(threshold_raw), float(threshold_raw), spread if spread > 0 else max(abs(float(threshold_raw)), 1.0),
-                   tuple(int(v) for v in map_size), rule, normal_class)
+        return cls(
+            float(threshold_raw),
+            float(threshold_raw),
+            spread if spread > 0 else max(abs(float(threshold_raw)), 1.0),
+            tuple(int(v) for v in map_size),
+            rule,
+            normal_class,
+        )
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         return (0.5 + (np.asarray(raw, dtype=np.float32) - self.center) / self.scale).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"threshold": THRESHOLD, "threshold_raw": self.threshold_raw, "rule": self.rule, "center": self.center, "scale": self.scale,
-                "normalisation": "score = 0.5 + (raw - center) / scale", "map_size": list(self.map_size), "normal_class": self.normal_class}
+        return {
+            "threshold": THRESHOLD,
+            "threshold_raw": self.threshold_raw,
+            "rule": self.rule,
+            "center": self.center,
+            "scale": self.scale,
+            "normalisation": "score = 0.5 + (raw - center) / scale",
+            "map_size": list(self.map_size),
+            "normal_class": self.normal_class,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalisation":
         try:
-            return cls(float(d["threshold_raw"]), float(d["center"]), float(d["scale"]), tuple(int(v) for v in d["map_size"]),
-                       str(d.get("rule", "")), str(d.get("normal_class", "")))
+            return cls(
+                float(d["threshold_raw"]),
+                float(d["center"]),
+                float(d["scale"]),
+                tuple(int(v) for v in d["map_size"]),
+                str(d.get("rule", "")),
+                str(d.get("normal_class", "")),
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise EdgetuneError(f"The anomaly section of the manifest is incomplete ({e}); rebuild the bundle.") from None
+            raise EdgetuneError(
+                f"The anomaly section of the manifest is incomplete ({e}); rebuild the bundle."
+            ) from None
 
 
 def score_logits(scores: np.ndarray) -> np.ndarray:
@@ -87,8 +111,10 @@ class AnomalySession:
         self.name, self.precision, self.spec = session.name, session.precision, session.spec
         missing = {SCORE, MAP} - set(getattr(session, "output_names", []))
         if missing:
-            raise EdgetuneError(f"The {session.name} model has no output {', '.join(sorted(missing))}; an anomaly bundle's model outputs "
-                                f"'{SCORE}' and '{MAP}'. Rebuild the bundle.")
+            raise EdgetuneError(
+                f"The {session.name} model has no output {', '.join(sorted(missing))}; an anomaly bundle's model outputs "
+                f"'{SCORE}' and '{MAP}'. Rebuild the bundle."
+            )
 
     def detect(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Preprocessed float32 NCHW -> {score (N), map (N, H, W), anomalous (N)}, normalised."""

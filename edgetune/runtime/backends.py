@@ -44,7 +44,9 @@ def require(runtime: str) -> None:
     if runtime not in BACKENDS:
         raise EdgetuneError(f"Unknown runtime {runtime!r}; known runtimes: {', '.join(BACKENDS)}.")
     if not available(runtime):
-        raise EdgetuneError(f"The {runtime} runtime is not installed in this Python. Install it with: {INSTALL_HINT[runtime]}.")
+        raise EdgetuneError(
+            f"The {runtime} runtime is not installed in this Python. Install it with: {INSTALL_HINT[runtime]}."
+        )
 
 
 def open_session(runtime: str, path: Path, spec: PreprocessSpec, artifact: dict, threads: int | None = None, **kw):
@@ -91,7 +93,7 @@ class ArraySession:
             return call(batch)
         parts = []
         for i in range(0, len(batch), n):
-            chunk = batch[i:i + n]
+            chunk = batch[i : i + n]
             pad = n - len(chunk)
             if pad:  # the last, short chunk: pad with zeros, drop their outputs
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])

@@ -135,7 +135,9 @@ class Bundle:
         art = self.artifact(precision)
         runtime = runtime or art.get("runtime", self.runtime)
         if runtime == "onnxruntime" and art.get("format") != "onnx":
-            raise EdgetuneError(f"Bundle {self.root}: the {art['precision']} artifact is {art.get('format')}, which ONNX Runtime cannot run.")
+            raise EdgetuneError(
+                f"Bundle {self.root}: the {art['precision']} artifact is {art.get('format')}, which ONNX Runtime cannot run."
+            )
         session = open_session(runtime, self.root / art["file"], self.spec, art, threads=threads, root=self.root)
         if self.task == "anomaly":
             from edgetune.runtime.anomaly import AnomalySession, Normalisation
@@ -164,9 +166,13 @@ def verify_files(root: Path, manifest: dict) -> None:
         size = path.stat().st_size
         if "size" in want and size != want["size"]:
             what = "truncated" if size < want["size"] else "modified"
-            raise EdgetuneError(f"Bundle {root}: file {rel} is {what} ({size} bytes, the manifest says {want['size']}). Copy the bundle again.")
+            raise EdgetuneError(
+                f"Bundle {root}: file {rel} is {what} ({size} bytes, the manifest says {want['size']}). Copy the bundle again."
+            )
         if sha256_file(path) != want["sha256"]:
-            raise EdgetuneError(f"Bundle {root}: file {rel} was modified (sha256 differs from the manifest). Copy the bundle again; a tampered bundle is not run.")
+            raise EdgetuneError(
+                f"Bundle {root}: file {rel} was modified (sha256 differs from the manifest). Copy the bundle again; a tampered bundle is not run."
+            )
 
 
 def write_manifest(root: Path, manifest: dict) -> dict:
@@ -174,8 +180,11 @@ def write_manifest(root: Path, manifest: dict) -> dict:
     from edgetune.runtime.files import write_json
 
     root = Path(root)
-    manifest["files"] = {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-                         for p in sorted(root.rglob("*")) if _packed(root, p) and p.name != MANIFEST}
+    manifest["files"] = {
+        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(root.rglob("*"))
+        if _packed(root, p) and p.name != MANIFEST
+    }
     write_json(root / MANIFEST, manifest)
     return manifest
 
@@ -189,7 +198,9 @@ def _inside(root: Path, rel: str) -> Path:
 def read_manifest(root: Path) -> dict:
     path = root / MANIFEST
     if not path.is_file():
-        raise EdgetuneError(f"{root}: not an edgetune bundle (no {MANIFEST}). Give a bundle directory or its .tar.gz from edgetune build.")
+        raise EdgetuneError(
+            f"{root}: not an edgetune bundle (no {MANIFEST}). Give a bundle directory or its .tar.gz from edgetune build."
+        )
     try:
         manifest = read_json(path)
     except (OSError, ValueError) as e:
@@ -197,14 +208,18 @@ def read_manifest(root: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise EdgetuneError(f"{path}: not an edgetune bundle manifest (format is not {FORMAT!r}).")
     if manifest.get("schema", 0) > SCHEMA:
-        raise EdgetuneError(f"{path}: manifest schema {manifest.get('schema')} is newer than this edgetune understands ({SCHEMA}). Upgrade edgetune on this device.")
+        raise EdgetuneError(
+            f"{path}: manifest schema {manifest.get('schema')} is newer than this edgetune understands ({SCHEMA}). Upgrade edgetune on this device."
+        )
     for key in ("classes", "preprocess", "target", "runtime", "precision", "artifacts", "files"):
         if key not in manifest:
             raise EdgetuneError(f"{path}: the manifest has no '{key}'; not a complete bundle.")
     try:
         PreprocessSpec.from_dict(manifest["preprocess"])
     except (KeyError, TypeError, ValueError) as e:
-        raise EdgetuneError(f"{path}: the manifest's 'preprocess' is not valid ({e}). Rebuild the bundle, or restore its manifest.json.") from None
+        raise EdgetuneError(
+            f"{path}: the manifest's 'preprocess' is not valid ({e}). Rebuild the bundle, or restore its manifest.json."
+        ) from None
     return manifest
 
 
@@ -264,7 +279,9 @@ def unpack(archive: Path, dest: Path | None = None) -> Path:
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
             try:
                 for m in members:
-                    tar.extract(m, tmp, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+                    tar.extract(
+                        m, tmp, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {})
+                    )
                 top = tmp / Path(manifests[0].name).parent
                 old = None
                 if dest.exists():
@@ -291,13 +308,19 @@ def pack(root: Path, archive: Path) -> Path:
             for path in sorted(root.rglob("*")):
                 if not (_packed(root, path) or (path.is_dir() and not path.is_symlink())):
                     continue
-                tar.add(path, arcname=f"{root.name}/{path.relative_to(root).as_posix()}", recursive=False, filter=_clean)
+                tar.add(
+                    path, arcname=f"{root.name}/{path.relative_to(root).as_posix()}", recursive=False, filter=_clean
+                )
     return Path(archive)
 
 
 def _packed(root: Path, path: Path) -> bool:
     """Plain files belong to the bundle; links and hidden leftovers (temporary files) don't."""
-    return path.is_file() and not path.is_symlink() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    return (
+        path.is_file()
+        and not path.is_symlink()
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
 
 
 def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo:

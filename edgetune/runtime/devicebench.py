@@ -60,6 +60,7 @@ class Reporter:
 
 # --- the device -------------------------------------------------------------
 
+
 def _read(path: str) -> str | None:
     try:
         return Path(path).read_text(errors="replace").strip()
@@ -107,7 +108,7 @@ def _temperatures_c() -> dict[str, float]:
     for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
         kind, value = _read(str(zone / "type")), _read(str(zone / "temp"))
         if kind and value and value.lstrip("-").isdigit():
-            temps[f"{kind}:{zone.name[len('thermal_zone'):]}"] = int(value) / 1000
+            temps[f"{kind}:{zone.name[len('thermal_zone') :]}"] = int(value) / 1000
     return temps
 
 
@@ -174,6 +175,7 @@ def describe(info: dict) -> str:
 
 # --- the images -------------------------------------------------------------
 
+
 def iter_images(path: str) -> Iterator[tuple[str, bytes]]:
     """(name, encoded bytes) of each image in a .tar or a list file, in order."""
     if path.endswith(".tar"):
@@ -197,6 +199,7 @@ def count_images(path: str) -> int:
 
 # --- the measurement ----------------------------------------------------------
 
+
 def measure(session, spec, policy, batches: list[int], frame, images: str | None = None) -> dict:
     """Latency of the model call and of frame -> logits, throughput per batch size,
     and the logits of `images`."""
@@ -215,7 +218,9 @@ def measure(session, spec, policy, batches: list[int], frame, images: str | None
     # the model call and frame -> logits in alternating blocks: their difference is
     # the preprocessing's cost, not the machine's drift between two phases
     rep = Reporter("latency b1")  # the model call and end to end
-    timings = time_alternating({"model": lambda: session.run(x1), "e2e": lambda: session.run_frames([frame])}, policy, progress=rep)
+    timings = time_alternating(
+        {"model": lambda: session.run(x1), "e2e": lambda: session.run_frames([frame])}, policy, progress=rep
+    )
     model, e2e = timings["model"], timings["e2e"]
     rep.finish(len(model.samples_s) + len(e2e.samples_s))
     throughput = {"1": {"fps": throughput_fps(1, model), **summarize(model.samples_s)}}
@@ -225,8 +230,12 @@ def measure(session, spec, policy, batches: list[int], frame, images: str | None
         xb = np.repeat(x1, b, axis=0)
         t = timed(f"throughput b{b}", lambda: session.run(xb))
         throughput[str(b)] = {"fps": throughput_fps(b, t), **summarize(t.samples_s)}
-    result = {"latency": {"model": model.stats(), "e2e": e2e.stats()}, "throughput": throughput, "logits": None,
-              "inference_precision": getattr(session, "inference_precision", None)}
+    result = {
+        "latency": {"model": model.stats(), "e2e": e2e.stats()},
+        "throughput": throughput,
+        "logits": None,
+        "inference_precision": getattr(session, "inference_precision", None),
+    }
     if images:
         total = count_images(images)
         rep = Reporter("accuracy", total)
@@ -289,10 +298,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", default=None, help="which artifact of the bundle (default: its main one)")
-    p.add_argument("--runtime", default=None, help="run the artifact with another runtime (e.g. onnxruntime for a Jetson ONNX)")
+    p.add_argument(
+        "--runtime", default=None, help="run the artifact with another runtime (e.g. onnxruntime for a Jetson ONNX)"
+    )
     p.add_argument("--batch", default="1", help="comma list of batch sizes")
     p.add_argument("--images", default=None)
-    p.add_argument("--frame", default=FRAME, help="WIDTHxHEIGHT of the uint8 frame the end-to-end latency starts from (a camera's)")
+    p.add_argument(
+        "--frame", default=FRAME, help="WIDTHxHEIGHT of the uint8 frame the end-to-end latency starts from (a camera's)"
+    )
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--min-time", type=float, default=2.0)
     p.add_argument("--min-runs", type=int, default=50)
@@ -302,10 +315,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None, opener: Opener | None = None) -> int:
     args = parse_args(argv)
     try:
-        import numpy as np  # noqa: F401  (checked first: the message says what to install)
         import cv2  # noqa: F401
+        import numpy as np  # noqa: F401  (checked first: the message says what to install)
     except ImportError as e:
-        emit(ERROR, kind="missing", module=e.name, message=f"{e.name} is not installed in {sys.executable}: pip install numpy opencv-python-headless")
+        emit(
+            ERROR,
+            kind="missing",
+            module=e.name,
+            message=f"{e.name} is not installed in {sys.executable}: pip install numpy opencv-python-headless",
+        )
         return 3
     from edgetune.errors import EdgetuneError
     from edgetune.runtime.preprocess import BadImageError

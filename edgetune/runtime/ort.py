@@ -34,13 +34,22 @@ class OrtSession(ArraySession):
     name = "onnxruntime"
     inference_precision = "fp32"  # the CPU execution provider computes float layers in fp32
 
-    def __init__(self, path: Path, spec: PreprocessSpec, precision: str, threads: int | None = None, graph_optimization: str = "all"):
+    def __init__(
+        self,
+        path: Path,
+        spec: PreprocessSpec,
+        precision: str,
+        threads: int | None = None,
+        graph_optimization: str = "all",
+    ):
         import onnxruntime as ort
 
         super().__init__(spec)
         self.precision = precision
         self.threads = threads
-        self.session = ort.InferenceSession(str(path), session_options(threads, graph_optimization), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path), session_options(threads, graph_optimization), providers=["CPUExecutionProvider"]
+        )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None

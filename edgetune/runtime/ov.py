@@ -50,9 +50,11 @@ def has_bf16(core, device: str = "CPU") -> bool:
 
 def require_bf16(core, device: str, where: str) -> None:
     if not has_bf16(core, device):
-        raise EdgetuneError(f"{where}: the bf16 artifact needs a device that computes in bf16 (on a CPU: AVX512_BF16 or AMX), "
-                            f"and OpenVINO's {device} here does not (its capabilities: {', '.join(_capabilities(core, device)) or 'unknown'}). "
-                            "Use the bundle's fp32 or int8 artifact (--precision fp32 / int8).")
+        raise EdgetuneError(
+            f"{where}: the bf16 artifact needs a device that computes in bf16 (on a CPU: AVX512_BF16 or AMX), "
+            f"and OpenVINO's {device} here does not (its capabilities: {', '.join(_capabilities(core, device)) or 'unknown'}). "
+            "Use the bundle's fp32 or int8 artifact (--precision fp32 / int8)."
+        )
 
 
 def _capabilities(core, device: str) -> list[str]:
@@ -85,7 +87,16 @@ def plain_model(model, input_shape: Sequence[int | None], input_name: str = "inp
 class OpenVinoSession(ArraySession):
     name = "openvino"
 
-    def __init__(self, path: Path, spec: PreprocessSpec, precision: str, input_shape, device: str = "CPU", threads: int | None = None, hint: str = "LATENCY"):
+    def __init__(
+        self,
+        path: Path,
+        spec: PreprocessSpec,
+        precision: str,
+        input_shape,
+        device: str = "CPU",
+        threads: int | None = None,
+        hint: str = "LATENCY",
+    ):
         import openvino as ov
 
         super().__init__(spec)
@@ -99,7 +110,9 @@ class OpenVinoSession(ArraySession):
         model = self.core.read_model(str(path))
         self.built_in = any(op.get_friendly_name() == PLAIN_INPUT_NODE for op in model.get_ordered_ops())
         self.labels = _labels(model)
-        self.compiled = self.core.compile_model(plain_model(model, self.input_shape) if self.built_in else model, device, self.config)
+        self.compiled = self.core.compile_model(
+            plain_model(model, self.input_shape) if self.built_in else model, device, self.config
+        )
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self.inference_precision = ran_precision(self.compiled)
         self._built_in = None
@@ -142,7 +155,9 @@ class OpenVinoSession(ArraySession):
         frames = [to_bgr(f) for f in frames]
         if len({f.shape for f in frames}) == 1:
             return self.infer(self.built_in_compiled(), np.stack(frames))
-        return np.concatenate([self.infer(self.built_in_compiled(), f[None]) for f in frames])  # sizes differ: one at a time
+        return np.concatenate(
+            [self.infer(self.built_in_compiled(), f[None]) for f in frames]
+        )  # sizes differ: one at a time
 
 
 def _labels(model) -> list[str] | None:
@@ -157,5 +172,12 @@ def _labels(model) -> list[str] | None:
 def open_session(path: Path, spec: PreprocessSpec, artifact: dict, threads: int | None = None, **_) -> OpenVinoSession:
     options = artifact.get("options", {})
     threads = threads if threads is not None else (options.get("threads") or None)
-    return OpenVinoSession(path, spec, artifact.get("precision", "fp32"), artifact["input"]["shape"], options.get("device", "CPU"), threads,
-                           options.get("performance_hint", "LATENCY"))
+    return OpenVinoSession(
+        path,
+        spec,
+        artifact.get("precision", "fp32"),
+        artifact["input"]["shape"],
+        options.get("device", "CPU"),
+        threads,
+        options.get("performance_hint", "LATENCY"),
+    )

@@ -91,8 +91,9 @@ def time_call(fn: Callable[[], object], policy: Policy = Policy(), progress: Pro
     return Timing(samples, policy.warmup)
 
 
-def time_alternating(fns: dict[str, Callable[[], object]], policy: Policy = Policy(), rounds: int = 5,
-                     progress: Progress | None = None) -> dict[str, Timing]:
+def time_alternating(
+    fns: dict[str, Callable[[], object]], policy: Policy = Policy(), rounds: int = 5, progress: Progress | None = None
+) -> dict[str, Timing]:
     """Time several calls in `rounds` alternating blocks, each block a `policy`
     measurement with 1/rounds of its time and runs (and its own warmup): the
     machine's drift (clocks, heat, other load) falls on every call alike, so their

@@ -30,7 +30,9 @@ def _cudart():
         try:
             from cuda import cudart  # older cuda-python
         except ImportError:
-            raise EdgetuneError("TensorRT sessions need cuda-python for device buffers: pip install 'edgetune[tensorrt]'.") from None
+            raise EdgetuneError(
+                "TensorRT sessions need cuda-python for device buffers: pip install 'edgetune[tensorrt]'."
+            ) from None
     return cudart
 
 
@@ -76,8 +78,13 @@ def device_record() -> dict:
 
     cudart = _cudart()
     cuda = _check(cudart.cudaRuntimeGetVersion())
-    return {"tensorrt": trt.__version__, "cuda": f"{cuda // 1000}.{(cuda % 1000) // 10}", "gpu": gpu_name(),
-            "jetpack": jetpack_version(), "machine": platform.machine()}
+    return {
+        "tensorrt": trt.__version__,
+        "cuda": f"{cuda // 1000}.{(cuda % 1000) // 10}",
+        "gpu": gpu_name(),
+        "jetpack": jetpack_version(),
+        "machine": platform.machine(),
+    }
 
 
 def engine_paths(root: Path, precision: str) -> tuple[Path, Path]:
@@ -91,16 +98,22 @@ def check_engine(root: Path, precision: str) -> Path:
     engine, record_path = engine_paths(root, precision)
     hint = f"Build it on this device: edgetune engine build {root}"
     if not engine.is_file() or not record_path.is_file():
-        raise EdgetuneError(f"{root}: no TensorRT engine for {precision} yet (TensorRT engines are built on the device that runs them). {hint}")
+        raise EdgetuneError(
+            f"{root}: no TensorRT engine for {precision} yet (TensorRT engines are built on the device that runs them). {hint}"
+        )
     record = read_json(record_path)
     built = record.get("engines", {}).get(precision, {})
     here = device_record()
     for key in ("tensorrt", "gpu"):
         if record.get(key) != here[key]:
-            raise EdgetuneError(f"{engine} was built for {key} {record.get(key)!r} but this device has {here[key]!r}; engines do not move between "
-                                f"TensorRT versions or GPUs. {hint} --force")
+            raise EdgetuneError(
+                f"{engine} was built for {key} {record.get(key)!r} but this device has {here[key]!r}; engines do not move between "
+                f"TensorRT versions or GPUs. {hint} --force"
+            )
     if built.get("sha256") != sha256_file(engine):
-        raise EdgetuneError(f"{engine} does not match its record in {record_path} (modified or truncated). {hint} --force")
+        raise EdgetuneError(
+            f"{engine} does not match its record in {record_path} (modified or truncated). {hint} --force"
+        )
     return engine
 
 
@@ -116,7 +129,9 @@ class TensorRTSession(ArraySession):
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
-            raise EdgetuneError(f"{engine_path}: TensorRT could not deserialize the engine. Rebuild it on this device with edgetune engine build.")
+            raise EdgetuneError(
+                f"{engine_path}: TensorRT could not deserialize the engine. Rebuild it on this device with edgetune engine build."
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -143,11 +158,19 @@ class TensorRTSession(ArraySession):
         outs = [np.empty(tuple(self.context.get_tensor_shape(name)), dtype=np.float32) for name in self.output_names]
         src = self._buffer(self.input, batch.nbytes)
         dsts = [self._buffer(name, out.nbytes) for name, out in zip(self.output_names, outs)]
-        _check(cudart.cudaMemcpyAsync(src, batch.ctypes.data, batch.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        _check(
+            cudart.cudaMemcpyAsync(
+                src, batch.ctypes.data, batch.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream
+            )
+        )
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execution failed")
         for out, dst in zip(outs, dsts):
-            _check(cudart.cudaMemcpyAsync(out.ctypes.data, dst, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+            _check(
+                cudart.cudaMemcpyAsync(
+                    out.ctypes.data, dst, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream
+                )
+            )
         _check(cudart.cudaStreamSynchronize(self.stream))
         return outs
 
@@ -156,6 +179,8 @@ class TensorRTSession(ArraySession):
             self.cudart.cudaFree(ptr)
 
 
-def open_session(path: Path, spec: PreprocessSpec, artifact: dict, threads: int | None = None, root: Path | None = None, **_) -> TensorRTSession:
+def open_session(
+    path: Path, spec: PreprocessSpec, artifact: dict, threads: int | None = None, root: Path | None = None, **_
+) -> TensorRTSession:
     precision = artifact.get("precision", "int8")
     return TensorRTSession(check_engine(root or Path(path).parent, precision), spec, precision)

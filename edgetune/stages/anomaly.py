@@ -39,28 +39,73 @@ def run_fit(opts: dict, config_record: dict) -> Path:
     split = binary_split(split, normal)
     train = [p for p, y in split.parts["train"] if y == 0]
     if len(train) < MIN_NORMAL:
-        raise EdgetuneError(f"--normal {normal_class}: the train split holds only {len(train)} image(s) of that class; PatchCore needs at "
-                            f"least {MIN_NORMAL} normal images to fit on (hundreds are better). Add images of good parts.")
+        raise EdgetuneError(
+            f"--normal {normal_class}: the train split holds only {len(train)} image(s) of that class; PatchCore needs at "
+            f"least {MIN_NORMAL} normal images to fit on (hundreds are better). Add images of good parts."
+        )
     torch.manual_seed(opts["seed"])
     import timm
 
     spec = resolve_preprocess(timm.create_model(opts["model"], pretrained=False), opts.get("img_size"))
     model = build_patchcore(opts["model"], tuple(spec.size), opts["pretrained"], opts.get("weights"), indices=indices)
-    logger.info("Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.", len(train), normal_class, opts["model"],
-                *spec.size, opts["coreset"])
-    bank = fit_bank(model, train, spec, float(opts["coreset"]), float(opts["max_bank_mb"]), int(opts["seed"]), int(opts["batch_size"]))
-    norm, val_info = calibrate(model, split, spec, normal_class, float(opts["max_false_alarm"]), int(opts["batch_size"]))
+    logger.info(
+        "Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.",
+        len(train),
+        normal_class,
+        opts["model"],
+        *spec.size,
+        opts["coreset"],
+    )
+    bank = fit_bank(
+        model,
+        train,
+        spec,
+        float(opts["coreset"]),
+        float(opts["max_bank_mb"]),
+        int(opts["seed"]),
+        int(opts["batch_size"]),
+    )
+    norm, val_info = calibrate(
+        model, split, spec, normal_class, float(opts["max_false_alarm"]), int(opts["batch_size"])
+    )
     test = evaluate_split(model, split, spec, norm, "test", int(opts["batch_size"]))
     save_atomic(model.state_dict(), out / "model.pt")
-    metrics = {"test": test, "bank": bank, "threshold": norm.to_dict(), **val_info, "fit_seconds": round(time.time() - started, 1)}
+    metrics = {
+        "test": test,
+        "bank": bank,
+        "threshold": norm.to_dict(),
+        **val_info,
+        "fit_seconds": round(time.time() - started, 1),
+    }
     record = stage_record("fit", config_record, sha256_json(split.to_dict()), metrics, started)
     anomaly = {**norm.to_dict(), "source_classes": source_classes, "feature_indices": indices, "bank": bank}
-    write_run(out, stage="float", model=opts["model"], classes=split.classes, spec=spec, split=split, history=[record], config=config_record,
-              task=TASK, anomaly=anomaly, weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"))
+    write_run(
+        out,
+        stage="float",
+        model=opts["model"],
+        classes=split.classes,
+        spec=spec,
+        split=split,
+        history=[record],
+        config=config_record,
+        task=TASK,
+        anomaly=anomaly,
+        weights="offline/hub ImageNet" if opts["pretrained"] and not opts.get("weights") else opts.get("weights"),
+    )
     auroc = test.get("auroc")
-    logger.info("PatchCore on %s: bank %d x %d (%.1f MB); test AUROC %s, F1 %.3f, false alarms %s at threshold %.4g (raw; %s). Run: %s",
-                opts["model"], bank["rows"], bank["dim"], bank["size_mb"], f"{auroc:.4f}" if auroc is not None else "-", test["f1"],
-                f"{100 * test['false_alarm_rate']:.1f}%" if test["false_alarm_rate"] is not None else "-", norm.threshold_raw, norm.rule, out)
+    logger.info(
+        "PatchCore on %s: bank %d x %d (%.1f MB); test AUROC %s, F1 %.3f, false alarms %s at threshold %.4g (raw; %s). Run: %s",
+        opts["model"],
+        bank["rows"],
+        bank["dim"],
+        bank["size_mb"],
+        f"{auroc:.4f}" if auroc is not None else "-",
+        test["f1"],
+        f"{100 * test['false_alarm_rate']:.1f}%" if test["false_alarm_rate"] is not None else "-",
+        norm.threshold_raw,
+        norm.rule,
+        out,
+    )
     return out
 
 
@@ -83,7 +128,15 @@ class AnomalyExportStage(Stage):
         from edgetune.export.anomaly import export_variant
 
         opts = self.options.values
-        info = export_variant(out / inputs[0].output["run_dir"], out / "export", self.precision, self.activations, opts.get("opset") or 17,
-                              opts.get("calibration") or "default", opts.get("calib_count"), cache=self.quantized)
+        info = export_variant(
+            out / inputs[0].output["run_dir"],
+            out / "export",
+            self.precision,
+            self.activations,
+            opts.get("opset") or 17,
+            opts.get("calibration") or "default",
+            opts.get("calib_count"),
+            cache=self.quantized,
+        )
         path = Path(info["path"])
         return {"file": f"export/{path.name}", "sha256": sha256_file(path), "info": info}

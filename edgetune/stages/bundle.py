@@ -18,10 +18,31 @@ from edgetune.runtime.files import sha256_json, write_text
 from edgetune.stages.base import Result
 
 logger = log.get(__name__)
-VERSIONED = ("torch", "torchvision", "timm", "nncf", "torch-pruning", "onnx", "onnxruntime", "openvino", "tensorrt", "numpy", "opencv-python-headless")
+VERSIONED = (
+    "torch",
+    "torchvision",
+    "timm",
+    "nncf",
+    "torch-pruning",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "tensorrt",
+    "numpy",
+    "opencv-python-headless",
+)
 
 
-def write_bundle(dest: Path, staging: Path, target, inp, arts: dict[str, dict], exports: dict[str, Result], runs: dict[str, Run], key: str) -> Path:
+def write_bundle(
+    dest: Path,
+    staging: Path,
+    target,
+    inp,
+    arts: dict[str, dict],
+    exports: dict[str, Result],
+    runs: dict[str, Run],
+    key: str,
+) -> Path:
     """Finish the bundle compiled into `staging` and move it to `dest` (+ .tar.gz).
     `runs`: role (finetune, prune, quantize) -> the run."""
     from edgetune.runtime.bundle import FORMAT, load_bundle, manifest_schema, pack, write_manifest
@@ -30,16 +51,39 @@ def write_bundle(dest: Path, staging: Path, target, inp, arts: dict[str, dict], 
     profile, final = target.profile, final_run(runs)
     macs, params = float_macs(runs, tuple(inp.spec.size))
     manifest = {
-        "format": FORMAT, "schema": manifest_schema(inp.spec), "edgetune": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "name": dest.name,
-        "target": profile.name, "profile": profile.to_dict(), "runtime": profile.runtime, "precision": profile.precision,
-        "model": {"backbone": final.model_name, "stage": final.stage, "pruned": "prune" in runs, "macs": macs, "params": params},
+        "format": FORMAT,
+        "schema": manifest_schema(inp.spec),
+        "edgetune": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "name": dest.name,
+        "target": profile.name,
+        "profile": profile.to_dict(),
+        "runtime": profile.runtime,
+        "precision": profile.precision,
+        "model": {
+            "backbone": final.model_name,
+            "stage": final.stage,
+            "pruned": "prune" in runs,
+            "macs": macs,
+            "params": params,
+        },
         "classes": final.classes,
-        "input": {"name": inp.input_name, "shape": inp.input_shape, "layout": "NCHW", "dtype": "float32",
-                  "frames": "uint8 HxWx3 BGR, any size (OpenCV's order); run_frames applies the preprocessing"},
+        "input": {
+            "name": inp.input_name,
+            "shape": inp.input_shape,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "frames": "uint8 HxWx3 BGR, any size (OpenCV's order); run_frames applies the preprocessing",
+        },
         "preprocess": inp.spec.to_dict(),
         "artifacts": arts,
         "metrics": {**arts[profile.precision]["metrics"], "pytorch_test": final.test_metrics()},
-        "stages": history(runs, exports, {"target": profile.name, "profile": profile.source, "evaluated_with": target.eval_runtime()}, key),
+        "stages": history(
+            runs,
+            exports,
+            {"target": profile.name, "profile": profile.source, "evaluated_with": target.eval_runtime()},
+            key,
+        ),
         "calibration": calibration(runs.get("quantize")) or export_calibration(exports),
         "versions": library_versions(),
         "source_run": str(final.dir.resolve()),
@@ -47,7 +91,10 @@ def write_bundle(dest: Path, staging: Path, target, inp, arts: dict[str, dict], 
     if final.task == "anomaly":
         manifest["task"] = final.task
         manifest["anomaly"] = {k: v for k, v in final.info["anomaly"].items() if k != "feature_indices"}
-        manifest["input"]["outputs"] = {"score": "(N) raw image scores", "map": f"(N, {inp.spec.size[0]}, {inp.spec.size[1]}) raw patch-score maps"}
+        manifest["input"]["outputs"] = {
+            "score": "(N) raw image scores",
+            "map": f"(N, {inp.spec.size[0]}, {inp.spec.size[1]}) raw patch-score maps",
+        }
     target.extra_files(staging, manifest)
     write_text(staging / "README.md", device_readme(manifest, target))
     for f in staging.rglob("*"):  # temp files are private (0600); a bundle is for reading by anyone on the device
@@ -90,9 +137,14 @@ def history(runs: dict[str, Run], exports: dict[str, Result], compile_config: di
                 if ident not in seen:
                     seen.add(ident)
                     records.append(rec)
-    records.append({"stage": "export", "config": {p: {"activations": (r.output.get("info") or {}).get("activations")} for p, r in exports.items()},
-                    "inputs_hash": sha256_json({p: r.key for p, r in exports.items()}),
-                    "metrics": {p: {"sha256": r.output["sha256"], **(r.output.get("info") or {})} for p, r in exports.items()}})
+    records.append(
+        {
+            "stage": "export",
+            "config": {p: {"activations": (r.output.get("info") or {}).get("activations")} for p, r in exports.items()},
+            "inputs_hash": sha256_json({p: r.key for p, r in exports.items()}),
+            "metrics": {p: {"sha256": r.output["sha256"], **(r.output.get("info") or {})} for p, r in exports.items()},
+        }
+    )
     records.append({"stage": "compile", "config": compile_config, "inputs_hash": key, "metrics": {}})
     return records
 

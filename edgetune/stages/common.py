@@ -38,7 +38,9 @@ def begin(opts: dict, stage: str, config_record: dict) -> tuple[Run, Path]:
     distributed.setup(opts.get("device") or "auto")
     parent = load_run(opts["run_dir"])
     check_order(parent, stage)
-    out = distributed.on_main(lambda: prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False)))
+    out = distributed.on_main(
+        lambda: prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
+    )
     if opts.get("augment") is None:
         opts["augment"] = inherited_augment(parent)
         config_record["augment"] = str(opts["augment"])
@@ -65,8 +67,10 @@ def teacher(opts: dict, parent: Run) -> torch.nn.Module | None:
         return None
     run = load_run(opts["teacher"]) if opts.get("teacher") else parent
     if run.classes != parent.classes:
-        raise EdgetuneError(f"--teacher {run.dir}: its classes {run.classes} differ from {parent.classes} of {parent.dir}. "
-                            "Give a run trained on the same data source.")
+        raise EdgetuneError(
+            f"--teacher {run.dir}: its classes {run.classes} differ from {parent.classes} of {parent.dir}. "
+            "Give a run trained on the same data source."
+        )
     logger.info("Distilling from %s (%s, weight %.2f).", run.dir, run.stage, opts["distill"])
     return run.build_model()
 
@@ -75,8 +79,17 @@ def test_metrics(model: torch.nn.Module, run: Run, batch_size: int = 64) -> dict
     return headline(evaluate_model(model.eval(), run.split, run.spec, "test", batch_size=batch_size))
 
 
-def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: dict, metrics: dict, started: float, trained: bool = True,
-           **extra) -> None:
+def finish(
+    out: Path,
+    parent: Run,
+    stage: str,
+    model: torch.nn.Module,
+    config: dict,
+    metrics: dict,
+    started: float,
+    trained: bool = True,
+    **extra,
+) -> None:
     """Save the weights and write run.json (last: it marks the run finished); under
     torchrun rank 0 writes and every rank waits for it. A stage that `trained`
     records its scale-out (world size, batch sizes)."""
@@ -88,8 +101,18 @@ def finish(out: Path, parent: Run, stage: str, model: torch.nn.Module, config: d
             record.update(distributed.batch_record(config.get("batch-size") or config.get("batch_size")))
         history = [*parent.info.get("history", []), record]
         extra.setdefault("arch", parent.info.get("arch"))
-        write_run(out, stage=stage, model=parent.model_name, classes=parent.classes, spec=parent.spec, split=parent.split, history=history,
-                  config=config, parent=str(parent.dir.resolve()), **extra)
+        write_run(
+            out,
+            stage=stage,
+            model=parent.model_name,
+            classes=parent.classes,
+            spec=parent.spec,
+            split=parent.split,
+            history=history,
+            config=config,
+            parent=str(parent.dir.resolve()),
+            **extra,
+        )
     distributed.barrier()
 
 

@@ -45,20 +45,26 @@ class CompileStage(Stage):
         runs = {role: load_run(out / by_name[s].output["run_dir"]) for role, s in self.runs.items()}
         onnx = {p: out / r.output["file"] for p, r in exports.items()}
         final = final_run(runs)
-        inp = CompileInput(onnx, final.classes, final.spec, *onnx_input(onnx.get("int8") or onnx["fp32"]), task=final.task)
+        inp = CompileInput(
+            onnx, final.classes, final.spec, *onnx_input(onnx.get("int8") or onnx["fp32"]), task=final.task
+        )
         staging = out / f".{self.bundle}.tmp"
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         arts = compile_and_evaluate(self.target, inp, final.split.parts["test"], staging, final.info.get("anomaly"))
-        write_bundle(out / self.bundle, staging, self.target, inp, arts, exports, runs, self.key([r.key for r in inputs]))
+        write_bundle(
+            out / self.bundle, staging, self.target, inp, arts, exports, runs, self.key([r.key for r in inputs])
+        )
         return {"bundle": self.bundle, "archive": f"{self.bundle}.tar.gz", "artifacts": sorted(arts)}
 
     def still_there(self, out: Path, output: dict) -> bool:
         return (out / output["bundle"]).is_dir()
 
 
-def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path, anomaly: dict | None = None) -> dict[str, dict]:
+def compile_and_evaluate(
+    target, inp, test: list[tuple[str, int]], dest: Path, anomaly: dict | None = None
+) -> dict[str, dict]:
     """The target's artifacts in `dest`, each with its metrics on the `test`
     images and a quick latency (the manifest's `artifacts`). `anomaly`: an
     anomaly run's threshold and normalisation (its sessions are evaluated as
@@ -67,17 +73,22 @@ def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path, a
 
     profile, spec, onnx = target.profile, inp.spec, inp.onnx
     if profile.size and tuple(profile.size) != tuple(spec.size):
-        raise EdgetuneError(f"Target profile {profile.source}: field 'input.size' is {list(profile.size)} but the model was trained at "
-                            f"{list(spec.size)}. Set img-size: {profile.size[0]} in the config, or remove input.size from the profile.")
+        raise EdgetuneError(
+            f"Target profile {profile.source}: field 'input.size' is {list(profile.size)} but the model was trained at "
+            f"{list(spec.size)}. Set img-size: {profile.size[0]} in the config, or remove input.size from the profile."
+        )
     checks = {}
     if target.qdq_rules and "int8" in onnx:
         import onnx as onnx_lib
 
         problems, notes = rule_problems(onnx_lib.load(str(onnx["int8"])), target.qdq_rules)
         if problems:
-            raise EdgetuneError(f"The INT8 ONNX {onnx['int8']} breaks {target.qdq_rules}'s explicit-quantization rules, so a {profile.name} "
-                                "engine would not be INT8:\n  - " + "\n  - ".join(problems[:20])
-                                + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
+            raise EdgetuneError(
+                f"The INT8 ONNX {onnx['int8']} breaks {target.qdq_rules}'s explicit-quantization rules, so a {profile.name} "
+                "engine would not be INT8:\n  - "
+                + "\n  - ".join(problems[:20])
+                + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+            )
         checks = {f"{target.qdq_rules}_rules": "passed", "notes": notes}
     arts = target.compile(inp, dest)
     for precision, art in arts.items():
@@ -88,17 +99,30 @@ def compile_and_evaluate(target, inp, test: list[tuple[str, int]], dest: Path, a
             from edgetune.runtime.anomaly import AnomalySession, Normalisation
 
             session = AnomalySession(session, Normalisation.from_dict(anomaly or {}))
-        metrics = {"test": evaluate_session(session, test, inp.classes, f"{profile.name} {precision}: test split via {session.name}", inp.task)}
+        metrics = {
+            "test": evaluate_session(
+                session, test, inp.classes, f"{profile.name} {precision}: test split via {session.name}", inp.task
+            )
+        }
         metrics.update(measure_latency(session, spec, profile.options.get("threads") or None))
         metrics["evaluated_with"] = session.name
         metrics["inference_precision"] = session.inference_precision  # read back from the runtime (e.g. fp32, not bf16)
         art["metrics"] = metrics
-        logger.info("bundle-%s %s via %s: test accuracy %.4f, F1 %.4f, %.2f ms (batch 1, this machine).", profile.name, precision, session.name,
-                    metrics["test"]["accuracy"], metrics["test"]["f1"], metrics["latency_ms_p50"])
+        logger.info(
+            "bundle-%s %s via %s: test accuracy %.4f, F1 %.4f, %.2f ms (batch 1, this machine).",
+            profile.name,
+            precision,
+            session.name,
+            metrics["test"]["accuracy"],
+            metrics["test"]["f1"],
+            metrics["latency_ms_p50"],
+        )
     return arts
 
 
-def evaluate_session(session, pairs: list[tuple[str, int]], classes: list[str], desc: str, task: str = "classification") -> dict:
+def evaluate_session(
+    session, pairs: list[tuple[str, int]], classes: list[str], desc: str, task: str = "classification"
+) -> dict:
     """Test metrics of a runtime session on OpenCV-decoded files: the device's own path.
     An anomaly model's: image AUROC, AUPR, F1 and false alarms at the threshold."""
     from edgetune.bench.artifacts import session_logits
@@ -116,8 +140,12 @@ def measure_latency(session, spec, threads: int | None = None) -> dict:
 
     x = np.random.default_rng(0).standard_normal((1, 3, *spec.size)).astype(np.float32)
     stats = time_call(lambda: session.run(x), Policy(warmup=5, min_time_s=1.0, min_runs=20)).stats()
-    return {"latency_ms_p50": round(stats["p50_ms"], 3), "latency_ms_p90": round(stats["p90_ms"], 3), "latency_machine": platform.processor() or platform.machine(),
-            "latency_threads": threads}
+    return {
+        "latency_ms_p50": round(stats["p50_ms"], 3),
+        "latency_ms_p90": round(stats["p90_ms"], 3),
+        "latency_machine": platform.processor() or platform.machine(),
+        "latency_threads": threads,
+    }
 
 
 def onnx_input(path: Path) -> tuple[str, list]:

@@ -33,6 +33,12 @@ class ExportStage(Stage):
         path = out / "export" / f"model.{self.tag}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         opts = self.options.values
-        info = export_onnx(out / inputs[0].output["run_dir"], path, self.precision, opts.get("opset") or 17, opts.get("check", True),
-                           activations=self.activations)
+        info = export_onnx(
+            out / inputs[0].output["run_dir"],
+            path,
+            self.precision,
+            opts.get("opset") or 17,
+            opts.get("check", True),
+            activations=self.activations,
+        )
         return {"file": f"export/{path.name}", "sha256": sha256_file(path), "info": info}

@@ -52,7 +52,9 @@ VAL_IMAGES = 256
 CALIB_IMAGES = 8  # calibration only sets the scales; latency does not depend on them
 BN_IMAGES = 64  # train images that re-estimate a candidate's BatchNorm statistics
 PAIRS = 5  # bursts of each model in a paired timing
-PAIRED = Policy(warmup=2, min_time_s=0.2 * PAIRS, min_runs=10 * PAIRS)  # per model, over its bursts (2 warmup calls each)
+PAIRED = Policy(
+    warmup=2, min_time_s=0.2 * PAIRS, min_runs=10 * PAIRS
+)  # per model, over its bursts (2 warmup calls each)
 ROUNDS = 3  # measure-and-correct rounds of the combined plan
 
 
@@ -115,10 +117,14 @@ class Probe:
             m.train()
         with torch.no_grad():
             for i in range(0, len(self.bn_x) if norms else 0, 32):
-                model(self.bn_x[i:i + 32])
+                model(self.bn_x[i : i + 32])
             model.eval()
-            losses = [torch.nn.functional.cross_entropy(model(self.val_x[i:i + 32]), self.val_y[i:i + 32], reduction="sum")
-                      for i in range(0, len(self.val_x), 32)]
+            losses = [
+                torch.nn.functional.cross_entropy(
+                    model(self.val_x[i : i + 32]), self.val_y[i : i + 32], reduction="sum"
+                )
+                for i in range(0, len(self.val_x), 32)
+            ]
         return float(sum(losses) / len(self.val_x))
 
 
@@ -129,11 +135,24 @@ def make_probe(parent, runtime: str, precision: str, threads: int | None, workdi
     require(runtime)
     val = parent.split.parts["val"][:VAL_IMAGES]
     if not val:
-        raise EdgetuneError(f"--target-latency weighs each pruning step by the loss it adds on validation images, and {parent.dir}'s split has none.")
+        raise EdgetuneError(
+            f"--target-latency weighs each pruning step by the loss it adds on validation images, and {parent.dir}'s split has none."
+        )
     x = torch.cat(calibration_tensors(parent, val))
     y = torch.tensor([label for _, label in val])
     train = torch.cat(calibration_tensors(parent, parent.split.parts["train"][:BN_IMAGES]))
-    return Probe(tuple(parent.spec.size), parent.spec, runtime, precision, threads, list(train[:CALIB_IMAGES].split(1)), train, x, y, workdir)
+    return Probe(
+        tuple(parent.spec.size),
+        parent.spec,
+        runtime,
+        precision,
+        threads,
+        list(train[:CALIB_IMAGES].split(1)),
+        train,
+        x,
+        y,
+        workdir,
+    )
 
 
 def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: int, imp: str) -> dict:
@@ -152,13 +171,17 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
             for r in GRID:
                 pruned = prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, {g: r})
                 macs = count_macs(pruned, probe.size)[0]
-                if macs == macs0:  # nothing pruned (a layer already at one --round-to multiple): nothing to time but noise
+                if (
+                    macs == macs0
+                ):  # nothing pruned (a layer already at one --round-to multiple): nothing to time but noise
                     saved[g][r], added[g][r] = 0.0, 0.0
                     candidates.append({"group": g, "ratio": r, "macs": macs, "unchanged": True})
                 else:
                     (base, ms), loss = probe.paired_ms(pruned), probe.val_loss(pruned)
                     saved[g][r], added[g][r] = base - ms, max(loss - base_loss, 0.0)
-                    candidates.append({"group": g, "ratio": r, "macs": macs, "latency_ms": ms, "base_ms": base, "val_loss": loss})
+                    candidates.append(
+                        {"group": g, "ratio": r, "macs": macs, "latency_ms": ms, "base_ms": base, "val_loss": loss}
+                    )
                 advance()
         base_ms = float(np.median([c["base_ms"] for c in candidates if "base_ms" in c] or [probe.paired_ms(model)[0]]))
         ratios = {g: 0.0 for g in groups}
@@ -167,9 +190,13 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
             ratios = _allocate(ratios, saved, added, goal)
             if rounds and ratios == rounds[-1]["ratios"]:
                 break  # no measured step left that saves anything
-            base_now, measured = probe.paired_ms(prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, ratios))
+            base_now, measured = probe.paired_ms(
+                prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, ratios)
+            )
             predicted = base_ms - sum(saved[g][r] for g, r in ratios.items())
-            rounds.append({"ratios": dict(ratios), "predicted_ms": predicted, "base_ms": base_now, "measured_ms": measured})
+            rounds.append(
+                {"ratios": dict(ratios), "predicted_ms": predicted, "base_ms": base_now, "measured_ms": measured}
+            )
             advance()
             shortfall = measured - (1 - target) * base_now
             if shortfall <= 0:
@@ -177,15 +204,37 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
             goal = (base_ms - predicted) + shortfall  # beyond what this plan promised: the next round must add a step
     reached = 1 - rounds[-1]["measured_ms"] / rounds[-1]["base_ms"]
     if reached < target * 0.9:  # within a tenth of the goal counts: timing on a busy machine moves by that much
-        raise EdgetuneError(f"--target-latency {target:g}: the best plan found (each of {len(groups)} layer groups of {type(model).__name__} pruned by "
-                            f"up to {GRID[-1]:.0%}) removed {reached:.0%} of its {probe.runtime} {probe.precision} latency ({rounds[-1]['base_ms']:.2f} -> "
-                            f"{rounds[-1]['measured_ms']:.2f} ms): its latency there does not fall that far with its channels. Ask for less, time on "
-                            "another --latency-runtime, or prune by --ratio or --target-macs.")
-    logger.info("--target-latency %.2f on %s %s: %.2f -> %.2f ms (%.0f%% less), ratios %s.", target, probe.runtime, probe.precision, rounds[-1]["base_ms"],
-                rounds[-1]["measured_ms"], 100 * reached, ", ".join(f"{g} {r:.2f}" for g, r in ratios.items() if r))
-    return {"target": target, "runtime": probe.runtime, "precision": probe.precision, "threads": probe.threads, "base_ms": rounds[-1]["base_ms"],
-            "base_val_loss": base_loss, "candidates_base_ms": base_ms, "ratios": ratios, "measured_ms": rounds[-1]["measured_ms"], "reduction": reached, "grid": list(GRID),
-            "candidates": candidates, "rounds": rounds}
+        raise EdgetuneError(
+            f"--target-latency {target:g}: the best plan found (each of {len(groups)} layer groups of {type(model).__name__} pruned by "
+            f"up to {GRID[-1]:.0%}) removed {reached:.0%} of its {probe.runtime} {probe.precision} latency ({rounds[-1]['base_ms']:.2f} -> "
+            f"{rounds[-1]['measured_ms']:.2f} ms): its latency there does not fall that far with its channels. Ask for less, time on "
+            "another --latency-runtime, or prune by --ratio or --target-macs."
+        )
+    logger.info(
+        "--target-latency %.2f on %s %s: %.2f -> %.2f ms (%.0f%% less), ratios %s.",
+        target,
+        probe.runtime,
+        probe.precision,
+        rounds[-1]["base_ms"],
+        rounds[-1]["measured_ms"],
+        100 * reached,
+        ", ".join(f"{g} {r:.2f}" for g, r in ratios.items() if r),
+    )
+    return {
+        "target": target,
+        "runtime": probe.runtime,
+        "precision": probe.precision,
+        "threads": probe.threads,
+        "base_ms": rounds[-1]["base_ms"],
+        "base_val_loss": base_loss,
+        "candidates_base_ms": base_ms,
+        "ratios": ratios,
+        "measured_ms": rounds[-1]["measured_ms"],
+        "reduction": reached,
+        "grid": list(GRID),
+        "candidates": candidates,
+        "rounds": rounds,
+    }
 
 
 def _allocate(ratios: dict[str, float], saved: dict, added: dict, goal: float) -> dict[str, float]:
@@ -200,7 +249,9 @@ def _allocate(ratios: dict[str, float], saved: dict, added: dict, goal: float) -
     while total() < goal:
         best, best_score = None, 0.0
         for g, r in ratios.items():
-            for x in (x for x in GRID if x > r):  # any later ratio: a small one may save nothing where a larger one does
+            for x in (
+                x for x in GRID if x > r
+            ):  # any later ratio: a small one may save nothing where a larger one does
                 gain, cost = saved[g][x] - saved[g][r], added[g][x] - added[g][r]
                 score = gain / max(cost, 1e-4)
                 if gain > 0 and score > best_score:

@@ -36,8 +36,10 @@ def run_prune(opts: dict, config_record: dict):
     """The `prune` command: prune in steps, each followed by recovery fine-tuning."""
     started = time.time()
     if sum(opts.get(k) is not None for k in ("ratio", "target_macs", "target_latency")) != 1:
-        raise EdgetuneError("Give exactly one of --ratio (share of channels to remove, e.g. 0.3), --target-macs (share of MACs to remove, e.g. 0.5) "
-                            "or --target-latency (share of the target runtime's latency to remove, e.g. 0.3).")
+        raise EdgetuneError(
+            "Give exactly one of --ratio (share of channels to remove, e.g. 0.3), --target-macs (share of MACs to remove, e.g. 0.5) "
+            "or --target-latency (share of the target runtime's latency to remove, e.g. 0.3)."
+        )
     parent, out = common.begin(opts, "pruned", config_record)
     size = tuple(parent.spec.size)
     model = parent.build_model()
@@ -67,26 +69,58 @@ def run_prune(opts: dict, config_record: dict):
         prune_once(model, size, r, round_to, imp, {g: step_ratios(gr, steps)[k - 1] for g, gr in groups.items()})
         distributed.check_same(model, f"The model pruned in step {k}")
         macs, params = count_macs(model, size)
-        logger.info("Prune step %d/%d: %.3f -> %.3f GMACs, %.2fM parameters.", k, steps, macs0 / 1e9, macs / 1e9, params / 1e6)
+        logger.info(
+            "Prune step %d/%d: %.3f -> %.3f GMACs, %.2fM parameters.", k, steps, macs0 / 1e9, macs / 1e9, params / 1e6
+        )
         row = {"step": k, "ratio": r, "macs": macs, "params": params}
         if cfg.epochs > 0:
-            result = fit(model, *common.datasets(parent, opts), parent.classes, cfg, out / "ckpt" / f"step{k}", resume=False, desc=f"prune step {k}/{steps} recovery",
-                         teacher=teacher)
-            row.update(best_epoch=result.best_epoch, val_best=result.best_metric, kept_epoch=result.kept_epoch, epochs=result.history)
+            result = fit(
+                model,
+                *common.datasets(parent, opts),
+                parent.classes,
+                cfg,
+                out / "ckpt" / f"step{k}",
+                resume=False,
+                desc=f"prune step {k}/{steps} recovery",
+                teacher=teacher,
+            )
+            row.update(
+                best_epoch=result.best_epoch,
+                val_best=result.best_metric,
+                kept_epoch=result.kept_epoch,
+                epochs=result.history,
+            )
         history.append(row)
         model.cpu()
         if distributed.is_main():
-            save_atomic({"arch": record_shapes(model), "state": model.state_dict(), "history": history}, out / "ckpt" / f"step{k}.pt")
+            save_atomic(
+                {"arch": record_shapes(model), "state": model.state_dict(), "history": history},
+                out / "ckpt" / f"step{k}.pt",
+            )
     model.cpu().eval()
     macs1, params1 = count_macs(model, size)
     after = common.test_metrics(model, parent)
-    metrics = {"before": {"macs": macs0, "params": params0, "test": before}, "after": {"macs": macs1, "params": params1, "test": after},
-               "ratio": ratio, "round_to": round_to, "importance": imp, "steps": history, "test": after}
+    metrics = {
+        "before": {"macs": macs0, "params": params0, "test": before},
+        "after": {"macs": macs1, "params": params1, "test": after},
+        "ratio": ratio,
+        "round_to": round_to,
+        "importance": imp,
+        "steps": history,
+        "test": after,
+    }
     if plan is not None:
-        metrics["latency"] = {k: plan[k] for k in ("target", "runtime", "precision", "base_ms", "measured_ms", "reduction", "ratios")}
+        metrics["latency"] = {
+            k: plan[k] for k in ("target", "runtime", "precision", "base_ms", "measured_ms", "reduction", "ratios")
+        }
     if distributed.is_main():
-        write_json(out / "prune.json", {k: metrics[k] for k in ("before", "after", "ratio", "round_to", "importance", "latency") if k in metrics})
-    common.finish(out, parent, "pruned", model, config_record, metrics, started, trained=cfg.epochs > 0, arch=record_shapes(model))
+        write_json(
+            out / "prune.json",
+            {k: metrics[k] for k in ("before", "after", "ratio", "round_to", "importance", "latency") if k in metrics},
+        )
+    common.finish(
+        out, parent, "pruned", model, config_record, metrics, started, trained=cfg.epochs > 0, arch=record_shapes(model)
+    )
     _summary(parent, out, metrics)
     return out
 
@@ -98,13 +132,19 @@ def _latency_plan(opts: dict, parent, model, out) -> dict:
     from edgetune.stages.latency_plan import make_probe, plan_ratios
 
     path = out / "latency_plan.json"
-    wanted = {"target": opts["target_latency"], "runtime": opts["latency_runtime"], "precision": opts["latency_precision"]}
+    wanted = {
+        "target": opts["target_latency"],
+        "runtime": opts["latency_runtime"],
+        "precision": opts["latency_precision"],
+    }
     if opts.get("resume") and path.is_file():
         plan = read_json(path)
         if all(plan.get(k) == v for k, v in wanted.items()):
             return plan
     with tempfile.TemporaryDirectory(prefix="latency-", dir=out) as tmp:  # the candidates' ONNX files
-        probe = make_probe(parent, opts["latency_runtime"], opts["latency_precision"], opts.get("latency_threads"), Path(tmp))
+        probe = make_probe(
+            parent, opts["latency_runtime"], opts["latency_precision"], opts.get("latency_threads"), Path(tmp)
+        )
         plan = plan_ratios(model, probe, opts["target_latency"], opts["round_to"], opts["importance"])
     write_json(path, plan)
     return plan
@@ -118,9 +158,20 @@ def _summary(parent, out, m) -> None:
         t.add_column(col, justify="right")
     for name in ("before", "after"):
         r = m[name]
-        t.add_row(name, f"{r['macs'] / 1e6:.2f} M", f"{r['params'] / 1e6:.3f} M", f"{r['test'].get('accuracy', float('nan')):.4f}", f"{r['test'].get('f1', float('nan')):.4f}")
+        t.add_row(
+            name,
+            f"{r['macs'] / 1e6:.2f} M",
+            f"{r['params'] / 1e6:.3f} M",
+            f"{r['test'].get('accuracy', float('nan')):.4f}",
+            f"{r['test'].get('f1', float('nan')):.4f}",
+        )
     b, a = m["before"], m["after"]
-    t.add_row("change", f"{100 * (a['macs'] / b['macs'] - 1):+.1f}%", f"{100 * (a['params'] / b['params'] - 1):+.1f}%",
-              f"{a['test'].get('accuracy', 0) - b['test'].get('accuracy', 0):+.4f}", "")
+    t.add_row(
+        "change",
+        f"{100 * (a['macs'] / b['macs'] - 1):+.1f}%",
+        f"{100 * (a['params'] / b['params'] - 1):+.1f}%",
+        f"{a['test'].get('accuracy', 0) - b['test'].get('accuracy', 0):+.4f}",
+        "",
+    )
     if not log.quiet():
         log.console.print(t)

@@ -27,19 +27,49 @@ def run_quantize(opts: dict, config_record: dict):
     model = parent.build_model()
     before = parent.test_metrics() or common.test_metrics(model, parent)
     pairs, calib = select(parent.split, recipe, opts.get("calib_count"))
-    logger.info("Calibrating INT8 quantizers of %s on %d images (recipe '%s', hash %s).", parent.model_name, calib["count"], recipe.name, calib["hash"][:12])
+    logger.info(
+        "Calibrating INT8 quantizers of %s on %d images (recipe '%s', hash %s).",
+        parent.model_name,
+        calib["count"],
+        recipe.name,
+        calib["hash"][:12],
+    )
     qmodel, quant = _calibrate_once(model, lambda: calibration_tensors(parent, pairs), tuple(parent.spec.size), opts)
     quant["mode"] = mode
     metrics = {"float_test": before, "calibration_test": common.test_metrics(qmodel, parent)}
     metrics["test"] = metrics["calibration_test"]  # PTQ: the calibrated model is the result
     if mode == "qat" and opts["epochs"] > 0:
         cfg = common.train_config(opts)
-        result = fit(qmodel, *common.datasets(parent, opts), parent.classes, cfg, out / "ckpt", resume=opts.get("resume", False), desc="qat",
-                     teacher=common.teacher(opts, parent))
-        metrics.update(best_epoch=result.best_epoch, val_best=result.best_metric, kept_epoch=result.kept_epoch, epochs=result.history)
+        result = fit(
+            qmodel,
+            *common.datasets(parent, opts),
+            parent.classes,
+            cfg,
+            out / "ckpt",
+            resume=opts.get("resume", False),
+            desc="qat",
+            teacher=common.teacher(opts, parent),
+        )
+        metrics.update(
+            best_epoch=result.best_epoch,
+            val_best=result.best_metric,
+            kept_epoch=result.kept_epoch,
+            epochs=result.history,
+        )
         metrics["test"] = common.test_metrics(qmodel.cpu().eval(), parent)
     qmodel.cpu().eval()
-    common.finish(out, parent, mode, qmodel, config_record, metrics, started, trained=mode == "qat" and opts["epochs"] > 0, quant=quant, calibration=calib)
+    common.finish(
+        out,
+        parent,
+        mode,
+        qmodel,
+        config_record,
+        metrics,
+        started,
+        trained=mode == "qat" and opts["epochs"] > 0,
+        quant=quant,
+        calibration=calib,
+    )
     _summary(parent, out, mode, metrics, calib)
     return out
 
@@ -52,8 +82,15 @@ def _calibrate_once(model: torch.nn.Module, tensors, size: tuple[int, int], opts
     made = {}
 
     def calibrate() -> dict:
-        made["model"], record = quantize_model(model, tensors(), size, opts.get("ignore") or [], opts.get("fold_bn", True),
-                                               opts.get("overflow_fix") or "enable", opts.get("activations") or "auto")
+        made["model"], record = quantize_model(
+            model,
+            tensors(),
+            size,
+            opts.get("ignore") or [],
+            opts.get("fold_bn", True),
+            opts.get("overflow_fix") or "enable",
+            opts.get("activations") or "auto",
+        )
         return record
 
     record = distributed.on_main(calibrate)
@@ -79,4 +116,8 @@ def _summary(parent, out, mode, metrics, calib) -> None:
         t.add_row(name, f"{m.get('accuracy', float('nan')):.4f}", f"{m.get('f1', float('nan')):.4f}")
     if not log.quiet():
         log.console.print(t)
-        log.console.print(f"Calibrated on {calib['count']} images" + (f" ({calib['short']} fewer than the recipe asks)" if calib["short"] else "") + f", hash {calib['hash'][:16]}.")
+        log.console.print(
+            f"Calibrated on {calib['count']} images"
+            + (f" ({calib['short']} fewer than the recipe asks)" if calib["short"] else "")
+            + f", hash {calib['hash'][:16]}."
+        )

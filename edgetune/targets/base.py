@@ -60,8 +60,10 @@ class Target:
         """Refuse, before any training, a profile this plug-in cannot build."""
         wrong = [p for p in self.profile.precisions if p not in self.precisions]
         if wrong:
-            raise EdgetuneError(f"Target profile {self.profile.source}: precision {', '.join(wrong)} in 'precision'/'fallback' cannot be built for "
-                                f"{self.runtime}; it builds {', '.join(self.precisions)}. Change the profile's precision or fallback.")
+            raise EdgetuneError(
+                f"Target profile {self.profile.source}: precision {', '.join(wrong)} in 'precision'/'fallback' cannot be built for "
+                f"{self.runtime}; it builds {', '.join(self.precisions)}. Change the profile's precision or fallback."
+            )
         self.require()
 
     def compile(self, inp: CompileInput, dest: Path) -> dict[str, dict]:
@@ -79,11 +81,25 @@ class Target:
         return self.runtime
 
     def load(self, root: Path, artifact: dict, spec: PreprocessSpec, threads: int | None = None):
-        return backends.open_session(artifact.get("runtime", self.runtime), Path(root) / artifact["file"], spec, artifact, threads=threads, root=Path(root))
+        return backends.open_session(
+            artifact.get("runtime", self.runtime),
+            Path(root) / artifact["file"],
+            spec,
+            artifact,
+            threads=threads,
+            root=Path(root),
+        )
 
     def artifact(self, precision: str, files: list[str], fmt: str, dest: Path, **extra) -> dict:
-        return {"file": files[0], "files": files, "format": fmt, "precision": precision, "runtime": self.runtime,
-                "size_bytes": sum((dest / f).stat().st_size for f in files), **extra}
+        return {
+            "file": files[0],
+            "files": files,
+            "format": fmt,
+            "precision": precision,
+            "runtime": self.runtime,
+            "size_bytes": sum((dest / f).stat().st_size for f in files),
+            **extra,
+        }
 
     def extra_files(self, bundle_root: Path, manifest: dict) -> None:
         """Write target-specific files into the bundle (e.g. a trtexec command)."""

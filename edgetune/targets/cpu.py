@@ -38,15 +38,28 @@ class CpuTarget(Target):
         for precision in self.profile.precisions:
             name = f"model.{precision}.onnx"
             optimized = optimize(inp.onnx_for(precision), dest / name, inp.input_shape)
-            options = {"threads": self.profile.options.get("threads", 0), "graph_optimization": self.profile.options.get("graph_optimization", "all"),
-                       "offline_optimization": OFFLINE_LEVEL if optimized else "none", "providers": ["CPUExecutionProvider"]}
-            arts[precision] = self.artifact(precision, [name], "onnx", dest, input={"name": inp.input_name, "shape": inp.input_shape},
-                                            preprocess_built_in=False, options=options)
+            options = {
+                "threads": self.profile.options.get("threads", 0),
+                "graph_optimization": self.profile.options.get("graph_optimization", "all"),
+                "offline_optimization": OFFLINE_LEVEL if optimized else "none",
+                "providers": ["CPUExecutionProvider"],
+            }
+            arts[precision] = self.artifact(
+                precision,
+                [name],
+                "onnx",
+                dest,
+                input={"name": inp.input_name, "shape": inp.input_shape},
+                preprocess_built_in=False,
+                options=options,
+            )
         return arts
 
     def readme(self, manifest: dict) -> str:
-        return ("Install on the device: `pip install 'edgetune[onnxruntime]'` (numpy, OpenCV and ONNX Runtime; no torch).\n"
-                "The `.onnx` files also run in any ONNX Runtime application: input float32 NCHW after the preprocessing below.\n")
+        return (
+            "Install on the device: `pip install 'edgetune[onnxruntime]'` (numpy, OpenCV and ONNX Runtime; no torch).\n"
+            "The `.onnx` files also run in any ONNX Runtime application: input float32 NCHW after the preprocessing below.\n"
+        )
 
 
 def optimize(src: Path, dst: Path, input_shape: list) -> bool:
@@ -61,7 +74,11 @@ def optimize(src: Path, dst: Path, input_shape: list) -> bool:
             ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
             same = _same_outputs(src, tmp, input_shape)
         except Exception as e:  # noqa: BLE001 - any failure: ship the plain export
-            logger.warning("ONNX Runtime could not optimise %s offline (%s); the bundle keeps the plain graph.", src.name, str(e).splitlines()[0])
+            logger.warning(
+                "ONNX Runtime could not optimise %s offline (%s); the bundle keeps the plain graph.",
+                src.name,
+                str(e).splitlines()[0],
+            )
             same = False
         if not same:
             shutil.copyfile(src, tmp)
@@ -75,10 +92,16 @@ def _same_outputs(a: Path, b: Path, input_shape: list, tol: float = 1e-3) -> boo
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     outs = []  # the source as ONNX Runtime optimises it vs the saved graph as it is
     for path in (a, b):
-        s = ort.InferenceSession(str(path), session_options(graph_optimization=OFFLINE_LEVEL if path == a else "disable"), providers=["CPUExecutionProvider"])
+        s = ort.InferenceSession(
+            str(path),
+            session_options(graph_optimization=OFFLINE_LEVEL if path == a else "disable"),
+            providers=["CPUExecutionProvider"],
+        )
         outs.append(s.run(None, {s.get_inputs()[0].name: x})[0])
     diff = float(np.abs(outs[0] - outs[1]).max())
     if diff > tol * max(1.0, float(np.abs(outs[0]).max())):
-        logger.warning("ONNX Runtime's optimised graph of %s differs by %.3g; the bundle keeps the plain graph.", a.name, diff)
+        logger.warning(
+            "ONNX Runtime's optimised graph of %s differs by %.3g; the bundle keeps the plain graph.", a.name, diff
+        )
         return False
     return True

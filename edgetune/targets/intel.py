@@ -26,8 +26,12 @@ class IntelTarget(Target):
     runtime = "openvino"
     precisions = ("int8", "fp16", "bf16", "fp32")
     OPTIONS = {
-        "device": (lambda v: isinstance(v, str) and v.split(":")[0].split(".")[0] in ("CPU", "GPU", "NPU", "AUTO", "MULTI", "HETERO"),
-                   "an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO"),
+        "device": (
+            lambda v: (
+                isinstance(v, str) and v.split(":")[0].split(".")[0] in ("CPU", "GPU", "NPU", "AUTO", "MULTI", "HETERO")
+            ),
+            "an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO",
+        ),
         "performance_hint": (lambda v: v in HINTS, f"one of {', '.join(HINTS)}"),
         "threads": (int_at_least(0), "an integer >= 0 (0: OpenVINO's default)"),
     }
@@ -39,11 +43,29 @@ class IntelTarget(Target):
             # bf16 is the fp32 IR compiled with a bf16 inference precision: the files are shared.
             xml = f"model.{'fp32' if precision == 'bf16' else precision}.xml"
             if not (dest / xml).exists():
-                write_ir(inp.onnx_for(precision), dest / xml, inp.spec, inp.classes, compress_to_fp16=precision == "fp16", task=inp.task)
-            options = {k: self.profile.options[k] for k in ("device", "performance_hint", "threads") if k in self.profile.options}
-            arts[precision] = self.artifact(precision, [xml, xml[:-4] + ".bin"], "openvino-ir", dest,
-                                            input={"name": inp.input_name, "shape": inp.input_shape}, preprocess_built_in=True,
-                                            frames_input={"dtype": "uint8", "layout": "NHWC", "color": "BGR", "size": "any"}, options=options)
+                write_ir(
+                    inp.onnx_for(precision),
+                    dest / xml,
+                    inp.spec,
+                    inp.classes,
+                    compress_to_fp16=precision == "fp16",
+                    task=inp.task,
+                )
+            options = {
+                k: self.profile.options[k]
+                for k in ("device", "performance_hint", "threads")
+                if k in self.profile.options
+            }
+            arts[precision] = self.artifact(
+                precision,
+                [xml, xml[:-4] + ".bin"],
+                "openvino-ir",
+                dest,
+                input={"name": inp.input_name, "shape": inp.input_shape},
+                preprocess_built_in=True,
+                frames_input={"dtype": "uint8", "layout": "NHWC", "color": "BGR", "size": "any"},
+                options=options,
+            )
         return arts
 
     def check_profile(self) -> None:
@@ -64,18 +86,31 @@ class IntelTarget(Target):
             return precisions
         if self.profile.precision == "bf16":
             require_bf16(core, device, f"Target profile {self.profile.source} (precision bf16)")
-        logger.warning("Target profile %s: no bf16 artifact, since OpenVINO's %s here does not compute in bf16 "
-                       "(needs AVX512_BF16 or AMX); the bundle has %s.", self.profile.source, device, ", ".join(p for p in precisions if p != "bf16"))
+        logger.warning(
+            "Target profile %s: no bf16 artifact, since OpenVINO's %s here does not compute in bf16 "
+            "(needs AVX512_BF16 or AMX); the bundle has %s.",
+            self.profile.source,
+            device,
+            ", ".join(p for p in precisions if p != "bf16"),
+        )
         return [p for p in precisions if p != "bf16"]
 
     def readme(self, manifest: dict) -> str:
-        return ("Install on the device: `pip install 'edgetune[openvino]'` (numpy, OpenCV and OpenVINO; no torch).\n"
-                "The IR has the preprocessing built in: an OpenVINO application feeds uint8 BGR frames shaped (N, H, W, 3), "
-                "any H and W, and gets logits. Class names are in the IR's runtime info (`model_info/labels`, `edgetune/classes`).\n")
+        return (
+            "Install on the device: `pip install 'edgetune[openvino]'` (numpy, OpenCV and OpenVINO; no torch).\n"
+            "The IR has the preprocessing built in: an OpenVINO application feeds uint8 BGR frames shaped (N, H, W, 3), "
+            "any H and W, and gets logits. Class names are in the IR's runtime info (`model_info/labels`, `edgetune/classes`).\n"
+        )
 
 
-def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str], compress_to_fp16: bool = False,
-             task: str = "classification") -> None:
+def write_ir(
+    onnx_path: Path,
+    xml: Path,
+    spec: PreprocessSpec,
+    classes: list[str],
+    compress_to_fp16: bool = False,
+    task: str = "classification",
+) -> None:
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
@@ -84,9 +119,13 @@ def write_ir(onnx_path: Path, xml: Path, spec: PreprocessSpec, classes: list[str
     check_cut(original, model, spec, xml)
     model.set_rt_info(json.dumps(classes), ["edgetune", "classes"])
     model.set_rt_info(json.dumps(spec.to_dict()), ["edgetune", "preprocess"])
-    model.set_rt_info(" ".join(c.replace(" ", "_") for c in classes), ["model_info", "labels"])  # OpenVINO Model API convention
+    model.set_rt_info(
+        " ".join(c.replace(" ", "_") for c in classes), ["model_info", "labels"]
+    )  # OpenVINO Model API convention
     model.set_rt_info(task, ["edgetune", "task"])
-    if task == "classification":  # Model API's anomaly type expects its own outputs, not edgetune's score and map: no type claimed
+    if (
+        task == "classification"
+    ):  # Model API's anomaly type expects its own outputs, not edgetune's score and map: no type claimed
         model.set_rt_info("Classification", ["model_info", "model_type"])
     # The .xml/.bin pair is saved under temporary names, then each lands atomically.
     with atomic_path(xml) as tmp_xml, atomic_path(xml.with_suffix(".bin")) as tmp_bin:
@@ -108,12 +147,16 @@ def check_cut(original, model, spec: PreprocessSpec, where: Path) -> None:
     core = ov.Core()
     x = np.random.default_rng(0).standard_normal((1, 3, *spec.size)).astype(np.float32)
     want = list(core.compile_model(original, "CPU", compile_config(1))(x).values())
-    got = list(core.compile_model(plain_model(model.clone(), [None, 3, *spec.size]), "CPU", compile_config(1))(x).values())
+    got = list(
+        core.compile_model(plain_model(model.clone(), [None, 3, *spec.size]), "CPU", compile_config(1))(x).values()
+    )
     for a, b in zip(want, got):
         if not np.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a).max()))):
-            raise EdgetuneError(f"{where}: the IR without its built-in preprocessing computes something else than the exported model "
-                                f"(largest difference {float(np.abs(a - b).max()):.4g}): OpenVINO moved a preprocessing step into the model. "
-                                "Please report this with the OpenVINO version.")
+            raise EdgetuneError(
+                f"{where}: the IR without its built-in preprocessing computes something else than the exported model "
+                f"(largest difference {float(np.abs(a - b).max()):.4g}): OpenVINO moved a preprocessing step into the model. "
+                "Please report this with the OpenVINO version."
+            )
 
 
 def with_preprocessing(model, spec: PreprocessSpec):
@@ -125,9 +168,15 @@ def with_preprocessing(model, spec: PreprocessSpec):
     consumers = list(param.output(0).get_target_inputs())
     ppp = PrePostProcessor(model)
     tensor = ppp.input().tensor()
-    tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR).set_spatial_dynamic_shape()
+    tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(
+        ColorFormat.BGR
+    ).set_spatial_dynamic_shape()
     ppp.input().model().set_layout(ov.Layout("NCHW"))
-    resize = {"bilinear": ResizeAlgorithm.RESIZE_LINEAR, "bicubic": ResizeAlgorithm.RESIZE_CUBIC, "nearest": ResizeAlgorithm.RESIZE_NEAREST}
+    resize = {
+        "bilinear": ResizeAlgorithm.RESIZE_LINEAR,
+        "bicubic": ResizeAlgorithm.RESIZE_CUBIC,
+        "nearest": ResizeAlgorithm.RESIZE_NEAREST,
+    }
     # As the runtime's OpenCV path: resize in uint8 (or, for older runs, in float),
     # then normalise. The channel swap comes first: after the resize PrePostProcessor
     # folds it into the first layer's weights, and the model cut at PLAIN_INPUT_NODE

@@ -43,32 +43,54 @@ class JetsonTarget(Target):
             if not (dest / name).exists():
                 with atomic_path(dest / name) as tmp:
                     shutil.copyfile(src, tmp)
-            arts[precision] = self.artifact(precision, [name], "onnx", dest, input={"name": inp.input_name, "shape": inp.input_shape},
-                                            preprocess_built_in=False, options={"tensorrt": dict(self.profile.tensorrt), "batch": self.profile.batch},
-                                            engine=f"{trt_runtime.ENGINE_DIR}/model.{precision}.engine")
+            arts[precision] = self.artifact(
+                precision,
+                [name],
+                "onnx",
+                dest,
+                input={"name": inp.input_name, "shape": inp.input_shape},
+                preprocess_built_in=False,
+                options={"tensorrt": dict(self.profile.tensorrt), "batch": self.profile.batch},
+                engine=f"{trt_runtime.ENGINE_DIR}/model.{precision}.engine",
+            )
         return arts
 
     def extra_files(self, bundle_root: Path, manifest: dict) -> None:
-        lines = ["#!/bin/sh", "# Build the TensorRT engines with trtexec on the Jetson (same settings as `edgetune engine build`).",
-                 "# Run from the bundle directory. TensorRT's trtexec is in /usr/src/tensorrt/bin on JetPack.", "set -e",
-                 f"mkdir -p {trt_runtime.ENGINE_DIR}"]
+        lines = [
+            "#!/bin/sh",
+            "# Build the TensorRT engines with trtexec on the Jetson (same settings as `edgetune engine build`).",
+            "# Run from the bundle directory. TensorRT's trtexec is in /usr/src/tensorrt/bin on JetPack.",
+            "set -e",
+            f"mkdir -p {trt_runtime.ENGINE_DIR}",
+        ]
         for precision, art in manifest["artifacts"].items():
-            lines.append(" ".join(shlex.quote(a) for a in trtexec_args(art, precision, self.profile.tensorrt, self.profile.batch)))
+            lines.append(
+                " ".join(
+                    shlex.quote(a) for a in trtexec_args(art, precision, self.profile.tensorrt, self.profile.batch)
+                )
+            )
         write_text(bundle_root / TRTEXEC, "\n".join(lines) + "\n")
         (bundle_root / TRTEXEC).chmod(0o755)
 
     def readme(self, manifest: dict) -> str:
         trt = self.profile.tensorrt
-        return (f"On the Jetson (JetPack >= {trt.get('min_jetpack', '?')}, TensorRT >= {trt.get('min_tensorrt', '?')}): "
-                "`pip install 'edgetune[tensorrt]'` (numpy, OpenCV, cuda-python; TensorRT comes with JetPack), then build the engine there:\n\n"
-                f"    edgetune engine build {manifest['name']}\n\n"
-                f"or with TensorRT's own tool: `sh {TRTEXEC}`. Engines are tied to the device's GPU and TensorRT version; "
-                "an engine built elsewhere is refused.\n")
+        return (
+            f"On the Jetson (JetPack >= {trt.get('min_jetpack', '?')}, TensorRT >= {trt.get('min_tensorrt', '?')}): "
+            "`pip install 'edgetune[tensorrt]'` (numpy, OpenCV, cuda-python; TensorRT comes with JetPack), then build the engine there:\n\n"
+            f"    edgetune engine build {manifest['name']}\n\n"
+            f"or with TensorRT's own tool: `sh {TRTEXEC}`. Engines are tied to the device's GPU and TensorRT version; "
+            "an engine built elsewhere is refused.\n"
+        )
 
 
 def trtexec_args(art: dict, precision: str, trt: dict, batch: int) -> list[str]:
-    args = ["trtexec", f"--onnx={art['file']}", f"--saveEngine={art['engine']}",
-            f"--timingCacheFile={trt_runtime.ENGINE_DIR}/{trt_runtime.TIMING_CACHE}", f"--memPoolSize=workspace:{trt.get('workspace_mb', 1024)}"]
+    args = [
+        "trtexec",
+        f"--onnx={art['file']}",
+        f"--saveEngine={art['engine']}",
+        f"--timingCacheFile={trt_runtime.ENGINE_DIR}/{trt_runtime.TIMING_CACHE}",
+        f"--memPoolSize=workspace:{trt.get('workspace_mb', 1024)}",
+    ]
     args += ["--int8", "--fp16"] if precision == "int8" else ["--fp16"]
     if trt.get("dla_core") is not None:
         args += [f"--useDLACore={trt['dla_core']}", "--allowGPUFallback"]
@@ -79,5 +101,3 @@ def trtexec_args(art: dict, precision: str, trt: dict, batch: int) -> list[str]:
         dims = "x".join(str(d) for d in [batch, *shape[1:]])
         args.append(f"--shapes={art['input']['name']}:{dims}")
     return args
-
-

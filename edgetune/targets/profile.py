@@ -14,7 +14,12 @@ from edgetune.errors import EdgetuneError
 from edgetune.resources import data_dir
 from edgetune.runtime.files import parse_yaml
 
-PRECISIONS = ("int8", "fp16", "bf16", "fp32")  # bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (the plug-ins say which they build)
+PRECISIONS = (
+    "int8",
+    "fp16",
+    "bf16",
+    "fp32",
+)  # bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (the plug-ins say which they build)
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 HOST_RUNTIMES = ("onnxruntime", "openvino")  # run on the build machine's CPU too (TensorRT runs on the device)
 ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
@@ -41,7 +46,9 @@ class Profile:
     options: dict
     tensorrt: dict
     source: str  # where it was read from
-    activations: str = "auto"  # INT8 activations the runtime takes: auto (uint8 after ReLU, int8 elsewhere) or int8 only
+    activations: str = (
+        "auto"  # INT8 activations the runtime takes: auto (uint8 after ReLU, int8 elsewhere) or int8 only
+    )
 
     @property
     def precisions(self) -> list[str]:
@@ -49,11 +56,19 @@ class Profile:
         return [self.precision, *[p for p in self.fallback if p != self.precision]]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "runtime": self.runtime, "precision": self.precision,
-                "fallback": list(self.fallback), "channel_multiple": self.channel_multiple,
-                "input": {"batch": self.batch, "size": list(self.size) if self.size else None},
-                "options": dict(self.options), "tensorrt": dict(self.tensorrt), "quantization": {"activations": self.activations},
-                "source": self.source}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "fallback": list(self.fallback),
+            "channel_multiple": self.channel_multiple,
+            "input": {"batch": self.batch, "size": list(self.size) if self.size else None},
+            "options": dict(self.options),
+            "tensorrt": dict(self.tensorrt),
+            "quantization": {"activations": self.activations},
+            "source": self.source,
+        }
 
 
 # field -> (check, what is allowed). Only these keys may appear.
@@ -71,7 +86,10 @@ TOP_FIELDS = {
     "extends": (_str, "the name of another profile"),
     "runtime": (lambda v: v in RUNTIMES, f"one of {', '.join(RUNTIMES)}"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    "fallback": (lambda v: isinstance(v, list) and all(p in PRECISIONS for p in v), f"a list of precisions ({', '.join(PRECISIONS)})"),
+    "fallback": (
+        lambda v: isinstance(v, list) and all(p in PRECISIONS for p in v),
+        f"a list of precisions ({', '.join(PRECISIONS)})",
+    ),
     "channel_multiple": (_pos_int, "a positive integer"),
     "input": (lambda v: isinstance(v, dict), "a mapping with batch and size"),
     "options": (lambda v: isinstance(v, dict), "a mapping of runtime options"),
@@ -79,19 +97,27 @@ TOP_FIELDS = {
     "quantization": (lambda v: isinstance(v, dict), "a mapping of INT8 quantization needs (activations)"),
 }
 QUANTIZATION_FIELDS = {
-    "activations": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)} (int8: signed activations only, as TensorRT needs)"),
+    "activations": (
+        lambda v: v in ACTIVATIONS,
+        f"one of {', '.join(ACTIVATIONS)} (int8: signed activations only, as TensorRT needs)",
+    ),
 }
 INPUT_FIELDS = {
     "batch": (_pos_int, "a positive integer"),
-    "size": (lambda v: v is None or _pos_int(v) or (isinstance(v, list) and len(v) == 2 and all(_pos_int(x) for x in v)),
-             "null (the trained size), an integer or [height, width]"),
+    "size": (
+        lambda v: v is None or _pos_int(v) or (isinstance(v, list) and len(v) == 2 and all(_pos_int(x) for x in v)),
+        "null (the trained size), an integer or [height, width]",
+    ),
 }
 TENSORRT_FIELDS = {
     "workspace_mb": (_pos_int, "a positive integer (MiB)"),
-    "dla_core": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), "null (GPU only) or a DLA core number (0, 1)"),
+    "dla_core": (
+        lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+        "null (GPU only) or a DLA core number (0, 1)",
+    ),
     "builder_optimization_level": (lambda v: isinstance(v, int) and 0 <= v <= 5, "an integer 0..5"),
-    "min_jetpack": (lambda v: isinstance(v, (str, int, float)), "a version such as \"6.0\""),
-    "min_tensorrt": (lambda v: isinstance(v, (str, int, float)), "a version such as \"10.0\""),
+    "min_jetpack": (lambda v: isinstance(v, (str, int, float)), 'a version such as "6.0"'),
+    "min_tensorrt": (lambda v: isinstance(v, (str, int, float)), 'a version such as "10.0"'),
 }
 REQUIRED = ("name", "runtime", "precision")
 
@@ -120,7 +146,9 @@ def _read(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict, s
     parent = data.get("extends")
     if parent:
         if parent in seen:
-            raise EdgetuneError(f"Target profile {where}: field 'extends' makes a loop ({' -> '.join((*seen, parent))}).")
+            raise EdgetuneError(
+                f"Target profile {where}: field 'extends' makes a loop ({' -> '.join((*seen, parent))})."
+            )
         base, _ = _read(parent, (*seen, str(name_or_path)))
         data = _merge(base, {k: v for k, v in data.items() if k != "extends"})
     return data, where
@@ -136,7 +164,9 @@ def _locate(name: str) -> tuple[str, str]:
             raise EdgetuneError(f"--target {name}: the profile file cannot be read ({e.strerror or e}).") from None
     resource = _profiles_dir() / f"{name}.yaml"
     if not resource.is_file():
-        raise EdgetuneError(f"--target {name}: unknown target. Known targets: {', '.join(known_profiles())}; or give the path of your own profile YAML.")
+        raise EdgetuneError(
+            f"--target {name}: unknown target. Known targets: {', '.join(known_profiles())}; or give the path of your own profile YAML."
+        )
     return resource.read_text(encoding="utf-8"), f"{name} ({name}.yaml)"
 
 
@@ -145,13 +175,17 @@ def load_profile(name_or_path: str | Path) -> Profile:
     data, where = _read(name_or_path)
     for key in REQUIRED:
         if key not in data:
-            raise EdgetuneError(f"Target profile {where}: field '{key}' is missing. Required fields: {', '.join(REQUIRED)}.")
+            raise EdgetuneError(
+                f"Target profile {where}: field '{key}' is missing. Required fields: {', '.join(REQUIRED)}."
+            )
     inp = data.get("input") or {}
     _check_fields(inp, INPUT_FIELDS, where, "input.")
     trt = data.get("tensorrt") or {}
     _check_fields(trt, TENSORRT_FIELDS, where, "tensorrt.")
     if trt and data["runtime"] != "tensorrt":
-        raise EdgetuneError(f"Target profile {where}: field 'tensorrt' applies only to runtime tensorrt, not {data['runtime']}.")
+        raise EdgetuneError(
+            f"Target profile {where}: field 'tensorrt' applies only to runtime tensorrt, not {data['runtime']}."
+        )
     quant = data.get("quantization") or {}
     _check_fields(quant, QUANTIZATION_FIELDS, where, "quantization.")
     from edgetune.targets.registry import plugin_for
@@ -159,17 +193,30 @@ def load_profile(name_or_path: str | Path) -> Profile:
     plugin = plugin_for(data["runtime"])
     activations = quant.get("activations", "int8" if plugin.signed_activations else "auto")
     if plugin.signed_activations and activations != "int8":
-        raise EdgetuneError(f"Target profile {where}: field 'quantization.activations' is {activations!r}, but {data['runtime']} has no uint8 "
-                            "quantization; it must be int8.")
+        raise EdgetuneError(
+            f"Target profile {where}: field 'quantization.activations' is {activations!r}, but {data['runtime']} has no uint8 "
+            "quantization; it must be int8."
+        )
     size = inp.get("size")
     if isinstance(size, int):
         size = [size, size]
     options = data.get("options") or {}
     plugin.check_options(options, where)
     fallback = data.get("fallback") or []
-    return Profile(name=data["name"], description=data.get("description", ""), runtime=data["runtime"], precision=data["precision"],
-                   fallback=tuple(fallback), channel_multiple=data.get("channel_multiple", 1), batch=inp.get("batch", 1),
-                   size=tuple(size) if size else None, options=options, tensorrt=trt, source=where, activations=activations)
+    return Profile(
+        name=data["name"],
+        description=data.get("description", ""),
+        runtime=data["runtime"],
+        precision=data["precision"],
+        fallback=tuple(fallback),
+        channel_multiple=data.get("channel_multiple", 1),
+        batch=inp.get("batch", 1),
+        size=tuple(size) if size else None,
+        options=options,
+        tensorrt=trt,
+        source=where,
+        activations=activations,
+    )
 
 
 def check_option_fields(options: dict, allowed: dict[str, tuple[Any, str]], where: str) -> None:

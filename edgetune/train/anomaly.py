@@ -26,7 +26,9 @@ DEFAULTS = {"coreset": 0.1, "max_bank_mb": 256.0, "max_false_alarm": 0.01, "batc
 
 def normal_index(classes: list[str], normal: str | None, source: str) -> int:
     if not normal:
-        raise EdgetuneError(f"--task anomaly needs --normal CLASS: the class of good parts to fit on. Classes in {source}: {', '.join(classes)}.")
+        raise EdgetuneError(
+            f"--task anomaly needs --normal CLASS: the class of good parts to fit on. Classes in {source}: {', '.join(classes)}."
+        )
     if normal not in classes:
         raise EdgetuneError(f"--normal {normal}: no such class in {source}. Its classes are: {', '.join(classes)}.")
     return classes.index(normal)
@@ -71,14 +73,22 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
     from edgetune.models.patchcore import bank_mb, greedy_coreset
 
     if not 0 < coreset <= 1:
-        raise EdgetuneError(f"--coreset {coreset}: give the fraction of patch features to keep, in (0, 1] (0.1 keeps one in ten).")
-    (h, w), dim, n = model.grid, int(model.bank_mean.shape[0]), len(paths)  # the bank's size, before embedding every image
+        raise EdgetuneError(
+            f"--coreset {coreset}: give the fraction of patch features to keep, in (0, 1] (0.1 keeps one in ten)."
+        )
+    (h, w), dim, n = (
+        model.grid,
+        int(model.bank_mean.shape[0]),
+        len(paths),
+    )  # the bank's size, before embedding every image
     rows = max(1, int(round(n * h * w * coreset)))
     size_mb = bank_mb(rows, dim)
     if size_mb > max_bank_mb:
-        raise EdgetuneError(f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches x --coreset {coreset:g}): "
-                            f"{size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower --coreset (e.g. {coreset * max_bank_mb / size_mb / 1.05:.3g}) "
-                            f"or --img-size (now {spec.size[0]}; the patch grid shrinks with its square), or raise --max-bank-mb.")
+        raise EdgetuneError(
+            f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches x --coreset {coreset:g}): "
+            f"{size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower --coreset (e.g. {coreset * max_bank_mb / size_mb / 1.05:.3g}) "
+            f"or --img-size (now {spec.size[0]}; the patch grid shrinks with its square), or raise --max-bank-mb."
+        )
     emb = embed_images(model.embedder, paths, spec, batch_size, "patch features of normal images")
     patches = emb.permute(0, 2, 3, 1).reshape(-1, dim)
     started = time.time()
@@ -92,20 +102,34 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
         idx = greedy_coreset(patches, rows, seed, step)
         advance(rows - last[0])
     model.set_bank(patches[idx])
-    return {"rows": rows, "dim": dim, "size_mb": round(size_mb, 3), "patches": int(len(patches)), "images": n, "grid": [h, w],
-            "coreset": coreset, "coreset_seconds": round(time.time() - started, 1)}
+    return {
+        "rows": rows,
+        "dim": dim,
+        "size_mb": round(size_mb, 3),
+        "patches": int(len(patches)),
+        "images": n,
+        "grid": [h, w],
+        "coreset": coreset,
+        "coreset_seconds": round(time.time() - started, 1),
+    }
 
 
-def calibrate(model, split, spec, normal_class: str, max_false_alarm: float, batch_size: int) -> tuple[Normalisation, dict]:
+def calibrate(
+    model, split, spec, normal_class: str, max_false_alarm: float, batch_size: int
+) -> tuple[Normalisation, dict]:
     """Threshold + normalisation from the (binary) validation split's raw scores."""
     from edgetune.metrics import anomaly_threshold
 
     val = split.parts["val"]
     y = anomalous_labels(val)
     if (~y).sum() == 0:
-        raise EdgetuneError(f"The validation split holds no '{normal_class}' images to set the threshold on; give more data or a larger --val-frac.")
+        raise EdgetuneError(
+            f"The validation split holds no '{normal_class}' images to set the threshold on; give more data or a larger --val-frac."
+        )
     if not 0 < max_false_alarm < 1:
-        raise EdgetuneError(f"--max-false-alarm {max_false_alarm}: give the share of normal images allowed to raise an alarm, in (0, 1) (0.01 = 1%).")
+        raise EdgetuneError(
+            f"--max-false-alarm {max_false_alarm}: give the share of normal images allowed to raise an alarm, in (0, 1) (0.01 = 1%)."
+        )
     scores, _ = score_images(model, [p for p, _ in val], spec, batch_size, "validation scores")
     threshold, rule = anomaly_threshold(y, scores, max_false_alarm)
     norm = Normalisation.from_scores(threshold, scores, spec.size, rule, normal_class)
@@ -126,8 +150,13 @@ def load_patchcore(run):
 
     info = run.info.get("anomaly") or {}
     bank = info.get("bank") or {}
-    model = build_patchcore(run.model_name, tuple(run.spec.size), pretrained=False, bank=torch.zeros(int(bank["rows"]), int(bank["dim"])),
-                            indices=list(info["feature_indices"]))
+    model = build_patchcore(
+        run.model_name,
+        tuple(run.spec.size),
+        pretrained=False,
+        bank=torch.zeros(int(bank["rows"]), int(bank["dim"])),
+        indices=list(info["feature_indices"]),
+    )
     model.load_state_dict(torch.load(run.dir / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -148,5 +177,9 @@ def binary_split(split, normal: int):
     test split holds both kinds, seeded and stratified by the source's classes."""
     import dataclasses
 
-    return dataclasses.replace(split, classes=list(CLASSES), parts={k: [(p, int(y != normal)) for p, y in v] for k, v in split.parts.items()},
-                               soft={})
+    return dataclasses.replace(
+        split,
+        classes=list(CLASSES),
+        parts={k: [(p, int(y != normal)) for p, y in v] for k, v in split.parts.items()},
+        soft={},
+    )

@@ -48,7 +48,9 @@ def timeout_s() -> int:
         if seconds <= 0:
             raise ValueError
     except ValueError:
-        raise EdgetuneError(f"{TIMEOUT_ENV}={value!r}: give the seconds a rank may wait for the others (e.g. 600).") from None
+        raise EdgetuneError(
+            f"{TIMEOUT_ENV}={value!r}: give the seconds a rank may wait for the others (e.g. 600)."
+        ) from None
     return seconds
 
 
@@ -61,18 +63,26 @@ def device_for(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise EdgetuneError(f"--device {name!r}: use auto, cpu, cuda or cuda:N (mps where PyTorch has it).") from None
-    if device.type == "cuda" and not launched() and not torch.cuda.is_available():  # under torchrun: the rank's own message below
-        raise EdgetuneError(f"--device {name}: this PyTorch sees no CUDA GPU ({torch.__version__}). Use --device cpu, or auto.")
+    if (
+        device.type == "cuda" and not launched() and not torch.cuda.is_available()
+    ):  # under torchrun: the rank's own message below
+        raise EdgetuneError(
+            f"--device {name}: this PyTorch sees no CUDA GPU ({torch.__version__}). Use --device cpu, or auto."
+        )
     if device.type != "cuda" or not launched():
         return device
     local, count = local_rank(), torch.cuda.device_count()
     if device.index is not None:
-        raise EdgetuneError(f"--device {name}: under torchrun each process takes the GPU of its local rank; pass --device cuda (or auto), "
-                            "and choose GPUs with CUDA_VISIBLE_DEVICES.")
+        raise EdgetuneError(
+            f"--device {name}: under torchrun each process takes the GPU of its local rank; pass --device cuda (or auto), "
+            "and choose GPUs with CUDA_VISIBLE_DEVICES."
+        )
     if local >= count:
-        raise EdgetuneError(f"--device {name} under torchrun: this process is local rank {local} of {os.environ.get('LOCAL_WORLD_SIZE', '?')} "
-                            f"on this machine, but it has {count} GPU(s). Start at most {count} processes per machine "
-                            f"(torchrun --nproc-per-node {max(count, 1)}), or train on the CPU with --device cpu.")
+        raise EdgetuneError(
+            f"--device {name} under torchrun: this process is local rank {local} of {os.environ.get('LOCAL_WORLD_SIZE', '?')} "
+            f"on this machine, but it has {count} GPU(s). Start at most {count} processes per machine "
+            f"(torchrun --nproc-per-node {max(count, 1)}), or train on the CPU with --device cpu."
+        )
     return torch.device("cuda", local)
 
 
@@ -87,12 +97,16 @@ def setup(device: str = "auto") -> torch.device:
     backend = "nccl" if dev.type == "cuda" else "gloo"
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()), device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend, timeout=datetime.timedelta(seconds=timeout_s()), device_id=dev if dev.type == "cuda" else None
+        )
     except Exception as e:  # DistStoreError, RuntimeError, TimeoutError: all mean "could not join"
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
-        raise EdgetuneError(f"Rank {rank()} could not join the process group at {where} (MASTER_ADDR:MASTER_PORT from torchrun) within "
-                            f"{timeout_s()} s: {first}. Check that every node's torchrun has the same --rdzv-endpoint, that it is "
-                            f"reachable from this machine, and that the other nodes were started (--nnodes).") from None
+        raise EdgetuneError(
+            f"Rank {rank()} could not join the process group at {where} (MASTER_ADDR:MASTER_PORT from torchrun) within "
+            f"{timeout_s()} s: {first}. Check that every node's torchrun has the same --rdzv-endpoint, that it is "
+            f"reachable from this machine, and that the other nodes were started (--nnodes)."
+        ) from None
     atexit.register(_close)
     return dev
 
@@ -189,15 +203,21 @@ def check_same(module: torch.nn.Module, what: str) -> None:
     prints = all_gather(fingerprint(module))
     if len(set(prints)) > 1:
         differ = [r for r, p in enumerate(prints) if p != prints[0]]
-        raise EdgetuneError(f"{what} differs between ranks (ranks {differ} differ from rank 0). This is a bug in edgetune's "
-                            "distributed training; please report it with the command line.")
+        raise EdgetuneError(
+            f"{what} differs between ranks (ranks {differ} differ from rank 0). This is a bug in edgetune's "
+            "distributed training; please report it with the command line."
+        )
 
 
 def batch_record(batch_size: int) -> dict:
     """What run.json records of a training stage's scale-out."""
     world = world_size()
-    return {"world_size": world, "batch_size_per_rank": batch_size, "global_batch_size": batch_size * world,
-            "backend": dist.get_backend() if active() else None}
+    return {
+        "world_size": world,
+        "batch_size_per_rank": batch_size,
+        "global_batch_size": batch_size * world,
+        "backend": dist.get_backend() if active() else None,
+    }
 
 
 def collective_device() -> torch.device:

@@ -13,7 +13,9 @@ from edgetune.runtime.preprocess import PreprocessSpec
 from edgetune.train.loop import predict
 
 
-def predict_split(model, split: Split, spec: PreprocessSpec, part: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(
+    model, split: Split, spec: PreprocessSpec, part: str, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     return predict(model, eval_loader(split.parts[part], EvalTransform(spec), batch_size))
 
 

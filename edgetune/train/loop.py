@@ -33,7 +33,9 @@ from edgetune.train import distributed
 
 logger = log.get(__name__)
 METRICS = ("accuracy", "balanced_accuracy", "f1", "loss")
-DISTILL_T = 2.0  # softmax temperature of knowledge distillation (Hinton et al.): softer targets carry the teacher's doubts
+DISTILL_T = (
+    2.0  # softmax temperature of knowledge distillation (Hinton et al.): softer targets carry the teacher's doubts
+)
 # Training and validation run in channels_last (NHWC): on a 2-core AVX2 CPU a training
 # step of efficientnet_lite0 at 300 px took 3.1 s instead of 5.4 s; the results are the
 # same. Models are handed back in the default layout, so what callers save or export
@@ -62,7 +64,9 @@ class TrainConfig:
     seed: int = 0
     distill: float = 0.0  # weight of the teacher's soft targets in the loss (needs a teacher); 0 = plain labels
     ema: float = 0.0  # decay of a moving average of the weights, which is validated and kept instead of them; 0 = off
-    layer_decay: float = 1.0  # each stage learns at this times the rate of the stage above it; the head at lr; 1 = one rate
+    layer_decay: float = (
+        1.0  # each stage learns at this times the rate of the stage above it; the head at lr; 1 = one rate
+    )
     mixup: float = 0.0  # Beta(mixup, mixup) weight of each batch blended with a shuffled copy of itself; 0 = off
     device: str = "auto"
     workers: int = 0
@@ -118,7 +122,7 @@ class RankShare(Sampler):
         return len(self.base) // self.world
 
     def __iter__(self):
-        return iter(list(self.base)[self.rank::self.world][:len(self)])
+        return iter(list(self.base)[self.rank :: self.world][: len(self)])
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -127,12 +131,15 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
             return (step + 1) / warmup_steps
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
     return f
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if not 0 < cfg.layer_decay <= 1:
-        raise EdgetuneError(f"--layer-decay {cfg.layer_decay}: use a factor in (0, 1]; 1 gives every stage the same learning rate.")
+        raise EdgetuneError(
+            f"--layer-decay {cfg.layer_decay}: use a factor in (0, 1]; 1 gives every stage the same learning rate."
+        )
     # Stages as --freeze counts them (stem ... head): the head, new for the task, learns
     # at lr, and each stage below at layer_decay times the one above, so the general
     # early features move least.
@@ -196,10 +203,14 @@ def fit(
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
 
     weights = _class_weights(train_set.labels, len(classes))
-    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if cfg.balance == "loss" else None, label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(
+        weight=weights.to(device) if cfg.balance == "loss" else None, label_smoothing=cfg.label_smoothing
+    )
     steps_per_epoch = max(1, math.ceil(len(train_set) / (cfg.batch_size * world)))
     optimizer = _optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+    )
     val_loader = make_loader(val_set, cfg.batch_size, cfg.workers, shuffle=False)
     train_model, trainable = model, None
     if cfg.distill > 0 and teacher is None:
@@ -225,19 +236,29 @@ def fit(
         if cfg.distill > 0:
             with torch.no_grad():
                 target = torch.softmax(teacher(x) / DISTILL_T, dim=1)
-            kd = nn.functional.kl_div(torch.log_softmax(logits / DISTILL_T, dim=1), target, reduction="batchmean") * DISTILL_T**2
+            kd = (
+                nn.functional.kl_div(torch.log_softmax(logits / DISTILL_T, dim=1), target, reduction="batchmean")
+                * DISTILL_T**2
+            )
             loss = (1 - cfg.distill) * loss + cfg.distill * kd
         return loss
 
     history: list[dict] = []
     start, best, best_epoch, since_best = 0, -math.inf, -1, 0
     # Rank 0 reads the checkpoint and hands it to the others: their machines need not see --out.
-    state = distributed.on_main(lambda: torch.load(last_path, map_location="cpu", weights_only=True) if resume and last_path.exists() else None)
+    state = distributed.on_main(
+        lambda: torch.load(last_path, map_location="cpu", weights_only=True) if resume and last_path.exists() else None
+    )
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history, best, best_epoch, since_best = state["history"], state["best"], state["best_epoch"], state["since_best"]
+        history, best, best_epoch, since_best = (
+            state["history"],
+            state["best"],
+            state["best_epoch"],
+            state["since_best"],
+        )
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
         start = state["epoch"] + 1
@@ -245,10 +266,26 @@ def fit(
     elif resume:
         logger.warning("--resume: no %s checkpoint in %s; starting from the first epoch.", desc, ckpt_dir)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=log.console, disable=not main or log.quiet(), transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=log.console,
+        disable=not main or log.quiet(),
+        transient=True,
+    )
     stopped = False
     with progress:
         for epoch in range(start, cfg.epochs):
@@ -270,7 +307,9 @@ def fit(
                 sampler.set_epoch(epoch)
             else:
                 sampler = torch.utils.data.RandomSampler(train_set, generator=gen)
-            loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler=sampler, drop_last=len(sampler) > cfg.batch_size)
+            loader = make_loader(
+                train_set, cfg.batch_size, cfg.workers, sampler=sampler, drop_last=len(sampler) > cfg.batch_size
+            )
             task = progress.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
             train_model.train()
             total, count, tick = 0.0, 0, time.perf_counter()
@@ -279,7 +318,9 @@ def fit(
                 loss = loss_fn(x, y)
                 if not torch.isfinite(loss):
                     kept = f" The last good checkpoint is kept in {last_path}." if last_path.exists() else ""
-                    raise EdgetuneError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}.{kept} Lower --lr (now {cfg.lr}) and rerun with --resume.")
+                    raise EdgetuneError(
+                        f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}.{kept} Lower --lr (now {cfg.lr}) and rerun with --resume."
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -295,11 +336,23 @@ def fit(
 
             logits, labels = predict(scored, val_loader, device)
             val = classification_metrics(labels, logits, classes, full=False)
-            val["loss"] = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()) if len(labels) else 0.0
+            val["loss"] = (
+                float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())
+                if len(labels)
+                else 0.0
+            )
             score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
-            row = {"epoch": epoch + 1, "train_loss": total / max(1, count), "val_accuracy": val["accuracy"], "val_f1": val["f1"],
-                   "val_loss": val["loss"], "lr": max(g["lr"] for g in optimizer.param_groups), "trainable_params": n_train,
-                   "train_images": int(count), "train_seconds": round(seconds, 3)}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": total / max(1, count),
+                "val_accuracy": val["accuracy"],
+                "val_f1": val["f1"],
+                "val_loss": val["loss"],
+                "lr": max(g["lr"] for g in optimizer.param_groups),
+                "trainable_params": n_train,
+                "train_images": int(count),
+                "train_seconds": round(seconds, 3),
+            }
             history.append(row)
             improved = score > best
             if improved:
@@ -309,11 +362,30 @@ def fit(
             if main:
                 if improved:
                     save_atomic(scored.state_dict(), best_path)
-                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                             "history": history, "best": best, "best_epoch": best_epoch, "since_best": since_best,
-                             **({"ema": ema.module.state_dict()} if ema is not None else {})}, last_path)
-                logger.info("%s epoch %d/%d: train loss %.4f, val acc %.4f, val F1 %.4f%s", desc, epoch + 1, cfg.epochs, row["train_loss"],
-                            val["accuracy"], val["f1"], "  (best)" if improved else "")
+                save_atomic(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "history": history,
+                        "best": best,
+                        "best_epoch": best_epoch,
+                        "since_best": since_best,
+                        **({"ema": ema.module.state_dict()} if ema is not None else {}),
+                    },
+                    last_path,
+                )
+                logger.info(
+                    "%s epoch %d/%d: train loss %.4f, val acc %.4f, val F1 %.4f%s",
+                    desc,
+                    epoch + 1,
+                    cfg.epochs,
+                    row["train_loss"],
+                    val["accuracy"],
+                    val["f1"],
+                    "  (best)" if improved else "",
+                )
             if cfg.patience and since_best >= cfg.patience:
                 logger.info("Early stop: no better val %s in %d epochs.", cfg.metric, cfg.patience)
                 stopped = True
@@ -330,7 +402,9 @@ def fit(
     model.to(memory_format=torch.contiguous_format)
     if teacher is not None:
         teacher.to(memory_format=torch.contiguous_format)
-    return FitResult(best_epoch=best_epoch, best_metric=best, kept_epoch=kept_epoch, history=history, stopped_early=stopped)
+    return FitResult(
+        best_epoch=best_epoch, best_metric=best, kept_epoch=kept_epoch, history=history, stopped_early=stopped
+    )
 
 
 def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
@@ -342,12 +416,16 @@ def _ema(model: nn.Module, decay: float):
     from timm.utils import ModelEmaV3
 
     if not 0 < decay < 1:
-        raise EdgetuneError(f"--ema {decay}: give the average's decay per step, between 0 and 1 (e.g. 0.99), or 0 for none.")
+        raise EdgetuneError(
+            f"--ema {decay}: give the average's decay per step, between 0 and 1 (e.g. 0.99), or 0 for none."
+        )
     try:
         # warm-up: the decay grows with the step count, so the new head's random start fades fast
         return ModelEmaV3(model, decay=decay, use_warmup=True, warmup_power=0.75)
     except Exception as e:  # e.g. a model that cannot be deep-copied
-        raise EdgetuneError(f"--ema {decay}: cannot keep an average of this model ({type(e).__name__}: {e}). Train without --ema.") from None
+        raise EdgetuneError(
+            f"--ema {decay}: cannot keep an average of this model ({type(e).__name__}: {e}). Train without --ema."
+        ) from None
 
 
 def save_atomic(obj, path: Path) -> None:
