@@ -62,13 +62,13 @@ def levels_of(data: str, normal: str) -> dict[str, float]:
     source = load_source(data)
     if data.startswith("elpv"):
         value = {"p0": 0.0, "p1/3": 1 / 3, "p2/3": 2 / 3, "p1": 1.0}
-        return {it.path: value[source.classes[it.label]] for it in source.items}
-    return {it.path: float(source.classes[it.label] != normal) for it in source.items}
+        return {it.path: value[source.classes[it.target]] for it in source.items}
+    return {it.path: float(source.classes[it.target] != normal) for it in source.items}
 
 
 def measure(session, x: np.ndarray, levels: np.ndarray, min_time_s: float) -> dict:
-    from edgetune.metrics import anomaly_metrics
     from edgetune.runtime.timing import Policy, time_call
+    from edgetune.tasks.anomaly.metrics import anomaly_metrics
 
     scores = np.concatenate([session.detect(x[i : i + 16])["score"] for i in range(0, len(x), 16)])
     anomalous = levels >= 0.5
@@ -274,8 +274,8 @@ def detector(a, run, data: str, normal: str, options: dict) -> dict:
                 }
             )
             log.console.print(
-                f"{target} {precision}: AUROC {m['auroc']:.4f} (without p=1/3 {m['auroc_without_p13']:.4f}), F1 {m['f1']:.4f}, "
-                f"false alarms {m['false_alarm_rate']:.2%}, {m['latency_ms_p50']:.2f} ms"
+                f"{target} {precision}: AUROC {m['auroc']:.4f} (without p=1/3 {m['auroc_without_p13']:.4f}), F1 "
+                f"{m['f1']:.4f}, false alarms {m['false_alarm_rate']:.2%}, {m['latency_ms_p50']:.2f} ms"
             )
     return {
         "rows": rows,
@@ -308,23 +308,25 @@ def write_report(results: dict, path: Path) -> None:
     lines = [
         "# Anomaly detection on ELPV from good cells only (PatchCore)",
         "",
-        f"Fitted on {fit['bank']['images']} train cells with defect probability 0 ({o['model']}, {o['img_size']} px, coreset {o['coreset']}): "
-        f"bank {fit['bank']['rows']} x {fit['bank']['dim']} ({fit['bank']['size_mb']:.1f} MB), fit {fit['fit_seconds']:.0f} s on {results['machine']}. "
-        f"Test split: {fit.get('test_images', '')} cells, anomalous = p >= 0.5; threshold: {fit['threshold']['rule']} (validation anomalies = any "
-        f"p > 0). Latency: batch 1, {results['threads']} threads.",
+        f"Fitted on {fit['bank']['images']} train cells with defect probability 0 ({o['model']}, {o['img_size']} px, "
+        f"coreset {o['coreset']}): bank {fit['bank']['rows']} x {fit['bank']['dim']} ({fit['bank']['size_mb']:.1f} "
+        f"MB), fit {fit['fit_seconds']:.0f} s on {results['machine']}. Test split: {fit.get('test_images', '')} "
+        f"cells, anomalous = p >= 0.5; threshold: {fit['threshold']['rule']} (validation anomalies = any p > 0). "
+        f"Latency: batch 1, {results['threads']} threads.",
         "",
         *markdown_table(results["rows"], COLUMNS),
         "",
     ]
     if sup:
         lines += [
-            f"Supervised classifier (finetune_elpv.py, {sup['runs']} runs of several recipes and seeds; those with split seed 0 hold these test images): test ROC-AUC "
-            f"{sup['min']:.3f}-{sup['max']:.3f}, mean {sup['mean']:.3f}.",
+            f"Supervised classifier (finetune_elpv.py, {sup['runs']} runs of several recipes and seeds; those with "
+            f"split seed 0 hold these test images): test ROC-AUC {sup['min']:.3f}-{sup['max']:.3f}, mean "
+            f"{sup['mean']:.3f}.",
             "",
         ]
     lines += [
-        "auroc: p = 1/3 cells counted normal (the classifier's labels); auroc_without_p13: those cells left out. f1, recall, "
-        "false_alarm_rate: at the bundle's threshold (normalised score 0.5). " + results["note"],
+        "auroc: p = 1/3 cells counted normal (the classifier's labels); auroc_without_p13: those cells left out. f1, "
+        "recall, false_alarm_rate: at the bundle's threshold (normalised score 0.5). " + results["note"],
         "",
     ]
     curve = results.get("label_budget")
@@ -347,10 +349,11 @@ def write_report(results: dict, path: Path) -> None:
         lines += [
             "## Label budget: how many labelled defects the classifier needs",
             "",
-            f"The supervised classifier ({o['model']}, {o['img_size']} px, {curve['recipe']['epochs']} epochs, EMA, last epoch) trained on every "
-            "normal train cell (p < 0.5) and only this many defective ones, tested on the same test cells as the detector; "
-            "the detector saw no defect (its normal images are the p = 0 cells). auroc: test ROC-AUC, anomalous = p >= 0.5. "
-            f"Measured on {curve['machine']}, {curve['date']}. {curve.get('note', '')}".rstrip(),
+            f"The supervised classifier ({o['model']}, {o['img_size']} px, {curve['recipe']['epochs']} epochs, EMA, "
+            "last epoch) trained on every normal train cell (p < 0.5) and only this many defective ones, tested on "
+            "the same test cells as the detector; the detector saw no defect (its normal images are the p = 0 "
+            f"cells). auroc: test ROC-AUC, anomalous = p >= 0.5. Measured on {curve['machine']}, {curve['date']}. "
+            f"{curve.get('note', '')}".rstrip(),
             "",
             *markdown_table(detector_row + curve["rows"], CURVE_COLUMNS),
             "",

@@ -179,13 +179,15 @@ def main() -> int:
             [
                 "### edgetune harness against OpenVINO benchmark_app",
                 "",
-                f"Same IR (`{Path(ir).name}`, input {shape}), {args.threads} threads, batch 1, latency hint, sync API; {args.rounds} alternating rounds of {args.seconds:g} s; {result['machine']}.",
+                f"Same IR (`{Path(ir).name}`, input {shape}), {args.threads} threads, batch 1, latency hint, sync "
+                f"API; {args.rounds} alternating rounds of {args.seconds:g} s; {result['machine']}.",
                 "",
                 "| | p50 / median ms |",
                 "|---|---|",
                 f"| edgetune harness (p50) | {h:.3f} |",
                 f"| benchmark_app (median) | {b:.3f} |",
-                f"| ratio (median of the rounds' ratios) | {ratio:.3f} ({'within' if ok else 'OUTSIDE'} ±{args.tolerance:.0%}) |",
+                f"| ratio (median of the rounds' ratios) | {ratio:.3f} ({'within' if ok else 'OUTSIDE'} "
+                f"±{args.tolerance:.0%}) |",
                 "",
                 "Rounds (harness p50 / benchmark_app median, ms): "
                 + ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(ours, theirs))
@@ -194,7 +196,8 @@ def main() -> int:
         ),
     )
     print(
-        f"harness p50 {h:.3f} ms, benchmark_app median {b:.3f} ms, ratio {ratio:.3f}: {'PASS' if ok else 'FAIL'} (±{args.tolerance:.0%})"
+        f"harness p50 {h:.3f} ms, benchmark_app median {b:.3f} ms, ratio {ratio:.3f}: {'PASS' if ok else 'FAIL'} "
+        f"(±{args.tolerance:.0%})"
     )
     return 0 if ok else 1
 

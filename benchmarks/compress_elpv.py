@@ -64,11 +64,11 @@ def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int,
     """Export `run_dir` and measure the ONNX file with ONNX Runtime."""
     from edgetune.export.checks import ort_session
     from edgetune.export.onnx import export_onnx, float_model
-    from edgetune.metrics import classification_metrics
     from edgetune.models.stats import count_macs
     from edgetune.run import load_run
     from edgetune.runtime.preprocess import preprocess, read_image
     from edgetune.runtime.timing import Policy, summarize, throughput_fps, time_call
+    from edgetune.tasks.classification.metrics import classification_metrics
 
     run = load_run(run_dir)
     path = work / f"{slug(label)}.{precision}.onnx"

@@ -168,13 +168,13 @@ def write(rows: list[dict], table: list[dict], args) -> None:
         ],
         RESULTS / "families.md",
         f"Seed families at {SIZE} px, batch 1, {args.threads} threads (p50 ms)",
-        intro=f"Machine: {machine()}, {today()}. Random initial weights, PTQ INT8 (`edgetune build`), every latency from `edgetune bench` "
-        "in one run. Speedup: FP32 p50 over INT8 p50 of the same runtime. Agreement: INT8 top-1 against PyTorch FP32 on the "
-        "generated images (random weights give near-tied logits: a lower bound)."
+        intro=f"Machine: {machine()}, {today()}. Random initial weights, PTQ INT8 (`edgetune build`), every latency "
+        "from `edgetune bench` in one run. Speedup: FP32 p50 over INT8 p50 of the same runtime. Agreement: INT8 "
+        "top-1 against PyTorch FP32 on the generated images (random weights give near-tied logits: a lower bound)."
         + (f" {args.note}" if args.note else ""),
-        notes="Ops that stay float in ONNX Runtime's INT8 graph (no x86 integer kernel for them): LayerNormalization, GELU (Erf), "
-        "Softmax inputs of attention and the attention MatMuls (their inputs are not quantized), layer-scale Mul. "
-        "See docs/compression.md (ConvNeXt and ViT).",
+        notes="Ops that stay float in ONNX Runtime's INT8 graph (no x86 integer kernel for them): LayerNormalization, "
+        "GELU (Erf), Softmax inputs of attention and the attention MatMuls (their inputs are not quantized), "
+        "layer-scale Mul. See docs/compression.md (ConvNeXt and ViT).",
     )
 
 

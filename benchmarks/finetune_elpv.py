@@ -162,7 +162,6 @@ def run_recipe(name: str, recipe: list, work: Path, extra: list[str]) -> dict:
     from edgetune import api
     from edgetune.models.tta import with_tta
     from edgetune.run import load_run
-    from edgetune.train.evaluate import evaluate_model
 
     stages = recipe if isinstance(recipe[0], list) else [recipe]
     started, previous, epochs = time.time(), [], 0
@@ -178,7 +177,7 @@ def run_recipe(name: str, recipe: list, work: Path, extra: list[str]) -> dict:
     # The same model on the same test images, averaged over its 4 flipped views
     # (`edgetune evaluate --tta flips`): 4x the inference, not the training.
     run = load_run(out)
-    tta = evaluate_model(with_tta(run.build_model(), "flips"), run.split, run.spec, "test")
+    tta = run.task_impl.evaluate(with_tta(run.build_model(), "flips"), run.split, run.spec, "test")
     return {
         "dataset": params["data"],
         "model": params["model"],

@@ -121,7 +121,8 @@ def main(argv=None) -> int:
             pipe_s, pipe_n = pipe_s + summary["seconds"], pipe_n + summary["frames_inferred"]
             ratios.append(summary["fps"] / throughput_fps(1, t))
             print(
-                f"round {r + 1}: model-only {throughput_fps(1, t):.1f} FPS, pipeline {summary['fps']:.1f} FPS -> {ratios[-1]:.1%}",
+                f"round {r + 1}: model-only {throughput_fps(1, t):.1f} FPS, pipeline {summary['fps']:.1f} FPS -> "
+                f"{ratios[-1]:.1%}",
                 flush=True,
             )
     model_fps, pipeline_fps = model_n / model_s, pipe_n / pipe_s

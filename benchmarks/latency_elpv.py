@@ -61,7 +61,8 @@ def goals(rows: list[dict]) -> list[dict]:
             pre = r["e2e_ms_p50"] - r["latency_ms_p50"]
             out.append(
                 {
-                    "goal": f"{r['stage']} {r['runtime']} {r['precision']} end to end within {MAX_PREPROCESS_MS} ms of the model call",
+                    "goal": f"{r['stage']} {r['runtime']} {r['precision']} end to end within {MAX_PREPROCESS_MS} ms "
+                    "of the model call",
                     "value": f"{pre:+.2f} ms",
                     "passed": pre <= MAX_PREPROCESS_MS,
                 }
@@ -79,7 +80,8 @@ def goals(rows: list[dict]) -> list[dict]:
             drop = (base["accuracy"] - r["accuracy"]) * 100
             out.append(
                 {
-                    "goal": f"{r['stage']} {r['runtime']} int8 within {MAX_INT8_DROP_POINTS} points of (unpruned) float",
+                    "goal": f"{r['stage']} {r['runtime']} int8 within {MAX_INT8_DROP_POINTS} points of (unpruned) "
+                    "float",
                     "value": f"{-drop:+.2f} points",
                     "passed": drop <= MAX_INT8_DROP_POINTS,
                 }
@@ -177,8 +179,9 @@ def report(results: Path) -> list[dict]:
         c = read_json(check)
         md += [
             "",
-            f"Harness against OpenVINO benchmark_app on {Path(c['ir']).name}: p50 {c['harness_p50_ms']:.3f} ms vs median "
-            f"{c['benchmark_app_median_ms']:.3f} ms (ratio {c['ratio']:.3f}, {'within' if c['passed'] else 'outside'} ±{c['tolerance']:.0%}).",
+            f"Harness against OpenVINO benchmark_app on {Path(c['ir']).name}: p50 {c['harness_p50_ms']:.3f} ms vs "
+            f"median {c['benchmark_app_median_ms']:.3f} ms (ratio {c['ratio']:.3f}, "
+            f"{'within' if c['passed'] else 'outside'} ±{c['tolerance']:.0%}).",
         ]
     write_text(results.with_suffix(".md"), "\n".join(md) + "\n")
     return checked

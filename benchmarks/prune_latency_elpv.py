@@ -5,11 +5,12 @@ Three arms from the same float run: unpruned, `--target-macs M`, and
 `--target-latency T` timed on OpenVINO INT8 while pruning. Each pruned arm gets the
 same recovery fine-tuning (one step, --epochs at lr 5e-4); every arm is then built
 for `intel` with INT8 quantization (QAT for --qat-epochs, as a build does by default,
-or --quantize ptq), and its INT8 bundle is measured in one run: accuracy on the float run's test split, and batch-1 latency in interleaved
-rounds, one session open at a time; the speed-ups are the median of the ratios
+or --quantize ptq), and its INT8 bundle is measured in one run: accuracy on the float run's test split, and
+batch-1 latency in interleaved rounds, one session open at a time; the speed-ups are the median of the ratios
 within each round (the machine's speed drifts between rounds).
 
-    python benchmarks/prune_latency_elpv.py --float RUN_DIR [--target-macs 0.42] [--target-latency 0.33] [--epochs 2] [--quantize ptq]
+    python benchmarks/prune_latency_elpv.py --float RUN_DIR [--target-macs 0.42] [--target-latency 0.33]
+        [--epochs 2] [--quantize ptq]
     python benchmarks/prune_latency_elpv.py --smoke     # a few minutes, generated data: checks the script
 
 Writes benchmarks/results/prune_latency_elpv.{json,md} (with --quantize ptq:
@@ -155,8 +156,8 @@ def main() -> None:
         r["speedup_vs_unpruned"] = float(np.median(ratios))
         r["latency_reduction"] = 1 - 1 / r["speedup_vs_unpruned"]
         log.console.print(
-            f"{r['arm']}: MACs x{r['macs_vs_unpruned']:.2f}, INT8 accuracy {r['accuracy_int8']:.4f}, {r['latency_ms_p50']:.2f} ms "
-            f"({r['speedup_vs_unpruned']:.2f}x)"
+            f"{r['arm']}: MACs x{r['macs_vs_unpruned']:.2f}, INT8 accuracy {r['accuracy_int8']:.4f}, "
+            f"{r['latency_ms_p50']:.2f} ms ({r['speedup_vs_unpruned']:.2f}x)"
         )
     meta = {
         "command": " ".join(sys.argv),
@@ -179,10 +180,11 @@ def main() -> None:
         a.results.with_suffix(".md"),
         "Latency-aware against MAC-targeted pruning (ELPV, OpenVINO INT8)",
         intro=(
-            f"{base.model_name} at {h}x{w} from {a.float_run.name}; each pruned arm: one step, channels in multiples of {recovery['round_to']}, "
-            f"{a.epochs} recovery epochs at lr 5e-4; every "
-            f"arm built for intel with {'PTQ' if a.quantize == 'ptq' else f'QAT ({a.qat_epochs} epoch, lr 1e-4)'} INT8. Test split: {len(test)} images. Latency: OpenVINO INT8, batch 1, {a.threads} threads, "
-            f"{a.rounds} interleaved rounds, on {machine()}."
+            f"{base.model_name} at {h}x{w} from {a.float_run.name}; each pruned arm: one step, channels in multiples "
+            f"of {recovery['round_to']}, {a.epochs} recovery epochs at lr 5e-4; every arm built for intel with "
+            f"{'PTQ' if a.quantize == 'ptq' else f'QAT ({a.qat_epochs} epoch, lr 1e-4)'} INT8. Test split: "
+            f"{len(test)} images. Latency: OpenVINO INT8, batch 1, {a.threads} threads, {a.rounds} interleaved "
+            f"rounds, on {machine()}."
         ),
         notes=meta["note"],
     )

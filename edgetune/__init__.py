@@ -1,3 +1,3 @@
-"""edgetune: fine-tune, compress and deploy small image classifiers to edge devices."""
+"""edgetune: fine-tune, compress and deploy small vision models to edge devices."""
 
 __version__ = "0.1.0"

@@ -44,13 +44,10 @@ def resolve(command: str, args: list | tuple = (), config: dict | None = None, *
 
 
 def finetune(args: list | tuple = (), config: dict | None = None, **options) -> Path:
-    """`edgetune finetune`: returns the run directory (task="anomaly": the fitted
-    anomaly detector's)."""
-    from edgetune.stages.anomaly import run_fit
+    """`edgetune finetune`: returns the run directory (of the --task's model)."""
     from edgetune.stages.finetune import run_finetune
 
-    values, record = resolve("finetune", args, config, **options)
-    return (run_fit if values.get("task") == "anomaly" else run_finetune)(values, record)
+    return run_finetune(*resolve("finetune", args, config, **options))
 
 
 def prune(run_dir=None, args: list | tuple = (), config: dict | None = None, **options) -> Path:

@@ -22,6 +22,7 @@ from edgetune.data.split import Split
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.files import read_json, write_json, write_text
 from edgetune.runtime.preprocess import PreprocessSpec
+from edgetune.runtime.tasks import task_of
 
 FORMAT = "edgetune-run"
 SCHEMA = 1
@@ -53,22 +54,22 @@ class Run:
 
     @property
     def task(self) -> str:
-        return self.info.get("task", "classification")
+        return task_of(self.info)
+
+    @property
+    def task_impl(self):
+        """The build half of the run's task (`edgetune.tasks.base.Task`), from the registry."""
+        from edgetune.runtime.tasks import build
+
+        return build(self.task)
 
     @property
     def quantized(self) -> bool:
         return self.stage in ("qat", "ptq")
 
     def build_model(self, device: str = "cpu"):
-        """The trained model, rebuilt from the records (never an unpickled module).
-        An anomaly run's model gives (normal, anomalous) logits, like its bundles."""
-        if self.task == "anomaly":
-            from edgetune.train.anomaly import load_patchcore_logits
-
-            return load_patchcore_logits(self).to(device)
-        from edgetune.compress.restore import load_run_model
-
-        return load_run_model(self, device)
+        """The trained model, rebuilt by its task from the records (never an unpickled module)."""
+        return self.task_impl.load_model(self, device)
 
     def test_metrics(self) -> dict:
         return (self.info["history"][-1].get("metrics") or {}).get("test", {})
@@ -93,7 +94,8 @@ def load_run(path: str | Path, data: str | None = None) -> Run:
             else ""
         )
         raise EdgetuneError(
-            f"{path}: not an edgetune run (no run.json).{hint} Give the --out folder of an edgetune finetune, prune or quantize run."
+            f"{path}: not an edgetune run (no run.json).{hint} Give the --out folder of an edgetune finetune, prune or "
+            "quantize run."
         )
     try:
         info = read_json(path / "run.json")
@@ -143,6 +145,7 @@ def write_run(
     out: Path,
     *,
     stage: str,
+    task: str,
     model: str,
     classes: list[str],
     spec: PreprocessSpec,
@@ -161,6 +164,7 @@ def write_run(
         "schema": SCHEMA,
         "edgetune": __version__,
         "stage": stage,
+        "task": task,
         "model": model,
         "classes": classes,
         "parent": parent,

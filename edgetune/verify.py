@@ -4,9 +4,10 @@ training side: PIL decoding + `EvalTransform` (the run's preprocessing, by the
                same function the device runs) + the run's PyTorch model
 device side:   OpenCV decoding + the bundle's manifest preprocessing + its runtime
 
-Both must pick the same class and give close logits. A mismatch here is a
-preprocessing bug (RGB/BGR, size, interpolation, mean/std), which people most often
-take for quantization loss.
+Both must decide alike (the same class; the same anomalous flag; ...) and give
+close outputs, as the bundle's task compares them (`Task.parity`). A mismatch here
+is a preprocessing bug (RGB/BGR, size, interpolation, mean/std), which people most
+often take for quantization loss.
 """
 
 from __future__ import annotations
@@ -19,14 +20,9 @@ import numpy as np
 from edgetune import log
 from edgetune.errors import EdgetuneError
 
-# Largest logit difference allowed, relative to the largest |logit| of the training
+# Largest output difference allowed, relative to the largest |output| of the training
 # side: float artifacts must match to rounding; quantized ones within quantization error.
 MAX_DIFF = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.25}
-# An INT8 anomaly model's scores move by more than a classifier's logits (a nearest-
-# neighbour distance adds up quantization error over every feature, and normal images'
-# scores differ by little, so their order shuffles): its check is the flags' agreement,
-# and the score difference only when --max-diff is given; the rank correlation of the
-# scores is reported.
 
 
 @dataclass
@@ -39,8 +35,12 @@ class VerifyResult:
     max_diff: float
     spec_differences: dict  # preprocessing field -> (run, bundle), when they differ
     worst: list[dict]  # the images with the largest differences
-    spearman: float | None = None  # an INT8 anomaly model: rank correlation of the scores (reported)
-    diff_checked: bool = True  # False: an INT8 anomaly model without --max-diff
+    spearman: float | None = None  # where the task reports it: rank correlation of the scores
+    diff_checked: bool = (
+        True  # False: the task leaves the difference unchecked (an INT8 anomaly model without --max-diff)
+    )
+    decides: str = "top-1 class"  # what the agreement counts (the task's decision)
+    output: str = "logit"  # what the difference is of
 
     @property
     def passed(self) -> bool:
@@ -73,59 +73,61 @@ def verify_bundle(
     precision: str | None = None,
     json_file: Path | None = None,
 ) -> VerifyResult:
-    from edgetune.bench.artifacts import Artifact, Labelled, open_artifact, predict, session_logits
+    from edgetune.bench.artifacts import open_artifact, session_results, torch_results
     from edgetune.run import is_run, load_run
 
     art = open_artifact(bundle_path, "BUNDLE")
     if art.bundle is None:
         raise EdgetuneError(
-            f"BUNDLE {bundle_path} is a run directory; verify takes a bundle (edgetune build) and, with --run, the run it came from."
+            f"BUNDLE {bundle_path} is a run directory; verify takes a bundle (edgetune build) and, with --run, the run "
+            "it came from."
         )
     bundle = art.bundle
     src = run_dir or bundle.source_run
     if src is None or not is_run(src):
         raise EdgetuneError(
-            f"Bundle {bundle_path}: its source run {src} is not on this machine. Pass --run RUN_DIR (the run the bundle was built from)."
+            f"Bundle {bundle_path}: its source run {src} is not on this machine. Pass --run RUN_DIR (the run the "
+            "bundle was built from)."
         )
     run = load_run(src)
-    if list(run.classes) != list(bundle.classes):
+    if (run.task, list(run.classes)) != (bundle.task, list(bundle.classes)):
         raise EdgetuneError(
-            f"Run {run.dir} has classes {run.classes} but bundle {bundle_path} has {bundle.classes}: --run is not the bundle's source run."
+            f"Run {run.dir} is a {run.task} model of classes {run.classes} but bundle {bundle_path} a {bundle.task} "
+            f"model of classes {bundle.classes}: --run is not the bundle's source run."
         )
-    files = list_images(images)
-    pairs = [(p, 0) for p in files]  # labels are not needed: both sides are compared with each other
+    files = list_images(images)  # labels are not needed: both sides are compared with each other
     session = bundle.open(precision=precision)
     prec = session.precision
     limit = MAX_DIFF.get(prec, 0.25) if max_diff is None else max_diff
-    int8_anomaly = bundle.task == "anomaly" and prec == "int8"
-    train_side = predict(Artifact(run.dir, run=run), Labelled(pairs, run.classes, "verify"))
-    device_side = session_logits(session, files, desc=f"{bundle.name} ({session.name})")
-    diff = np.abs(train_side - device_side)
-    scale = max(float(np.abs(train_side).max()), 1e-6)
-    per_image = diff.max(axis=1)
-    worst = np.argsort(-per_image)[:5]
+    train_side = torch_results(run, run.build_model(), files)
+    device_side = session_results(session, files, desc=f"{bundle.name} ({session.name})")
+    p = run.task_impl.parity(train_side, device_side, prec, max_diff)
+    worst = np.argsort(-p["per_image"])[:5]
     spec_diff = {
         k: (v, bundle.spec.to_dict()[k]) for k, v in run.spec.to_dict().items() if bundle.spec.to_dict()[k] != v
     }
+    training, device = p["decisions"]
     result = VerifyResult(
         n=len(files),
-        agreement=float((train_side.argmax(1) == device_side.argmax(1)).mean()),
-        max_abs_diff=float(diff.max()),
-        max_rel_diff=float(diff.max() / scale),
+        agreement=p["agreement"],
+        max_abs_diff=p["max_abs_diff"],
+        max_rel_diff=p["max_rel_diff"],
         min_agreement=min_agreement,
         max_diff=limit,
         spec_differences=spec_diff,
         worst=[
             {
                 "image": files[i],
-                "max_abs_diff": float(per_image[i]),
-                "training": int(train_side[i].argmax()),
-                "device": int(device_side[i].argmax()),
+                "max_abs_diff": float(p["per_image"][i]),
+                "training": int(training[i]),
+                "device": int(device[i]),
             }
             for i in worst
         ],
-        spearman=_score_ranks(train_side, device_side) if int8_anomaly else None,
-        diff_checked=not int8_anomaly or max_diff is not None,
+        spearman=p.get("spearman"),
+        diff_checked=p["diff_checked"],
+        decides=p.get("decides", "top-1 class"),
+        output=p.get("output", "logit"),
     )
     _print(result, bundle, run, prec, session.name)
     if json_file:
@@ -135,48 +137,30 @@ def verify_bundle(
     return result
 
 
-def _score_ranks(train_side: np.ndarray, device_side: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    from edgetune.runtime.anomaly import logits_scores
-
-    return (
-        float(spearmanr(logits_scores(train_side), logits_scores(device_side)).statistic)
-        if len(train_side) > 2
-        else 1.0
-    )
-
-
 def _print(r: VerifyResult, bundle, run, precision: str, runtime: str) -> None:
-    from edgetune.runtime.anomaly import LOGIT_SCALE
-
     c = log.console
     c.print(f"Parity of {bundle.name} ({runtime}, {precision}) against run {run.dir} (PyTorch) on {r.n} images:")
+    c.print(f"  {r.decides} agrees on {r.agreement:.2%}  (minimum {r.min_agreement:.2%})")
+    checked = (
+        f"{r.max_rel_diff:.2%} of the largest {r.output}; limit {r.max_diff:.2%} for {precision}"
+        if r.diff_checked
+        else f"{precision}: reported, not checked"
+    )
+    c.print(f"  largest {r.output} difference {r.max_abs_diff:.4g}  ({checked})")
     if r.spearman is not None:
-        c.print(f"  anomalous flags agree on {r.agreement:.2%}  (minimum {r.min_agreement:.2%})")
-        checked = (
-            f"{r.max_rel_diff:.2%} of the largest logit; limit {r.max_diff:.2%}"
-            if r.diff_checked
-            else "INT8: reported, not checked"
-        )
-        c.print(
-            f"  score rank correlation (Spearman) {r.spearman:.4f}, largest score difference {r.max_abs_diff / LOGIT_SCALE:.4g} ({checked})"
-        )
-    else:
-        c.print(f"  top-1 agreement   {r.agreement:.2%}  (minimum {r.min_agreement:.2%})")
-        c.print(
-            f"  max logit diff    {r.max_abs_diff:.4g}  ({r.max_rel_diff:.2%} of the largest logit; limit {r.max_diff:.2%} for {precision})"
-        )
+        c.print(f"  {r.output} rank correlation (Spearman) {r.spearman:.4f}")
     for k, (a, b) in r.spec_differences.items():
         c.print(f"  [yellow]preprocessing differs[/yellow]: {k} is {a} in the run but {b} in the bundle")
     if r.passed:
         c.print("[green]PASS[/green]: the device path reproduces the training path.")
         return
     c.print(
-        "[red bold]FAIL[/red bold]: the device path does not reproduce the training path. Look first at the preprocessing "
-        "(channel order RGB/BGR, input size, interpolation, mean/std) before blaming quantization. Largest differences:"
+        "[red bold]FAIL[/red bold]: the device path does not reproduce the training path. Look first at the "
+        "preprocessing (channel order RGB/BGR, input size, interpolation, mean/std) before blaming quantization. "
+        "Largest differences:"
     )
     for w in r.worst:
         c.print(
-            f"  {w['image']}: max |diff| {w['max_abs_diff']:.4g}, training picks {run.classes[w['training']]}, device picks {run.classes[w['device']]}"
+            f"  {w['image']}: max |diff| {w['max_abs_diff']:.4g}, training picks {run.classes[w['training']]}, device "
+            f"picks {run.classes[w['device']]}"
         )

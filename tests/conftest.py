@@ -29,7 +29,8 @@ def run_cli(
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"edgetune {' '.join(map(str, args))} exited {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+            f"edgetune {' '.join(map(str, args))} exited "
+            f"{proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
         )
     return proc
 

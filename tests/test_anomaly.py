@@ -18,7 +18,7 @@ MODEL = ["--model", "test_resnet", "--no-pretrained", "--img-size", str(SIZE)]
 @pytest.mark.slow
 def test_fit_separates_textures_and_locates_defects(anomaly_build, textures):
     from edgetune.run import load_run
-    from edgetune.train.anomaly import load_patchcore, run_norm, score_images
+    from edgetune.tasks.anomaly.fit import load_patchcore, run_norm, score_images
 
     run = load_run(anomaly_build / "finetune")
     assert run.task == "anomaly" and run.classes == ["normal", "anomalous"]
@@ -227,7 +227,7 @@ def test_evaluate_writes_histogram_and_gallery(anomaly_build):
 
 def test_bad_input(textures, tmp_path):
     from edgetune.errors import EdgetuneError
-    from edgetune.stages.anomaly import run_fit
+    from edgetune.stages.finetune import run_finetune as run_fit
 
     data, _ = textures
     proc = run_cli(
@@ -247,6 +247,7 @@ def test_bad_input(textures, tmp_path):
     assert "Traceback" not in proc.stderr
 
     opts = {
+        "task": "anomaly",
         "data": str(data),
         "model": "test_resnet",
         "pretrained": False,

@@ -121,3 +121,33 @@ def test_build_from_a_run_accepts_the_runs_own_values_and_prints_whole_paths(flo
         and "--model 'resnet18' (the run has 'test_efficientnet')" in proc.stderr
         and "--img-size" not in proc.stderr
     )
+
+
+def test_no_module_is_longer_than_400_lines():
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in (REPO / "edgetune").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}
+
+
+def test_the_architecture_page_lists_the_package_as_it_is():
+    """docs/architecture.md's layout names every top-level module and folder of
+    edgetune/, and nothing that is not there."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```")[1]
+    listed = set()
+    for line in block.splitlines():
+        m = re.match(r"^  (\S.*?)(?:  |$)", line)
+        if m:
+            listed |= {name.rstrip("/") for name in m.group(1).split() if re.fullmatch(r"[a-z_]+(\.py|/)", name)}
+    package = REPO / "edgetune"
+    present = {
+        p.name.removesuffix(".py") if p.is_file() else p.name
+        for p in package.iterdir()
+        if p.name not in ("__init__.py", "__pycache__") and (p.suffix == ".py" or p.is_dir())
+    }
+    assert {n.removesuffix(".py") for n in listed} == present

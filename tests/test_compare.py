@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from conftest import TINY, invoke, make_fp32_bundle
 
-from edgetune.compare import gate, junit_xml, markdown, paired_bootstrap
+from edgetune.compare import junit_xml, markdown
+from edgetune.tasks.classification.gate import gate
+from edgetune.tasks.gate import paired_bootstrap
 
 CLASSES = ["ok", "defect"]
 
@@ -51,7 +53,7 @@ def test_gate_fails_an_accuracy_drop(case):
     assert not r.passed and r.drop_points == pytest.approx(2.5)
     assert r.ci_points[0] <= -2.5 <= r.ci_points[1] and r.ci_points[1] < 0  # every resample loses accuracy
     assert _testcases(junit_xml(r)) == {"accuracy_drop": False, "agreement": True}
-    assert sum(abs(v) for v in r.recall_delta_points.values()) > 0
+    assert sum(abs(v) for v in r.per_class_points.values()) > 0
     md = markdown(r)
     assert "FAILED" in md and "| accuracy drop | **FAIL** | 2.50 points | <= 0.5 points |" in md
     # A looser limit passes the same models.

@@ -17,9 +17,9 @@ def test_elpv_binary_and_four_class_sources():
     assert len(binary.items) == 2624 and binary.classes == ["ok", "defective"]
     assert {it.stratum.split("-")[1] for it in binary.items} == {"mono", "poly"}
     four = load_source("elpv:4class")
-    assert len(four.classes) == 4 and {it.label for it in four.items} == {0, 1, 2, 3}
+    assert len(four.classes) == 4 and {it.target for it in four.items} == {0, 1, 2, 3}
     # binary: defective when p >= 0.5, so levels 2/3 and 1
-    assert all((b.label == 1) == (f.label >= 2) for b, f in zip(binary.items, four.items))
+    assert all((b.target == 1) == (f.target >= 2) for b, f in zip(binary.items, four.items))
 
 
 def test_elpv_split_is_stratified_seeded_and_quarter_test():

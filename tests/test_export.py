@@ -51,8 +51,8 @@ def test_int8_export_runs_in_onnxruntime_and_openvino(int8_export, qat_run):
 
     from edgetune.export.checks import ort_session
     from edgetune.export.onnx import _check_images
-    from edgetune.metrics import agreement
     from edgetune.run import load_run
+    from edgetune.tasks.classification.metrics import agreement
 
     x = _check_images(load_run(qat_run), 12)
     ort_out = ort_session(int8_export["path"]).run(None, {"input": x})[0]

@@ -12,6 +12,7 @@ from conftest import EDGETUNE, TINY, invoke, make_images, run_cli
 
 from edgetune.models.backbone import create_backbone
 from edgetune.models.freeze import apply_freeze, parameter_groups
+from edgetune.tasks.classification.hooks import ClassifierHooks
 
 
 def test_finetune_then_evaluate(float_run, tmp_path):
@@ -123,7 +124,7 @@ def test_the_loop_fits_soft_targets(tmp_path):
         torch.manual_seed(0)
         model = create_backbone("test_efficientnet", 2, pretrained=False)
         train, val = train_val_datasets(split, spec, aug, soft_labels=soft)
-        fit(model, train, val, split.classes, cfg, tmp_path / f"ckpt{soft}")
+        fit(model, train, val, ClassifierHooks(split.classes, cfg, train.labels), cfg, tmp_path / f"ckpt{soft}")
         # the last epoch's weights: "best" picks by val accuracy, flat for a constant answer
         model.load_state_dict(torch.load(tmp_path / f"ckpt{soft}" / "last.pt", weights_only=True)["model"])
         logits, _ = predict(model, torch.utils.data.DataLoader(train, batch_size=16))
@@ -156,13 +157,9 @@ def test_the_loop_hands_back_the_default_memory_layout(tmp_path):
     split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
     spec = PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
     model = create_backbone("test_efficientnet", 2, pretrained=False)
-    fit(
-        model,
-        *train_val_datasets(split, spec, Augment.parse("none"), False),
-        split.classes,
-        TrainConfig(epochs=1, batch_size=4),
-        tmp_path / "ckpt",
-    )
+    cfg = TrainConfig(epochs=1, batch_size=4)
+    train, val = train_val_datasets(split, spec, Augment.parse("none"), False)
+    fit(model, train, val, ClassifierHooks(split.classes, cfg, train.labels), cfg, tmp_path / "ckpt")
     assert all(p.is_contiguous() for p in model.parameters())
     saved = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     fresh = create_backbone("test_efficientnet", 2, pretrained=False)
@@ -186,7 +183,7 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     )
     model = create_backbone("test_efficientnet", 2, pretrained=False)
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0, ema=0.9, metric="loss")
-    result = fit(model, *data, split.classes, cfg, tmp_path / "ckpt")
+    result = fit(model, *data, ClassifierHooks(split.classes, cfg, data[0].labels), cfg, tmp_path / "ckpt")
     last = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())  # handed back: the kept average
@@ -194,11 +191,12 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     if result.best_epoch == 2:
         assert all(torch.equal(v, last["ema"][k]) for k, v in best.items())
     with pytest.raises(EdgetuneError, match="--ema 1.5"):
-        fit(model, *data, split.classes, TrainConfig(epochs=1, ema=1.5), tmp_path / "ckpt2")
+        bad = TrainConfig(epochs=1, ema=1.5)
+        fit(model, *data, ClassifierHooks(split.classes, bad, data[0].labels), bad, tmp_path / "ckpt2")
     # --keep last: the last epoch's average, whichever epoch validated best
     model = create_backbone("test_efficientnet", 2, pretrained=False)
     cfg.keep = "last"
-    result = fit(model, *data, split.classes, cfg, tmp_path / "ckpt3")
+    result = fit(model, *data, ClassifierHooks(split.classes, cfg, data[0].labels), cfg, tmp_path / "ckpt3")
     last = torch.load(tmp_path / "ckpt3" / "last.pt", weights_only=True)
     assert result.kept_epoch == 2 and all(torch.equal(v, last["ema"][k]) for k, v in model.state_dict().items())
 
@@ -235,7 +233,8 @@ def test_mixup_blends_each_image_with_the_one_whose_label_it_also_learns(tmp_pat
     from edgetune.data.split import make_split
     from edgetune.errors import EdgetuneError
     from edgetune.runtime.preprocess import PreprocessSpec
-    from edgetune.train.loop import TrainConfig, fit, mixup
+    from edgetune.tasks.classification.hooks import mixup
+    from edgetune.train.loop import TrainConfig, fit
 
     # image i is the constant i, so a blend's value tells which image it was mixed with
     x, y = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 4, 4), torch.tensor([0, 1, 0, 1, 1, 0])
@@ -255,12 +254,14 @@ def test_mixup_blends_each_image_with_the_one_whose_label_it_also_learns(tmp_pat
     for name, alpha in (("a", 0.2), ("b", 0.2), ("plain", 0.0)):
         torch.manual_seed(0)
         model = create_backbone("test_efficientnet", 2, pretrained=False)
-        fit(model, *data, split.classes, TrainConfig(epochs=1, batch_size=4, mixup=alpha, keep="last"), tmp_path / name)
+        cfg = TrainConfig(epochs=1, batch_size=4, mixup=alpha, keep="last")
+        fit(model, *data, ClassifierHooks(split.classes, cfg, data[0].labels), cfg, tmp_path / name)
         weights[name] = model.state_dict()
     assert all(torch.equal(v, weights["b"][k]) for k, v in weights["a"].items())
     assert not all(torch.equal(v, weights["plain"][k]) for k, v in weights["a"].items())
     with pytest.raises(EdgetuneError, match="--mixup -1"):
-        fit(model, *data, split.classes, TrainConfig(epochs=1, mixup=-1), tmp_path / "bad")
+        bad = TrainConfig(epochs=1, mixup=-1)
+        fit(model, *data, ClassifierHooks(split.classes, bad, data[0].labels), bad, tmp_path / "bad")
 
 
 def test_flip_tta_averages_the_four_views_and_ignores_flips_of_the_input():

@@ -50,8 +50,8 @@ def test_built_bundle_records_match_its_own_session(built_bundles, image_folder,
     """INT8 bundles from `edgetune build`, ONNX Runtime and OpenVINO (both with the
     preprocessing in the capture thread): per-frame classes and scores equal the
     bundle session's on the source images."""
-    from edgetune.metrics import softmax
     from edgetune.runtime.bundle import load_bundle
+    from edgetune.runtime.tasks.classification import softmax
 
     paths = sorted(image_folder.glob("*/*.png"))[::3]
     images = [cv2.imread(str(p)) for p in paths]

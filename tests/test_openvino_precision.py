@@ -11,7 +11,6 @@ import torch
 
 from edgetune.data.transforms import EvalTransform, load_rgb
 from edgetune.errors import EdgetuneError
-from edgetune.metrics import agreement
 from edgetune.run import load_run
 from edgetune.runtime.bundle import load_bundle
 from edgetune.runtime.ov import has_bf16
@@ -19,6 +18,7 @@ from edgetune.runtime.preprocess import read_image
 from edgetune.targets.base import CompileInput
 from edgetune.targets.profile import load_profile
 from edgetune.targets.registry import get_target
+from edgetune.tasks.classification.metrics import agreement
 
 
 @pytest.fixture(scope="module")

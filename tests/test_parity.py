@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from edgetune.data.transforms import EvalTransform, load_rgb
-from edgetune.metrics import agreement
 from edgetune.run import load_run
 from edgetune.runtime.bundle import load_bundle
 from edgetune.runtime.preprocess import PreprocessSpec, preprocess, read_image
+from edgetune.tasks.classification.metrics import agreement
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -44,10 +44,9 @@ def test_pruned_run_reloads_with_identical_outputs(pruned_run):
     """The reloaded model (timm + recorded shapes + state dict, no pruning code)
     reproduces the test metrics recorded when the pruned model was saved."""
     from edgetune.run import load_run
-    from edgetune.train.evaluate import evaluate_model
 
     run = load_run(pruned_run)
-    m = evaluate_model(run.build_model(), run.split, run.spec, "test")
+    m = run.task_impl.evaluate(run.build_model(), run.split, run.spec, "test")
     assert m["accuracy"] == run.test_metrics()["accuracy"] and m["f1"] == run.test_metrics()["f1"]
 
 

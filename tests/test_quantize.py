@@ -41,14 +41,13 @@ def test_quantized_run_restores_exactly(qat_run):
     """NNCF config + state dict rebuild the same model: the recorded test metrics
     come back, and two restores give identical outputs."""
     from edgetune.run import load_run
-    from edgetune.train.evaluate import evaluate_model
 
     run = load_run(qat_run)
     a, b = run.build_model(), run.build_model()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
-    m = evaluate_model(a, run.split, run.spec, "test")
+    m = run.task_impl.evaluate(a, run.split, run.spec, "test")
     assert m["accuracy"] == run.test_metrics()["accuracy"]
 
 

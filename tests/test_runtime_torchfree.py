@@ -33,9 +33,10 @@ def test_blocker_really_blocks():
 def test_runtime_modules_import_without_torch():
     proc = _run("""
         import importlib, pkgutil, edgetune.runtime as rt
-        names = [m.name for m in pkgutil.iter_modules(rt.__path__)]
+        names = [m.name for m in pkgutil.walk_packages(rt.__path__, "edgetune.runtime.")]
         for name in names:
-            importlib.import_module(f"edgetune.runtime.{name}")
+            importlib.import_module(name)
+        assert "edgetune.runtime.tasks.anomaly" in names  # each task's torch-free half too
         import edgetune.targets.jetson, edgetune.targets.cpu, edgetune.targets.intel, edgetune.cli.build_cmds
         assert not {"torch", "timm", "nncf"} & set(sys.modules)
         print(len(names), "modules")
@@ -54,6 +55,8 @@ def test_bundles_load_and_run_without_torch(cpu_bundle, intel_bundle):
             s = b.open(threads=1)
             logits = s.run_frames(frames)
             assert logits.shape == (3, len(b.classes)), logits.shape
+            results = s.predict_frames(frames)  # the task's typed results: the same logits
+            assert [r.index for r in results] == logits.argmax(1).tolist()
             print(b.target, s.name, s.precision)
         from edgetune.cli.main import main
         try:

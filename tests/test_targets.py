@@ -32,7 +32,8 @@ def test_built_in_profiles_load_with_their_runtime():
         nano.tensorrt["workspace_mb"] == 512 and nano.tensorrt["builder_optimization_level"] == 3
     )  # own value + inherited one
     assert load_profile("jetson-xavier-nx").tensorrt["min_tensorrt"] == "8.5"
-    # TensorRT has no uint8 Q/DQ: Jetson profiles (and a user's TensorRT profile without the field) need signed activations.
+    # TensorRT has no uint8 Q/DQ: Jetson profiles (and a user's TensorRT profile without the field) need signed
+    # activations.
     assert {load_profile(n).activations for n in BUILT_IN if n.startswith("jetson")} == {"int8"}
     assert load_profile("cpu").activations == load_profile("intel").activations == "auto"
     assert type(get_target(load_profile("intel"))).__name__ == "IntelTarget"

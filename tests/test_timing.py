@@ -131,7 +131,7 @@ def test_measure_covers_model_e2e_throughput_and_logits(tmp_path, capsys):
     assert set(r["throughput"]) == {"1", "4"}
     # Every call takes 3 ms whatever the batch, so batch 4 gives ~4x the images per second.
     assert r["throughput"]["4"]["fps"] == pytest.approx(4 * r["throughput"]["1"]["fps"], rel=0.5)
-    assert r["logits"] == [[0.0, 1.0, 2.0]] * 3
+    assert r["predictions"] == [[0.0, 1.0, 2.0]] * 3  # a bare session's results: the default task's (logits)
     lines = [
         json.loads(line[len(devicebench.PROGRESS) :])
         for line in capsys.readouterr().out.splitlines()

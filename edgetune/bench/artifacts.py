@@ -1,6 +1,6 @@
 """What bench, compare and verify take as input: a run directory (its PyTorch
-model) or a bundle (directory or .tar.gz, through its runtime session), and the
-labelled images to measure them on."""
+model) or a bundle (directory or .tar.gz, through its runtime session), the
+labelled images to measure them on, and their task's typed results on them."""
 
 from __future__ import annotations
 
@@ -47,10 +47,16 @@ class Artifact:
         return f"{self.bundle.name} ({self.runtime or self.bundle.runtime}, {self.precision or self.bundle.precision})"
 
     @property
-    def normal_class(self) -> str | None:
-        """An anomaly model's normal class (None for a classifier)."""
-        info = (self.run.info if self.run else self.bundle.manifest).get("anomaly")
-        return info.get("normal_class") if info else None
+    def task(self):
+        """The artifact's task, its build half (`edgetune.tasks.base.Task`)."""
+        from edgetune import tasks
+
+        return self.run.task_impl if self.run else tasks.get(self.bundle.task)
+
+    @property
+    def manifest(self) -> dict:
+        """A bundle's manifest; for a run, the task keys its bundles' manifests will hold."""
+        return self.task.manifest(self.run) if self.run else self.bundle.manifest
 
     def source_run(self) -> Run | None:
         """The run this artifact came from, when it is still on this machine."""
@@ -69,7 +75,8 @@ def open_artifact(
     if is_run(path):
         if precision:
             raise EdgetuneError(
-                f"--precision {precision}: {what} {path} is a run (PyTorch, fp32); --precision picks an artifact of a bundle."
+                f"--precision {precision}: {what} {path} is a run (PyTorch, fp32); --precision picks an artifact of a "
+                "bundle."
             )
         return Artifact(path, run=load_run(path))
     if (path / "manifest.json").is_file() or (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))):
@@ -78,7 +85,8 @@ def open_artifact(
         return Artifact(path, bundle=bundle, runtime=runtime, precision=precision)
     if not path.exists():
         raise EdgetuneError(
-            f"{what} {path}: no such file or directory. Give a run directory (edgetune finetune/prune/quantize --out) or a bundle (edgetune build)."
+            f"{what} {path}: no such file or directory. Give a run directory (edgetune finetune/prune/quantize --out) "
+            "or a bundle (edgetune build)."
         )
     raise EdgetuneError(
         f"{what} {path}: neither a run directory (no run.json) nor a bundle (no manifest.json, not a .tar.gz)."
@@ -99,46 +107,37 @@ def float_ancestor(run: Run | None) -> Run | None:
 
 @dataclass
 class Labelled:
-    """Labelled images; labels index `classes`."""
+    """Images and their targets, as labelled with `classes`."""
 
-    pairs: list[tuple[str, int]]
+    pairs: list[tuple[str, object]]
     classes: list[str]
     name: str  # the dataset, for results rows
 
     @property
-    def labels(self) -> np.ndarray:
-        return np.array([y for _, y in self.pairs], dtype=np.int64)
+    def targets(self) -> list:
+        return [y for _, y in self.pairs]
 
-    def for_classes(self, classes: list[str], who: str, normal: str | None = None) -> "Labelled":
-        """The same images with labels re-indexed to `classes` (a model's order);
-        for an anomaly model (`normal` given), normal (0) / anomalous (1)."""
-        if list(classes) == self.classes:
-            return self
-        if normal is not None:
-            if normal not in self.classes:
-                raise EdgetuneError(
-                    f"{who} was fitted on normal class '{normal}', but the images are labelled {self.classes}. "
-                    f"Give --data with a '{normal}' class (every other class counts as anomalous)."
-                )
-            n = self.classes.index(normal)
-            return Labelled([(p, int(y != n)) for p, y in self.pairs], list(classes), self.name)
-        if sorted(classes) != sorted(self.classes):
-            raise EdgetuneError(
-                f"{who} predicts classes {classes}, but the images are labelled {self.classes}. Give --data with the classes the model was trained on."
-            )
-        index = {c: i for i, c in enumerate(classes)}
-        return Labelled([(p, index[self.classes[y]]) for p, y in self.pairs], list(classes), self.name)
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array(self.targets)
+
+    def for_artifact(self, artifact: Artifact, who: str) -> Labelled:
+        """The same images with targets in the artifact's terms (its class order;
+        an anomaly detector's normal / anomalous), as its task aligns them."""
+        pairs = artifact.task.align(self.pairs, self.classes, artifact.manifest, who)
+        return self if pairs is self.pairs else Labelled(pairs, list(artifact.classes), self.name)
 
 
 def labelled_images(data: str | None, reference: Artifact | None, skip_bad: bool = False) -> Labelled | None:
-    """`--data` (folder, CSV or elpv: all its images), else the test split of the
-    reference's run; None when neither exists."""
+    """`--data` (all its images, read as the reference's task reads data), else the
+    test split of the reference's run; None when neither exists."""
     if data:
+        from edgetune import tasks
         from edgetune.data.checks import drop_bad_images
-        from edgetune.data.sources import load_source
 
-        source = drop_bad_images(load_source(data), skip_bad, logger)
-        return Labelled([(it.path, it.label) for it in source.items], source.classes, dataset_name(data))
+        task = reference.task if reference else tasks.get(tasks.DEFAULT)
+        source = drop_bad_images(task.source(data, {}), skip_bad, logger)
+        return Labelled([(it.path, it.target) for it in source.items], source.classes, dataset_name(data))
     run = reference.source_run() if reference else None
     if run is None:
         return None
@@ -151,36 +150,52 @@ def dataset_name(spec: str) -> str:
     return Path(spec).stem or spec
 
 
-def predict(artifact: Artifact, images: Labelled, threads: int | None = None, batch_size: int = 16) -> np.ndarray:
-    """Logits of `artifact` on the images: a run through PyTorch with training's
-    preprocessing, a bundle through its runtime session on OpenCV-decoded frames."""
+def predict(artifact: Artifact, images: Labelled, threads: int | None = None, batch_size: int = 16) -> list:
+    """The task's results of `artifact` on the images: a run through PyTorch with
+    training's decoding and preprocessing, a bundle through its runtime session on
+    OpenCV-decoded frames; both read by the same task session."""
+    paths = [p for p, _ in images.pairs]
     if artifact.run:
-        from edgetune.data.dataset import eval_loader
-        from edgetune.data.transforms import EvalTransform
-        from edgetune.train.loop import predict as torch_predict
-
-        logits, _ = torch_predict(
-            artifact.run.build_model(), eval_loader(images.pairs, EvalTransform(artifact.run.spec), batch_size=64)
-        )
-        return logits
+        return torch_results(artifact.run, artifact.run.build_model(), paths)
     session = artifact.bundle.open(threads=threads, runtime=artifact.runtime, precision=artifact.precision)
-    return session_logits(session, [p for p, _ in images.pairs], batch_size, artifact.label)
+    return session_results(session, paths, batch_size, artifact.label)
 
 
-def session_logits(session, paths: list[str], batch_size: int = 16, desc: str = "") -> np.ndarray:
-    from rich.progress import Progress
+def torch_results(run, model, paths: list[str], batch_size: int = 32) -> list:
+    """`model`'s results on image files the way training sees them: PIL decoding
+    and the run's preprocessing (`EvalTransform`), read by the run's task."""
+    import torch
 
+    from edgetune.bench.torchbench import TorchSession
+    from edgetune.data.transforms import EvalTransform, load_rgb
+
+    session = run.task_impl.wrap(TorchSession(model, run.spec, outputs=run.task_impl.session.outputs), run)
+    transform, out = EvalTransform(run.spec), []
+    with _progress(len(paths), f"{run.dir.name} (pytorch)") as advance:
+        for i in range(0, len(paths), batch_size):
+            images = [load_rgb(p) for p in paths[i : i + batch_size]]
+            x = torch.stack([transform(im) for im in images]).numpy()
+            out += session.predict(x, [tuple(im.shape[1:]) for im in images])
+            advance(len(images))
+    return out
+
+
+def session_results(session, paths: list[str], batch_size: int = 16, desc: str = "") -> list:
+    """A task session's results on image files, decoded by OpenCV: the device's path."""
     from edgetune.runtime.preprocess import BadImageError, read_image
 
     out = []
-    with Progress(console=log.console, transient=True, disable=log.quiet()) as progress:
-        task = progress.add_task(f"{desc}: predicting", total=len(paths))
+    with _progress(len(paths), desc) as advance:
         for i in range(0, len(paths), batch_size):
             chunk = paths[i : i + batch_size]
             try:
                 frames = [read_image(p) for p in chunk]
             except BadImageError as e:
                 raise EdgetuneError(f"{e}. Remove or fix the image.") from None
-            out.append(np.asarray(session.run_frames(frames), dtype=np.float32))
-            progress.advance(task, len(chunk))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            out += session.predict_frames(frames)
+            advance(len(chunk))
+    return out
+
+
+def _progress(total: int, desc: str):
+    return log.progress(f"{desc}: predicting", total)

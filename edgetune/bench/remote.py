@@ -58,7 +58,8 @@ def parse_device(url: str) -> Device:
         raise EdgetuneError(f"--device {url}: {e}. Write it as ssh://user@host[:port].") from None
     if u.scheme != "ssh" or not u.hostname or not u.username or u.path not in ("", "/"):
         raise EdgetuneError(
-            f"--device {url}: write it as ssh://user@host[:port], e.g. ssh://nvidia@192.168.1.20 or ssh://pi@line3-cam:2222."
+            f"--device {url}: write it as ssh://user@host[:port], e.g. ssh://nvidia@192.168.1.20 or "
+            "ssh://pi@line3-cam:2222."
         )
     return Device(u.username, u.hostname, port)
 
@@ -161,10 +162,11 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
                     else ""
                 )
                 raise EdgetuneError(
-                    f"{where}: the host key CHANGED. known_hosts ({known}) has {fingerprint(e.expected_key)}, the server offers "
-                    f"{fingerprint(e.key)}. This can be a reinstalled device or someone intercepting the connection; the connection "
-                    f"was refused.{given} If the device was reinstalled, check the new fingerprint on it (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
-                    f"then run: ssh-keygen -R '{device.known_hosts_name}' -f {known}, or pass --host-key-fingerprint {fingerprint(e.key)}."
+                    f"{where}: the host key CHANGED. known_hosts ({known}) has {fingerprint(e.expected_key)}, the "
+                    f"server offers {fingerprint(e.key)}. This can be a reinstalled device or someone intercepting "
+                    f"the connection; the connection was refused.{given} If the device was reinstalled, check the new "
+                    "fingerprint on it (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run: ssh-keygen -R "
+                    f"'{device.known_hosts_name}' -f {known}, or pass --host-key-fingerprint {fingerprint(e.key)}."
                 ) from None
             logger.warning(
                 "%s: replacing the changed host key %s with %s (--host-key-fingerprint).",
@@ -177,29 +179,30 @@ def connect(device: Device, opts: SSHOptions) -> paramiko.SSHClient:
     except UnknownHostKey as e:
         client.close()
         raise EdgetuneError(
-            f"{where}: the host key is unknown (not in {known}); the server offers {e.key.get_name()} {fingerprint(e.key)}. "
-            f"Check that fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add it "
-            f"(ssh-keyscan -p {device.port} {device.host} >> {known}), or pass --host-key-fingerprint with it, or --accept-host-key."
+            f"{where}: the host key is unknown (not in {known}); the server offers {e.key.get_name()} "
+            f"{fingerprint(e.key)}. Check that fingerprint on the device (ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_*_key.pub), then add it (ssh-keyscan -p {device.port} {device.host} >> {known}), or "
+            "pass --host-key-fingerprint with it, or --accept-host-key."
         ) from None
     except WrongFingerprint as e:
         client.close()
         raise EdgetuneError(
-            f"{where}: the server offers host key {e.key.get_name()} {fingerprint(e.key)}, not the {expected} given with "
-            "--host-key-fingerprint; the connection was refused. Check the fingerprint on the device "
+            f"{where}: the server offers host key {e.key.get_name()} {fingerprint(e.key)}, not the {expected} given "
+            "with --host-key-fingerprint; the connection was refused. Check the fingerprint on the device "
             "(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub)."
         ) from None
     except paramiko.AuthenticationException:
         client.close()
         key = f"the key {opts.identity}" if opts.identity else "your SSH keys and agent"
         raise EdgetuneError(
-            f"{where}: authentication as {device.user} failed with {key}. Put the public key in ~{device.user}/.ssh/authorized_keys "
-            f"on the device (ssh-copy-id), or pass --identity KEY."
+            f"{where}: authentication as {device.user} failed with {key}. Put the public key in "
+            f"~{device.user}/.ssh/authorized_keys on the device (ssh-copy-id), or pass --identity KEY."
         ) from None
     except paramiko.ssh_exception.NoValidConnectionsError as e:
         client.close()
         raise EdgetuneError(
-            f"{where}: cannot connect to {device.host}:{device.port} ({e.strerror or e}). Is the device on the network, "
-            f"sshd running and the port right?"
+            f"{where}: cannot connect to {device.host}:{device.port} ({e.strerror or e}). Is the device on the "
+            "network, sshd running and the port right?"
         ) from None
     except socket.gaierror as e:
         client.close()
@@ -227,7 +230,7 @@ def runtime_zip() -> bytes:
     import edgetune
 
     root = Path(edgetune.__file__).parent
-    files = [root / "__init__.py", root / "errors.py", *sorted((root / "runtime").glob("*.py"))]
+    files = [root / "__init__.py", root / "errors.py", *sorted((root / "runtime").rglob("*.py"))]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for f in files:
@@ -278,8 +281,8 @@ class RemoteHost:
                 except socket.timeout:
                     if time.monotonic() - last > timeout:
                         raise EdgetuneError(
-                            f"{self.device.url}: no output for {timeout:g} s from: {command[:120]}. The device may be stuck; "
-                            f"rerun with a longer --remote-timeout if it is just slow."
+                            f"{self.device.url}: no output for {timeout:g} s from: {command[:120]}. The device may be "
+                            "stuck; rerun with a longer --remote-timeout if it is just slow."
                         ) from None
                     continue
                 if not data:
@@ -354,7 +357,8 @@ def bench_device(
             out = f"{host.tmp}/result{i}.json"
             args = " ".join(shlex.quote(a) for a in [uploaded[packed], "--out", out, *opts.args(images)])
             # PYTHONPATH holds only the uploaded zip: the device runs exactly this code.
-            cmd = f"cd {shlex.quote(host.tmp)} && PYTHONPATH={shlex.quote(zip_path)} PYTHONDONTWRITEBYTECODE=1 exec {py} -m {BUNDLE_RUNNER} {args}"
+            env = f"PYTHONPATH={shlex.quote(zip_path)} PYTHONDONTWRITEBYTECODE=1"
+            cmd = f"cd {shlex.quote(host.tmp)} && {env} exec {py} -m {BUNDLE_RUNNER} {args}"
             rc, _ = host.exec(cmd, relay)
             if rc != 0:
                 raise EdgetuneError(_failure(device, ssh, relay, rc, original))
@@ -371,7 +375,13 @@ def bench_device(
 def _failure(device: Device, ssh: SSHOptions, relay: Relay, rc: int, bundle: Path) -> str:
     where = f"{device.url}, bundle {bundle}"
     if rc == 127 and not relay.error:
-        return f"{where}: no Python at {ssh.remote_python!r} on the device. Install python3 there (with numpy and opencv-python-headless) or pass --remote-python PATH."
+        return (
+            f"{where}: no Python at {ssh.remote_python!r} on the device. Install python3 there (with numpy and "
+            "opencv-python-headless) or pass --remote-python PATH."
+        )
     if relay.error and relay.error.get("kind") == "missing":
-        return f"{where}: the device's Python ({ssh.remote_python}) lacks a package: {relay.error.get('message')} Install it on the device."
+        missing = relay.error.get("message")
+        return (
+            f"{where}: the device's Python ({ssh.remote_python}) lacks a package: {missing} Install it on the device."
+        )
     return relay.failure(where, rc)

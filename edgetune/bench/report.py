@@ -5,10 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from edgetune.metrics import agreement, classification_metrics
-
 # The row fields every results file has, in order (docs/measure.md); detail follows them.
 ROW_FIELDS = (
     "dataset",
@@ -29,10 +25,12 @@ ROW_FIELDS = (
 )
 
 
-def make_row(
-    result: dict, dataset: str | None, labels: np.ndarray | None = None, reference_logits: np.ndarray | None = None
-) -> dict:
-    """One row from a runner's result (`edgetune.runtime.devicebench`)."""
+def make_row(result: dict, dataset: str | None, targets: list | None = None, reference: dict | None = None) -> dict:
+    """One row from a runner's result (`edgetune.runtime.devicebench`); with the
+    images' `targets`, the task's metrics of its results (and their agreement with
+    the `reference` runner result's)."""
+    from edgetune import tasks
+
     art, lat = result["artifact"], result["latency"]
     best_batch, best = max(result["throughput"].items(), key=lambda kv: kv[1]["fps"])
     row = {
@@ -73,25 +71,14 @@ def make_row(
         "path": art.get("path"),
         "device": result["device"],
         "python": result.get("python"),
+        "task": art.get("task") or tasks.DEFAULT,
     }
-    logits = np.asarray(result["logits"]) if result.get("logits") is not None else None
-    if logits is not None and labels is not None and len(logits) == len(labels):
-        m = classification_metrics(labels, logits, art["classes"], full=False)
-        row.update(
-            accuracy=m["accuracy"],
-            f1=m["f1"],
-            n_images=m["n"],
-            per_class_recall={c: v["recall"] for c, v in m["per_class"].items()},
-        )
-        if art.get("task") == "anomaly":  # F1 of the anomalous class at the threshold, AUROC, false alarms
-            from edgetune.metrics import anomaly_logit_metrics
-
-            a = anomaly_logit_metrics(labels, logits)
-            row.update(
-                f1=a["f1"], auroc=a["auroc"], aupr=a["aupr"], false_alarm_rate=a["false_alarm_rate"], task="anomaly"
-            )
-        if reference_logits is not None:
-            row["agreement"] = agreement(reference_logits, logits)
+    predictions = result.get("predictions")
+    if predictions is not None and targets is not None and len(predictions) == len(targets):
+        task = tasks.get(row["task"])
+        results = [task.session.from_json(p) for p in predictions]
+        ref = [task.session.from_json(p) for p in reference["predictions"]] if reference is not None else None
+        row.update(task.row_metrics(results, targets, art["classes"], ref))
     return row
 
 
@@ -130,13 +117,11 @@ def _f(v, fmt: str, none: str = "-") -> str:
     return none if v is None else format(v, fmt)
 
 
-COLUMNS = [  # header, row -> text
+COLUMNS = [  # header, row -> text; the task's metric columns go after "prec."
     ("artifact", lambda r: r["name"]),
     ("stage", lambda r: r["stage"] or "-"),
     ("runtime", lambda r: r["runtime"]),
     ("prec.", lambda r: precision_label(r)),
-    ("accuracy", lambda r: _f(r["accuracy"], ".4f")),
-    ("F1", lambda r: _f(r["f1"], ".4f")),
     ("agree", lambda r: _f(r["agreement"], ".4f")),
     ("p50 ms", lambda r: _f(r["latency_ms_p50"], ".3f")),
     ("p90 ms", lambda r: _f(r["latency_ms_p90"], ".3f")),
@@ -156,19 +141,20 @@ COLUMNS = [  # header, row -> text
 ]
 
 
-ANOMALY_COLUMNS = [  # replace accuracy for anomaly models
-    ("AUROC", lambda r: _f(r.get("auroc"), ".4f")),
-    ("false alarms", lambda r: _f(r.get("false_alarm_rate"), ".2%")),
-]
+def row_task(rows: list[dict]):
+    """The task the rows share (a table shows its metrics), else the default one."""
+    from edgetune import tasks
+
+    names = {r.get("task") or tasks.DEFAULT for r in rows}
+    return tasks.get(names.pop() if len(names) == 1 else tasks.DEFAULT)
 
 
 def columns(rows: list[dict]) -> list:
-    """The table's columns: image AUROC and the false-alarm rate instead of
-    accuracy when the rows are anomaly models (F1 is then the anomalous class's)."""
-    if rows and all(r.get("task") == "anomaly" for r in rows):
-        i = [h for h, _ in COLUMNS].index("accuracy")
-        return COLUMNS[:i] + ANOMALY_COLUMNS + COLUMNS[i + 1 :]
-    return COLUMNS
+    """The table's columns, the rows' task's metrics among them (accuracy and F1;
+    an anomaly detector's image AUROC and false alarms; ...)."""
+    metrics = [(header, lambda r, k=key, f=fmt: _f(r.get(k), f)) for header, key, fmt in row_task(rows).columns]
+    i = [h for h, _ in COLUMNS].index("prec.") + 1
+    return COLUMNS[:i] + metrics + COLUMNS[i:]
 
 
 def print_table(rows: list[dict], title: str) -> None:
@@ -195,8 +181,8 @@ def markdown(rows: list[dict], title: str) -> str:
     lines += ["| " + " | ".join(fn(r).replace("|", "/") for _, fn in COLUMNS) + " |" for r in rows]
     lines += [
         "",
-        "Latency is the model call alone at batch 1 (p50/p90/p99 over all timed runs, outliers kept); "
-        "e2e adds preprocessing from a uint8 camera frame (640x480 unless `--frame` says otherwise), pre = e2e p50 - p50. "
+        "Latency is the model call alone at batch 1 (p50/p90/p99 over all timed runs, outliers kept); e2e adds "
+        "preprocessing from a uint8 camera frame (640x480 unless `--frame` says otherwise), pre = e2e p50 - p50. "
         "Speedup is against PyTorch float on the same machine.",
     ]
     return "\n".join(lines) + "\n"
@@ -214,7 +200,7 @@ def point_label(r: dict, rows: list[dict]) -> str:
 
 
 def pareto_front(rows: list[dict], metric: str = "accuracy") -> list[dict]:
-    """The rows no other row beats on both `metric` (accuracy; an anomaly model's
+    """The rows no other row beats on both `metric` (higher is better: accuracy; an anomaly model's
     auroc) and p50 latency, fastest first."""
     pts = sorted((r for r in rows if r.get(metric) is not None), key=lambda r: (r["latency_ms_p50"], -r[metric]))
     front, best = [], -1.0
@@ -284,9 +270,8 @@ def plot(rows: list[dict], path: Path, title: str) -> dict:
     from edgetune.runtime.files import atomic_path
 
     rows = [r for r in rows if r["latency_ms_p50"] and r["latency_ms_p50"] > 0]
-    metric = (
-        "auroc" if rows and all(r.get("task") == "anomaly" for r in rows) else "accuracy"
-    )  # an anomaly model's image AUROC
+    task = row_task(rows)
+    metric = task.metric  # accuracy; an anomaly model's image AUROC; ...
     fig, ax = plt.subplots(figsize=(9, 6))
     ax.set_xscale("log")
     front = pareto_front(rows, metric)
@@ -320,7 +305,7 @@ def plot(rows: list[dict], path: Path, title: str) -> dict:
         pad = max(0.02, (max(accs) - min(accs)) * 0.25)
         ax.set_ylim(min(accs) - pad, min(1.0, max(accs)) + pad)
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
-    ax.set_ylabel("image AUROC" if metric == "auroc" else "accuracy")
+    ax.set_ylabel(task.metric_label)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     if len(front) > 1:

@@ -11,8 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 
-import numpy as np
-
 from edgetune import log
 from edgetune.bench.artifacts import Artifact, Labelled, float_ancestor, labelled_images, open_artifact
 from edgetune.bench.report import complete_rows, make_row, print_table, write_outputs
@@ -50,7 +48,8 @@ def with_baseline(artifacts: list[Artifact]) -> list[Artifact]:
         if base is not None:
             return [Artifact(base.dir, run=base), *artifacts]
     logger.warning(
-        "No float run found for a PyTorch baseline row (the bundles' source runs are not on this machine); pass the float run directory too."
+        "No float run found for a PyTorch baseline row (the bundles' source runs are not on this machine); pass the "
+        "float run directory too."
     )
     return artifacts
 
@@ -138,7 +137,8 @@ def run_bench(
             results += _run_remote(remote, targets, ssh, opts, tar_path, Path(tmp), progress, failures)
 
     rows = _rows(results, images)
-    title = f"edgetune bench on {images.name if images else 'no labelled images'}: threads {opts.threads or 'default'}, batch {','.join(map(str, opts.batches))}"
+    what = images.name if images else "no labelled images"
+    title = f"edgetune bench on {what}: threads {opts.threads or 'default'}, batch {','.join(map(str, opts.batches))}"
     print_table(rows, title)
     meta = {
         "command": command,
@@ -198,22 +198,15 @@ def _rows(results: list[tuple[Job, dict]], images: Labelled | None) -> list[dict
         (r for j, r in results if r["artifact"]["runtime"] == "pytorch" and r["artifact"]["stage"] == "float"), None
     ) or next((r for j, r in results if r["artifact"]["stage"] == "float"), None)
     for job, r in results:
-        labels = (
-            images.for_classes(
-                r["artifact"]["classes"], str(job.artifact.path), r["artifact"].get("normal_class")
-            ).labels
-            if images
-            else None
-        )
-        ref_logits = None
-        if (
+        targets = images.for_artifact(job.artifact, str(job.artifact.path)).targets if images else None
+        comparable = (
             reference is not None
             and reference is not r
-            and reference.get("logits") is not None
-            and reference["artifact"]["classes"] == r["artifact"]["classes"]
-        ):
-            ref_logits = np.asarray(reference["logits"])
-        row = make_row(r, images.name if images else None, labels, ref_logits)
+            and reference.get("predictions") is not None
+            and (reference["artifact"].get("task"), reference["artifact"]["classes"])
+            == (r["artifact"].get("task"), r["artifact"]["classes"])
+        )
+        row = make_row(r, images.name if images else None, targets, reference if comparable else None)
         if r.get("remote"):
             row["remote"] = r["remote"]["device"]
         rows.append(row)

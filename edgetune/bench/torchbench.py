@@ -18,25 +18,33 @@ from edgetune.runtime.preprocess import PreprocessSpec, preprocess
 
 
 class TorchSession:
-    """A PyTorch model behind the `Session` interface. `run_frames` uses the
-    runtime's numpy/OpenCV preprocessing, so end-to-end times compare like for like."""
+    """A PyTorch model behind the `Session` interface: its outputs named `outputs`
+    (the task's graph outputs, in the order the module returns them). `run_frames`
+    uses the runtime's numpy/OpenCV preprocessing, so end-to-end times compare like
+    for like."""
 
     name = "pytorch"
     precision = "fp32"  # a QAT run's model computes in float with fake quantizers
     inference_precision = "fp32"
+    fixed_batch = None
 
-    def __init__(self, model, spec: PreprocessSpec, threads: int | None = None):
+    def __init__(self, model, spec: PreprocessSpec, threads: int | None = None, outputs: Sequence[str] = ("logits",)):
         import torch
 
         if threads:
             torch.set_num_threads(int(threads))
-        self.model, self.spec = model.eval(), spec
+        self.model, self.spec, self.output_names = model.eval(), spec, list(outputs)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
         with torch.no_grad():
-            return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return {name: o.float().numpy() for name, o in zip(self.output_names, out)}
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_outputs(batch)[self.output_names[0]]
 
     def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return self.run(preprocess(frames, self.spec))
@@ -44,18 +52,9 @@ class TorchSession:
 
 def run_info(run) -> dict:
     """The results-row facts of a run's PyTorch model."""
-    from edgetune.models.backbone import create_backbone
     from edgetune.models.stats import count_macs
 
-    if run.task == "anomaly":
-        macs, params = count_macs(run.build_model(), run.spec.size)
-    else:  # MACs of the (pruned) architecture before quantization wrappers.
-        arch = create_backbone(run.model_name, len(run.classes), pretrained=False, img_size=tuple(run.spec.size))
-        if run.info.get("arch"):
-            from edgetune.compress.shapes import apply_shapes
-
-            apply_shapes(arch, run.info["arch"])
-        macs, params = count_macs(arch, run.spec.size)
+    macs, params = count_macs(run.task_impl.architecture(run), run.spec.size)  # the (pruned) float architecture
     return {
         "kind": "run",
         "path": str(run.dir),
@@ -67,7 +66,7 @@ def run_info(run) -> dict:
         "precision": "fp32",
         "classes": list(run.classes),
         "task": run.task,
-        "normal_class": (run.info.get("anomaly") or {}).get("normal_class"),
+        "manifest": run.task_impl.manifest(run),
         "size_bytes": (run.dir / "model.pt").stat().st_size,
         "macs": macs,
         "params": params,
@@ -79,7 +78,9 @@ def open_run(path: str, threads: int | None, precision: str | None = None, runti
     from edgetune.run import load_run
 
     run = load_run(Path(path))
-    return TorchSession(run.build_model(), run.spec, threads), run.spec, lambda: run_info(run)
+    task = run.task_impl
+    session = task.wrap(TorchSession(run.build_model(), run.spec, threads, task.session.outputs), run)
+    return session, run.spec, lambda: run_info(run)
 
 
 if __name__ == "__main__":

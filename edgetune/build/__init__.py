@@ -80,23 +80,23 @@ def build(req: BuildRequest) -> dict[str, Path]:
             return {}  # the other ranks have trained their part: export, compile and bundles are rank 0's
         results[stage.name] = cache.run(stage, [results[name] for name in stage.inputs])
     bundles = {p.name: out / results[f"compile-{p.name}"].output["bundle"] for p in profiles}
-    summary(bundles, time.time() - started)
-    max_drop = (
-        1.0 if task == "anomaly" and req.max_drop is None else req.max_drop
-    )  # INT8 anomaly models are always gated
+    summary(task, bundles, time.time() - started)
+    max_drop = task.default_max_drop if task.always_gated and req.max_drop is None else req.max_drop
     if max_drop is not None:
         reference = out / (results.get("prune") or results["finetune"]).output["run_dir"]
         gate_bundles(out, bundles, reference, max_drop, req.min_agreement)
     return bundles
 
 
-def task_of(req: BuildRequest) -> str:
-    """classification or anomaly: the --from run's own, else finetune's --task."""
+def task_of(req: BuildRequest):
+    """The build's task (`edgetune.tasks.base.Task`): the --from run's own, else finetune's --task."""
+    from edgetune import tasks
+
     if req.start:
         from edgetune.run import load_run
 
-        return load_run(req.start).task
-    return req.options["finetune"].values.get("task") or "classification"
+        return load_run(req.start).task_impl
+    return tasks.get(req.options["finetune"].values.get("task") or tasks.DEFAULT)
 
 
 def runs_from(path: Path, quant_in: dict, overrides: dict) -> dict[str, Result]:
@@ -121,16 +121,17 @@ def runs_from(path: Path, quant_in: dict, overrides: dict) -> dict[str, Result]:
         parent = run.info.get("parent")
         if not parent or not is_run(parent):
             raise EdgetuneError(
-                f"--from {path} is a quantized run whose float parent ({parent or 'not recorded'}) is not on this machine; the build "
-                "needs it as the accuracy reference and for the model's MACs and history. Build from the float run instead "
-                "(QAT then runs in the build)."
+                f"--from {path} is a quantized run whose float parent ({parent or 'not recorded'}) is not on this "
+                "machine; the build needs it as the accuracy reference and for the model's MACs and history. Build "
+                "from the float run instead (QAT then runs in the build)."
             )
         chain.append(load_run(parent))
         made = (run.info.get("quant") or {}).get("activations")
         if quant_in.get("activations") == "int8" and made != "int8":
             raise EdgetuneError(
-                f"--from {path} was quantized with --activations {made}, but a target here (TensorRT) needs signed int8 "
-                f"activations. Quantize again with `edgetune quantize {parent} --activations int8`, or build from {parent}."
+                f"--from {path} was quantized with --activations {made}, but a target here (TensorRT) needs signed "
+                f"int8 activations. Quantize again with `edgetune quantize {parent} --activations int8`, or build "
+                f"from {parent}."
             )
     key = sha256_json({"from": run.stage, "weights": sha256_file(run.dir / "model.pt")})
     given = {
@@ -168,15 +169,14 @@ def gate_bundles(out: Path, bundles: dict[str, Path], reference: Path, max_drop:
         failed += [f"{target}: {c.message}" for c in result.checks if not c.passed]
     if failed:
         raise EdgetuneError(
-            "The accuracy gate (build.max-drop / build.min-agreement) failed; the bundles are written but should not ship:\n  - "
-            + "\n  - ".join(failed)
-            + f"\nReports: {out}/gate-TARGET.json.",
+            "The accuracy gate (build.max-drop / build.min-agreement) failed; the bundles are written but should not "
+            "ship:\n  - " + "\n  - ".join(failed) + f"\nReports: {out}/gate-TARGET.json.",
             exit_code=1,
         )
     return results
 
 
-def summary(bundles: dict[str, Path], seconds: float) -> None:
+def summary(task, bundles: dict[str, Path], seconds: float) -> None:
     """A table for people, then one plain line per bundle with its whole path
     (stdout, for scripts and CI logs: never cut to the terminal's width)."""
     import click
@@ -185,21 +185,17 @@ def summary(bundles: dict[str, Path], seconds: float) -> None:
     from edgetune.runtime.bundle import load_bundle
 
     table = Table(title=f"Build finished in {seconds / 60:.1f} min", title_justify="left")
-    for col in ("target", "precision", "test accuracy", "F1", "AUROC", "latency p50 (this machine)", "via"):
-        table.add_column(col)
+    for col in ("target", "precision", f"test {task.metric}", "test metrics", "latency p50 (this machine)", "via"):
+        table.add_column(col, no_wrap=col in ("target", "precision", "via"))
     loaded = {name: load_bundle(path) for name, path in bundles.items()}
     metrics = {name: b.metrics for name, b in loaded.items()}
     for name in bundles:
         m = metrics[name]
-        auroc = m["test"].get(
-            "auroc", m["test"].get("roc_auc")
-        )  # an anomaly model's image AUROC; F1 is then the anomalous class's
         table.add_row(
             name,
             loaded[name].precision,
-            f"{m['test']['accuracy']:.4f}",
-            f"{m['test']['f1']:.4f}",
-            f"{auroc:.4f}" if auroc is not None else "-",
+            _num(m["test"].get(task.metric)),
+            task.session.headline(m["test"]),
             f"{m['latency_ms_p50']:.2f} ms",
             m.get("evaluated_with", "?"),
         )
@@ -208,5 +204,10 @@ def summary(bundles: dict[str, Path], seconds: float) -> None:
         m = metrics[name]
         archive = f" (archive {path}.tar.gz)" if Path(f"{path}.tar.gz").exists() else ""
         click.echo(
-            f"bundle {path} accuracy {m['test']['accuracy']:.4f} latency_ms {m['latency_ms_p50']:.2f} ({name}, {m.get('evaluated_with')}){archive}"
+            f"bundle {path} {task.metric} {_num(m['test'].get(task.metric))} latency_ms {m['latency_ms_p50']:.2f} "
+            f"({name}, {m.get('evaluated_with')}){archive}"
         )
+
+
+def _num(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from edgetune.build.cache import data_fingerprint
 from edgetune.errors import EdgetuneError
+from edgetune.runtime.backends import HOST_RUNTIMES
 from edgetune.stages.base import Stage, StageOptions
-from edgetune.targets.profile import HOST_RUNTIMES
 
 TRAINING = ("finetune", "prune", "quantize")
 
@@ -25,9 +25,9 @@ def quantize_overrides(profiles: list, config: dict) -> dict:
     asked = (config.get("quantize") or {}).get("activations")
     if asked is not None and asked != "int8":
         raise EdgetuneError(
-            f"Config key 'quantize.activations' is {asked!r}, but target {', '.join(signed)} needs signed int8 activations "
-            "(TensorRT has no uint8 quantization). Set quantize.activations: int8 (or remove the key), or build "
-            f"{', '.join(signed)} in a separate build."
+            f"Config key 'quantize.activations' is {asked!r}, but target {', '.join(signed)} needs signed int8 "
+            "activations (TensorRT has no uint8 quantization). Set quantize.activations: int8 (or remove the key), "
+            f"or build {', '.join(signed)} in a separate build."
         )
     return {"activations": "int8"}
 
@@ -42,9 +42,10 @@ def prune_overrides(profiles: list, config: dict) -> dict:
         first = profiles[0]
         if "latency_runtime" not in section and first.runtime not in HOST_RUNTIMES:
             raise EdgetuneError(
-                f"Config key 'prune.target-latency' times pruned candidates on the first target's runtime, and {first.name}'s "
-                f"is {first.runtime}, which runs on the device, not on this machine. Set prune.latency-runtime "
-                f"({' or '.join(HOST_RUNTIMES)}) to time on this machine's CPU instead, or prune by target-macs."
+                "Config key 'prune.target-latency' times pruned candidates on the first target's runtime, and "
+                f"{first.name}'s is {first.runtime}, which runs on the device, not on this machine. Set "
+                f"prune.latency-runtime ({' or '.join(HOST_RUNTIMES)}) to time on this machine's CPU instead, or "
+                "prune by target-macs."
             )
         out.update(
             {
@@ -62,8 +63,8 @@ def prune_overrides(profiles: list, config: dict) -> dict:
 def check_config(config: dict) -> None:
     if "activations" in (config.get("export") or {}):
         raise EdgetuneError(
-            "Config key 'export.activations' does not apply to build: each target takes the INT8 export its runtime runs "
-            "best (uint8 activations for ONNX Runtime, as quantized for OpenVINO and TensorRT). Remove the key."
+            "Config key 'export.activations' does not apply to build: each target takes the INT8 export its runtime "
+            "runs best (uint8 activations for ONNX Runtime, as quantized for OpenVINO and TensorRT). Remove the key."
         )
 
 
@@ -73,14 +74,14 @@ def plan(
     profiles: list,
     plugins: dict,
     given: tuple[str, ...] = (),
-    task: str = "classification",
+    task=None,
 ) -> list[Stage]:
     """The build's stages in order. `options`: each stage's resolved options;
     `config`: what the user's config file set (by section); `given`: training
-    roles an existing run stands in for (`build --from`); `task`: which stages
-    make the model (the one place a build chooses by task)."""
-    if task == "anomaly":
-        return anomaly_plan(options, config, profiles, plugins, given)
+    roles an existing run stands in for (`build --from`); `task`: the build's task
+    (`edgetune.tasks.base.Task`): whether its model trains (then prune and QAT
+    apply), how it fits and exports."""
+    from edgetune import log
     from edgetune.stages.common import TrainingStage
     from edgetune.stages.export import ExportStage
     from edgetune.stages.finetune import run_finetune
@@ -88,37 +89,36 @@ def plan(
     from edgetune.stages.quantize import run_quantize
 
     check_config(config)
-    quant_in = quantize_overrides(profiles, config)  # before any training: a conflict fails now
+    warning = task.config_warning(config)
+    if warning:
+        log.get(__name__).warning(warning)
+    quant_in = quantize_overrides(profiles, config) if task.trains else {}  # before any training: a conflict fails now
     stages: list[Stage] = []
     runs = [r for r in TRAINING if r in given]
     if not runs:
         ft = options["finetune"]
-        stages.append(TrainingStage("finetune", run_finetune, ft, source_key=data_fingerprint(str(ft.values["data"]))))
+        fit = TrainingStage("finetune", run_finetune, ft, source_key=data_fingerprint(str(ft.values["data"])))
+        fit.distributed = task.distributed  # a task fitted by one process: rank 0 alone under torchrun
+        stages.append(fit)
         runs.append("finetune")
-    if "prune" in config and runs == ["finetune"]:
-        stages.append(
-            TrainingStage(
-                "prune",
-                run_prune,
-                options["prune"].with_values(**prune_overrides(profiles, config)),
-                inputs=(runs[-1],),
-            )
-        )
+    if task.trains and "prune" in config and runs == ["finetune"]:
+        prune = options["prune"].with_values(**prune_overrides(profiles, config))
+        stages.append(TrainingStage("prune", run_prune, prune, inputs=(runs[-1],)))
         runs.append("prune")
-    if "quantize" not in runs and any(
-        "int8" in p.precisions for p in profiles
-    ):  # profiles asking for float only skip QAT
+    int8 = any("int8" in p.precisions for p in profiles)  # profiles asking for float only skip QAT
+    if task.trains and "quantize" not in runs and int8:
         stages.append(
             TrainingStage("quantize", run_quantize, options["quantize"].with_values(**quant_in), inputs=(runs[-1],))
         )
         runs.append("quantize")
-    final = runs[-1]
+    final, shared = runs[-1], {}
+    export_options = options["export"].with_values(**task.export_options(options))
     deploy = export_and_compile(
         profiles,
         plugins,
-        lambda precision, activations: ExportStage(precision, activations, options["export"], final),
+        lambda precision, activations: ExportStage(precision, activations, export_options, final, shared),
         {r: r for r in runs},
-        int8="quantize" in runs,
+        int8="quantize" in runs or (int8 and not task.trains),  # a task that does not train quantizes in its export
     )
     return [*stages, *deploy]
 
@@ -139,46 +139,3 @@ def export_and_compile(profiles: list, plugins: dict, export, runs: dict, int8: 
             chosen[precision] = exports.setdefault(stage.name, stage).name
         compiles.append(CompileStage(p, target, chosen, runs))
     return [*exports.values(), *compiles]
-
-
-def anomaly_plan(
-    options: dict[str, StageOptions], config: dict, profiles: list, plugins: dict, given: tuple[str, ...] = ()
-) -> list[Stage]:
-    """--task anomaly: fit PatchCore (the finetune stage) -> one export per ONNX
-    variant, INT8 by post-training quantization of the feature extractor there
-    (the quantize section's calibration recipe and count; no QAT, no pruning) ->
-    one compile per target."""
-    from edgetune import log
-    from edgetune.stages.anomaly import AnomalyExportStage, run_fit
-    from edgetune.stages.common import TrainingStage
-
-    check_config(config)
-    ignored = [k for k in ("prune",) if k in config] + [
-        f"quantize.{k}" for k in (config.get("quantize") or {}) if k not in ("calibration", "calib-count")
-    ]
-    if ignored:
-        log.get(__name__).warning(
-            "Config key(s) %s do not apply to --task anomaly (PatchCore is fitted, not trained; INT8 comes from post-training "
-            "quantization in the export stage, calibrated with quantize.calibration and quantize.calib-count).",
-            ", ".join(ignored),
-        )
-    stages: list[Stage] = []
-    if "finetune" not in given:
-        ft = options["finetune"]
-        fit = TrainingStage("finetune", run_fit, ft, source_key=data_fingerprint(str(ft.values["data"])))
-        fit.distributed = False  # fitting is one pass over the normal images: rank 0 alone under torchrun
-        stages.append(fit)
-    q = options["quantize"].values
-    export_options = options["export"].with_values(
-        calibration=q.get("calibration") or "default", calib_count=q.get("calib_count")
-    )
-    quantized: dict = {}  # one PTQ serves the build's INT8 variants
-    deploy = export_and_compile(
-        profiles,
-        plugins,
-        lambda precision, activations: AnomalyExportStage(
-            precision, activations, export_options, "finetune", quantized
-        ),
-        {"finetune": "finetune"},
-    )
-    return [*stages, *deploy]

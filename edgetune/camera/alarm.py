@@ -1,7 +1,9 @@
 """Debounced alarms and what they trigger.
 
-`CLASS:THRESHOLD` fires when that class's score is >= THRESHOLD on K consecutive
-frames (per ROI), once, and re-arms after a frame below it. An alarm runs the user's
+`NAME:THRESHOLD` fires when the value the bundle's task gives NAME (a class's
+probability; ...) is >= THRESHOLD on K consecutive frames (per ROI), once, and
+re-arms after a frame below it. A threshold may carry a unit where the task
+measures one (`Crack:200px`). An alarm runs the user's
 command with the record as JSON on stdin and/or posts it to a webhook, in a worker
 thread: a slow or failing action is logged and counted, never stops inference."""
 
@@ -23,20 +25,26 @@ log = logging.getLogger(__name__)
 class AlarmRule:
     cls: str
     threshold: float
+    unit: str = ""  # "" for a score in (0, 1]; else what the task measures ("px", ...)
 
     def __str__(self) -> str:
-        return f"{self.cls}:{self.threshold:g}"
+        return f"{self.cls}:{self.threshold:g}{self.unit}"
 
 
 def parse_alarm(text: str) -> AlarmRule:
     cls, sep, thr = str(text).rpartition(":")
+    number = thr.rstrip("abcdefghijklmnopqrstuvwxyz%")
+    unit = thr[len(number) :]
     try:
-        threshold = float(thr)
+        threshold = float(number)
     except ValueError:
         threshold = -1.0
-    if not sep or not cls or not 0.0 < threshold <= 1.0:
-        raise ValueError(f"{text!r} is not CLASS:THRESHOLD with a threshold in (0, 1], e.g. defective:0.8")
-    return AlarmRule(cls, threshold)
+    if not sep or not cls or threshold <= 0.0 or (not unit and threshold > 1.0):
+        raise ValueError(
+            f"{text!r} is not CLASS:THRESHOLD with a threshold in (0, 1], e.g. defective:0.8 (or a size where the task "
+            "measures one, e.g. Crack:200px)"
+        )
+    return AlarmRule(cls, threshold, unit)
 
 
 class Debouncer:
@@ -56,19 +64,19 @@ class Alarms:
 
     KEEP = 1000  # events kept in the summary; the records hold them all
 
-    def __init__(self, rules: list[AlarmRule], classes: list[str], frames: int, actions: "AlarmActions"):
+    def __init__(self, rules: list[AlarmRule], frames: int, actions: "AlarmActions"):
         self.rules, self.frames, self.actions = rules, frames, actions
-        self.index = {rule: classes.index(rule.cls) for rule in rules}
         self._debounce: dict[tuple, Debouncer] = {}
         self.count = 0
         self.events: list[dict] = []
 
-    def check(self, probs, record: dict) -> list[AlarmRule]:
-        """Update the debouncers with one record's class probabilities; fire (log,
-        run the actions) and return the rules that fire on it."""
+    def check(self, values: dict[str, float], record: dict) -> list[AlarmRule]:
+        """Update the debouncers with one record's values (name -> what a rule on that
+        name compares: a class's probability, ...); fire (log, run the actions) and
+        return the rules that fire on it."""
         fired = []
         for rule in self.rules:
-            score = float(probs[self.index[rule]])
+            score = float(values.get(rule.cls, 0.0))
             debouncer = self._debounce.setdefault((rule, record["roi"]), Debouncer(self.frames))
             if debouncer.update(score >= rule.threshold):
                 fired.append((rule, score))

@@ -163,7 +163,8 @@ class Capture(threading.Thread):
         announced = getattr(self.reader, "frame_count", 0)
         if announced and self._index < announced:
             log.warning(
-                "%s ended at frame %d of the %d its header announces: the file is truncated or damaged. Finished with what it holds.",
+                "%s ended at frame %d of the %d its header announces: the file is truncated or damaged. Finished with "
+                "what it holds.",
                 self.reader.name,
                 self._index,
                 announced,

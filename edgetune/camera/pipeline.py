@@ -21,7 +21,6 @@ from edgetune.camera.sinks import AnnotatedVideo, Display, Rate, RecordWriter, d
 from edgetune.camera.source import open_source, parse_source
 from edgetune.camera.stats import Stats, latency_summary
 from edgetune.errors import EdgetuneError
-from edgetune.metrics import softmax
 from edgetune.runtime.files import write_json
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class InferOptions:
     loop: bool = False
     queue_size: int = 8
     backoff: tuple[float, float] = (0.5, 10.0)
-    save_anomalies: str | None = None  # anomaly bundles: keep each flagged frame and its heat map here
+    save_flagged: str | None = None  # keep each frame the task flags (an anomalous part, ...) and its overlay here
 
 
 class _Signals:
@@ -76,15 +75,17 @@ class _Signals:
 def run_inference(
     session, classes: list[str], opts: InferOptions, stop: threading.Event | None = None, extra: dict | None = None
 ) -> dict:
-    """Run the camera loop until the source ends or `stop` is set; return the summary."""
+    """Run the camera loop until the source ends or `stop` is set; return the summary.
+    `session`: a bundle's task session (`Bundle.open`); a bare session is read as
+    the default task's with `classes`."""
+    from edgetune.runtime.tasks import as_task_session
+
+    session = as_task_session(session, classes)
     stop = stop or threading.Event()
     spec = parse_source(opts.source)
     mode = opts.mode if opts.mode != "auto" else ("latest" if spec.live else "every")
     for rule in opts.alarms:
-        if rule.cls not in classes:
-            raise EdgetuneError(
-                f"--alarm {rule}: the bundle has no class '{rule.cls}'. Its classes are: {', '.join(classes)}."
-            )
+        session.check_alarm(rule)
     if opts.loop and spec.live:
         raise EdgetuneError(f"--loop replays files and image folders; '{opts.source}' is a live {spec.kind}.")
 
@@ -120,13 +121,13 @@ def run_inference(
         prepare=prepare,
     )
     # Opened before the loop so a bad path fails at once, not after the first frame.
-    if opts.save_anomalies:
-        _make_folder(opts.save_anomalies)
+    if opts.save_flagged:
+        _make_folder(opts.save_flagged)
     writer = RecordWriter(opts.out, opts.format)
     video = AnnotatedVideo(opts.video, getattr(reader, "fps", None)) if opts.video else None
     display = Display() if opts.show else None
     actions = AlarmActions(opts.on_alarm, opts.webhook)
-    alarms = Alarms(opts.alarms, classes, opts.alarm_frames, actions)
+    alarms = Alarms(opts.alarms, opts.alarm_frames, actions)
     stats, rate = Stats(), Rate()
     started = datetime.now(timezone.utc)
     checked_size = tuple(size) if size and all(size) else None
@@ -149,28 +150,22 @@ def run_inference(
                 if opts.rois and checked_size != (w, h):
                     check_rois(opts.rois, w, h, frame.source)
                     checked_size = (w, h)
-                labels, latencies, heat = [], [], []
+                labels, latencies, results = [], [], []
                 for j, roi in enumerate(opts.rois or [None]):
-                    probs, ms, found = _classify(session, frame, j, roi)
-                    k = int(probs.argmax())
+                    result, ms = _predict(session, frame, j, roi)
                     record = {
                         "time": frame.time,
                         "frame": frame.index,
                         "source": frame.source,
                         "roi": roi.name if roi else None,
-                        "class": classes[k],
-                        "score": round(float(probs[k]), 4),
+                        **session.record(result, (roi.x, roi.y) if roi else (0, 0)),
                         "latency_ms": round(ms, 3),
                         "alarm": None,
                     }
-                    if (
-                        found is not None
-                    ):  # an anomaly bundle: its normalised score (0.5 = threshold), not a probability
-                        record.update(score=round(found["score"], 4), anomalous=found["anomalous"])
-                        heat.append((roi, found["map"]))
-                        if found["anomalous"] and opts.save_anomalies:
-                            record["saved"] = save_anomaly(opts.save_anomalies, frame, roi, found["map"])
-                    fired = alarms.check(probs, record)
+                    results.append((roi, result))
+                    if opts.save_flagged and session.flagged(result):
+                        record["saved"] = save_flagged(opts.save_flagged, session, frame, roi, result)
+                    fired = alarms.check(session.alarm_values(result), record)
                     writer.write(record)
                     labels.append((roi, record["class"], record["score"], bool(fired)))
                     latencies.append(ms)
@@ -178,7 +173,7 @@ def run_inference(
                 stats.alarms = alarms.count
                 fps = rate.tick()
                 if video or display:
-                    annotated = draw(overlay_maps(frame.image, heat), labels, fps)
+                    annotated = draw(overlay(session, frame.image, results), labels, fps)
                     if video:
                         video.write(annotated)
                     if display:
@@ -239,16 +234,14 @@ def run_inference(
 
 def _prepare_in_capture(session, rois: list[Roi]):
     """Where a session's `run_frames` is exactly the manifest's preprocessing followed
-    by `run` (every session that doesn't override it), the preprocessing can run in
-    the capture thread, overlapped with the model. Sessions with their own
-    `run_frames` (the PyTorch baseline) get raw frames through it instead."""
-    from edgetune.runtime.anomaly import AnomalySession
+    by `run` (every runtime's session), the preprocessing can run in the capture
+    thread, overlapped with the model. Sessions with their own `run_frames` (the
+    PyTorch baseline) get raw frames through it instead."""
     from edgetune.runtime.backends import ArraySession
     from edgetune.runtime.preprocess import preprocess
+    from edgetune.runtime.tasks.base import TaskSession
 
-    inner = (
-        session.session if isinstance(session, AnomalySession) else session
-    )  # detect_frames, too, is preprocess + detect
+    inner = session.session if isinstance(session, TaskSession) else session
     if not isinstance(inner, ArraySession) or type(inner).run_frames is not ArraySession.run_frames:
         return None
     spec = session.spec
@@ -267,40 +260,25 @@ def _prepare_in_capture(session, rois: list[Roi]):
     return prepare
 
 
-def _classify(session, frame, j: int, roi: Roi | None) -> tuple[np.ndarray, float, dict | None]:
-    """Class probabilities of a frame (or its j-th ROI), the ms it took (counting
-    preprocessing done in the capture thread), and for an anomaly bundle its
-    {score, anomalous, map}: then the "probabilities" are (1 - score, score), so
-    `--alarm anomalous:T` compares the normalised score itself with T."""
+def _predict(session, frame, j: int, roi: Roi | None) -> tuple[object, float]:
+    """The task's result for a frame (or its j-th ROI) and the ms it took (counting
+    preprocessing done in the capture thread)."""
     t0 = time.perf_counter()
     x, prepare_ms = frame.inputs[j] if frame.inputs is not None else (None, 0.0)
-    image = [roi.crop(frame.image) if roi else frame.image]
-    if hasattr(session, "detect"):
-        out = session.detect(x) if x is not None else session.detect_frames(image)
-        ms = (time.perf_counter() - t0) * 1000.0 + prepare_ms
-        score = float(out["score"][0])
-        return (
-            np.array([1.0 - score, score]),
-            ms,
-            {"score": score, "anomalous": bool(out["anomalous"][0]), "map": out["map"][0]},
-        )
-    logits = session.run(x) if x is not None else session.run_frames(image)
-    ms = (time.perf_counter() - t0) * 1000.0 + prepare_ms
-    return softmax(np.asarray(logits, dtype=np.float64).reshape(1, -1))[0], ms, None
+    image = roi.crop(frame.image) if roi else frame.image
+    result = session.predict(x, [image.shape[:2]])[0] if x is not None else session.predict_frames([image])[0]
+    return result, (time.perf_counter() - t0) * 1000.0 + prepare_ms
 
 
-def overlay_maps(image: np.ndarray, heat: list) -> np.ndarray:
-    """Each anomaly heat map laid over its ROI (or the whole frame)."""
-    if not heat:
-        return image
-    from edgetune.runtime.anomaly import heat_overlay
-
-    out = image.copy()
-    for roi, m in heat:
+def overlay(session, image: np.ndarray, results: list) -> np.ndarray:
+    """The task's overlay (a heat map, boxes, ...) of each result on its ROI (or the whole frame)."""
+    out = image
+    for roi, result in results:
         if roi is None:
-            out = heat_overlay(out, m)
+            out = session.draw(out, result)
         else:
-            out[roi.y : roi.y + roi.h, roi.x : roi.x + roi.w] = heat_overlay(roi.crop(out), m)
+            out = out.copy() if out is image else out
+            out[roi.y : roi.y + roi.h, roi.x : roi.x + roi.w] = session.draw(roi.crop(out), result)
     return out
 
 
@@ -311,25 +289,25 @@ def _make_folder(folder: str) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgetuneError(
-            f"--save-anomalies {folder}: cannot make that folder ({e.strerror or e}). Give a folder that can be written."
+            f"--save-flagged (--save-anomalies) {folder}: cannot make that folder ({e.strerror or e}). Give a folder "
+            "that can be written."
         ) from None
 
 
-def save_anomaly(folder: str, frame, roi: Roi | None, heat: np.ndarray) -> str:
-    """FOLDER/frame-NNNNNN[-ROI].png (the frame or ROI as captured) and ...-map.png
-    (with its heat map), written atomically; returns the first's path."""
+def save_flagged(folder: str, session, frame, roi: Roi | None, result) -> str:
+    """FOLDER/frame-NNNNNN[-ROI].png (the frame or ROI as captured) and a copy with
+    the task's overlay (...-map.png), written atomically; returns the first's path."""
     from pathlib import Path
 
     import cv2
 
-    from edgetune.runtime.anomaly import heat_overlay
     from edgetune.runtime.files import write_bytes
 
     image = roi.crop(frame.image) if roi else frame.image
     stem = Path(folder) / f"frame-{frame.index:06d}{'-' + roi.name if roi else ''}"  # the folder: made before the loop
     for path, img in (
         (stem.with_name(stem.name + ".png"), image),
-        (stem.with_name(stem.name + "-map.png"), heat_overlay(image, heat)),
+        (stem.with_name(stem.name + "-map.png"), session.draw(image, result)),
     ):
         ok, data = cv2.imencode(".png", img)
         if ok:

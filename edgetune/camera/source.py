@@ -55,7 +55,8 @@ def parse_source(text: str) -> SourceSpec:
     text = str(text).strip()
     if not text:
         raise EdgetuneError(
-            "--source is empty: give a camera index (0), a device (/dev/video0), a video file, a stream URL or an image directory/glob."
+            "--source is empty: give a camera index (0), a device (/dev/video0), a video file, a stream URL or an "
+            "image directory/glob."
         )
     if text.isdigit():
         return SourceSpec(text, "camera", int(text))
@@ -195,7 +196,8 @@ def open_source(spec: SourceSpec, width: int | None = None, height: int | None =
 
 def _cannot_open(spec: SourceSpec) -> str:
     hint = {
-        "camera": "Check that the camera is plugged in, that no other program holds it, and that this user may open it (group 'video'); `v4l2-ctl --list-devices` lists cameras.",
+        "camera": "Check that the camera is plugged in, that no other program holds it, and that this user may open "
+        "it (group 'video'); `v4l2-ctl --list-devices` lists cameras.",
         "stream": "Check the URL, credentials and network, and that the stream is running (try it in ffplay or VLC).",
         "file": "The file is not a video OpenCV's FFmpeg can decode (damaged, or an unsupported codec).",
     }[spec.kind]

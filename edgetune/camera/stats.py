@@ -60,11 +60,13 @@ def print_summary(s: dict) -> None:
 
     lat = s["latency_ms"]
     lines = [
-        f"[bold]{s['frames_inferred']}[/] frames from {s['source']} in {s['seconds']:.1f} s of inference ({s['fps']:.1f} FPS), stopped by {s['stopped_by']}.",
+        f"[bold]{s['frames_inferred']}[/] frames from {s['source']} in {s['seconds']:.1f} s of inference "
+        f"({s['fps']:.1f} FPS), stopped by {s['stopped_by']}.",
         f"Latency per model call: p50 {_ms(lat['p50'])}, p90 {_ms(lat['p90'])}, p99 {_ms(lat['p99'])}.",
         *(
             [
-                f"Shutdown took {s['shutdown_seconds']:.1f} s after inference, {s['alarm_actions_wait_seconds']:.1f} s of it waiting for alarm actions"
+                f"Shutdown took {s['shutdown_seconds']:.1f} s after inference, {s['alarm_actions_wait_seconds']:.1f} s "
+                "of it waiting for alarm actions"
                 + (" (still running, not waited for)" if s["alarm_actions_unfinished"] else "")
                 + "."
             ]

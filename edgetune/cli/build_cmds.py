@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.options import pass_options
+from edgetune.cli.options import gate_defaults, pass_options, task_override_names, task_overrides
 
 
 @click.command()
@@ -17,7 +17,8 @@ from edgetune.cli.options import pass_options
     multiple=True,
     required=True,
     metavar="NAME|FILE",
-    help="Device profile: cpu, intel, jetson, jetson-orin-nano, jetson-agx-orin, jetson-xavier-nx, or a YAML file of your own. Repeat to build several from one trained model.",
+    help="Device profile: cpu, intel, jetson, jetson-orin-nano, jetson-agx-orin, jetson-xavier-nx, or a YAML file of "
+    "your own. Repeat to build several from one trained model.",
 )
 @click.option(
     "--out",
@@ -33,39 +34,29 @@ from edgetune.cli.options import pass_options
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="RUN_DIR",
-    help="Start from this run instead of fine-tuning: a float, pruned or quantized run (edgetune finetune/prune/quantize --out). "
-    "Only the stages after it run.",
+    help="Start from this run instead of fine-tuning: a float, pruned or quantized run (edgetune "
+    "finetune/prune/quantize --out). Only the stages after it run.",
 )
 @click.option("--data", default=None, help="Override the images to train on (finetune's --data).")
 @click.option("--model", default=None, help="Override the backbone (finetune's --model).")
 @click.option(
     "--img-size", type=click.IntRange(16, 1024), default=None, help="Override the input size (finetune's --img-size)."
 )
-@click.option(
-    "--task",
-    type=click.Choice(["classification", "anomaly"]),
-    default=None,
-    help="Override the task (finetune's --task): anomaly fits PatchCore on --normal images, quantizes it post-training and gates on image AUROC.",
-)
-@click.option(
-    "--normal",
-    default=None,
-    metavar="CLASS",
-    help="Override finetune's --normal: the class of good parts (--task anomaly).",
-)
+@task_overrides
 @click.option(
     "--max-drop",
     type=click.FloatRange(0),
     default=None,
-    help="Gate each bundle as `edgetune compare` does: fail (exit 1) when its test accuracy is more than this many points below the float model's "
-    "(--task anomaly: image AUROC points; anomaly builds are always gated, default 1.0).",
+    help="Gate each bundle as `edgetune compare` does: fail (exit 1) when its test score in the task's gate metric is "
+    f"more than this many points below the float model's ({gate_defaults()}).",
 )
 @click.option(
     "--min-agreement",
     type=click.FloatRange(0, 1),
     default=0.99,
     show_default=True,
-    help="With --max-drop: also fail when the bundle and the float model pick the same class on fewer test images than this.",
+    help="With --max-drop: also fail when the bundle and the float model pick the same class on fewer test images "
+    "than this.",
 )
 @pass_options
 def build(ctx: click.Context, opts: dict):
@@ -84,7 +75,8 @@ def build(ctx: click.Context, opts: dict):
     from edgetune.build import build as run_build
     from edgetune.cli.config import stage_options
 
-    overrides = {k: opts[k] for k in ("data", "model", "img_size", "task", "normal") if opts[k] is not None}
+    keys = ("data", "model", "img_size", *task_override_names())
+    overrides = {k: opts[k] for k in keys if opts[k] is not None}
     options = {
         stage: stage_options(ctx, stage, **(overrides if stage == "finetune" else {}))
         for stage in ("finetune", "prune", "quantize", "export")
@@ -165,7 +157,8 @@ def engine_build(bundle: Path, precisions: tuple[str, ...], dla_core: str, works
     b = load_bundle(bundle)
     if b.runtime != "tensorrt":
         raise EdgetuneError(
-            f"{bundle} is a {b.target} bundle for {b.runtime}; TensorRT engines are built from a Jetson bundle (--target jetson...)."
+            f"{bundle} is a {b.target} bundle for {b.runtime}; TensorRT engines are built from a Jetson bundle "
+            "(--target jetson...)."
         )
     backends.require("tensorrt")
     if dla_core not in ("profile", "none") and not dla_core.isdigit():

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgetune.cli.options import distill_options, out_option, pass_options, record, run_argument, train_options
-from edgetune.targets.profile import HOST_RUNTIMES
+from edgetune.runtime.backends import HOST_RUNTIMES
 
 
 @click.command()
@@ -25,7 +25,8 @@ from edgetune.targets.profile import HOST_RUNTIMES
 @click.option(
     "--target-latency",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Share of latency to remove instead, e.g. 0.3: each stage's channels pruned where the measured latency falls most per loss added.",
+    help="Share of latency to remove instead, e.g. 0.3: each stage's channels pruned where the measured latency falls "
+    "most per loss added.",
 )
 @click.option(
     "--latency-runtime",
@@ -112,7 +113,8 @@ def prune(ctx: click.Context, opts: dict):
     type=click.Choice(["enable", "first_layer", "disable"]),
     default="enable",
     show_default=True,
-    help="Keep weights in 7 bits of int8 (all layers, first layer, none): x86 CPUs without VNNI saturate full-range int8 products.",
+    help="Keep weights in 7 bits of int8 (all layers, first layer, none): x86 CPUs without VNNI saturate full-range "
+    "int8 products.",
 )
 @click.option(
     "--activations",
@@ -145,8 +147,8 @@ def quantize(ctx: click.Context, opts: dict):
     type=click.Choice(["keep", "uint8"]),
     default="keep",
     show_default=True,
-    help="INT8 activations: keep (as quantized, zero-point 0 everywhere) or uint8 (int8 ones shifted to zero-point 128: the same "
-    "values, which ONNX Runtime on x86 CPUs fuses into integer kernels throughout).",
+    help="INT8 activations: keep (as quantized, zero-point 0 everywhere) or uint8 (int8 ones shifted to zero-point "
+    "128: the same values, which ONNX Runtime on x86 CPUs fuses into integer kernels throughout).",
 )
 @click.option(
     "--check/--no-check",
@@ -173,9 +175,10 @@ def export(run_dir: Path, precision: str, opset: int, activations: str, check: b
     if json_file:
         write_json(json_file, result)
     c = result["checks"]
-    msg = f"Wrote {result['path']} ({precision}, opset {opset}, {result['size_mb']:.2f} MB, input '{result['input_name']}' {result['input_shape']} NCHW)."
-    if "spearman" in c:  # an anomaly model: its scores are compared
-        msg += f" Checks passed: score ranks agree with PyTorch (Spearman {c['spearman']:.4f}) on {c['images']} images."
-    elif "agreement" in c:
-        msg += f" Checks passed: top-1 agreement with PyTorch {100 * c['agreement']:.1f}% on {c['images']} images, largest logit difference {c['max_logit_diff']:.4g}."
+    msg = (
+        f"Wrote {result['path']} ({precision}, opset {opset}, {result['size_mb']:.2f} MB, input "
+        f"'{result['input_name']}' {result['input_shape']} NCHW)."
+    )
+    if c.get("summary"):  # the task's comparison with PyTorch, in words
+        msg += f" Checks passed: {c['summary']}."
     log.console.print(msg)

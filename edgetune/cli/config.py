@@ -83,7 +83,8 @@ def build_default_map(cfg: dict, group: click.Group, ctx: click.Context, file: P
         section = cfg.get(name, {}) or {}
         if not isinstance(section, dict):
             raise EdgetuneError(
-                f"Config file {file}: section '{prefix}{name}' must be a mapping of option names to values, not {section!r}."
+                f"Config file {file}: section '{prefix}{name}' must be a mapping of option names to values, not "
+                f"{section!r}."
             )
         if isinstance(cmd, click.Group):
             sub_ctx = click.Context(cmd, parent=ctx, info_name=name)

@@ -44,14 +44,16 @@ class AlarmType(click.ParamType):
 @click.option(
     "--source",
     required=True,
-    help="Camera index (0), device (/dev/video0), video file, rtsp:// or http:// URL, or image directory or glob ('imgs/*.png').",
+    help="Camera index (0), device (/dev/video0), video file, rtsp:// or http:// URL, or image directory or glob "
+    "('imgs/*.png').",
 )
 @click.option(
     "--mode",
     type=click.Choice(["auto", "latest", "every"]),
     default="auto",
     show_default=True,
-    help="latest: drop stale frames to stay real-time; every: process every frame. auto: every for files and images, latest for cameras and streams.",
+    help="latest: drop stale frames to stay real-time; every: process every frame. auto: every for files and images, "
+    "latest for cameras and streams.",
 )
 @click.option("--width", type=click.IntRange(1), help="Camera resolution to request (width).")
 @click.option("--height", type=click.IntRange(1), help="Camera resolution to request (height).")
@@ -60,13 +62,15 @@ class AlarmType(click.ParamType):
     "--roi",
     multiple=True,
     type=RoiType(),
-    help="Named region NAME=x,y,w,h (pixels), classified on its own; repeat for several. In the config: a list, or a mapping NAME: x,y,w,h.",
+    help="Named region NAME=x,y,w,h (pixels), classified on its own; repeat for several. In the config: a list, or a "
+    "mapping NAME: x,y,w,h.",
 )
 @click.option(
     "--alarm",
     multiple=True,
     type=AlarmType(),
-    help="Alarm when CLASS's score is >= THRESHOLD on --alarm-frames consecutive frames, e.g. defective:0.8; repeatable.",
+    help="Alarm when CLASS's score is >= THRESHOLD on --alarm-frames consecutive frames, e.g. defective:0.8; "
+    "repeatable.",
 )
 @click.option(
     "--alarm-frames",
@@ -77,7 +81,8 @@ class AlarmType(click.ParamType):
 )
 @click.option(
     "--on-alarm",
-    help="Command to run on each alarm, with the record as JSON on stdin (e.g. ./stop_line.sh). A failure is logged; inference goes on.",
+    help="Command to run on each alarm, with the record as JSON on stdin (e.g. ./stop_line.sh). A failure is logged; "
+    "inference goes on.",
 )
 @click.option("--webhook", help="URL to POST each alarm's record to as JSON.")
 @click.option(
@@ -127,17 +132,21 @@ class AlarmType(click.ParamType):
     help="Frames buffered between capture and inference in --mode every.",
 )
 @click.option(
+    "--save-flagged",
     "--save-anomalies",
+    "save_flagged",
     type=click.Path(file_okay=False),
-    help="Anomaly bundles: keep each flagged frame (or ROI) and a copy with its heat map in this folder, for review.",
+    help="Keep each frame (or ROI) the bundle's task flags (an anomalous part, ...) and a copy with its overlay (the "
+    "heat map, ...) in this folder, for review.",
 )
 def infer(bundle: Path, **o):
-    """Classify frames from a camera, stream, video or image folder with BUNDLE.
+    """Run BUNDLE on frames from a camera, stream, video or image folder.
 
-    One record per frame (and ROI): time, frame index, source, class, score, latency.
-    An anomaly bundle's records hold its normalised score (0.5 = the threshold) and
-    `anomalous`; `--alarm anomalous:0.5` fires on the flag, --video shows the heat map.
-    Stop with Ctrl-C or SIGTERM: the outputs are flushed and the summary written.
+    One record per frame (and ROI): time, frame index, source, class, score, latency,
+    and what the bundle's task adds (an anomaly detector's normalised score, 0.5 =
+    the threshold, and `anomalous`, on which `--alarm anomalous:0.5` fires; ...);
+    --video shows the task's overlay (a heat map, ...). Stop with Ctrl-C or
+    SIGTERM: the outputs are flushed and the summary written.
 
     \b
     edgetune infer bundle/ --source 0 --alarm defective:0.8 --on-alarm ./stop_line.sh --out line.jsonl
@@ -154,11 +163,12 @@ def infer(bundle: Path, **o):
     if summary is None and out != "-":
         summary = Path(out).with_name(Path(out).stem + ".summary.json")
     b = load_bundle(bundle)
-    if o["save_anomalies"] and b.task != "anomaly":
-        raise EdgetuneError(
-            f"--save-anomalies keeps the frames an anomaly bundle flags; {bundle} is a {b.task} bundle."
-        )
     session = b.open(threads=o["threads"], precision=o["precision"])
+    if o["save_flagged"] and not session.can_flag:
+        raise EdgetuneError(
+            f"--save-flagged keeps the frames a bundle's task flags; {bundle} is a {b.task} bundle, which flags none. "
+            "Keep frames by their alarms instead (--alarm with --on-alarm)."
+        )
     opts = InferOptions(
         source=str(o["source"]),
         mode=o["mode"],
@@ -179,7 +189,7 @@ def infer(bundle: Path, **o):
         max_frames=o["max_frames"],
         loop=o["loop"],
         queue_size=o["queue_size"],
-        save_anomalies=o["save_anomalies"],
+        save_flagged=o["save_flagged"],
     )
     result = run_inference(session, list(b.classes), opts, extra={"bundle": str(bundle), "target": b.target})
     print_summary(result)

@@ -67,8 +67,9 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="edgetune")
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, verbose: int, quiet: bool):
-    """Fine-tune, prune and INT8-quantize an image classifier, then build, benchmark
-    and run it on Jetson (TensorRT), Intel (OpenVINO) or CPU (ONNX Runtime) devices."""
+    """Fine-tune, prune and INT8-quantize a small vision model for a task (see
+    finetune --task), then build, benchmark and run it on Jetson (TensorRT), Intel
+    (OpenVINO) or CPU (ONNX Runtime) devices."""
     from edgetune import log
 
     log.setup(verbose=verbose, quiet=quiet)
@@ -96,7 +97,10 @@ def _distributed_failure(e: BaseException) -> str | None:
     if not torchrun.launched():
         return None
     where = torchrun.where()
-    again = "Epochs already finished are kept: rerun the same torchrun command with --resume to continue from the last full one."
+    again = (
+        "Epochs already finished are kept: rerun the same torchrun command with --resume to continue from the last "
+        "full one."
+    )
     if isinstance(e, Terminated):
         return f"{where}: stopped by torchrun (SIGTERM), because another rank failed or the job was cancelled. {again}"
     dist = sys.modules.get("torch.distributed")
@@ -107,7 +111,10 @@ def _distributed_failure(e: BaseException) -> str | None:
         or "nccl" in str(e).lower()
     ):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"{where}: lost contact with the other ranks ({type(e).__name__}: {first[:300]}). One of them failed or was killed: see its output above. {again}"
+        return (
+            f"{where}: lost contact with the other ranks ({type(e).__name__}: {first[:300]}). One of them failed or "
+            f"was killed: see its output above. {again}"
+        )
     return None
 
 

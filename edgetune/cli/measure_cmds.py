@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.options import pass_options
+from edgetune.cli.options import gate_defaults, pass_options
 from edgetune.errors import EdgetuneError
 
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -16,7 +16,8 @@ FILE = click.Path(dir_okay=False, path_type=Path)
 eval_data_option = click.option(
     "--data",
     "eval_data",
-    help="Labelled images: a folder of class sub-folders, a path,label CSV or 'elpv' (all their images). Default: the test split of the run the artifact came from.",
+    help="Labelled images: a folder of class sub-folders, a path,label CSV or 'elpv' (all their images). Default: the "
+    "test split of the run the artifact came from.",
 )
 skip_bad_option = click.option("--skip-bad", is_flag=True, help="Leave unreadable images out instead of stopping.")
 threads_option = click.option(
@@ -98,8 +99,8 @@ def _batches(ctx, param, value) -> list[int]:
 @click.option(
     "--host-key-fingerprint",
     metavar="SHA256:...",
-    help="Accept the device's host key, unknown or changed, only if it has this "
-    "fingerprint (checked on the device: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), and record it in --known-hosts.",
+    help="Accept the device's host key, unknown or changed, only if it has this fingerprint (checked on the device: "
+    "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), and record it in --known-hosts.",
 )
 @click.option(
     "--remote-python",
@@ -173,7 +174,7 @@ def bench(ctx: click.Context, o: dict):
     "--max-drop",
     type=click.FloatRange(0),
     default=None,
-    help="Largest drop allowed, in points: of accuracy (default 0.5 = half a percent), or of image AUROC for an anomaly model (default 1.0).",
+    help=f"Largest drop allowed, in points of the REFERENCE's task metric ({gate_defaults()}).",
 )
 @click.option(
     "--min-agreement",
@@ -268,20 +269,16 @@ def verify(ctx: click.Context, bundle: Path, images: Path, run_dir, precision, m
     from edgetune.verify import verify_bundle
 
     result = verify_bundle(bundle, images, run_dir, min_agreement, max_diff, precision, json_file)
-    if not result.passed and result.spearman is not None:
+    if not result.passed:
         diff = (
-            f", largest score difference {result.max_rel_diff:.2%} of the largest logit (--max-diff {result.max_diff:.2%})"
+            f", largest {result.output} difference {result.max_rel_diff:.2%} of the largest {result.output} "
+            f"(limit {result.max_diff:.2%})"
             if result.diff_checked
             else ""
         )
         raise EdgetuneError(
-            f"Parity check failed: the anomalous flags agree on {result.agreement:.2%} of the images (minimum {result.min_agreement:.2%})"
-            f"{diff}. Check the preprocessing first; the float artifact (--precision fp32) must match to rounding.",
-            exit_code=1,
-        )
-    if not result.passed:
-        raise EdgetuneError(
-            f"Parity check failed: agreement {result.agreement:.2%} (minimum {result.min_agreement:.2%}), largest logit difference "
-            f"{result.max_rel_diff:.2%} of the largest logit (limit {result.max_diff:.2%}). Check the preprocessing first.",
+            f"Parity check failed: the {result.decides} agrees on {result.agreement:.2%} of the images (minimum "
+            f"{result.min_agreement:.2%}){diff}. Check the preprocessing first; the float artifact (--precision fp32) "
+            "must match to rounding.",
             exit_code=1,
         )

@@ -92,43 +92,50 @@ model_options = _stack(
 )
 
 
-task_option = click.option(
-    "--task",
-    type=click.Choice(["classification", "anomaly"]),
-    default="classification",
-    show_default=True,
-    help="classification: learn the labelled classes. anomaly: fit PatchCore on the --normal class alone and flag "
-    "whatever differs from it, with a heat map (training options such as --epochs do not apply).",
-)
-normal_option = click.option(
-    "--normal", metavar="CLASS", help="--task anomaly: the class of good parts; only its training images are used."
-)
+def task_options(f):
+    """`--task` (the registry's tasks) and the options each task adds: finetune's
+    and the config file's. Reading them imports each task's light module, not torch."""
+    from edgetune import tasks
 
-anomaly_options = _stack(
-    task_option,
-    normal_option,
-    click.option(
-        "--coreset",
-        type=click.FloatRange(0, 1, min_open=True),
-        default=0.1,
-        show_default=True,
-        help="--task anomaly: fraction of the normal images' patch features kept in the memory bank (greedy k-center coreset).",
-    ),
-    click.option(
-        "--max-bank-mb",
-        type=click.FloatRange(0, min_open=True),
-        default=256.0,
-        show_default=True,
-        help="--task anomaly: refuse a memory bank larger than this (it ships in every bundle and sets the search cost).",
-    ),
-    click.option(
-        "--max-false-alarm",
-        type=click.FloatRange(0, 1, min_open=True, max_open=True),
-        default=0.01,
-        show_default=True,
-        help="--task anomaly, when validation has no labelled anomalies: the threshold lets this share of normal images raise an alarm.",
-    ),
-)
+    found = {name: tasks.get(name) for name in tasks.names()}
+    help = "What to learn. " + " ".join(f"{name}: {t.help}" for name, t in found.items())
+    options = [
+        click.option("--task", type=click.Choice(list(found)), default=tasks.DEFAULT, show_default=True, help=help)
+    ]
+    return _stack(*options, *[o for t in found.values() for o in t.options])(f)
+
+
+def task_overrides(f):
+    """`build`'s overrides of finetune's --task and of the task options builds override."""
+    from edgetune import tasks
+
+    found = {name: tasks.get(name) for name in tasks.names()}
+    options = [
+        click.option("--task", type=click.Choice(list(found)), default=None, help="Override finetune's --task.")
+    ] + [
+        click.option(f"--{key.replace('_', '-')}", default=None, help=help)
+        for t in found.values()
+        for key, help in t.overrides.items()
+    ]
+    return _stack(*options)(f)
+
+
+def gate_defaults() -> str:
+    """Each task's gate metric and its default limit, for the help of --max-drop."""
+    from edgetune import tasks
+
+    parts = []
+    for name in tasks.names():
+        t = tasks.get(name)
+        always = "; always gated" if t.always_gated else ""
+        parts.append(f"--task {name}: {t.metric_label}, default {t.default_max_drop:g}{always}")
+    return "; ".join(parts)
+
+
+def task_override_names() -> list[str]:
+    from edgetune import tasks
+
+    return ["task", *[key for name in tasks.names() for key in tasks.get(name).overrides]]
 
 
 def train_options(
@@ -143,7 +150,10 @@ def train_options(
     `inherit_augment`: no default augmentation; the stage trains with its input run's."""
     from edgetune.data.augment import DEFAULT_AUGMENT
 
-    augment_help = "Training augmentations: comma list of hflip, vflip, rot90, rotate=DEG, rrc=MIN_AREA, brightness=X, contrast=X; or 'none'."
+    augment_help = (
+        "Training augmentations: comma list of hflip, vflip, rot90, rotate=DEG, rrc=MIN_AREA, brightness=X, "
+        "contrast=X; or 'none'."
+    )
     if inherit_augment:
         augment_help += " Default: those the input run trained with."
     return _stack(
@@ -191,7 +201,8 @@ def train_options(
             type=click.FloatRange(0, 1, max_open=True),
             default=0.0,
             show_default=True,
-            help="Validate and keep a moving average of the weights with this decay per step (e.g. 0.99); 0: the weights themselves.",
+            help="Validate and keep a moving average of the weights with this decay per step (e.g. 0.99); 0: the "
+            "weights themselves.",
         ),
         click.option(
             "--layer-decay",
@@ -206,8 +217,8 @@ def train_options(
             type=click.FloatRange(0),
             default=0.0,
             show_default=True,
-            help="Blend each training image with another of its batch, and their targets, by a Beta(ALPHA, ALPHA) weight "
-            "(mixup; e.g. 0.2). 0: no blending.",
+            help="Blend each training image with another of its batch, and their targets, by a Beta(ALPHA, ALPHA) "
+            "weight (mixup; e.g. 0.2). 0: no blending.",
         ),
         click.option(
             "--keep",
@@ -226,10 +237,9 @@ def train_options(
         ),
         click.option(
             "--metric",
-            type=click.Choice(["accuracy", "balanced_accuracy", "f1", "loss"]),
-            default="accuracy",
-            show_default=True,
-            help="Validation metric that picks the best checkpoint.",
+            default=None,
+            help="Validation metric that picks the best checkpoint: one the task validates on (classification: "
+            "accuracy, balanced_accuracy, f1 or loss); default: the task's first (accuracy).",
         ),
         click.option(
             "--augment",
@@ -273,7 +283,8 @@ distill_options = _stack(
     click.option(
         "--teacher",
         type=click.Path(file_okay=False, path_type=Path),
-        help="Run directory of the distillation teacher (default: the input run). For QAT of a pruned run, the float run teaches best.",
+        help="Run directory of the distillation teacher (default: the input run). For QAT of a pruned run, the float "
+        "run teaches best.",
     ),
 )
 

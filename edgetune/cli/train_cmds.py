@@ -1,4 +1,5 @@
-"""`finetune` and `evaluate`. Thin: options here, work in edgetune.train / evaluate."""
+"""`finetune` and `evaluate`. Thin: options here, work in edgetune.stages.finetune
+and the run's task (edgetune.report)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from pathlib import Path
 import click
 
 from edgetune.cli.options import (
-    anomaly_options,
     data_options,
     model_options,
     out_option,
     pass_options,
     record,
     run_argument,
+    task_options,
     train_options,
 )
 
@@ -21,20 +22,14 @@ from edgetune.cli.options import (
 @click.command()
 @data_options
 @model_options
-@anomaly_options
+@task_options
 @train_options(epochs=10, lr=1e-3)
 @out_option(help="Run directory to write (model, split, preprocessing, metrics).")
 @pass_options
 def finetune(ctx: click.Context, opts: dict):
-    """Fine-tune a pretrained timm backbone on labelled images, or (--task anomaly)
-    fit an anomaly detector on the images of good parts alone."""
-    if opts["task"] == "anomaly":
-        from edgetune import torchrun
-        from edgetune.stages.anomaly import run_fit
-
-        if torchrun.is_main():  # fitting is one process's work: under torchrun the other ranks leave it to rank 0
-            run_fit(opts, record(ctx))
-        return
+    """Fit a model for --task on the --data images: a pretrained timm backbone
+    fine-tuned (or, where the task fits without training, e.g. an anomaly detector,
+    fitted on the images of good parts alone)."""
     from edgetune.stages.finetune import run_finetune
 
     run_finetune(opts, record(ctx))

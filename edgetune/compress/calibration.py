@@ -36,7 +36,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not path.is_file():
         known = sorted(p.stem for p in recipe_dir().glob("*.yaml"))
         raise EdgetuneError(
-            f"--calibration {name_or_path}: no such recipe ({path}). Give a YAML file or one of: {', '.join(known) or 'none'}."
+            f"--calibration {name_or_path}: no such recipe ({path}). Give a YAML file or one of: "
+            f"{', '.join(known) or 'none'}."
         )
     data = read_yaml(path, "Calibration recipe")
     if set(data) - KEYS:

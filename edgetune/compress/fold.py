@@ -104,8 +104,9 @@ def fold_batchnorm(model: nn.Module, size: tuple[int, int], check: bool = True) 
         tol = 1e-3 * max(1.0, before.abs().max().item())
         if not err <= tol:
             raise EdgetuneError(
-                f"Folding BatchNorm into the convolutions changed the model's outputs by {err:.3g} (pairs {pairs[:3]}...). "
-                "This model's Conv -> BatchNorm layout is not supported for folding; quantize it with --no-fold-bn."
+                f"Folding BatchNorm into the convolutions changed the model's outputs by {err:.3g} (pairs "
+                f"{pairs[:3]}...). This model's Conv -> BatchNorm layout is not supported for folding; quantize it "
+                "with --no-fold-bn."
             )
     model.train(was_training)
     return pairs

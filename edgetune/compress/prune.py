@@ -3,7 +3,7 @@
 Pruning runs in steps; each step removes a share of the channels (a fresh
 pruner on the current model, so a finished step is a self-contained checkpoint)
 and is followed by recovery fine-tuning through the shared training loop. Channel
-counts stay multiples of `round_to`; the classifier is never pruned. The result is
+counts stay multiples of `round_to`; the prediction head is never pruned. The result is
 recorded as layer shapes (`shapes.record_shapes`) so it reloads without this code.
 The stage driver (steps, recovery, records) is edgetune/stages/prune.py."""
 
@@ -68,18 +68,26 @@ def check_prunable(model: nn.Module, model_name: str) -> None:
     if attention and not mlp_hidden_layers(model):
         m = model.get_submodule(attention[0])
         raise EdgetuneError(
-            f"{model_name} cannot be pruned: layer '{attention[0]}' ({type(m).__name__}) is multi-head attention, and pruning "
-            "attention heads is not supported (nor are its MLPs plain Linear -> activation -> Linear ones whose hidden channels "
-            "could be pruned instead). Skip pruning for this model: run `edgetune quantize` on the float run directly."
+            f"{model_name} cannot be pruned: layer '{attention[0]}' ({type(m).__name__}) is multi-head attention, and "
+            "pruning attention heads is not supported (nor are its MLPs plain Linear -> activation -> Linear ones "
+            "whose hidden channels could be pruned instead). Skip pruning for this model: run `edgetune quantize` on "
+            "the float run directly."
         )
 
 
-def _ignored_layers(model: nn.Module) -> list[nn.Module]:
-    """What pruning leaves alone: the classifier; in a model with attention, every
-    layer but the MLPs' first Linear, so only the MLP hidden channels are removed
-    (the token width runs through every block's attention and residual sums)."""
+def _head(model: nn.Module, keep=()) -> list[nn.Module]:
+    """The layers whose outputs are the predictions: a timm model's classifier, and
+    the layers named in `keep` (the task's: a detector's or a decoder's prediction layers)."""
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    ignored = [m for m in (classifier,) if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+    layers = [classifier, *(model.get_submodule(name) for name in keep)]
+    return [m for m in layers if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+
+
+def _ignored_layers(model: nn.Module, keep=()) -> list[nn.Module]:
+    """What pruning leaves alone: the prediction head; in a model with attention,
+    every layer but the MLPs' first Linear, so only the MLP hidden channels are
+    removed (the token width runs through every block's attention and residual sums)."""
+    ignored = _head(model, keep)
     if _attention_layers(model):
         hidden = {id(m) for m in mlp_hidden_layers(model)}
         ignored += [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in hidden]
@@ -104,20 +112,20 @@ def _pruner_class():
     return NearestMultiplePruner
 
 
-def prune_groups(model: nn.Module) -> list[str]:
+def prune_groups(model: nn.Module, keep=()) -> list[str]:
     """The parts whose pruning ratios `--target-latency` sets apart: the model's
     top-level layers with weights, the body (the container holding most of the
     parameters, e.g. EfficientNet's `blocks`, ConvNeXt's `stages`) split into its
-    stages. The classifier is not one: it is never pruned."""
+    stages. The prediction head is not one: it is never pruned."""
     total = sum(p.numel() for p in model.parameters())
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = {id(m) for m in _head(model, keep)}
 
     def weighted(m):
         return any(isinstance(x, (nn.Conv2d, nn.Linear)) for x in m.modules())
 
     groups = []
     for name, child in model.named_children():
-        if child is classifier or not weighted(child):
+        if id(child) in head or not weighted(child):
             continue
         body = (
             isinstance(child, (nn.Sequential, nn.ModuleList)) and sum(p.numel() for p in child.parameters()) > total / 2
@@ -133,15 +141,17 @@ def prune_once(
     round_to: int,
     imp: str,
     ratios: dict[str, float] | None = None,
+    keep=(),
 ) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer (uniformly, each kept
     count rounded to the nearest multiple of `round_to`), in place; `ratios` (group
     name -> ratio, see `prune_groups`) overrides it for the layers in those groups.
-    In a model with attention (ViT, DeiT) only the MLP hidden channels are prunable."""
+    In a model with attention (ViT, DeiT) only the MLP hidden channels are prunable.
+    `keep`: names of the task's prediction layers, never pruned (as a timm classifier)."""
     ratios = {name: r for name, r in (ratios or {}).items() if r > 0}
     if ratio <= 0 and not ratios:
         return model
-    ignored = _ignored_layers(model)
+    ignored = _ignored_layers(model, keep)
     example = torch.randn(1, 3, *size, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
@@ -178,24 +188,24 @@ def _layer_hint(model: nn.Module, e: Exception) -> str:
 
 
 def mac_reduction(
-    model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str, steps: int = 1
+    model: nn.Module, size: tuple[int, int], ratio: float, round_to: int, imp: str, steps: int = 1, keep=()
 ) -> float:
     """The share of `model`'s MACs that pruning `ratio` of the channels in `steps`
     steps removes (on a copy; each step rounds the channel counts again)."""
     pruned = copy.deepcopy(model)
     for r in step_ratios(ratio, steps):
-        prune_once(pruned, size, r, round_to, imp)
+        prune_once(pruned, size, r, round_to, imp, keep=keep)
     return 1 - count_macs(pruned, size)[0] / count_macs(model, size)[0]
 
 
 def ratio_for_macs(
-    model: nn.Module, size: tuple[int, int], reduction: float, round_to: int, imp: str, steps: int = 1
+    model: nn.Module, size: tuple[int, int], reduction: float, round_to: int, imp: str, steps: int = 1, keep=()
 ) -> float:
     """The channel ratio whose pruning in `steps` steps removes at least `reduction`
     of the MACs (bisection). The steps are simulated: one-shot ratios overshoot
     (45% asked, 50% removed in 2 steps)."""
     lo, hi = 0.0, 0.95
-    most = mac_reduction(model, size, hi, round_to, imp, steps)
+    most = mac_reduction(model, size, hi, round_to, imp, steps, keep)
     if most < reduction:  # e.g. a ViT, whose MLP hidden channels alone are prunable
         raise EdgetuneError(
             f"--target-macs {reduction:g}: pruning {type(model).__name__} removes at most {most:.0%} of its MACs "
@@ -203,7 +213,7 @@ def ratio_for_macs(
         )
     for _ in range(8):
         mid = (lo + hi) / 2
-        if mac_reduction(model, size, mid, round_to, imp, steps) >= reduction:
+        if mac_reduction(model, size, mid, round_to, imp, steps, keep) >= reduction:
             hi = mid
         else:
             lo = mid

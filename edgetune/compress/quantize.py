@@ -65,7 +65,8 @@ def _ignored_scope(patterns: list[str]):
             re.compile(p)
         except re.error as e:
             raise EdgetuneError(
-                f"--ignore {p!r} is not a valid regular expression ({e}). Example: --ignore 'classifier' or --ignore 'blocks\\.0\\..*'."
+                f"--ignore {p!r} is not a valid regular expression ({e}). Example: --ignore 'classifier' or --ignore "
+                "'blocks\\.0\\..*'."
             ) from None
     return nncf.IgnoredScope(patterns=list(patterns)) if patterns else None
 
@@ -108,11 +109,12 @@ def quantize_model(
         if scope is not None and "ignored" in str(e).lower():
             names = _layer_names(model, size)
             raise EdgetuneError(
-                f"--ignore {' '.join(ignore)}: {str(e).splitlines()[0]} Patterns are regular expressions matched from the start of "
-                f"layer names such as {', '.join(names[:3])}, ..., {names[-1]}."
+                f"--ignore {' '.join(ignore)}: {str(e).splitlines()[0]} Patterns are regular expressions matched from "
+                f"the start of layer names such as {', '.join(names[:3])}, ..., {names[-1]}."
             ) from None
         raise EdgetuneError(
-            f"NNCF cannot quantize this model: {str(e).splitlines()[0]}. Keep the failing layer in float with --ignore LAYER_PATTERN."
+            f"NNCF cannot quantize this model: {str(e).splitlines()[0]}. Keep the failing layer in float with --ignore "
+            "LAYER_PATTERN."
         ) from None
     except Exception as e:
         raise EdgetuneError(

@@ -27,18 +27,20 @@ def drop_bad_images(source: Source, skip_bad: bool, log=None) -> Source:
             f"; and {len(bad) - 50} more" if len(bad) > 50 else ""
         )
         raise EdgetuneError(
-            f"--data {source.spec}: {len(bad)} image(s) cannot be read: {listing}. Fix or remove them, or pass --skip-bad to leave them out (they are recorded in the run)."
+            f"--data {source.spec}: {len(bad)} image(s) cannot be read: {listing}. Fix or remove them, or pass "
+            "--skip-bad to leave them out (they are recorded in the run)."
         )
     if bad:
         bad_paths = {p for p, _ in bad}
+        groups = {it.keys[1] for it in source.items}
         source.items = [it for it in source.items if it.path not in bad_paths]
         source.skipped = sorted(bad_paths)
         if log:
             log.warning("Skipped %d unreadable image(s) (--skip-bad); they are listed in split.json.", len(bad))
-        counts = [sum(it.label == c for it in source.items) for c in range(len(source.classes))]
-        empty = [source.classes[c] for c, n in enumerate(counts) if n == 0]
+        empty = [source.group_name(g) for g in sorted(groups - {it.keys[1] for it in source.items})]
         if empty:
             raise EdgetuneError(
-                f"--data {source.spec}: after skipping unreadable images, class(es) {', '.join(empty)} have no images left."
+                f"--data {source.spec}: after skipping unreadable images, class(es) {', '.join(empty)} have no images "
+                "left."
             )
     return source

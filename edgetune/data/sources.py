@@ -1,12 +1,15 @@
-"""Data sources for `--data`: a folder of class sub-folders, a `path,label` CSV, or
-the built-in ELPV solar-cell set. Each gives the same thing: labelled image paths
-plus a stratification key."""
+"""Data sources for `--data`. Each gives the same thing: image paths, each with its
+target (what the source says of the image) and the groups the split keeps in
+proportion. The class-label sources are here: a folder of class sub-folders, a
+`path,label` CSV, or the built-in ELPV solar-cell set (targets: class indices).
+Tasks that need other targets (boxes, masks) bring their own readers."""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgetune.errors import EdgetuneError
 
@@ -16,9 +19,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 @dataclass(frozen=True)
 class Item:
     path: str
-    label: int
-    stratum: str  # what the split stratifies on (class, plus e.g. ELPV's module type)
+    target: Any  # JSON-ready: a class index here; a task's own readers give boxes, a mask's path, ...
+    stratum: str  # a finer group within `group` the split also keeps in proportion (e.g. ELPV's module type)
     soft: tuple[float, ...] | None = None  # class probabilities, where the labels came from them
+    group: str | None = None  # the coarse group the split keeps in proportion; None: the target (a class index)
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """Stratification keys, finest first."""
+        group = str(self.target) if self.group is None else self.group
+        return f"{group}|{self.stratum}", group
 
 
 @dataclass
@@ -28,6 +38,10 @@ class Source:
     items: list[Item]
     skipped: list[str] = field(default_factory=list)
     root: str | None = None  # the folder the items' paths are under (a run's split.json stores them relative to it)
+
+    def group_name(self, group: str) -> str:
+        """A group as people read it: a class index's class name."""
+        return self.classes[int(group)] if group.isdigit() and int(group) < len(self.classes) else group
 
 
 def source_root(spec: str) -> Path | None:
@@ -46,33 +60,55 @@ def source_root(spec: str) -> Path | None:
     return path.resolve() if path.is_dir() else None
 
 
-def load_source(spec: str) -> Source:
-    """Resolve `--data`: `elpv`, `elpv:4class`, a folder, or a CSV file."""
+def load_source(spec: str, min_classes: int = 2) -> Source:
+    """Resolve `--data` with class labels: `elpv`, `elpv:4class`, a folder, or a CSV file."""
     if spec.split(":")[0] == "elpv":
         return _elpv(spec)
     path = Path(spec)
     if not path.exists():
         raise EdgetuneError(
-            f"--data {spec}: no such file or folder. Give a folder with one sub-folder per class, a CSV file with columns path,label, or 'elpv'."
+            f"--data {spec}: no such file or folder. Give a folder with one sub-folder per class, a CSV file with "
+            "columns path,label, or 'elpv'."
         )
     source = _csv(path) if path.is_file() else _folder(path)
-    _check_classes(source)
+    if len(source.classes) < min_classes:
+        found = source.classes[0] if source.classes else "none"
+        raise EdgetuneError(
+            f"--data {source.spec}: only one class ({found}) was found; telling classes apart needs at least "
+            f"{min_classes}."
+        )
     return source
+
+
+def is_class_source(spec: str) -> bool:
+    """Does `spec` look like a class-label source (without reading every image)?"""
+    if spec.split(":")[0] == "elpv":
+        return True
+    path = Path(spec)
+    if path.is_file():
+        return path.suffix.lower() == ".csv"
+    return path.is_dir() and any(d.is_dir() and not d.name.startswith(".") and any(_images(d)) for d in path.iterdir())
+
+
+def _images(folder: Path):
+    return (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _folder(root: Path) -> Source:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise EdgetuneError(
-            f"--data {root}: the folder has no class sub-folders. Put each class's images in a sub-folder named after the class."
+            f"--data {root}: the folder has no class sub-folders. Put each class's images in a sub-folder named after "
+            "the class."
         )
     classes = [d.name for d in class_dirs]
     items = []
     for label, d in enumerate(class_dirs):
-        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(_images(d))
         if not files:
             raise EdgetuneError(
-                f"--data {root}: class folder '{d.name}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). Add images or remove the folder."
+                f"--data {root}: class folder '{d.name}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). Add "
+                "images or remove the folder."
             )
         items += [Item(str(f.resolve()), label, d.name) for f in files]
     return Source(str(root), classes, items, root=str(root.resolve()))
@@ -93,8 +129,8 @@ def _csv(path: Path) -> Source:
     missing = [p for p, _ in rows if not (path.parent / p).is_file()]
     if missing:
         raise EdgetuneError(
-            f"--data {path}: {len(missing)} listed image(s) do not exist (paths are relative to the CSV file): {', '.join(missing[:20])}"
-            + (" ..." if len(missing) > 20 else "")
+            f"--data {path}: {len(missing)} listed image(s) do not exist (paths are relative to the CSV file): "
+            f"{', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else "")
         )
     classes = sorted({label for _, label in rows})
     index = {c: i for i, c in enumerate(classes)}
@@ -133,10 +169,3 @@ def _elpv(spec: str) -> Source:
         )
     classes = ["ok", "defective"] if task == "binary" else ["p0", "p1/3", "p2/3", "p1"]
     return Source(spec, classes, items, root=str(root))
-
-
-def _check_classes(source: Source) -> None:
-    if len(source.classes) < 2:
-        raise EdgetuneError(
-            f"--data {source.spec}: only one class ({source.classes[0] if source.classes else 'none'}) was found; a classifier needs at least two."
-        )

@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgetune.data.sources import Item, Source, source_root
 from edgetune.errors import EdgetuneError
@@ -26,7 +27,7 @@ class Split:
     source: str
     classes: list[str]
     seed: int
-    parts: dict[str, list[tuple[str, int]]]  # split name -> [(path, label)]
+    parts: dict[str, list[tuple[str, Any]]]  # split name -> [(path, target)]; targets as the source gave them (JSON)
     skipped: list[str]
     soft: dict[str, list[float]] = field(default_factory=dict)  # path -> class probabilities, where the source has them
     root: str | None = None  # the source's root where the images were found (in memory, paths are absolute)
@@ -61,7 +62,7 @@ class Split:
             d["source"],
             list(d["classes"]),
             int(d["seed"]),
-            {k: [(here(p), int(y)) for p, y in d[k]] for k in SPLITS},
+            {k: [(here(p), y) for p, y in d[k]] for k in SPLITS},
             [here(p) for p in d.get("skipped", [])],
             {here(p): [float(v) for v in t] for p, t in d.get("soft", {}).items()},
             str(root) if root is not None else d.get("root"),
@@ -74,8 +75,8 @@ class Split:
     def load(cls, path: Path, data: str | None = None) -> "Split":
         return cls.from_dict(read_json(path), data)
 
-    def counts(self) -> dict[str, list[int]]:
-        return {k: [sum(1 for _, y in v if y == c) for c in range(len(self.classes))] for k, v in self.parts.items()}
+    def paths(self, part: str) -> list[str]:
+        return [p for p, _ in self.parts[part]]
 
 
 def resolve_root(d: dict, data: str | None = None) -> Path:
@@ -97,11 +98,11 @@ def resolve_root(d: dict, data: str | None = None) -> Path:
 
 def _stratify_keys(items: list[Item]) -> list[str]:
     """The finest stratification every group of which has at least 3 members
-    (one per split); falls back to the label alone."""
-    keys = [f"{it.label}|{it.stratum}" for it in items]
+    (one per split); falls back to the coarse group alone."""
+    keys = [it.keys[0] for it in items]
     if min(Counter(keys).values()) >= 3:
         return keys
-    return [str(it.label) for it in items]
+    return [it.keys[1] for it in items]
 
 
 def make_split(source: Source, seed: int, val_frac: float, test_frac: float) -> Split:
@@ -112,10 +113,11 @@ def make_split(source: Source, seed: int, val_frac: float, test_frac: float) -> 
             f"--val-frac {val_frac} and --test-frac {test_frac} must each be in (0, 1) and sum to less than 1."
         )
     items = source.items
-    small = [source.classes[c] for c, n in Counter(it.label for it in items).items() if n < 3]
+    small = [source.group_name(g) for g, n in Counter(it.keys[1] for it in items).items() if n < 3]
     if small:
         raise EdgetuneError(
-            f"--data {source.spec}: class(es) {', '.join(small)} have fewer than 3 images; each of train, val and test needs one."
+            f"--data {source.spec}: class(es) {', '.join(small)} have fewer than 3 images; each of train, val and test "
+            "needs one."
         )
     idx = list(range(len(items)))
     keys = _stratify_keys(items)
@@ -123,7 +125,7 @@ def make_split(source: Source, seed: int, val_frac: float, test_frac: float) -> 
     rest_keys = _stratify_keys([items[i] for i in rest])
     train, val = train_test_split(rest, test_size=val_frac / (1 - test_frac), random_state=seed, stratify=rest_keys)
     parts = {
-        name: [(items[i].path, items[i].label) for i in sorted(part)] for name, part in zip(SPLITS, (train, val, test))
+        name: [(items[i].path, items[i].target) for i in sorted(part)] for name, part in zip(SPLITS, (train, val, test))
     }
     return Split(
         source.spec,

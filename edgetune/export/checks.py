@@ -182,7 +182,9 @@ TIE_MARGIN = 0.5  # logits between PyTorch's best and second-best class
 def compare_with_torch(path, torch_logits: np.ndarray, inputs: np.ndarray, batch: int = 32) -> dict:
     """ONNX Runtime on `inputs` against the given PyTorch logits: top-1 agreement
     on all images and on the decisive ones (margin above TIE_MARGIN)."""
-    from edgetune.metrics import agreement
+
+    def agreement(a, b) -> float:
+        return float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else 1.0
 
     sess = ort_session(path)
     name = sess.get_inputs()[0].name
@@ -205,15 +207,15 @@ def compare_with_torch(path, torch_logits: np.ndarray, inputs: np.ndarray, batch
 TRT_OPS = set(
     """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip Concat
-Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf
-Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
-Greater GreaterOrEqual GridSample GroupNormalization HardSigmoid HardSwish Hardmax Identity If InstanceNormalization
-IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool LRN MatMul Max
-MaxPool Mean Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
-QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2
-ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
-ReverseSequence RoiAlign Round ScaledTanh Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh
-Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
+Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal
+Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool
+GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization HardSigmoid HardSwish Hardmax Identity If
+InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization
+LpPool LRN MatMul Max MaxPool Mean Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus
+Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1
+ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape
+Resize ReverseSequence RoiAlign Round ScaledTanh Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin
+Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
 Transpose Trilu Unsqueeze Upsample Where Xor
 """.split()
 )
@@ -241,7 +243,8 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
     for n in graph.node:
         if n.domain not in ("", "ai.onnx") or n.op_type not in TRT_OPS:
             problem(
-                f"operator {n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type} is not imported by TensorRT's ONNX parser",
+                f"operator {n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type} is not imported by "
+                "TensorRT's ONNX parser",
                 n,
             )
 
@@ -266,7 +269,8 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
             zp = consts[n.input[2]]
             if zp.data_type != TensorProto.INT8:
                 problem(
-                    f"{n.op_type}: zero-point type {TensorProto.DataType.Name(zp.data_type).lower()}; TensorRT needs int8 (symmetric)",
+                    f"{n.op_type}: zero-point type {TensorProto.DataType.Name(zp.data_type).lower()}; TensorRT needs "
+                    "int8 (symmetric)",
                     n,
                 )
             if numpy_helper.to_array(zp).any():
@@ -279,7 +283,8 @@ def tensorrt_problems(model) -> tuple[list[str], list[str]]:
                 problem("per-channel scales on an activation; TensorRT needs per-tensor activation scales", n)
             elif (axis % rank if rank else axis) not in want:
                 problem(
-                    f"per-channel weight scales on axis {axis}; TensorRT needs the output-channel axis ({sorted(want)[0]})",
+                    f"per-channel weight scales on axis {axis}; TensorRT needs the output-channel axis "
+                    f"({sorted(want)[0]})",
                     n,
                 )
 

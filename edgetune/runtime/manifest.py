@@ -7,10 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgetune.runtime.bundle import Bundle
-
-
-def _pct(v) -> str:
-    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
+from edgetune.runtime.tasks import session_class
 
 
 def _num(v, unit: str = "") -> str:
@@ -22,15 +19,10 @@ def _num(v, unit: str = "") -> str:
     return f"{v:g}{unit}"
 
 
-def _headline(metrics: dict) -> str:
+def _headline(metrics: dict, task) -> str:
+    """Test metrics as the bundle's task words them, and the latency."""
     test = metrics.get("test") or {}
-    parts = [f"accuracy {_pct(test.get('accuracy'))}", f"F1 {_pct(test.get('f1'))}"] if test else []
-    if "auroc" in test:  # an anomaly model: F1 of the anomalous class at the threshold
-        parts = [
-            f"image AUROC {test['auroc']:.4f}" if test["auroc"] is not None else "image AUROC -",
-            f"F1 {_pct(test.get('f1'))}",
-            f"false alarms {_pct(test.get('false_alarm_rate'))}",
-        ]
+    parts = [task.headline(test)] if test else []
     if "latency_ms_p50" in metrics:
         parts.append(f"{metrics['latency_ms_p50']:.2f} ms p50")
     return ", ".join(parts) or "-"
@@ -38,44 +30,42 @@ def _headline(metrics: dict) -> str:
 
 def describe(bundle: Bundle, console: Console) -> None:
     m = bundle.manifest
+    task = session_class(bundle.task)
     model = m.get("model", {})
     inp = m.get("input", {})
     spec = m["preprocess"]
     console.print(
-        f"[bold]{bundle.name}[/] ({bundle.root})  files verified: {'[green]yes[/]' if bundle.verified else '[yellow]not checked[/]'}"
+        f"[bold]{bundle.name}[/] ({bundle.root})  files verified: "
+        f"{'[green]yes[/]' if bundle.verified else '[yellow]not checked[/]'}"
     )
     console.print(
-        f"target [bold]{m['target']}[/] ({m.get('profile', {}).get('description', '')}); runtime {m['runtime']}, main precision {m['precision']}"
+        f"target [bold]{m['target']}[/] ({m.get('profile', {}).get('description', '')}); runtime {m['runtime']}, main "
+        f"precision {m['precision']}"
     )
     console.print(
         f"model {model.get('backbone', '?')} ({model.get('stage', '?')}{', pruned' if model.get('pruned') else ''}), "
-        f"{_num(model.get('macs'))} MACs, {_num(model.get('params'))} parameters; built by edgetune {m.get('edgetune')} on {m.get('created', '?')}"
+        f"{_num(model.get('macs'))} MACs, {_num(model.get('params'))} parameters; built by edgetune "
+        f"{m.get('edgetune')} on {m.get('created', '?')}"
     )
     console.print(f"classes ({len(m['classes'])}): {', '.join(m['classes'])}")
-    if m.get("task") == "anomaly":
-        a = m.get("anomaly") or {}
-        console.print(
-            f"task anomaly (PatchCore, fitted on '{a.get('normal_class')}'): outputs score (N) and map {a.get('map_size')}; flag when the "
-            f"normalised score > {a.get('threshold')} (raw threshold {a.get('threshold_raw', float('nan')):.5g}: {a.get('rule')}; "
-            f"{a.get('normalisation')}, center {a.get('center', float('nan')):.5g}, scale {a.get('scale', float('nan')):.5g}); "
-            f"memory bank {(a.get('bank') or {}).get('rows')} x {(a.get('bank') or {}).get('dim')}"
-        )
+    console.print(task.describe(m) or f"task {bundle.task}: outputs {', '.join(task.outputs)}")
     console.print(
         f"input {inp.get('name', '?')} {inp.get('shape')} {inp.get('layout', 'NCHW')} {inp.get('dtype', 'float32')}; "
-        f"preprocessing: resize whole {spec.get('resize_dtype', 'float32')} frame to {spec['size'][0]}x{spec['size'][1]} ({spec.get('interpolation')}), "
-        f"{spec.get('channel_order', 'RGB')}, /255, mean {[round(x, 4) for x in spec['mean']]}, std {[round(x, 4) for x in spec['std']]}"
+        f"preprocessing: resize whole {spec.get('resize_dtype', 'float32')} frame to "
+        f"{spec['size'][0]}x{spec['size'][1]} ({spec.get('interpolation')}), {spec.get('channel_order', 'RGB')}, "
+        f"/255, mean {[round(x, 4) for x in spec['mean']]}, std {[round(x, 4) for x in spec['std']]}"
     )
     console.print(
-        f"test metrics of the compiled artifact: {_headline(m.get('metrics', {}))}"
+        f"test metrics of the compiled artifact: {_headline(m.get('metrics', {}), task)}"
         + (
-            f"  (PyTorch model: {_headline({'test': m['metrics']['pytorch_test']})})"
+            f"  (PyTorch model: {_headline({'test': m['metrics']['pytorch_test']}, task)})"
             if m.get("metrics", {}).get("pytorch_test")
             else ""
         )
     )
 
     arts = Table(title="Artifacts", title_justify="left")
-    for col in ("precision", "files", "size", "preprocessing", "accuracy", "F1", "latency p50", "evaluated with"):
+    for col in ("precision", "files", "size", "preprocessing", "test metrics", "latency p50", "evaluated with"):
         arts.add_column(col)
     for precision, a in m["artifacts"].items():
         met = a.get("metrics", {})
@@ -84,8 +74,7 @@ def describe(bundle: Bundle, console: Console) -> None:
             a["file"] + (f" (+{len(a.get('files', [])) - 1})" if len(a.get("files", [])) > 1 else ""),
             _num(a.get("size_bytes"), "B"),
             "runtime (OpenCV); the IR has its own too" if a.get("preprocess_built_in") else "runtime (OpenCV)",
-            _pct(met.get("test", {}).get("accuracy")),
-            _pct(met.get("test", {}).get("f1")),
+            task.headline(met["test"]) if met.get("test") else "-",
             f"{met['latency_ms_p50']:.2f} ms" if "latency_ms_p50" in met else "-",
             met.get("evaluated_with", "-")
             + (f" (ran {met['inference_precision']})" if met.get("inference_precision") else ""),
@@ -101,7 +90,7 @@ def describe(bundle: Bundle, console: Console) -> None:
             s.get("stage", "?"),
             str(s.get("inputs_hash", ""))[:12],
             str(s.get("seconds", "-")),
-            _headline(met)
+            _headline(met, task)
             if met.get("test")
             else ", ".join(f"{k} {v}" for k, v in met.items() if isinstance(v, (int, float, str)))[:80] or "-",
         )

@@ -51,9 +51,10 @@ def has_bf16(core, device: str = "CPU") -> bool:
 def require_bf16(core, device: str, where: str) -> None:
     if not has_bf16(core, device):
         raise EdgetuneError(
-            f"{where}: the bf16 artifact needs a device that computes in bf16 (on a CPU: AVX512_BF16 or AMX), "
-            f"and OpenVINO's {device} here does not (its capabilities: {', '.join(_capabilities(core, device)) or 'unknown'}). "
-            "Use the bundle's fp32 or int8 artifact (--precision fp32 / int8)."
+            f"{where}: the bf16 artifact needs a device that computes in bf16 (on a CPU: AVX512_BF16 or AMX), and "
+            f"OpenVINO's {device} here does not (its capabilities: "
+            f"{', '.join(_capabilities(core, device)) or 'unknown'}). Use the bundle's fp32 or int8 artifact "
+            "(--precision fp32 / int8)."
         )
 
 

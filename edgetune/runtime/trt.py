@@ -99,7 +99,8 @@ def check_engine(root: Path, precision: str) -> Path:
     hint = f"Build it on this device: edgetune engine build {root}"
     if not engine.is_file() or not record_path.is_file():
         raise EdgetuneError(
-            f"{root}: no TensorRT engine for {precision} yet (TensorRT engines are built on the device that runs them). {hint}"
+            f"{root}: no TensorRT engine for {precision} yet (TensorRT engines are built on the device that runs "
+            f"them). {hint}"
         )
     record = read_json(record_path)
     built = record.get("engines", {}).get(precision, {})
@@ -107,8 +108,8 @@ def check_engine(root: Path, precision: str) -> Path:
     for key in ("tensorrt", "gpu"):
         if record.get(key) != here[key]:
             raise EdgetuneError(
-                f"{engine} was built for {key} {record.get(key)!r} but this device has {here[key]!r}; engines do not move between "
-                f"TensorRT versions or GPUs. {hint} --force"
+                f"{engine} was built for {key} {record.get(key)!r} but this device has {here[key]!r}; engines do not "
+                f"move between TensorRT versions or GPUs. {hint} --force"
             )
     if built.get("sha256") != sha256_file(engine):
         raise EdgetuneError(
@@ -130,7 +131,8 @@ class TensorRTSession(ArraySession):
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise EdgetuneError(
-                f"{engine_path}: TensorRT could not deserialize the engine. Rebuild it on this device with edgetune engine build."
+                f"{engine_path}: TensorRT could not deserialize the engine. Rebuild it on this device with edgetune "
+                "engine build."
             )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

@@ -33,7 +33,8 @@ def build_engines(
 
     if not trt_runtime.cuda_available():
         raise EdgetuneError(
-            "No CUDA GPU is visible here. TensorRT engines are built on the Jetson that runs them: copy the bundle there and run edgetune engine build."
+            "No CUDA GPU is visible here. TensorRT engines are built on the Jetson that runs them: copy the bundle "
+            "there and run edgetune engine build."
         )
     profile = bundle.manifest.get("profile", {})
     settings = dict(profile.get("tensorrt") or {})
@@ -113,7 +114,8 @@ def _build(
     if settings.get("dla_core") is not None:
         if builder.num_DLA_cores <= int(settings["dla_core"]):
             raise EdgetuneError(
-                f"DLA core {settings['dla_core']} was asked for, but this device has {builder.num_DLA_cores} DLA cores. Use --dla-core none."
+                f"DLA core {settings['dla_core']} was asked for, but this device has {builder.num_DLA_cores} DLA "
+                "cores. Use --dla-core none."
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(settings["dla_core"])

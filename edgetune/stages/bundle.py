@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgetune import __version__, log
 from edgetune.run import Run
+from edgetune.runtime.backends import RUNTIMES
 from edgetune.runtime.files import sha256_json, write_text
 from edgetune.stages.base import Result
 
@@ -25,9 +26,7 @@ VERSIONED = (
     "nncf",
     "torch-pruning",
     "onnx",
-    "onnxruntime",
-    "openvino",
-    "tensorrt",
+    *(r.distribution for r in RUNTIMES.values()),
     "numpy",
     "opencv-python-headless",
 )
@@ -52,7 +51,7 @@ def write_bundle(
     macs, params = float_macs(runs, tuple(inp.spec.size))
     manifest = {
         "format": FORMAT,
-        "schema": manifest_schema(inp.spec),
+        "schema": manifest_schema(inp.spec, final.task),
         "edgetune": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "name": dest.name,
@@ -88,13 +87,11 @@ def write_bundle(
         "versions": library_versions(),
         "source_run": str(final.dir.resolve()),
     }
-    if final.task == "anomaly":
-        manifest["task"] = final.task
-        manifest["anomaly"] = {k: v for k, v in final.info["anomaly"].items() if k != "feature_indices"}
-        manifest["input"]["outputs"] = {
-            "score": "(N) raw image scores",
-            "map": f"(N, {inp.spec.size[0]}, {inp.spec.size[1]}) raw patch-score maps",
-        }
+    task = final.task_impl
+    manifest.update(task.manifest(final))  # the task and its section
+    outputs = task.outputs_doc(inp.spec)
+    if outputs:
+        manifest["input"]["outputs"] = outputs
     target.extra_files(staging, manifest)
     write_text(staging / "README.md", device_readme(manifest, target))
     for f in staging.rglob("*"):  # temp files are private (0600); a bundle is for reading by anyone on the device
@@ -150,7 +147,7 @@ def history(runs: dict[str, Run], exports: dict[str, Result], compile_config: di
 
 
 def export_calibration(exports: dict[str, Result]) -> dict:
-    """An anomaly build quantizes in its export stage: the images it calibrated on."""
+    """A task that quantizes in its export stage (post-training): the images it calibrated on."""
     for r in exports.values():
         quant = (r.output.get("info") or {}).get("quantization") or {}
         if quant.get("calibration"):

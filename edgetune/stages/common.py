@@ -10,23 +10,14 @@ import torch
 
 from edgetune import log
 from edgetune.data.augment import DEFAULT_AUGMENT, Augment
-from edgetune.data.dataset import ImageDataset, train_val_datasets
 from edgetune.errors import EdgetuneError
-from edgetune.metrics import headline
 from edgetune.run import Run, check_order, load_run, prepare_out, stage_record, write_run
 from edgetune.runtime.files import sha256_file, sha256_json
 from edgetune.stages.base import Result, Stage, StageOptions, fresh_dir
 from edgetune.train import distributed
-from edgetune.train.evaluate import evaluate_model
-from edgetune.train.loop import TrainConfig, save_atomic
+from edgetune.train.loop import save_atomic, train_config  # noqa: F401 - the stages' settings of the loop
 
 logger = log.get(__name__)
-
-
-def train_config(opts: dict) -> TrainConfig:
-    """The training loop's settings from a command's options."""
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: opts[k] for k in fields if opts.get(k) is not None})
 
 
 def begin(opts: dict, stage: str, config_record: dict) -> tuple[Run, Path]:
@@ -37,6 +28,11 @@ def begin(opts: dict, stage: str, config_record: dict) -> tuple[Run, Path]:
     every rank reads the parent run; rank 0 alone prepares --out."""
     distributed.setup(opts.get("device") or "auto")
     parent = load_run(opts["run_dir"])
+    if not parent.task_impl.trains:
+        raise EdgetuneError(
+            f"{parent.dir} is a {parent.task} run, fitted without the training loop: `{stage}` does not apply to it. "
+            "Build or export it as it is."
+        )
     check_order(parent, stage)
     out = distributed.on_main(
         lambda: prepare_out(Path(opts["out"]), opts.get("resume", False), opts.get("force", False))
@@ -56,8 +52,12 @@ def inherited_augment(run: Run) -> Augment:
     return Augment.parse(DEFAULT_AUGMENT)
 
 
-def datasets(run: Run, opts: dict) -> tuple[ImageDataset, ImageDataset]:
-    return train_val_datasets(run.split, run.spec, opts["augment"], opts.get("soft_labels", False))
+def datasets(run: Run, opts: dict):
+    return run.task_impl.datasets(run.split, run.spec, opts)
+
+
+def hooks(run: Run, cfg, train_set):
+    return run.task_impl.hooks(run.classes, cfg, train_set)
 
 
 def teacher(opts: dict, parent: Run) -> torch.nn.Module | None:
@@ -76,7 +76,7 @@ def teacher(opts: dict, parent: Run) -> torch.nn.Module | None:
 
 
 def test_metrics(model: torch.nn.Module, run: Run, batch_size: int = 64) -> dict:
-    return headline(evaluate_model(model.eval(), run.split, run.spec, "test", batch_size=batch_size))
+    return run.task_impl.test_metrics(model, run, batch_size)
 
 
 def finish(
@@ -101,9 +101,12 @@ def finish(
             record.update(distributed.batch_record(config.get("batch-size") or config.get("batch_size")))
         history = [*parent.info.get("history", []), record]
         extra.setdefault("arch", parent.info.get("arch"))
+        if parent.info.get("options"):
+            extra.setdefault("options", parent.info["options"])  # the task's own model options
         write_run(
             out,
             stage=stage,
+            task=parent.task,
             model=parent.model_name,
             classes=parent.classes,
             spec=parent.spec,

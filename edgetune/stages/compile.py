@@ -13,7 +13,6 @@ import numpy as np
 
 from edgetune import log
 from edgetune.errors import EdgetuneError
-from edgetune.metrics import headline
 from edgetune.run import load_run
 from edgetune.stages.base import Result, Stage
 
@@ -52,7 +51,7 @@ class CompileStage(Stage):
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        arts = compile_and_evaluate(self.target, inp, final.split.parts["test"], staging, final.info.get("anomaly"))
+        arts = compile_and_evaluate(self.target, inp, final, staging)
         write_bundle(
             out / self.bundle, staging, self.target, inp, arts, exports, runs, self.key([r.key for r in inputs])
         )
@@ -62,13 +61,10 @@ class CompileStage(Stage):
         return (out / output["bundle"]).is_dir()
 
 
-def compile_and_evaluate(
-    target, inp, test: list[tuple[str, int]], dest: Path, anomaly: dict | None = None
-) -> dict[str, dict]:
-    """The target's artifacts in `dest`, each with its metrics on the `test`
-    images and a quick latency (the manifest's `artifacts`). `anomaly`: an
-    anomaly run's threshold and normalisation (its sessions are evaluated as
-    the device runs them, through `AnomalySession`)."""
+def compile_and_evaluate(target, inp, run, dest: Path) -> dict[str, dict]:
+    """The target's artifacts in `dest`, each with its metrics on the test images
+    of `run` (the bundle's source) and a quick latency (the manifest's
+    `artifacts`). Each session is read by the run's task as the device reads it."""
     from edgetune.export.checks import rule_problems
 
     profile, spec, onnx = target.profile, inp.spec, inp.onnx
@@ -84,8 +80,8 @@ def compile_and_evaluate(
         problems, notes = rule_problems(onnx_lib.load(str(onnx["int8"])), target.qdq_rules)
         if problems:
             raise EdgetuneError(
-                f"The INT8 ONNX {onnx['int8']} breaks {target.qdq_rules}'s explicit-quantization rules, so a {profile.name} "
-                "engine would not be INT8:\n  - "
+                f"The INT8 ONNX {onnx['int8']} breaks {target.qdq_rules}'s explicit-quantization rules, so a "
+                f"{profile.name} engine would not be INT8:\n  - "
                 + "\n  - ".join(problems[:20])
                 + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
             )
@@ -94,44 +90,32 @@ def compile_and_evaluate(
     for precision, art in arts.items():
         if precision == "int8" and checks:
             art["checks"] = checks
-        session = target.load(dest, {**art, "runtime": target.eval_runtime()}, spec)
-        if inp.task == "anomaly":
-            from edgetune.runtime.anomaly import AnomalySession, Normalisation
-
-            session = AnomalySession(session, Normalisation.from_dict(anomaly or {}))
-        metrics = {
-            "test": evaluate_session(
-                session, test, inp.classes, f"{profile.name} {precision}: test split via {session.name}", inp.task
-            )
-        }
+        session = run.task_impl.wrap(target.load(dest, {**art, "runtime": target.eval_runtime()}, spec), run)
+        metrics = {"test": evaluate_session(session, run, f"{profile.name} {precision}: test split via {session.name}")}
         metrics.update(measure_latency(session, spec, profile.options.get("threads") or None))
         metrics["evaluated_with"] = session.name
         metrics["inference_precision"] = session.inference_precision  # read back from the runtime (e.g. fp32, not bf16)
         art["metrics"] = metrics
         logger.info(
-            "bundle-%s %s via %s: test accuracy %.4f, F1 %.4f, %.2f ms (batch 1, this machine).",
+            "bundle-%s %s via %s: test %s, %.2f ms (batch 1, this machine).",
             profile.name,
             precision,
             session.name,
-            metrics["test"]["accuracy"],
-            metrics["test"]["f1"],
+            session.headline(metrics["test"]),
             metrics["latency_ms_p50"],
         )
     return arts
 
 
-def evaluate_session(
-    session, pairs: list[tuple[str, int]], classes: list[str], desc: str, task: str = "classification"
-) -> dict:
-    """Test metrics of a runtime session on OpenCV-decoded files: the device's own path.
-    An anomaly model's: image AUROC, AUPR, F1 and false alarms at the threshold."""
-    from edgetune.bench.artifacts import session_logits
-    from edgetune.metrics import anomaly_logit_metrics, classification_metrics
+def evaluate_session(session, run, desc: str) -> dict:
+    """Test metrics of a task session on the run's test images, decoded by OpenCV:
+    the device's own path."""
+    from edgetune.bench.artifacts import session_results
 
-    logits = session_logits(session, [p for p, _ in pairs], desc=desc)
-    if task == "anomaly":
-        return anomaly_logit_metrics([y for _, y in pairs], logits)
-    return headline(classification_metrics([y for _, y in pairs], logits, classes), extra=("confusion_matrix",))
+    pairs = run.split.parts["test"]
+    task = run.task_impl
+    results = session_results(session, [p for p, _ in pairs], desc=desc)
+    return task.artifact_metrics(task.results_metrics(results, [y for _, y in pairs], run.classes))
 
 
 def measure_latency(session, spec, threads: int | None = None) -> dict:

@@ -17,28 +17,39 @@ def export_name(precision: str, activations: str) -> str:
 
 
 class ExportStage(Stage):
-    def __init__(self, precision: str, activations: str, options: StageOptions, run: str):
+    """One ONNX variant of the final run, as its task exports it. `shared`: a dict
+    the build's export stages share (a task's work done once for every variant,
+    such as one post-training quantization)."""
+
+    def __init__(self, precision: str, activations: str, options: StageOptions, run: str, shared: dict | None = None):
         self.precision = precision
         self.activations = activations if precision == "int8" else "keep"
         self.tag = export_name(precision, self.activations)
         self.name, self.inputs = f"export-{self.tag}", (run,)
         self.options = options.with_values(precision=precision, activations=self.activations)
+        self.shared = {} if shared is None else shared
 
     def config(self) -> dict:
         return self.options.hashed()
 
     def run(self, inputs: list[Result], out: Path, resume: bool) -> dict:
-        from edgetune.export.onnx import export_onnx
+        from edgetune.export.graph import check_options
+        from edgetune.run import load_run
 
         path = out / "export" / f"model.{self.tag}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         opts = self.options.values
-        info = export_onnx(
-            out / inputs[0].output["run_dir"],
+        opset = opts.get("opset") or 17
+        check_options(self.precision, opset, self.activations, path)
+        run = load_run(out / inputs[0].output["run_dir"])
+        info = run.task_impl.export(
+            run,
             path,
             self.precision,
-            opts.get("opset") or 17,
+            opset,
             opts.get("check", True),
-            activations=self.activations,
+            self.activations,
+            shared=self.shared,
+            options=opts,
         )
         return {"file": f"export/{path.name}", "sha256": sha256_file(path), "info": info}

@@ -70,8 +70,9 @@ class Probe:
     threads: int | None
     calib: list[torch.Tensor]
     bn_x: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
+    val: object  # a loader of the validation images and their targets
+    task: object  # the run's task: what the graph adds and outputs, the validation loss
+    hooks: object  # the task's training hooks (validation metrics)
     workdir: Path
     base: object = None  # the unpruned model's session, the other half of every paired timing
     exported: int = 0  # ONNX files written to workdir (each session keeps its own)
@@ -85,7 +86,7 @@ class Probe:
 
     def session(self, model: torch.nn.Module):
         """A runtime session of `model` exported as the build would export it."""
-        from edgetune.export.graph import OUTPUT_NAME, save_onnx
+        from edgetune.export.graph import save_onnx
         from edgetune.runtime.backends import open_session
 
         model = copy.deepcopy(model).cpu().eval()
@@ -104,11 +105,23 @@ class Probe:
         self.exported += 1
         path = self.workdir / f"candidate{self.exported}.{self.precision}.onnx"
         activations = "uint8" if self.runtime == "onnxruntime" and self.precision == "int8" else "keep"
-        save_onnx(model, self.size, path, self.precision, 17, activations, [OUTPUT_NAME], "latency candidate")
+        outputs = list(self.task.session.outputs)
+        save_onnx(
+            self.task.deploy_module(model),
+            self.size,
+            path,
+            self.precision,
+            17,
+            activations,
+            outputs,
+            "latency candidate",
+        )
         artifact = {"precision": self.precision, "input": {"shape": [-1, 3, *self.size]}}
         return open_session(self.runtime, path, self.spec, artifact, threads=self.threads)
 
     def val_loss(self, model: torch.nn.Module) -> float:
+        from edgetune.train.predict import predict
+
         model = copy.deepcopy(model).cpu().eval()
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         for m in norms:  # adaptive BN: statistics of the pruned network, as a cumulative average
@@ -119,27 +132,22 @@ class Probe:
             for i in range(0, len(self.bn_x) if norms else 0, 32):
                 model(self.bn_x[i : i + 32])
             model.eval()
-            losses = [
-                torch.nn.functional.cross_entropy(
-                    model(self.val_x[i : i + 32]), self.val_y[i : i + 32], reduction="sum"
-                )
-                for i in range(0, len(self.val_x), 32)
-            ]
-        return float(sum(losses) / len(self.val_x))
+        return float(self.hooks.validate(*predict(model, self.val, hooks=self.hooks, local=True))["loss"])
 
 
 def make_probe(parent, runtime: str, precision: str, threads: int | None, workdir: Path) -> Probe:
     from edgetune.compress.quantize import calibration_tensors
     from edgetune.runtime.backends import require
+    from edgetune.train.loop import TrainConfig
 
     require(runtime)
     val = parent.split.parts["val"][:VAL_IMAGES]
     if not val:
         raise EdgetuneError(
-            f"--target-latency weighs each pruning step by the loss it adds on validation images, and {parent.dir}'s split has none."
+            f"--target-latency weighs each pruning step by the loss it adds on validation images, and {parent.dir}'s "
+            "split has none."
         )
-    x = torch.cat(calibration_tensors(parent, val))
-    y = torch.tensor([label for _, label in val])
+    task = parent.task_impl
     train = torch.cat(calibration_tensors(parent, parent.split.parts["train"][:BN_IMAGES]))
     return Probe(
         tuple(parent.spec.size),
@@ -149,16 +157,17 @@ def make_probe(parent, runtime: str, precision: str, threads: int | None, workdi
         threads,
         list(train[:CALIB_IMAGES].split(1)),
         train,
-        x,
-        y,
+        task.eval_loader(val, parent.spec, 32),
+        task,
+        task.hooks(parent.classes, TrainConfig()),
         workdir,
     )
 
 
-def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: int, imp: str) -> dict:
+def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: int, imp: str, keep=()) -> dict:
     """The per-group ratios that remove `target` of the latency, and the record of
     how they were chosen (see the module's docstring)."""
-    groups, macs0 = prune_groups(model), count_macs(model, probe.size)[0]
+    groups, macs0 = prune_groups(model, keep), count_macs(model, probe.size)[0]
     probe.base = probe.session(model)
     base_loss = probe.val_loss(model)
     probe.paired_ms(model)  # the first timings in a process run cold (first compile, caches): not the reference
@@ -169,7 +178,7 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
         for g in groups:
             saved[g], added[g] = {0.0: 0.0}, {0.0: 0.0}
             for r in GRID:
-                pruned = prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, {g: r})
+                pruned = prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, {g: r}, keep)
                 macs = count_macs(pruned, probe.size)[0]
                 if (
                     macs == macs0
@@ -191,7 +200,7 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
             if rounds and ratios == rounds[-1]["ratios"]:
                 break  # no measured step left that saves anything
             base_now, measured = probe.paired_ms(
-                prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, ratios)
+                prune_once(copy.deepcopy(model), probe.size, 0.0, round_to, imp, ratios, keep)
             )
             predicted = base_ms - sum(saved[g][r] for g, r in ratios.items())
             rounds.append(
@@ -205,10 +214,11 @@ def plan_ratios(model: torch.nn.Module, probe: Probe, target: float, round_to: i
     reached = 1 - rounds[-1]["measured_ms"] / rounds[-1]["base_ms"]
     if reached < target * 0.9:  # within a tenth of the goal counts: timing on a busy machine moves by that much
         raise EdgetuneError(
-            f"--target-latency {target:g}: the best plan found (each of {len(groups)} layer groups of {type(model).__name__} pruned by "
-            f"up to {GRID[-1]:.0%}) removed {reached:.0%} of its {probe.runtime} {probe.precision} latency ({rounds[-1]['base_ms']:.2f} -> "
-            f"{rounds[-1]['measured_ms']:.2f} ms): its latency there does not fall that far with its channels. Ask for less, time on "
-            "another --latency-runtime, or prune by --ratio or --target-macs."
+            f"--target-latency {target:g}: the best plan found (each of {len(groups)} layer groups of "
+            f"{type(model).__name__} pruned by up to {GRID[-1]:.0%}) removed {reached:.0%} of its {probe.runtime} "
+            f"{probe.precision} latency ({rounds[-1]['base_ms']:.2f} -> {rounds[-1]['measured_ms']:.2f} ms): its "
+            "latency there does not fall that far with its channels. Ask for less, time on another "
+            "--latency-runtime, or prune by --ratio or --target-macs."
         )
     logger.info(
         "--target-latency %.2f on %s %s: %.2f -> %.2f ms (%.0f%% less), ratios %s.",

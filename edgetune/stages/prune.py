@@ -37,12 +37,13 @@ def run_prune(opts: dict, config_record: dict):
     started = time.time()
     if sum(opts.get(k) is not None for k in ("ratio", "target_macs", "target_latency")) != 1:
         raise EdgetuneError(
-            "Give exactly one of --ratio (share of channels to remove, e.g. 0.3), --target-macs (share of MACs to remove, e.g. 0.5) "
-            "or --target-latency (share of the target runtime's latency to remove, e.g. 0.3)."
+            "Give exactly one of --ratio (share of channels to remove, e.g. 0.3), --target-macs (share of MACs to "
+            "remove, e.g. 0.5) or --target-latency (share of the target runtime's latency to remove, e.g. 0.3)."
         )
     parent, out = common.begin(opts, "pruned", config_record)
     size = tuple(parent.spec.size)
     model = parent.build_model()
+    keep = parent.task_impl.prune_ignored(model)  # the task's prediction layers, besides a timm classifier
     check_prunable(model, parent.model_name)
     teacher = common.teacher(opts, parent)
     macs0, params0 = count_macs(model, size)
@@ -50,10 +51,10 @@ def run_prune(opts: dict, config_record: dict):
     steps, round_to, imp = opts["steps"], opts["round_to"], opts["importance"]
     ratio, groups, plan = opts.get("ratio"), {}, None
     if opts.get("target_macs") is not None:
-        ratio = ratio_for_macs(model, size, opts["target_macs"], round_to, imp, steps)
+        ratio = ratio_for_macs(model, size, opts["target_macs"], round_to, imp, steps, keep)
         logger.info("--target-macs %.2f: pruning %.1f%% of the channels.", opts["target_macs"], 100 * ratio)
     elif opts.get("target_latency") is not None:
-        plan = distributed.on_main(lambda: _latency_plan(opts, parent, model, out))
+        plan = distributed.on_main(lambda: _latency_plan(opts, parent, model, out, keep))
         ratio, groups = 0.0, plan["ratios"]
     cfg = common.train_config(opts)
     done, saved = distributed.on_main(lambda: _resume_point(out, steps) if opts.get("resume") else (0, None))
@@ -66,7 +67,7 @@ def run_prune(opts: dict, config_record: dict):
         if k <= done:
             continue
         torch.manual_seed(cfg.seed * 100003 + k)  # --importance random: the same channels on every rank
-        prune_once(model, size, r, round_to, imp, {g: step_ratios(gr, steps)[k - 1] for g, gr in groups.items()})
+        prune_once(model, size, r, round_to, imp, {g: step_ratios(gr, steps)[k - 1] for g, gr in groups.items()}, keep)
         distributed.check_same(model, f"The model pruned in step {k}")
         macs, params = count_macs(model, size)
         logger.info(
@@ -74,10 +75,12 @@ def run_prune(opts: dict, config_record: dict):
         )
         row = {"step": k, "ratio": r, "macs": macs, "params": params}
         if cfg.epochs > 0:
+            train, val = common.datasets(parent, opts)
             result = fit(
                 model,
-                *common.datasets(parent, opts),
-                parent.classes,
+                train,
+                val,
+                common.hooks(parent, cfg, train),
                 cfg,
                 out / "ckpt" / f"step{k}",
                 resume=False,
@@ -125,7 +128,7 @@ def run_prune(opts: dict, config_record: dict):
     return out
 
 
-def _latency_plan(opts: dict, parent, model, out) -> dict:
+def _latency_plan(opts: dict, parent, model, out, keep: list) -> dict:
     """The measured per-group ratios for --target-latency: computed once, kept in
     OUT/latency_plan.json (a resumed run takes them from there, not from new timings)."""
     from edgetune.runtime.files import read_json
@@ -145,7 +148,7 @@ def _latency_plan(opts: dict, parent, model, out) -> dict:
         probe = make_probe(
             parent, opts["latency_runtime"], opts["latency_precision"], opts.get("latency_threads"), Path(tmp)
         )
-        plan = plan_ratios(model, probe, opts["target_latency"], opts["round_to"], opts["importance"])
+        plan = plan_ratios(model, probe, opts["target_latency"], opts["round_to"], opts["importance"], keep)
     write_json(path, plan)
     return plan
 
@@ -154,7 +157,8 @@ def _summary(parent, out, m) -> None:
     from rich.table import Table
 
     t = Table(title=f"Pruned {parent.model_name}: {out}")
-    for col in ("", "MACs", "parameters", "test accuracy", "test F1"):
+    metric = parent.task_impl.metric
+    for col in ("", "MACs", "parameters", f"test {metric}", "test"):
         t.add_column(col, justify="right")
     for name in ("before", "after"):
         r = m[name]
@@ -162,15 +166,15 @@ def _summary(parent, out, m) -> None:
             name,
             f"{r['macs'] / 1e6:.2f} M",
             f"{r['params'] / 1e6:.3f} M",
-            f"{r['test'].get('accuracy', float('nan')):.4f}",
-            f"{r['test'].get('f1', float('nan')):.4f}",
+            f"{r['test'].get(metric, float('nan')):.4f}",
+            parent.task_impl.session.headline(r["test"]),
         )
     b, a = m["before"], m["after"]
     t.add_row(
         "change",
         f"{100 * (a['macs'] / b['macs'] - 1):+.1f}%",
         f"{100 * (a['params'] / b['params'] - 1):+.1f}%",
-        f"{a['test'].get('accuracy', 0) - b['test'].get('accuracy', 0):+.4f}",
+        f"{a['test'].get(metric, 0) - b['test'].get(metric, 0):+.4f}",
         "",
     )
     if not log.quiet():

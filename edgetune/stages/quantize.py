@@ -40,10 +40,12 @@ def run_quantize(opts: dict, config_record: dict):
     metrics["test"] = metrics["calibration_test"]  # PTQ: the calibrated model is the result
     if mode == "qat" and opts["epochs"] > 0:
         cfg = common.train_config(opts)
+        train, val = common.datasets(parent, opts)
         result = fit(
             qmodel,
-            *common.datasets(parent, opts),
-            parent.classes,
+            train,
+            val,
+            common.hooks(parent, cfg, train),
             cfg,
             out / "ckpt",
             resume=opts.get("resume", False),
@@ -107,13 +109,14 @@ def _summary(parent, out, mode, metrics, calib) -> None:
     from rich.table import Table
 
     t = Table(title=f"{mode.upper()} INT8: {parent.model_name} -> {out}")
-    for col in ("model", "test accuracy", "test F1"):
+    task = parent.task_impl
+    for col in ("model", f"test {task.metric}", "test"):
         t.add_column(col, justify="right" if col != "model" else "left")
     rows = [("float (parent)", metrics["float_test"]), ("after calibration", metrics["calibration_test"])]
     if mode == "qat":
         rows.append(("after QAT", metrics["test"]))
     for name, m in rows:
-        t.add_row(name, f"{m.get('accuracy', float('nan')):.4f}", f"{m.get('f1', float('nan')):.4f}")
+        t.add_row(name, f"{m.get(task.metric, float('nan')):.4f}", task.session.headline(m))
     if not log.quiet():
         log.console.print(t)
         log.console.print(

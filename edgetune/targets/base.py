@@ -11,6 +11,7 @@ from typing import Any
 from edgetune.errors import EdgetuneError
 from edgetune.runtime import backends
 from edgetune.runtime.preprocess import PreprocessSpec
+from edgetune.runtime.tasks import DEFAULT
 from edgetune.targets.profile import Profile, check_option_fields
 
 
@@ -23,7 +24,7 @@ class CompileInput:
     spec: PreprocessSpec
     input_name: str
     input_shape: list  # [N, 3, H, W]; N None when any batch works
-    task: str = "classification"  # "anomaly": outputs score and map (raw nearest-neighbour distances)
+    task: str = DEFAULT  # the model's task (`edgetune.runtime.tasks`): what its outputs are
 
     def onnx_for(self, precision: str) -> Path:
         """int8 compiles from the Q/DQ model; fp16 and fp32 from the float one."""
@@ -37,13 +38,17 @@ class Target:
     """A plug-in declares what it can build and how; the compile stage does the rest."""
 
     runtime = "?"
-    precisions: tuple[str, ...] = ()  # the artifacts it can produce
     signed_activations = False  # True: its runtime takes only signed int8 activations (no uint8 Q/DQ)
     qdq_rules: str | None = None  # extra Q/DQ rules its INT8 ONNX must pass (export/checks.py RULES)
     OPTIONS: dict[str, tuple[Any, str]] = {}
 
     def __init__(self, profile: Profile):
         self.profile = profile
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The artifacts it can produce: its runtime's record."""
+        return backends.RUNTIMES[self.runtime].precisions
 
     @classmethod
     def check_options(cls, options: dict, where: str) -> None:
@@ -61,8 +66,9 @@ class Target:
         wrong = [p for p in self.profile.precisions if p not in self.precisions]
         if wrong:
             raise EdgetuneError(
-                f"Target profile {self.profile.source}: precision {', '.join(wrong)} in 'precision'/'fallback' cannot be built for "
-                f"{self.runtime}; it builds {', '.join(self.precisions)}. Change the profile's precision or fallback."
+                f"Target profile {self.profile.source}: precision {', '.join(wrong)} in 'precision'/'fallback' cannot "
+                f"be built for {self.runtime}; it builds {', '.join(self.precisions)}. Change the profile's precision "
+                "or fallback."
             )
         self.require()
 

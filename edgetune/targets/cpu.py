@@ -21,7 +21,6 @@ OFFLINE_LEVEL = "extended"  # portable across CPUs; "all" adds layout transforms
 
 class CpuTarget(Target):
     runtime = "onnxruntime"
-    precisions = ("int8", "fp32")  # ONNX Runtime's CPU provider has no fp16 kernels
     OPTIONS = {
         "threads": (int_at_least(0), "an integer >= 0 (0: all cores)"),
         "graph_optimization": (lambda v: v in GRAPH_LEVELS, f"one of {', '.join(GRAPH_LEVELS)}"),
@@ -57,8 +56,9 @@ class CpuTarget(Target):
 
     def readme(self, manifest: dict) -> str:
         return (
-            "Install on the device: `pip install 'edgetune[onnxruntime]'` (numpy, OpenCV and ONNX Runtime; no torch).\n"
-            "The `.onnx` files also run in any ONNX Runtime application: input float32 NCHW after the preprocessing below.\n"
+            "Install on the device: `pip install 'edgetune[onnxruntime]'` (numpy, OpenCV and ONNX Runtime; no "
+            "torch).\nThe `.onnx` files also run in any ONNX Runtime application: input float32 NCHW after the "
+            "preprocessing below.\n"
         )
 
 

@@ -16,6 +16,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.runtime.files import atomic_path
 from edgetune.runtime.ov import PLAIN_INPUT_NODE, has_bf16, require_bf16
 from edgetune.runtime.preprocess import PreprocessSpec
+from edgetune.runtime.tasks import DEFAULT, session_class
 from edgetune.targets.base import CompileInput, Target, int_at_least
 
 logger = log.get(__name__)
@@ -24,7 +25,6 @@ HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 class IntelTarget(Target):
     runtime = "openvino"
-    precisions = ("int8", "fp16", "bf16", "fp32")
     OPTIONS = {
         "device": (
             lambda v: (
@@ -97,9 +97,10 @@ class IntelTarget(Target):
 
     def readme(self, manifest: dict) -> str:
         return (
-            "Install on the device: `pip install 'edgetune[openvino]'` (numpy, OpenCV and OpenVINO; no torch).\n"
-            "The IR has the preprocessing built in: an OpenVINO application feeds uint8 BGR frames shaped (N, H, W, 3), "
-            "any H and W, and gets logits. Class names are in the IR's runtime info (`model_info/labels`, `edgetune/classes`).\n"
+            "Install on the device: `pip install 'edgetune[openvino]'` (numpy, OpenCV and OpenVINO; no torch).\nThe "
+            "IR has the preprocessing built in: an OpenVINO application feeds uint8 BGR frames shaped (N, H, W, 3), "
+            "any H and W, and gets logits. Class names are in the IR's runtime info (`model_info/labels`, "
+            "`edgetune/classes`).\n"
         )
 
 
@@ -109,7 +110,7 @@ def write_ir(
     spec: PreprocessSpec,
     classes: list[str],
     compress_to_fp16: bool = False,
-    task: str = "classification",
+    task: str = DEFAULT,
 ) -> None:
     import openvino as ov
 
@@ -123,10 +124,9 @@ def write_ir(
         " ".join(c.replace(" ", "_") for c in classes), ["model_info", "labels"]
     )  # OpenVINO Model API convention
     model.set_rt_info(task, ["edgetune", "task"])
-    if (
-        task == "classification"
-    ):  # Model API's anomaly type expects its own outputs, not edgetune's score and map: no type claimed
-        model.set_rt_info("Classification", ["model_info", "model_type"])
+    model_type = session_class(task).openvino_type  # a Model API type only where the outputs are that type's
+    if model_type:
+        model.set_rt_info(model_type, ["model_info", "model_type"])
     # The .xml/.bin pair is saved under temporary names, then each lands atomically.
     with atomic_path(xml) as tmp_xml, atomic_path(xml.with_suffix(".bin")) as tmp_bin:
         saved = tmp_xml.with_suffix(".ir.xml")
@@ -154,8 +154,8 @@ def check_cut(original, model, spec: PreprocessSpec, where: Path) -> None:
         if not np.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a).max()))):
             raise EdgetuneError(
                 f"{where}: the IR without its built-in preprocessing computes something else than the exported model "
-                f"(largest difference {float(np.abs(a - b).max()):.4g}): OpenVINO moved a preprocessing step into the model. "
-                "Please report this with the OpenVINO version."
+                f"(largest difference {float(np.abs(a - b).max()):.4g}): OpenVINO moved a preprocessing step into the "
+                "model. Please report this with the OpenVINO version."
             )
 
 

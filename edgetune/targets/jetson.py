@@ -20,7 +20,6 @@ TRTEXEC = "trtexec.sh"
 
 class JetsonTarget(Target):
     runtime = "tensorrt"
-    precisions = ("int8", "fp16")
     signed_activations = True  # TensorRT has no uint8 Q/DQ
     qdq_rules = "tensorrt"
     OPTIONS: dict = {}
@@ -76,10 +75,10 @@ class JetsonTarget(Target):
         trt = self.profile.tensorrt
         return (
             f"On the Jetson (JetPack >= {trt.get('min_jetpack', '?')}, TensorRT >= {trt.get('min_tensorrt', '?')}): "
-            "`pip install 'edgetune[tensorrt]'` (numpy, OpenCV, cuda-python; TensorRT comes with JetPack), then build the engine there:\n\n"
-            f"    edgetune engine build {manifest['name']}\n\n"
-            f"or with TensorRT's own tool: `sh {TRTEXEC}`. Engines are tied to the device's GPU and TensorRT version; "
-            "an engine built elsewhere is refused.\n"
+            "`pip install 'edgetune[tensorrt]'` (numpy, OpenCV, cuda-python; TensorRT comes with JetPack), then "
+            f"build the engine there:\n\n    edgetune engine build {manifest['name']}\n\nor with TensorRT's own tool: "
+            f"`sh {TRTEXEC}`. Engines are tied to the device's GPU and TensorRT version; an engine built elsewhere is "
+            "refused.\n"
         )
 
 

@@ -12,16 +12,12 @@ from typing import Any
 
 from edgetune.errors import EdgetuneError
 from edgetune.resources import data_dir
+from edgetune.runtime.backends import RUNTIMES as RUNTIMES_BY_NAME
 from edgetune.runtime.files import parse_yaml
 
-PRECISIONS = (
-    "int8",
-    "fp16",
-    "bf16",
-    "fp32",
-)  # bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (the plug-ins say which they build)
-RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
-HOST_RUNTIMES = ("onnxruntime", "openvino")  # run on the build machine's CPU too (TensorRT runs on the device)
+# bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (each runtime's record says what its plug-in builds)
+PRECISIONS = ("int8", "fp16", "bf16", "fp32")
+RUNTIMES = tuple(RUNTIMES_BY_NAME)
 ACTIVATIONS = ("auto", "int8")  # the quantize command's --activations
 
 
@@ -165,7 +161,8 @@ def _locate(name: str) -> tuple[str, str]:
     resource = _profiles_dir() / f"{name}.yaml"
     if not resource.is_file():
         raise EdgetuneError(
-            f"--target {name}: unknown target. Known targets: {', '.join(known_profiles())}; or give the path of your own profile YAML."
+            f"--target {name}: unknown target. Known targets: {', '.join(known_profiles())}; or give the path of your "
+            "own profile YAML."
         )
     return resource.read_text(encoding="utf-8"), f"{name} ({name}.yaml)"
 
@@ -194,8 +191,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
     activations = quant.get("activations", "int8" if plugin.signed_activations else "auto")
     if plugin.signed_activations and activations != "int8":
         raise EdgetuneError(
-            f"Target profile {where}: field 'quantization.activations' is {activations!r}, but {data['runtime']} has no uint8 "
-            "quantization; it must be int8."
+            f"Target profile {where}: field 'quantization.activations' is {activations!r}, but {data['runtime']} has "
+            "no uint8 quantization; it must be int8."
         )
     size = inp.get("size")
     if isinstance(size, int):

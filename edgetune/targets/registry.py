@@ -1,24 +1,19 @@
-"""Runtime name -> target plug-in. A new runtime is one module with a `Target`
-subclass, added here."""
+"""Runtime name -> target plug-in, as each runtime's record
+(`edgetune.runtime.backends.RUNTIMES`) names it."""
 
 from __future__ import annotations
 
 import importlib
 
 from edgetune.errors import EdgetuneError
-
-PLUGINS = {
-    "onnxruntime": "edgetune.targets.cpu:CpuTarget",
-    "openvino": "edgetune.targets.intel:IntelTarget",
-    "tensorrt": "edgetune.targets.jetson:JetsonTarget",
-}
+from edgetune.runtime.backends import RUNTIMES
 
 
 def plugin_for(runtime: str):
     """The plug-in class for a runtime (its module imports no runtime until used)."""
-    if runtime not in PLUGINS:
-        raise EdgetuneError(f"No target plug-in for runtime {runtime!r}; known: {', '.join(PLUGINS)}.")
-    module, attr = PLUGINS[runtime].split(":")
+    if runtime not in RUNTIMES:
+        raise EdgetuneError(f"No target plug-in for runtime {runtime!r}; known: {', '.join(RUNTIMES)}.")
+    module, attr = RUNTIMES[runtime].target.split(":")
     return getattr(importlib.import_module(module), attr)
 
 

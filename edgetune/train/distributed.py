@@ -74,14 +74,15 @@ def device_for(name: str = "auto") -> torch.device:
     local, count = local_rank(), torch.cuda.device_count()
     if device.index is not None:
         raise EdgetuneError(
-            f"--device {name}: under torchrun each process takes the GPU of its local rank; pass --device cuda (or auto), "
-            "and choose GPUs with CUDA_VISIBLE_DEVICES."
+            f"--device {name}: under torchrun each process takes the GPU of its local rank; pass --device cuda (or "
+            "auto), and choose GPUs with CUDA_VISIBLE_DEVICES."
         )
     if local >= count:
         raise EdgetuneError(
-            f"--device {name} under torchrun: this process is local rank {local} of {os.environ.get('LOCAL_WORLD_SIZE', '?')} "
-            f"on this machine, but it has {count} GPU(s). Start at most {count} processes per machine "
-            f"(torchrun --nproc-per-node {max(count, 1)}), or train on the CPU with --device cpu."
+            f"--device {name} under torchrun: this process is local rank {local} of "
+            f"{os.environ.get('LOCAL_WORLD_SIZE', '?')} on this machine, but it has {count} GPU(s). Start at most "
+            f"{count} processes per machine (torchrun --nproc-per-node {max(count, 1)}), or train on the CPU with "
+            "--device cpu."
         )
     return torch.device("cuda", local)
 

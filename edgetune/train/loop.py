@@ -18,33 +18,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, Subset, WeightedRandomSampler
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 from edgetune import log
-from edgetune.data.dataset import ImageDataset, make_loader
+from edgetune.data.dataset import make_loader
 from edgetune.errors import EdgetuneError
-from edgetune.metrics import classification_metrics
 from edgetune.models.freeze import apply_freeze, parameter_groups
 from edgetune.runtime.files import atomic_path
 from edgetune.train import distributed
+from edgetune.train.hooks import TrainHooks
+from edgetune.train.predict import NHWC, nhwc, predict
 
 logger = log.get(__name__)
-METRICS = ("accuracy", "balanced_accuracy", "f1", "loss")
-DISTILL_T = (
-    2.0  # softmax temperature of knowledge distillation (Hinton et al.): softer targets carry the teacher's doubts
-)
-# Training and validation run in channels_last (NHWC): on a 2-core AVX2 CPU a training
-# step of efficientnet_lite0 at 300 px took 3.1 s instead of 5.4 s; the results are the
-# same. Models are handed back in the default layout, so what callers save or export
-# does not change.
-NHWC = torch.channels_last
-
-
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=NHWC) if x.dim() == 4 else x
 
 
 @dataclass
@@ -56,10 +43,10 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | sgd
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    balance: str = "loss"  # loss (class-weighted) | sampler | none
+    balance: str = "loss"  # loss (class-weighted, where the task weighs classes) | sampler | none
     freeze: str = "full"
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
-    metric: str = "accuracy"
+    metric: str | None = None  # None: the task's first validation metric
     keep: str = "best"  # best: the epoch with the best validation metric | last: the last epoch trained
     seed: int = 0
     distill: float = 0.0  # weight of the teacher's soft targets in the loss (needs a teacher); 0 = plain labels
@@ -75,6 +62,12 @@ class TrainConfig:
         return asdict(self)
 
 
+def train_config(opts: dict) -> TrainConfig:
+    """The training loop's settings from a command's options."""
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: opts[k] for k in fields if opts.get(k) is not None})
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -82,33 +75,6 @@ class FitResult:
     kept_epoch: int = -1  # the epoch whose weights the model holds on return
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over a loader, in eval mode. Under torchrun every rank
-    predicts its share of the images and receives all of them, in loader order:
-    every rank must call it."""
-    device = device or next(model.parameters()).device
-    world = distributed.world_size()
-    if world > 1:
-        mine = range(distributed.rank(), len(loader.dataset), world)
-        loader = make_loader(Subset(loader.dataset, mine), loader.batch_size, loader.num_workers)
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for x, y in loader:
-        logits.append(model(_nhwc(x.to(device))).float().cpu().numpy())
-        labels.append(np.asarray(y))
-    model.train(was_training)
-    if world > 1:
-        shares = [s for s in distributed.all_gather((list(mine), logits, labels)) if s[1]]
-        order = np.argsort(np.concatenate([s[0] for s in shares])) if shares else []
-        logits = [np.concatenate([a for s in shares for a in s[1]])[order]] if shares else []
-        labels = [np.concatenate([a for s in shares for a in s[2]])[order]] if shares else []
-    if not logits:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(logits), np.concatenate(labels)
 
 
 class RankShare(Sampler):
@@ -157,44 +123,30 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise EdgetuneError(f"--optimizer {cfg.optimizer!r}: use adamw or sgd.")
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, beta: torch.distributions.Beta) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Each image blended with another of the batch by a weight drawn from `beta`
-    (from torch's seeded generator, so a resumed epoch draws the same): the blend,
-    the other images' labels, and the weight of the first."""
-    lam = float(beta.sample())
-    perm = torch.randperm(len(x), device=x.device)
-    return lam * x + (1 - lam) * x[perm], y[perm], lam
-
-
-def _class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    return torch.tensor(len(labels) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
-
-
 def fit(
     model: nn.Module,
-    train_set: ImageDataset,
-    val_set: ImageDataset,
-    classes: list[str],
+    train_set: Dataset,
+    val_set: Dataset,
+    hooks: TrainHooks,
     cfg: TrainConfig,
     ckpt_dir: Path,
     resume: bool = False,
     desc: str = "train",
     teacher: nn.Module | None = None,
 ) -> FitResult:
-    """Train `model` in place; on return it holds the best validation weights
-    (or, with `cfg.keep` "last", the last epoch's; with `cfg.ema`, their average).
-    `ckpt_dir` receives best.pt (state dict) and last.pt (resume state). With a
-    `teacher` and `cfg.distill` > 0, the loss mixes the labels with the teacher's
-    tempered predictions (knowledge distillation)."""
-    if cfg.metric not in METRICS:
-        raise EdgetuneError(f"--metric {cfg.metric!r}: use one of {', '.join(METRICS)}.")
+    """Train `model` in place with the task's `hooks` (loss, predictions, validation
+    metrics); on return it holds the best validation weights (or, with `cfg.keep`
+    "last", the last epoch's; with `cfg.ema`, their average). `ckpt_dir` receives
+    best.pt (state dict) and last.pt (resume state). With a `teacher` and
+    `cfg.distill` > 0, the task's loss learns from the teacher's predictions too
+    (knowledge distillation)."""
+    metric = cfg.metric or hooks.metrics[0]
+    if metric not in hooks.metrics:
+        raise EdgetuneError(f"--metric {metric!r}: use one of {', '.join(hooks.metrics)}.")
     if cfg.keep not in ("best", "last"):
         raise EdgetuneError(f"--keep {cfg.keep!r}: use best or last.")
     if cfg.balance not in ("loss", "sampler", "none"):
         raise EdgetuneError(f"--balance {cfg.balance!r}: use loss, sampler or none.")
-    if cfg.mixup < 0:
-        raise EdgetuneError(f"--mixup {cfg.mixup}: give the Beta distribution's alpha (e.g. 0.2), or 0 for none.")
     rank, world = distributed.rank(), distributed.world_size()
     main = distributed.is_main()
     device = distributed.device_for(cfg.device)
@@ -202,16 +154,19 @@ def fit(
     ckpt_dir = Path(ckpt_dir)
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
 
-    weights = _class_weights(train_set.labels, len(classes))
-    criterion = nn.CrossEntropyLoss(
-        weight=weights.to(device) if cfg.balance == "loss" else None, label_smoothing=cfg.label_smoothing
-    )
+    hooks = hooks.to(device)
+    weights = hooks.sample_weights(train_set) if cfg.balance == "sampler" else None
+    if cfg.balance == "sampler" and weights is None:
+        raise EdgetuneError(
+            "--balance sampler weights images by their class, and this task's targets have none. Use --balance loss or "
+            "none."
+        )
     steps_per_epoch = max(1, math.ceil(len(train_set) / (cfg.batch_size * world)))
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     )
-    val_loader = make_loader(val_set, cfg.batch_size, cfg.workers, shuffle=False)
+    val_loader = make_loader(val_set, cfg.batch_size, cfg.workers, shuffle=False, collate_fn=hooks.collate)
     train_model, trainable = model, None
     if cfg.distill > 0 and teacher is None:
         raise EdgetuneError(f"--distill {cfg.distill}: distillation needs a teacher model.")
@@ -223,25 +178,8 @@ def fit(
     ema = _ema(model, cfg.ema) if cfg.ema > 0 else None
     scored = ema.module if ema is not None else model
 
-    mix = torch.distributions.Beta(cfg.mixup, cfg.mixup) if cfg.mixup > 0 else None
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if mix is not None:
-            x, y_other, lam = mixup(x, y, mix)
-        logits = train_model(x)
-        loss = criterion(logits, y)
-        if mix is not None:
-            # the loss of a blend is the blend of the losses on both labels (Zhang et al. 2018)
-            loss = lam * loss + (1 - lam) * criterion(logits, y_other)
-        if cfg.distill > 0:
-            with torch.no_grad():
-                target = torch.softmax(teacher(x) / DISTILL_T, dim=1)
-            kd = (
-                nn.functional.kl_div(torch.log_softmax(logits / DISTILL_T, dim=1), target, reduction="batchmean")
-                * DISTILL_T**2
-            )
-            loss = (1 - cfg.distill) * loss + cfg.distill * kd
-        return loss
+    def loss_fn(x: torch.Tensor, y) -> torch.Tensor:
+        return hooks.loss(train_model, x, y, teacher if cfg.distill > 0 else None)
 
     history: list[dict] = []
     start, best, best_epoch, since_best = 0, -math.inf, -1, 0
@@ -298,8 +236,7 @@ def fit(
             torch.manual_seed(cfg.seed * 100003 + epoch)
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
             if cfg.balance == "sampler":
-                w = weights[torch.tensor(train_set.labels)]
-                sampler = WeightedRandomSampler(w, num_samples=len(train_set), replacement=True, generator=gen)
+                sampler = WeightedRandomSampler(weights, num_samples=len(train_set), replacement=True, generator=gen)
                 sampler = RankShare(sampler, rank, world) if world > 1 else sampler
             elif world > 1:
                 # each rank a disjoint share of a permutation seeded by seed and epoch
@@ -308,18 +245,24 @@ def fit(
             else:
                 sampler = torch.utils.data.RandomSampler(train_set, generator=gen)
             loader = make_loader(
-                train_set, cfg.batch_size, cfg.workers, sampler=sampler, drop_last=len(sampler) > cfg.batch_size
+                train_set,
+                cfg.batch_size,
+                cfg.workers,
+                sampler=sampler,
+                drop_last=len(sampler) > cfg.batch_size,
+                collate_fn=hooks.collate,
             )
             task = progress.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
             train_model.train()
             total, count, tick = 0.0, 0, time.perf_counter()
             for step, (x, y) in enumerate(loader):
-                x, y = _nhwc(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+                x, y = nhwc(x.to(device, non_blocking=True)), _to(y, device)
                 loss = loss_fn(x, y)
                 if not torch.isfinite(loss):
                     kept = f" The last good checkpoint is kept in {last_path}." if last_path.exists() else ""
                     raise EdgetuneError(
-                        f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}.{kept} Lower --lr (now {cfg.lr}) and rerun with --resume."
+                        f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}.{kept} Lower "
+                        f"--lr (now {cfg.lr}) and rerun with --resume."
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -327,27 +270,19 @@ def fit(
                 scheduler.step()
                 if ema is not None:
                     ema.update(model, step=epoch * steps_per_epoch + step + 1)
-                total += loss.item() * len(y)
-                count += len(y)
+                total += loss.item() * len(x)
+                count += len(x)
                 progress.update(task, advance=1, info=f"loss {total / count:.4f}")
             progress.remove_task(task)
             total, count = distributed.all_sum([total, count])
             seconds = time.perf_counter() - tick  # the training steps of every rank (all_sum waits for the last)
 
-            logits, labels = predict(scored, val_loader, device)
-            val = classification_metrics(labels, logits, classes, full=False)
-            val["loss"] = (
-                float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())
-                if len(labels)
-                else 0.0
-            )
-            score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
+            val = hooks.validate(*predict(scored, val_loader, device, hooks))
+            score = hooks.score(val, metric)
             row = {
                 "epoch": epoch + 1,
                 "train_loss": total / max(1, count),
-                "val_accuracy": val["accuracy"],
-                "val_f1": val["f1"],
-                "val_loss": val["loss"],
+                **{f"val_{k}": val[k] for k in hooks.metrics},
                 "lr": max(g["lr"] for g in optimizer.param_groups),
                 "trainable_params": n_train,
                 "train_images": int(count),
@@ -377,17 +312,16 @@ def fit(
                     last_path,
                 )
                 logger.info(
-                    "%s epoch %d/%d: train loss %.4f, val acc %.4f, val F1 %.4f%s",
+                    "%s epoch %d/%d: train loss %.4f, val %s%s",
                     desc,
                     epoch + 1,
                     cfg.epochs,
                     row["train_loss"],
-                    val["accuracy"],
-                    val["f1"],
+                    ", ".join(f"{k} {val[k]:.4f}" for k in hooks.metrics),
                     "  (best)" if improved else "",
                 )
             if cfg.patience and since_best >= cfg.patience:
-                logger.info("Early stop: no better val %s in %d epochs.", cfg.metric, cfg.patience)
+                logger.info("Early stop: no better val %s in %d epochs.", metric, cfg.patience)
                 stopped = True
                 break
 
@@ -426,6 +360,16 @@ def _ema(model: nn.Module, decay: float):
         raise EdgetuneError(
             f"--ema {decay}: cannot keep an average of this model ({type(e).__name__}: {e}). Train without --ema."
         ) from None
+
+
+def _to(y, device: torch.device):
+    """A batch's targets on the device: a tensor, or the tensors of a list of dicts
+    (one per image, as detection gives them)."""
+    if isinstance(y, torch.Tensor):
+        return y.to(device, non_blocking=True)
+    if isinstance(y, list):
+        return [{k: _to(v, device) for k, v in t.items()} if isinstance(t, dict) else _to(t, device) for t in y]
+    return y
 
 
 def save_atomic(obj, path: Path) -> None:

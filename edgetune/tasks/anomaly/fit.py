@@ -1,8 +1,7 @@
-"""Fitting PatchCore on the normal images of a split (the mechanics; the
-driver that writes the run is stages/anomaly.py): patch embeddings of the train
-split's normal images -> greedy coreset (the memory bank, bounded in MB) ->
-threshold and normalisation on the validation split; scoring; restoring a
-fitted run's module.
+"""Fitting PatchCore on the normal images of a split: patch embeddings of the
+train split's normal images -> greedy coreset (the memory bank, bounded in MB) ->
+threshold and normalisation on the validation split; scoring; restoring a fitted
+run's module. `fit_patchcore` is the task's fit (the finetune stage writes the run).
 
 Only the normal class of the train split is ever seen while fitting; labelled
 anomalies in train are not used. Validation anomalies, where there are some,
@@ -17,7 +16,7 @@ import torch
 
 from edgetune import log
 from edgetune.errors import EdgetuneError
-from edgetune.runtime.anomaly import CLASSES, Normalisation
+from edgetune.runtime.tasks.anomaly import CLASSES, Normalisation
 
 logger = log.get(__name__)
 MIN_NORMAL = 10
@@ -27,7 +26,8 @@ DEFAULTS = {"coreset": 0.1, "max_bank_mb": 256.0, "max_false_alarm": 0.01, "batc
 def normal_index(classes: list[str], normal: str | None, source: str) -> int:
     if not normal:
         raise EdgetuneError(
-            f"--task anomaly needs --normal CLASS: the class of good parts to fit on. Classes in {source}: {', '.join(classes)}."
+            f"--task anomaly needs --normal CLASS: the class of good parts to fit on. Classes in {source}: "
+            f"{', '.join(classes)}."
         )
     if normal not in classes:
         raise EdgetuneError(f"--normal {normal}: no such class in {source}. Its classes are: {', '.join(classes)}.")
@@ -70,7 +70,7 @@ def score_images(model, paths: list[str], spec, batch_size: int = 16, desc: str 
 
 def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, seed: int, batch_size: int) -> dict:
     """Fill `model`'s memory bank from the normal images at `paths`; returns its record."""
-    from edgetune.models.patchcore import bank_mb, greedy_coreset
+    from edgetune.tasks.anomaly.patchcore import bank_mb, greedy_coreset
 
     if not 0 < coreset <= 1:
         raise EdgetuneError(
@@ -85,9 +85,10 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
     size_mb = bank_mb(rows, dim)
     if size_mb > max_bank_mb:
         raise EdgetuneError(
-            f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches x --coreset {coreset:g}): "
-            f"{size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower --coreset (e.g. {coreset * max_bank_mb / size_mb / 1.05:.3g}) "
-            f"or --img-size (now {spec.size[0]}; the patch grid shrinks with its square), or raise --max-bank-mb."
+            f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches x "
+            f"--coreset {coreset:g}): {size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower --coreset (e.g. "
+            f"{coreset * max_bank_mb / size_mb / 1.05:.3g}) or --img-size (now {spec.size[0]}; the patch grid shrinks "
+            "with its square), or raise --max-bank-mb."
         )
     emb = embed_images(model.embedder, paths, spec, batch_size, "patch features of normal images")
     patches = emb.permute(0, 2, 3, 1).reshape(-1, dim)
@@ -118,17 +119,19 @@ def calibrate(
     model, split, spec, normal_class: str, max_false_alarm: float, batch_size: int
 ) -> tuple[Normalisation, dict]:
     """Threshold + normalisation from the (binary) validation split's raw scores."""
-    from edgetune.metrics import anomaly_threshold
+    from edgetune.tasks.anomaly.metrics import anomaly_threshold
 
     val = split.parts["val"]
     y = anomalous_labels(val)
     if (~y).sum() == 0:
         raise EdgetuneError(
-            f"The validation split holds no '{normal_class}' images to set the threshold on; give more data or a larger --val-frac."
+            f"The validation split holds no '{normal_class}' images to set the threshold on; give more data or a "
+            "larger --val-frac."
         )
     if not 0 < max_false_alarm < 1:
         raise EdgetuneError(
-            f"--max-false-alarm {max_false_alarm}: give the share of normal images allowed to raise an alarm, in (0, 1) (0.01 = 1%)."
+            f"--max-false-alarm {max_false_alarm}: give the share of normal images allowed to raise an alarm, in (0, "
+            "1) (0.01 = 1%)."
         )
     scores, _ = score_images(model, [p for p, _ in val], spec, batch_size, "validation scores")
     threshold, rule = anomaly_threshold(y, scores, max_false_alarm)
@@ -137,7 +140,7 @@ def calibrate(
 
 
 def evaluate_split(model, split, spec, norm: Normalisation, part: str = "test", batch_size: int = 16) -> dict:
-    from edgetune.metrics import anomaly_metrics
+    from edgetune.tasks.anomaly.metrics import anomaly_metrics
 
     pairs = split.parts[part]
     scores, _ = score_images(model, [p for p, _ in pairs], spec, batch_size, f"{part} scores")
@@ -146,7 +149,7 @@ def evaluate_split(model, split, spec, norm: Normalisation, part: str = "test", 
 
 def load_patchcore(run):
     """A fitted anomaly run's PatchCore module, rebuilt from its records (weights_only)."""
-    from edgetune.models.patchcore import build_patchcore
+    from edgetune.tasks.anomaly.patchcore import build_patchcore
 
     info = run.info.get("anomaly") or {}
     bank = info.get("bank") or {}
@@ -165,13 +168,6 @@ def run_norm(run) -> Normalisation:
     return Normalisation.from_dict(run.info["anomaly"])
 
 
-def load_patchcore_logits(run):
-    from edgetune.models.patchcore import PatchCoreLogits
-
-    norm = run_norm(run)
-    return PatchCoreLogits(load_patchcore(run), norm.center, norm.scale).eval()
-
-
 def binary_split(split, normal: int):
     """The split relabelled normal (0) / anomalous (1): the same images, so the
     test split holds both kinds, seeded and stratified by the source's classes."""
@@ -183,3 +179,63 @@ def binary_split(split, normal: int):
         parts={k: [(p, int(y != normal)) for p, y in v] for k, v in split.parts.items()},
         soft={},
     )
+
+
+def fit_patchcore(opts: dict, split, out):
+    """Fit PatchCore on the train split's --normal images, set the threshold on
+    validation, evaluate on test: what the finetune stage writes as the run."""
+    import timm
+
+    from edgetune.models.backbone import resolve_preprocess
+    from edgetune.tasks.anomaly.patchcore import build_patchcore, feature_indices
+    from edgetune.tasks.base import Fitted
+
+    started = time.time()
+    opts = {**DEFAULTS, **{k: v for k, v in opts.items() if v is not None}}
+    indices = feature_indices(opts["model"])
+    normal = normal_index(split.classes, opts.get("normal"), opts["data"])
+    source_classes, normal_class = split.classes, split.classes[normal]
+    split = binary_split(split, normal)
+    train = [p for p, y in split.parts["train"] if y == 0]
+    if len(train) < MIN_NORMAL:
+        raise EdgetuneError(
+            f"--normal {normal_class}: the train split holds only {len(train)} image(s) of that class; PatchCore "
+            f"needs at least {MIN_NORMAL} normal images to fit on (hundreds are better). Add images of good parts."
+        )
+    torch.manual_seed(opts["seed"])
+    spec = resolve_preprocess(timm.create_model(opts["model"], pretrained=False), opts.get("img_size"))
+    model = build_patchcore(opts["model"], tuple(spec.size), opts["pretrained"], opts.get("weights"), indices=indices)
+    logger.info(
+        "Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.",
+        len(train),
+        normal_class,
+        opts["model"],
+        *spec.size,
+        opts["coreset"],
+    )
+    batch = int(opts["batch_size"])
+    bank = fit_bank(model, train, spec, float(opts["coreset"]), float(opts["max_bank_mb"]), int(opts["seed"]), batch)
+    norm, val_info = calibrate(model, split, spec, normal_class, float(opts["max_false_alarm"]), batch)
+    test = evaluate_split(model, split, spec, norm, "test", batch)
+    metrics = {
+        "test": test,
+        "bank": bank,
+        "threshold": norm.to_dict(),
+        **val_info,
+        "fit_seconds": round(time.time() - started, 1),
+    }
+    info = {"anomaly": {**norm.to_dict(), "source_classes": source_classes, "feature_indices": indices, "bank": bank}}
+    auroc, far = test.get("auroc"), test["false_alarm_rate"]
+    logger.info(
+        "PatchCore on %s: bank %d x %d (%.1f MB); test AUROC %s, F1 %.3f, false alarms %s at threshold %.4g (raw; %s).",
+        opts["model"],
+        bank["rows"],
+        bank["dim"],
+        bank["size_mb"],
+        f"{auroc:.4f}" if auroc is not None else "-",
+        test["f1"],
+        f"{100 * far:.1f}%" if far is not None else "-",
+        norm.threshold_raw,
+        norm.rule,
+    )
+    return Fitted(model, spec, split, metrics, stage="fit", info=info)

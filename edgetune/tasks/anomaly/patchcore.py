@@ -21,13 +21,13 @@ greedy loop cheap."""
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgetune.errors import EdgetuneError
+from edgetune.models.backbone import create_features
 
 STRIDES = (8, 16)  # the mid-level stages PatchCore takes (ResNet: layer2, layer3)
 PROJECTION_DIM = 128
@@ -40,46 +40,27 @@ def feature_indices(name: str) -> list[int]:
 
     if not timm.is_model(name):
         raise EdgetuneError(
-            f"--model {name}: not a timm model name. PatchCore takes a CNN such as resnet18, efficientnet_lite0 or convnext_atto."
+            f"--model {name}: not a timm model name. PatchCore takes a CNN such as resnet18, efficientnet_lite0 or "
+            "convnext_atto."
         )
     try:
         info = timm.create_model(name, pretrained=False, features_only=True).feature_info
         reductions = list(info.reduction())
     except Exception as e:  # noqa: BLE001 - timm raises several kinds for models without feature maps
         raise EdgetuneError(
-            f"--model {name}: timm cannot give its intermediate feature maps ({str(e).splitlines()[0]}); PatchCore needs a CNN backbone."
+            f"--model {name}: timm cannot give its intermediate feature maps ({str(e).splitlines()[0]}); PatchCore "
+            "needs a CNN backbone."
         ) from None
     idx = [reductions.index(s) for s in STRIDES if s in reductions]
     if len(idx) != len(STRIDES) or len(set(reductions)) < 2:
         raise EdgetuneError(
-            f"--model {name}: PatchCore needs a CNN's mid-level feature maps at strides {' and '.join(map(str, STRIDES))} "
-            f"(ResNet's layer2 + layer3); this model's features are at strides {sorted(set(reductions))}. A ViT's patch tokens "
-            "form a single stride-16 grid already mixed globally by attention, which is not the local, multi-scale patch "
-            "feature PatchCore relies on; ViTs are refused. Use a CNN: resnet18, efficientnet_lite0, convnext_atto, ..."
+            f"--model {name}: PatchCore needs a CNN's mid-level feature maps at strides "
+            f"{' and '.join(map(str, STRIDES))} (ResNet's layer2 + layer3); this model's features are at strides "
+            f"{sorted(set(reductions))}. A ViT's patch tokens form a single stride-16 grid already mixed globally by "
+            "attention, which is not the local, multi-scale patch feature PatchCore relies on; ViTs are refused. Use "
+            "a CNN: resnet18, efficientnet_lite0, convnext_atto, ..."
         )
     return idx
-
-
-def create_features(name: str, indices: list[int], pretrained: bool = True, weights=None) -> nn.Module:
-    """timm's `features_only` network for `indices`, with the ImageNet (or given)
-    weights of the whole model loaded by name (offline packages included)."""
-    import timm
-
-    from edgetune.models.backbone import create_backbone
-
-    features = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(indices))
-    if pretrained or weights is not None:
-        full = create_backbone(name, None, pretrained=pretrained, weights=weights).state_dict()
-        own = features.state_dict()
-        # FeatureListNet names a nested stage `stages_2` where the model has `stages.2`.
-        mapped = {k: full.get(k, full.get(re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k))) for k in own}
-        missing = [k for k, v in mapped.items() if v is None or v.shape != own[k].shape]
-        if missing:
-            raise EdgetuneError(
-                f"--model {name}: the pretrained weights do not fit its feature layers (e.g. {', '.join(missing[:3])})."
-            )
-        features.load_state_dict(mapped)
-    return features
 
 
 class PatchEmbedder(nn.Module):
@@ -200,19 +181,3 @@ def build_patchcore(
     if bank is None:
         bank = torch.zeros(1, probe.shape[1])
     return PatchCore(embedder, bank, size, tuple(probe.shape[-2:])).eval()
-
-
-class PatchCoreLogits(nn.Module):
-    """PatchCore as the two-class logits the runtime's `AnomalySession.run` gives
-    (normal, anomalous): what classifier-shaped consumers (compare, verify, bench)
-    run as the PyTorch reference."""
-
-    def __init__(self, model: PatchCore, center: float, scale: float):
-        super().__init__()
-        self.model, self.center, self.scale = model, float(center), float(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from edgetune.runtime.anomaly import LOGIT_SCALE, THRESHOLD
-
-        s = 0.5 + (self.model(x)[0] - self.center) / self.scale
-        return torch.stack([torch.zeros_like(s), LOGIT_SCALE * (s - THRESHOLD)], 1)

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgetune import log
 from edgetune.errors import EdgetuneError
-from edgetune.runtime.anomaly import MAP, SCORE
+from edgetune.runtime.tasks.anomaly import MAP, SCORE
 
 logger = log.get(__name__)
 # The export must rank images as the module it came from does. Not 0.99: ONNX Runtime's
@@ -47,7 +47,7 @@ def quantized_patchcore(run, calibration: str = "default", count: int | None = N
     """(PatchCore with an NNCF-quantized embedder, quantization record)."""
     from edgetune.compress.calibration import load_recipe, select
     from edgetune.compress.quantize import calibration_tensors, quantize_model
-    from edgetune.train.anomaly import load_patchcore
+    from edgetune.tasks.anomaly.fit import load_patchcore
 
     model = load_patchcore(run)
     recipe = load_recipe(calibration)
@@ -106,7 +106,7 @@ def export_patchcore(
     from edgetune.export.graph import INPUT_NAME, check_options, save_onnx, static_checks
     from edgetune.run import Run, load_run
     from edgetune.runtime.files import sha256_file
-    from edgetune.train.anomaly import load_patchcore
+    from edgetune.tasks.anomaly.fit import load_patchcore
 
     if not isinstance(run, Run):
         run = load_run(run)
@@ -182,12 +182,13 @@ def compare_scores(path: Path, model, run, n: int) -> dict:
         "min_spearman": MIN_SPEARMAN,
         "max_score_diff": float(np.abs(ref_s - got_s).max()),
         "max_map_diff": float(np.abs(ref_m - got_m).max()),
+        "summary": f"score ranks agree with PyTorch (Spearman {rho:.4f}) on {len(images)} images",
     }
     if not rho >= MIN_SPEARMAN:
         raise EdgetuneError(
-            f"Export {path}: ONNX Runtime's anomaly scores rank {len(images)} images differently from PyTorch's (Spearman "
-            f"{rho:.4f} < {MIN_SPEARMAN}; largest score difference {out['max_score_diff']:.4g}). The exported graph computes "
-            "something else than the fitted model."
+            f"Export {path}: ONNX Runtime's anomaly scores rank {len(images)} images differently from PyTorch's "
+            f"(Spearman {rho:.4f} < {MIN_SPEARMAN}; largest score difference {out['max_score_diff']:.4g}). The "
+            "exported graph computes something else than the fitted model."
         )
     return out
 

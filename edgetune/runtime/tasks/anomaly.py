@@ -1,4 +1,4 @@
-"""Anomaly bundles on the device (torch-free): the model's raw `score` (N) and
+"""Anomaly detection on the device (torch-free): the model's raw `score` (N) and
 `map` (N x H x W) -> normalised score, heat map and the `anomalous` flag.
 
 The manifest's `anomaly` section (written by the build) holds:
@@ -11,12 +11,10 @@ The manifest's `anomaly` section (written by the build) holds:
     map_size        [H, W] of the `map` output (the model's input size)
     normal_class    the class the model was fitted on
 
-`AnomalySession` wraps any runtime session. `detect(batch)` / `detect_frames`
-give {score, map, anomalous}. For the code written for classifiers (bench,
-compare, verify, camera alarms) its `run` returns two logits per image,
-(0, LOGIT_SCALE * (score - 0.5)), classes ["normal", "anomalous"]: softmax
-P(anomalous) is 0.5 exactly at the threshold and orders images as the score
-does, so argmax is the flag and `--alarm anomalous:0.5` fires on it."""
+`AnomalySession` wraps any runtime session. `detect(batch)` / `detect_frames` give
+{score, map, anomalous} arrays; `predict` gives one `AnomalyResult` per image. A
+record's class is "anomalous" or "normal" and its score the normalised score, so
+`--alarm anomalous:0.5` fires on the flag."""
 
 from __future__ import annotations
 
@@ -27,12 +25,11 @@ import numpy as np
 
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.preprocess import preprocess
+from edgetune.runtime.tasks.base import TaskSession
 
-TASK = "anomaly"
 CLASSES = ["normal", "anomalous"]
 SCORE, MAP = "score", "map"
 THRESHOLD = 0.5
-LOGIT_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class Normalisation:
     @classmethod
     def from_scores(
         cls, threshold_raw: float, scores, map_size, rule: str = "", normal_class: str = ""
-    ) -> "Normalisation":
+    ) -> Normalisation:
         s = np.asarray(scores, dtype=np.float64)
         spread = float(s.max() - s.min()) if len(s) else 0.0
         return cls(
@@ -75,7 +72,7 @@ class Normalisation:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalisation":
+    def from_dict(cls, d: dict) -> Normalisation:
         try:
             return cls(
                 float(d["threshold_raw"]),
@@ -91,30 +88,24 @@ class Normalisation:
             ) from None
 
 
-def score_logits(scores: np.ndarray) -> np.ndarray:
-    """Normalised scores as two-class logits (see the module's doc)."""
-    s = np.asarray(scores, dtype=np.float32).reshape(-1)
-    return np.stack([np.zeros_like(s), LOGIT_SCALE * (s - THRESHOLD)], axis=1)
+@dataclass
+class AnomalyResult:
+    score: float  # normalised: 0.5 is the threshold
+    anomalous: bool
+    map: np.ndarray | None = None  # (H, W) normalised heat map at the model's input size
 
 
-def logits_scores(logits: np.ndarray) -> np.ndarray:
-    """The inverse of `score_logits`: normalised scores back from the logits."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return (logits[:, 1] - logits[:, 0]) / LOGIT_SCALE + THRESHOLD
-
-
-class AnomalySession:
+class AnomalySession(TaskSession):
     """A runtime session over an anomaly model's graph (outputs `score`, `map`)."""
 
-    def __init__(self, session, norm: Normalisation):
-        self.session, self.norm = session, norm
-        self.name, self.precision, self.spec = session.name, session.precision, session.spec
-        missing = {SCORE, MAP} - set(getattr(session, "output_names", []))
-        if missing:
-            raise EdgetuneError(
-                f"The {session.name} model has no output {', '.join(sorted(missing))}; an anomaly bundle's model outputs "
-                f"'{SCORE}' and '{MAP}'. Rebuild the bundle."
-            )
+    task = "anomaly"
+    outputs = (SCORE, MAP)
+    alarm_help = "anomalous:THRESHOLD (the normalised score; 0.5 is the threshold)"
+    can_flag = True
+
+    def __init__(self, session, manifest: dict):
+        super().__init__(session, manifest)
+        self.norm = Normalisation.from_dict(self.section)
 
     def detect(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Preprocessed float32 NCHW -> {score (N), map (N, H, W), anomalous (N)}, normalised."""
@@ -125,20 +116,57 @@ class AnomalySession:
     def detect_frames(self, frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return self.detect(preprocess(frames, self.spec))
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return score_logits(self.norm.apply(self.session.run(batch).reshape(-1)))
+    def decode(self, outputs: dict[str, np.ndarray], sizes) -> list[AnomalyResult]:
+        score = self.norm.apply(outputs[SCORE].reshape(-1))
+        maps = self.norm.apply(outputs[MAP])
+        return [AnomalyResult(float(s), bool(s > THRESHOLD), m) for s, m in zip(score, maps)]
 
-    def run_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        return self.run(preprocess(frames, self.spec))
+    def record(self, result: AnomalyResult, origin=(0, 0)) -> dict:
+        return {"class": CLASSES[int(result.anomalous)], "score": round(result.score, 4), "anomalous": result.anomalous}
 
-    def __getattr__(self, name: str):
-        """Anything else (fixed_batch, inference_precision, ...) is the runtime session's."""
-        if name == "session":
-            raise AttributeError(name)
-        return getattr(self.session, name)
+    def alarm_names(self) -> list[str]:
+        return list(CLASSES)
 
-    def __repr__(self) -> str:
-        return f"<AnomalySession {self.name} {self.precision}>"
+    def alarm_values(self, result: AnomalyResult) -> dict[str, float]:
+        return {CLASSES[0]: 1.0 - result.score, CLASSES[1]: result.score}
+
+    def flagged(self, result: AnomalyResult) -> bool:
+        return result.anomalous
+
+    def draw(self, image: np.ndarray, result: AnomalyResult) -> np.ndarray:
+        return heat_overlay(image, result.map) if result.map is not None else image
+
+    @classmethod
+    def to_json(cls, result: AnomalyResult) -> dict:
+        return {"score": result.score, "anomalous": result.anomalous}
+
+    @classmethod
+    def from_json(cls, data: dict) -> AnomalyResult:
+        return AnomalyResult(float(data["score"]), bool(data["anomalous"]))
+
+    @classmethod
+    def headline(cls, metrics: dict) -> str:
+        auroc = metrics.get("auroc")
+        far = metrics.get("false_alarm_rate")
+        return (
+            f"image AUROC {auroc:.4f}" if isinstance(auroc, float) else "image AUROC -"
+        ) + f", F1 {_pct(metrics.get('f1'))}, false alarms {_pct(far)}"
+
+    @classmethod
+    def describe(cls, manifest: dict) -> str | None:
+        a = manifest.get(cls.task) or {}
+        bank = a.get("bank") or {}
+        return (
+            f"task anomaly (PatchCore, fitted on '{a.get('normal_class')}'): outputs score (N) and map "
+            f"{a.get('map_size')}; flag when the normalised score > {a.get('threshold')} (raw threshold "
+            f"{a.get('threshold_raw', float('nan')):.5g}: {a.get('rule')}; {a.get('normalisation')}, center "
+            f"{a.get('center', float('nan')):.5g}, scale {a.get('scale', float('nan')):.5g}); memory bank "
+            f"{bank.get('rows')} x {bank.get('dim')}"
+        )
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
 
 
 def heat_overlay(frame_bgr: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
