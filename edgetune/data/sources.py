@@ -87,7 +87,8 @@ def is_class_source(spec: str) -> bool:
     path = Path(spec)
     if path.is_file():
         return path.suffix.lower() == ".csv"
-    return path.is_dir() and any(d.is_dir() and not d.name.startswith(".") and any(_images(d)) for d in path.iterdir())
+    folders = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")] if path.is_dir() else []
+    return bool(folders) and all(any(_images(d)) for d in folders)
 
 
 def _images(folder: Path):

@@ -7,7 +7,8 @@ The manifest is the contract between the build machine and the device
     format         "edgetune-bundle"
     schema         the oldest reader that runs it right: 2 where the preprocessing
                    resizes the uint8 frame (a schema-1 reader ignores resize_dtype and
-                   would resize in float), else 1
+                   would resize in float), else 1; a task may ask for more (3: one a
+                   schema-2 reader would take for a classifier)
     edgetune       edgetune version that built it
     created        ISO time of the build
     name           bundle name (e.g. "bundle-cpu")
@@ -58,7 +59,7 @@ from edgetune.runtime.preprocess import PreprocessSpec
 from edgetune.runtime.tasks import DEFAULT, entry, session_class, task_of
 
 FORMAT = "edgetune-bundle"
-SCHEMA = 2  # the newest this version reads
+SCHEMA = 3  # the newest this version reads (3: tasks whose results an older reader would misread)
 MANIFEST = "manifest.json"
 README = "README.md"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")

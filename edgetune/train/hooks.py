@@ -27,9 +27,10 @@ class TrainHooks:
         model whose predictions the loss may learn from (knowledge distillation)."""
         raise NotImplementedError
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor) -> Any:
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, y: Any = None) -> Any:
         """What validation keeps of one batch, the model in eval mode: by default
-        its output as a float numpy array."""
+        its output as a float numpy array. `y`: the batch's targets (on the model's
+        device), for a task whose validation loss needs its raw outputs."""
         return model(x).float().cpu().numpy()
 
     def validate(self, outputs: Any, targets: Any) -> dict:

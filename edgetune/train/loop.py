@@ -29,7 +29,7 @@ from edgetune.models.freeze import apply_freeze, parameter_groups
 from edgetune.runtime.files import atomic_path
 from edgetune.train import distributed
 from edgetune.train.hooks import TrainHooks
-from edgetune.train.predict import NHWC, nhwc, predict
+from edgetune.train.predict import NHWC, nhwc, predict, to_device
 
 logger = log.get(__name__)
 
@@ -256,7 +256,7 @@ def fit(
             train_model.train()
             total, count, tick = 0.0, 0, time.perf_counter()
             for step, (x, y) in enumerate(loader):
-                x, y = nhwc(x.to(device, non_blocking=True)), _to(y, device)
+                x, y = nhwc(x.to(device, non_blocking=True)), to_device(y, device)
                 loss = loss_fn(x, y)
                 if not torch.isfinite(loss):
                     kept = f" The last good checkpoint is kept in {last_path}." if last_path.exists() else ""
@@ -360,16 +360,6 @@ def _ema(model: nn.Module, decay: float):
         raise EdgetuneError(
             f"--ema {decay}: cannot keep an average of this model ({type(e).__name__}: {e}). Train without --ema."
         ) from None
-
-
-def _to(y, device: torch.device):
-    """A batch's targets on the device: a tensor, or the tensors of a list of dicts
-    (one per image, as detection gives them)."""
-    if isinstance(y, torch.Tensor):
-        return y.to(device, non_blocking=True)
-    if isinstance(y, list):
-        return [{k: _to(v, device) for k, v in t.items()} if isinstance(t, dict) else _to(t, device) for t in y]
-    return y
 
 
 def save_atomic(obj, path: Path) -> None:

@@ -49,7 +49,7 @@ def predict(
     model.eval()
     outputs, targets = [], []
     for x, y in loader:
-        outputs.append(hooks.predict(model, nhwc(x.to(device))))
+        outputs.append(hooks.predict(model, nhwc(x.to(device)), to_device(y, device)))
         targets.append(y)
     model.train(was_training)
     if world > 1:
@@ -63,3 +63,15 @@ def predict(
     if not outputs:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return join(outputs), join(targets)
+
+
+def to_device(y, device: torch.device):
+    """A batch's targets on the device: a tensor, or the tensors of a list of dicts
+    (one per image, as detection gives them)."""
+    if isinstance(y, torch.Tensor):
+        return y.to(device, non_blocking=True)
+    if isinstance(y, list):
+        return [
+            {k: to_device(v, device) for k, v in t.items()} if isinstance(t, dict) else to_device(t, device) for t in y
+        ]
+    return y

@@ -29,7 +29,7 @@ class RegressionHooks(TrainHooks):
 
         return torch.nn.functional.mse_loss(model(x)[:, 0], y.float())
 
-    def predict(self, model, x):
+    def predict(self, model, x, y=None):
         return model(x)[:, 0].float().cpu().numpy()
 
     def validate(self, outputs, targets) -> dict:
