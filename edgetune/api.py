@@ -82,9 +82,16 @@ def export(run_dir=None, args: list | tuple = (), config: dict | None = None, **
 
 
 def build(
-    targets: list[str], out, config: dict | None = None, force: bool = False, max_drop: float | None = None, start=None
+    targets: list[str],
+    out,
+    config: dict | None = None,
+    force: bool = False,
+    max_drop: float | None = None,
+    start=None,
+    precision: str | None = None,
 ) -> dict[str, Path]:
-    """`edgetune build`: returns target -> bundle directory."""
+    """`edgetune build`: returns target -> bundle directory. `precision` forces the
+    bundles' main artifact (default: the profile's, unless INT8 is measured slower)."""
     from edgetune.build import BuildRequest
     from edgetune.build import build as run_build
     from edgetune.cli.config import stage_options
@@ -100,6 +107,7 @@ def build(
             force=force,
             max_drop=max_drop,
             start=Path(start) if start else None,
+            precision=precision,
         )
     )
 

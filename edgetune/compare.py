@@ -83,7 +83,7 @@ def print_result(result: GateResult) -> None:
         t.add_column(col, justify="left" if not col else "right")
     for row in result.rows:
         t.add_row(*row)
-    log.console.print(t)
+    log.print_table(t)
     for ch in result.checks:
         mark = "[green]PASS[/green]" if ch.passed else "[red bold]FAIL[/red bold]"
         log.console.print(f"{mark} {ch.name}: {ch.message}")

@@ -45,6 +45,17 @@ def quiet() -> bool:
     return _quiet
 
 
+def print_table(table) -> None:
+    """A table for people. At a terminal it fits the terminal; in a log or a CI
+    console (no terminal, where rich assumes 80 columns) it keeps its natural width:
+    squeezed to 80, a wide table folds every cell to a character or two."""
+    if console.is_terminal or console.quiet:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update(width=400)).maximum
+    Console(stderr=True, width=max(console.width, min(natural, 400))).print(table)
+
+
 def get(name: str) -> logging.Logger:
     return logging.getLogger(name)
 

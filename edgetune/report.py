@@ -15,7 +15,10 @@ def evaluate_run(
     run = load_run(run_dir, data)
     task = run.task_impl
     if tta != "none" and not task.supports_tta:
+        from edgetune import tasks
+
+        able = " and ".join(name for name, t in tasks.loaded().items() if t.supports_tta)
         raise EdgetuneError(
-            f"--tta {tta}: test-time augmentation applies to classifiers; {run_dir} is a {task.name} run."
+            f"--tta {tta}: test-time augmentation applies to {able} runs; {run_dir} is a {task.name} run."
         )
     return task.report(run, part, json_file, batch_size, tta)

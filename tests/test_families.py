@@ -36,6 +36,7 @@ def _config(path, data, model: str, **sections) -> str:
                 "img-size": SIZE,
                 "finetune": {"epochs": 1, **FAST},
                 "quantize": {"mode": "ptq", "calib-count": 8},
+                "build": {"precision": "int8"},  # the INT8 path is what this checks, whatever it measures at 32 px
                 **sections,
             }
         )

@@ -157,13 +157,26 @@ def columns(rows: list[dict]) -> list:
     return COLUMNS[:i] + metrics + COLUMNS[i:]
 
 
-def print_table(rows: list[dict], title: str) -> None:
-    from rich.table import Table
+# What a terminal too narrow for every column shows (the JSON and Markdown keep them all).
+NARROW = ("artifact", "runtime", "prec.", "p50 ms", "e2e p50 ms", "speedup", "size MB")
 
+
+def print_table(rows: list[dict], title: str) -> None:
     from edgetune import log
 
-    t = Table(title=title)
     cols = columns(rows)
+    table = _table(rows, title, cols)
+    if log.console.is_terminal and log.console.measure(table).maximum > log.console.width:
+        metrics = [h for h, _, _ in row_task(rows).columns]
+        cols = [c for c in cols if c[0] in NARROW or c[0] in metrics]
+        table = _table(rows, title + " (the other columns: --json, --markdown)", cols)
+    log.print_table(table)
+
+
+def _table(rows: list[dict], title: str, cols: list):
+    from rich.table import Table
+
+    t = Table(title=title)
     for header, _ in cols:
         t.add_column(
             header,
@@ -172,7 +185,7 @@ def print_table(rows: list[dict], title: str) -> None:
         )
     for r in rows:
         t.add_row(*(fn(r) for _, fn in cols))
-    log.console.print(t)
+    return t
 
 
 def markdown(rows: list[dict], title: str) -> str:

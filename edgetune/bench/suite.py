@@ -87,7 +87,7 @@ def run_bench(
     artifacts = [open_artifact(p, "BUNDLE_OR_RUN") for p in paths]
     if baseline:
         artifacts = with_baseline(artifacts)
-    from edgetune.bench.remote import parse_device
+    from edgetune.bench.devices import parse_device
 
     targets = [parse_device(d) for d in devices]
     if targets and not any(a.bundle for a in artifacts):

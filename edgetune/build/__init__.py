@@ -47,6 +47,7 @@ class BuildRequest:
     max_drop: float | None = None
     min_agreement: float = 0.99
     start: Path | None = None  # --from: an existing run stands in for the training stages up to its own
+    precision: str | None = None  # --precision: every bundle's main artifact, whatever the timings say
     overrides: dict = field(default_factory=dict)  # --data/--model/--img-size as given
 
 
@@ -64,10 +65,15 @@ def build(req: BuildRequest) -> dict[str, Path]:
     plugins = {p.name: get_target(p) for p in profiles}
     for p in profiles:  # before any training: a profile that cannot work fails now, not an hour later
         plugins[p.name].check_profile()
+        if req.precision and req.precision not in p.precisions:
+            raise EdgetuneError(
+                f"--precision {req.precision}: target {p.name} builds {', '.join(p.precisions)} (its profile's "
+                f"precision and fallback). Choose one of those, or add {req.precision} to the profile's fallback."
+            )
     out = Path(req.out).resolve()
     given = runs_from(Path(req.start), quantize_overrides(profiles, req.config), req.overrides) if req.start else {}
     task = task_of(req)
-    stages = plan(req.options, req.config, profiles, plugins, tuple(given), task)
+    stages = plan(req.options, req.config, profiles, plugins, tuple(given), task, req.precision)
     # Under torchrun the training stages run on every rank, the others on rank 0 alone.
     finetune = req.options.get("finetune")
     distributed.setup((finetune.values.get("device") if finetune else None) or "auto")
@@ -199,13 +205,17 @@ def summary(task, bundles: dict[str, Path], seconds: float) -> None:
             f"{m['latency_ms_p50']:.2f} ms",
             m.get("evaluated_with", "?"),
         )
-    log.console.print(table)
+    log.print_table(table)
+    for name, b in loaded.items():
+        note = (b.manifest.get("precision_choice") or {}).get("note")
+        if note:
+            log.console.print(f"[yellow]{name}[/yellow]: {note}")
     for name, path in bundles.items():
         m = metrics[name]
         archive = f" (archive {path}.tar.gz)" if Path(f"{path}.tar.gz").exists() else ""
         click.echo(
             f"bundle {path} {task.metric} {_num(m['test'].get(task.metric))} latency_ms {m['latency_ms_p50']:.2f} "
-            f"({name}, {m.get('evaluated_with')}){archive}"
+            f"({name}, {m.get('evaluated_with')}, main {loaded[name].precision}){archive}"
         )
 
 

@@ -75,12 +75,13 @@ def plan(
     plugins: dict,
     given: tuple[str, ...] = (),
     task=None,
+    precision: str | None = None,
 ) -> list[Stage]:
     """The build's stages in order. `options`: each stage's resolved options;
     `config`: what the user's config file set (by section); `given`: training
     roles an existing run stands in for (`build --from`); `task`: the build's task
     (`edgetune.tasks.base.Task`): whether its model trains (then prune and QAT
-    apply), how it fits and exports."""
+    apply), how it fits and exports; `precision`: the bundles' main artifact, forced."""
     from edgetune import log
     from edgetune.stages.common import TrainingStage
     from edgetune.stages.export import ExportStage
@@ -119,14 +120,18 @@ def plan(
         lambda precision, activations: ExportStage(precision, activations, export_options, final, shared),
         {r: r for r in runs},
         int8="quantize" in runs or (int8 and not task.trains),  # a task that does not train quantizes in its export
+        main=precision,
     )
     return [*stages, *deploy]
 
 
-def export_and_compile(profiles: list, plugins: dict, export, runs: dict, int8: bool = True) -> list[Stage]:
+def export_and_compile(
+    profiles: list, plugins: dict, export, runs: dict, int8: bool = True, main: str | None = None
+) -> list[Stage]:
     """One export stage per ONNX variant, shared by the targets that need it, then
     one compile stage per target. `export(precision, activations)` makes an export
-    stage; without `int8` (no quantized model) every target gets fp32."""
+    stage; without `int8` (no quantized model) every target gets fp32. `main`: the
+    bundles' main precision where the build forces one."""
     from edgetune.stages.compile import CompileStage
 
     exports: dict[str, Stage] = {}
@@ -137,5 +142,5 @@ def export_and_compile(profiles: list, plugins: dict, export, runs: dict, int8: 
         for precision in sorted({"int8" if q == "int8" else "fp32" for q in p.precisions}) if int8 else ["fp32"]:
             stage = export(precision, target.onnx_activations() if precision == "int8" else "keep")
             chosen[precision] = exports.setdefault(stage.name, stage).name
-        compiles.append(CompileStage(p, target, chosen, runs))
+        compiles.append(CompileStage(p, target, chosen, runs, main))
     return [*exports.values(), *compiles]

@@ -42,6 +42,18 @@ from edgetune.cli.options import gate_defaults, pass_options, task_override_name
 @click.option(
     "--img-size", type=click.IntRange(16, 1024), default=None, help="Override the input size (finetune's --img-size)."
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp16", "bf16", "fp32"]),
+    default=None,
+    help="The main artifact of every bundle. Default: the profile's (INT8), unless INT8 is measured slower than fp32 "
+    "on this machine's runtime; then fp32, and the summary and manifest say so.",
+)
+@click.option(
+    "--pretrained/--no-pretrained",
+    default=None,
+    help="Override finetune's --pretrained: start from ImageNet weights (offline packages for efficientnet_lite0/1/2).",
+)
 @task_overrides
 @click.option(
     "--max-drop",
@@ -75,7 +87,7 @@ def build(ctx: click.Context, opts: dict):
     from edgetune.build import build as run_build
     from edgetune.cli.config import stage_options
 
-    keys = ("data", "model", "img_size", *task_override_names())
+    keys = ("data", "model", "img_size", "pretrained", *task_override_names())
     overrides = {k: opts[k] for k in keys if opts[k] is not None}
     options = {
         stage: stage_options(ctx, stage, **(overrides if stage == "finetune" else {}))
@@ -93,6 +105,7 @@ def build(ctx: click.Context, opts: dict):
             min_agreement=opts["min_agreement"],
             start=opts["start"],
             overrides=overrides,
+            precision=opts["precision"],
         )
     )
 

@@ -92,6 +92,35 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+# What the build machine's install adds to a device's (`pip install 'edgetune[train]'`).
+BUILD_STACK = {
+    "torch",
+    "torchvision",
+    "timm",
+    "nncf",
+    "torch_pruning",
+    "torchao",
+    "onnx",
+    "sklearn",
+    "scipy",
+    "matplotlib",
+    "PIL",
+    "paramiko",
+    "elpv_dataset",
+}
+
+
+def _build_stack_missing(module: str, argv) -> str:
+    """A command that needs the build machine's install, run on a device's."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args if a in COMMANDS), "this command")
+    return (
+        f"edgetune {command} needs {module}, which this install does not have: it is a device install (the runtime "
+        "alone: inspect, infer, bench of a bundle). Training, compression, export and metrics on labelled data need "
+        "the build machine's install: pip install 'edgetune[train]'."
+    )
+
+
 def _distributed_failure(e: BaseException) -> str | None:
     """The message for a torchrun process that lost its group, else None."""
     if not torchrun.launched():
@@ -140,6 +169,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("Interrupted: finished work is saved; rerun with --resume to continue.", err=True)
         sys.exit(130)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in BUILD_STACK:
+            raise
+        click.echo(click.style("Error: ", fg="red", bold=True) + _build_stack_missing(e.name, argv), err=True)
+        sys.exit(2)
     except (Exception, Terminated) as e:
         message = _distributed_failure(e)
         if message is None:

@@ -133,7 +133,7 @@ def bench(ctx: click.Context, o: dict):
     Each BUNDLE_OR_RUN (a bundle directory or .tar.gz, or a run directory for its
     PyTorch model) is measured in a fresh process by the same harness: warm-up, then
     timed calls until --min-time and --min-runs are both reached."""
-    from edgetune.bench.remote import SSHOptions
+    from edgetune.bench.devices import SSHOptions
     from edgetune.bench.runner import RunnerOptions
     from edgetune.bench.suite import run_bench
     from edgetune.runtime.timing import Policy

@@ -97,7 +97,7 @@ def task_options(f):
     and the config file's. Reading them imports each task's light module, not torch."""
     from edgetune import tasks
 
-    found = {name: tasks.get(name) for name in tasks.names()}
+    found = tasks.loaded()
     help = "What to learn. " + " ".join(f"{name}: {t.help}" for name, t in found.items())
     options = [
         click.option("--task", type=click.Choice(list(found)), default=tasks.DEFAULT, show_default=True, help=help)
@@ -109,7 +109,7 @@ def task_overrides(f):
     """`build`'s overrides of finetune's --task and of the task options builds override."""
     from edgetune import tasks
 
-    found = {name: tasks.get(name) for name in tasks.names()}
+    found = tasks.loaded()
     options = [
         click.option("--task", type=click.Choice(list(found)), default=None, help="Override finetune's --task.")
     ] + [
@@ -125,8 +125,7 @@ def gate_defaults() -> str:
     from edgetune import tasks
 
     parts = []
-    for name in tasks.names():
-        t = tasks.get(name)
+    for name, t in tasks.loaded().items():
         always = "; always gated" if t.always_gated else ""
         parts.append(f"--task {name}: {t.metric_label}, default {t.default_max_drop:g}{always}")
     return "; ".join(parts)
@@ -135,7 +134,7 @@ def gate_defaults() -> str:
 def task_override_names() -> list[str]:
     from edgetune import tasks
 
-    return ["task", *[key for name in tasks.names() for key in tasks.get(name).overrides]]
+    return ["task", *[key for t in tasks.loaded().values() for key in t.overrides]]
 
 
 def train_options(
@@ -299,9 +298,14 @@ def run_argument(f):
 
 def record(ctx: click.Context, **params) -> dict:
     """The resolved options of a command, as written into its output: a plain,
-    YAML-safe mapping keyed by long option names."""
+    YAML-safe mapping keyed by long option names. Options of tasks other than the
+    command's --task are left out: they do not apply, and a stage's inputs hash
+    (which covers the record) must not change when a task is added."""
+    values = {**ctx.params, **params}
     out = {"command": ctx.command_path}
-    for k, v in {**ctx.params, **params}.items():
+    for k in _other_tasks_options(values.get("task")):
+        values.pop(k, None)
+    for k, v in values.items():
         if isinstance(v, Path):
             v = str(v)
         elif hasattr(v, "to_dict"):
@@ -310,6 +314,20 @@ def record(ctx: click.Context, **params) -> dict:
             v = list(v)
         out[k.replace("_", "-")] = v
     return out
+
+
+def _other_tasks_options(task: str | None) -> set[str]:
+    """The option names (Python's) that tasks other than `task` add."""
+    if task is None:
+        return set()
+    from edgetune import tasks
+
+    def names(t) -> set[str]:
+        probe = _stack(*t.options)(lambda: None)
+        return {p.name for p in getattr(probe, "__click_params__", [])}
+
+    own = names(tasks.get(task)) if task in tasks.loaded() else set()
+    return {n for name, t in tasks.loaded().items() if name != task for n in names(t)} - own
 
 
 def pass_options(f):

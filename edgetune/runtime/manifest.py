@@ -49,6 +49,9 @@ def describe(bundle: Bundle, console: Console) -> None:
     )
     console.print(f"classes ({len(m['classes'])}): {', '.join(m['classes'])}")
     console.print(task.describe(m) or f"task {bundle.task}: outputs {', '.join(task.outputs)}")
+    choice = m.get("precision_choice") or {}
+    if choice.get("note"):
+        console.print(f"[yellow]main precision[/yellow]: {choice['note']}")
     console.print(
         f"input {inp.get('name', '?')} {inp.get('shape')} {inp.get('layout', 'NCHW')} {inp.get('dtype', 'float32')}; "
         f"preprocessing: resize whole {spec.get('resize_dtype', 'float32')} frame to "

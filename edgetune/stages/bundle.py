@@ -41,13 +41,16 @@ def write_bundle(
     exports: dict[str, Result],
     runs: dict[str, Run],
     key: str,
+    choice: dict | None = None,
 ) -> Path:
     """Finish the bundle compiled into `staging` and move it to `dest` (+ .tar.gz).
-    `runs`: role (finetune, prune, quantize) -> the run."""
+    `runs`: role (finetune, prune, quantize) -> the run; `choice`: which artifact is
+    the main one and why (`stages.main_precision`; default: the profile's)."""
     from edgetune.runtime.bundle import FORMAT, load_bundle, manifest_schema, pack, write_manifest
     from edgetune.stages.device_readme import device_readme
 
     profile, final = target.profile, final_run(runs)
+    main = (choice or {}).get("precision") or profile.precision
     macs, params = float_macs(runs, tuple(inp.spec.size))
     manifest = {
         "format": FORMAT,
@@ -58,7 +61,7 @@ def write_bundle(
         "target": profile.name,
         "profile": profile.to_dict(),
         "runtime": profile.runtime,
-        "precision": profile.precision,
+        "precision": main,
         "model": {
             "backbone": final.model_name,
             "stage": final.stage,
@@ -76,7 +79,7 @@ def write_bundle(
         },
         "preprocess": inp.spec.to_dict(),
         "artifacts": arts,
-        "metrics": {**arts[profile.precision]["metrics"], "pytorch_test": final.test_metrics()},
+        "metrics": {**arts[main]["metrics"], "pytorch_test": final.test_metrics()},
         "stages": history(
             runs,
             exports,
@@ -86,6 +89,7 @@ def write_bundle(
         "calibration": calibration(runs.get("quantize")) or export_calibration(exports),
         "versions": library_versions(),
         "source_run": str(final.dir.resolve()),
+        **({"precision_choice": choice} if choice else {}),
     }
     task = final.task_impl
     manifest.update(task.manifest(final))  # the task and its section

@@ -24,16 +24,22 @@ class CompileStage(Stage):
     `runs`: role ("finetune", "prune", "quantize") -> the training stage (or the
     run `build --from` started from) whose records the manifest keeps."""
 
-    def __init__(self, profile, target, exports: dict[str, str], runs: dict[str, str]):
+    def __init__(self, profile, target, exports: dict[str, str], runs: dict[str, str], precision: str | None = None):
         from edgetune import __version__
 
         self.profile, self.target, self.exports, self.runs = profile, target, exports, runs
+        self.precision = precision  # the build's --precision: the main artifact's, whatever the timings say
         self.name, self.bundle = f"compile-{profile.name}", f"bundle-{profile.name}"
         self.inputs = (*exports.values(), *runs.values())
         self.version = __version__
 
     def config(self) -> dict:
-        return {"profile": {k: v for k, v in self.profile.to_dict().items() if k != "source"}, "edgetune": self.version}
+        profile = {k: v for k, v in self.profile.to_dict().items() if k != "source"}
+        return {
+            "profile": profile,
+            "edgetune": self.version,
+            **({"precision": self.precision} if self.precision else {}),
+        }
 
     def run(self, inputs: list[Result], out: Path, resume: bool) -> dict:
         from edgetune.stages.bundle import final_run, write_bundle
@@ -51,10 +57,13 @@ class CompileStage(Stage):
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
+        from edgetune.stages.main_precision import choose, paired_speed
+
         arts = compile_and_evaluate(self.target, inp, final, staging)
-        write_bundle(
-            out / self.bundle, staging, self.target, inp, arts, exports, runs, self.key([r.key for r in inputs])
-        )
+        speed = paired_speed(self.target, staging, arts, inp.spec, self.profile.options.get("threads") or None)
+        choice = choose(self.profile, speed, self.precision)
+        key = self.key([r.key for r in inputs])
+        write_bundle(out / self.bundle, staging, self.target, inp, arts, exports, runs, key, choice)
         return {"bundle": self.bundle, "archive": f"{self.bundle}.tar.gz", "artifacts": sorted(arts)}
 
     def still_there(self, out: Path, output: dict) -> bool:

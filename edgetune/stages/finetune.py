@@ -25,7 +25,7 @@ def check_feeds(task, spec: str) -> None:
     from, naming the tasks it looks like data for."""
     if not Path(spec).exists() or task.recognises(spec):
         return  # a missing path is named by the task's source
-    others = [n for n in tasks.names() if n != task.name and tasks.get(n).recognises(spec)]
+    others = [n for n, t in tasks.loaded().items() if n != task.name and t.recognises(spec)]
     raise EdgetuneError(
         f"--data {spec} is not data for --task {task.name}, which learns from {task.data_help}."
         + (f" It looks like data for --task {' or '.join(others)}." if others else "")

@@ -178,4 +178,4 @@ def _summary(parent, out, m) -> None:
         "",
     )
     if not log.quiet():
-        log.console.print(t)
+        log.print_table(t)

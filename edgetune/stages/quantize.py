@@ -118,7 +118,7 @@ def _summary(parent, out, mode, metrics, calib) -> None:
     for name, m in rows:
         t.add_row(name, f"{m.get(task.metric, float('nan')):.4f}", task.session.headline(m))
     if not log.quiet():
-        log.console.print(t)
+        log.print_table(t)
         log.console.print(
             f"Calibrated on {calib['count']} images"
             + (f" ({calib['short']} fewer than the recipe asks)" if calib["short"] else "")

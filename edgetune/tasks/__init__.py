@@ -14,3 +14,20 @@ from edgetune.runtime.tasks import build as get  # noqa: F401 - the `Task` regis
 def of(record) -> object:
     """The task of a run (`Run`), a run.json or a manifest (dict)."""
     return get(task_of(record if isinstance(record, dict) else record.info))
+
+
+def loaded() -> dict:
+    """Every registered task whose build half imports here, by name. A task that
+    fails to import (a broken plug-in) is left out with a warning, so that the
+    command line and the other tasks keep working."""
+    import logging
+
+    found = {}
+    for name in names():
+        try:
+            found[name] = get(name)
+        except Exception as e:  # noqa: BLE001 - whatever a broken plug-in raises
+            logging.getLogger(__name__).warning(
+                "Task %s cannot be loaded (%s: %s); it is left out.", name, type(e).__name__, e
+            )
+    return found
