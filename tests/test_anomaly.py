@@ -300,3 +300,38 @@ def test_bench_and_compare_report_auroc(anomaly_build, tmp_path):
     )
     gate = json.loads((tmp_path / "gate.json").read_text())
     assert gate["passed"] and gate["metric"] == "auroc" and "image AUROC" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_good_parts_alone_fit_build_and_flag_a_defect(tmp_path):
+    """The most common case: nobody has labelled a defect yet. A class folder that
+    holds only the --normal class, or a plain folder of images (all normal), fits;
+    the threshold is the false-alarm quantile, AUROC is said to need anomalies, the
+    gate watches the false-alarm rate, and the bundle flags a defect it never saw."""
+    import shutil
+
+    from edgetune.runtime.bundle import load_bundle
+    from edgetune.runtime.preprocess import read_image
+
+    data = tmp_path / "textures"
+    make_textures(data, n_good=40, n_bad=8)
+    only = tmp_path / "only"
+    shutil.copytree(data / "good", only / "good")
+    run = tmp_path / "run"
+    proc = run_cli("finetune", "--task", "anomaly", "--data", only, "--normal", "good", *MODEL, "--out", run)
+    test = json.loads((run / "run.json").read_text())["history"][-1]["metrics"]["test"]
+    assert test["auroc"] is None and test["false_alarm_rate"] is not None and test["n_anomalous"] == 0
+    assert "quantile" in json.loads((run / "run.json").read_text())["anomaly"]["rule"]
+    proc = run_cli("evaluate", run)
+    assert "needs anomalous images" in proc.stderr + proc.stdout and "nan" not in (proc.stderr + proc.stdout).lower()
+
+    cfg = tmp_path / "build.yaml"  # a plain folder of images: all of them normal, no --normal needed
+    cfg.write_text(f"task: anomaly\ndata: {data / 'good'}\nmodel: test_resnet\npretrained: false\nimg-size: {SIZE}\n")
+    out = tmp_path / "build"
+    run_cli("--config", cfg, "build", "--target", "cpu", "--out", out)
+    gate = json.loads((out / "gate-cpu.json").read_text())
+    assert gate["passed"] and gate["metric"] == "false_alarm_rate" and gate["checks"][0]["name"] == "false_alarm_rise"
+    session = load_bundle(out / "bundle-cpu").open()
+    bad = sorted((data / "bad").glob("*.png"))
+    flagged = [r.anomalous for r in session.predict_frames([read_image(p) for p in bad])]
+    assert sum(flagged) >= 6, flagged  # defects it never saw, flagged

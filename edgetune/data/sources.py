@@ -14,6 +14,9 @@ from typing import Any
 from edgetune.errors import EdgetuneError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# Keys of a dict target that name files of its own (a mask): like image paths, absolute
+# in memory and relative to the source's root in a run's split.json.
+TARGET_FILES = ("mask",)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,25 @@ def is_class_source(spec: str) -> bool:
 
 def _images(folder: Path):
     return (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_image_folder(spec: str) -> bool:
+    """A plain folder of images (no class sub-folders): images of one kind."""
+    path = Path(spec)
+    return (
+        path.is_dir()
+        and not is_class_source(spec)
+        and any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+    )
+
+
+def image_folder_source(spec: str, name: str) -> Source:
+    """Every image of a plain folder (sub-folders searched too), as the one class `name`."""
+    root = Path(spec)
+    files = sorted(_images(root))
+    if not files:
+        raise EdgetuneError(f"--data {spec}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return Source(spec, [name], [Item(str(f.resolve()), 0, name) for f in files], root=str(root.resolve()))
 
 
 def _folder(root: Path) -> Source:

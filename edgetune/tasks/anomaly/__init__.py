@@ -58,6 +58,25 @@ class Anomaly(Task):
     )
     overrides = {"normal": "Override finetune's --normal: the class of good parts (--task anomaly)."}
 
+    data_help = (
+        "a folder with one sub-folder per class (the --normal one among them, alone if no defect is labelled yet), "
+        "a path,label CSV, 'elpv', or a plain folder of images of good parts"
+    )
+
+    def recognises(self, spec: str) -> bool:
+        from edgetune.data.sources import is_class_source, is_image_folder
+
+        return is_class_source(spec) or is_image_folder(spec)
+
+    def source(self, spec: str, opts: dict):
+        """Class-labelled images (the --normal class may be the only one), or a plain
+        folder of images, all of them normal."""
+        from edgetune.data.sources import image_folder_source, is_image_folder, load_source
+
+        if is_image_folder(spec):
+            return image_folder_source(spec, opts.get("normal") or "good")
+        return load_source(spec, min_classes=1)
+
     def check(self, opts: dict) -> None:
         from edgetune.tasks.anomaly.patchcore import feature_indices
 

@@ -24,6 +24,8 @@ DEFAULTS = {"coreset": 0.1, "max_bank_mb": 256.0, "max_false_alarm": 0.01, "batc
 
 
 def normal_index(classes: list[str], normal: str | None, source: str) -> int:
+    if not normal and len(classes) == 1:
+        return 0  # good parts alone: they are the normal class
     if not normal:
         raise EdgetuneError(
             f"--task anomaly needs --normal CLASS: the class of good parts to fit on. Classes in {source}: "
@@ -101,7 +103,6 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
             last[0] = i
 
         idx = greedy_coreset(patches, rows, seed, step)
-        advance(rows - last[0])
     model.set_bank(patches[idx])
     return {
         "rows": rows,

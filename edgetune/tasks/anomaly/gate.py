@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetune.errors import EdgetuneError
-from edgetune.tasks.gate import GateResult, drop_check, paired_interval
+from edgetune.tasks.gate import Check, GateResult, drop_check, paired_bootstrap, paired_interval
 
 
 def gate(
@@ -29,10 +29,12 @@ def gate(
             f"{len(reference)} reference and {len(candidate)} candidate results and {len(y)} labels must cover the "
             "same images"
         )
-    if y.all() or not y.any():
+    if not y.any():
+        return false_alarm_gate(task, reference, candidate, max_drop, names)
+    if y.all():
         raise EdgetuneError(
-            f"The anomaly gate needs normal and anomalous images; these {len(y)} images are all "
-            f"{'anomalous' if y.all() else 'normal'}."
+            f"The anomaly gate needs images of good parts; these {len(y)} images are all anomalous. Give --data "
+            "with the --normal class."
         )
     rs, cs = np.array([r.score for r in reference]), np.array([r.score for r in candidate])
     rm, cm = task.results_metrics(reference, y.astype(int), []), task.results_metrics(candidate, y.astype(int), [])
@@ -81,3 +83,35 @@ def gate(
         rows,
         names=names or {"reference": "reference", "candidate": "candidate"},
     )
+
+
+def false_alarm_gate(task, reference: list, candidate: list, max_rise: float, names: dict | None = None) -> GateResult:
+    """Good parts alone (no defect labelled yet): no AUROC can be had, and what can
+    move is how many good parts are flagged. It fails when the candidate's
+    false-alarm rate rose by more than `max_rise` points over the reference's beyond
+    doubt: the rise's 95% interval lies above the limit. A good-only test split is
+    often small, and one image flipping at the threshold moves its rate by points."""
+    y = np.zeros(len(reference), int)
+    rm, cm = task.results_metrics(reference, y, []), task.results_metrics(candidate, y, [])
+    ref_ok = np.array([not r.anomalous for r in reference])
+    cand_ok = np.array([not r.anomalous for r in candidate])
+    diff = (rm["false_alarm_rate"] - cm["false_alarm_rate"]) * 100  # negative: more good parts flagged
+    ci = paired_bootstrap(ref_ok, cand_ok)
+    rise = -diff
+    agree = task.agreement(reference, candidate)
+    low, high = -ci[1], -ci[0]  # the rise's interval
+    check = Check(
+        "false_alarm_rise",
+        low <= max_rise + 1e-9,
+        rise,
+        max_rise,
+        f"false-alarm rate on {len(y)} good parts {rm['false_alarm_rate']:.2%} -> {cm['false_alarm_rate']:.2%}: a "
+        f"rise of {rise:.2f} points, 95% CI {low:+.2f} to {high:+.2f} (fails when the whole interval is above "
+        f"{max_rise:g}); no anomalous image to measure an AUROC on",
+    )
+    rows = [
+        ("false-alarm rate", f"{rm['false_alarm_rate']:.2%}", f"{cm['false_alarm_rate']:.2%}", f"{rise:+.2f} points"),
+        ("flags agree", "", "", f"{agree:.2%}"),
+    ]
+    names = names or {"reference": "reference", "candidate": "candidate"}
+    return GateResult(rm, cm, "false_alarm_rate", "false-alarm rate", diff, ci, agree, [check], rows, names=names)

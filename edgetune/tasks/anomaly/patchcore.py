@@ -136,28 +136,45 @@ class PatchCore(nn.Module):
         return score, m[:, 0]
 
 
-def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, progress=None) -> torch.Tensor:
+def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, progress=None, batch: int = 16) -> torch.Tensor:
     """Indices of `count` rows of `features` (P, D) chosen by greedy k-center:
     each pick is the row farthest from all picked so far (the paper's minimax
     facility location), measured on a Gaussian random projection to
-    PROJECTION_DIM dims."""
+    PROJECTION_DIM dims.
+
+    With `batch` > 1, an approximate greedy that is several times faster: each
+    round makes `batch` picks exactly as the greedy would, among the 4 x batch
+    rows farthest from the bank so far, then updates every row's distance with
+    one matrix product. The greedy reads all P rows once per pick, which is what
+    its time goes to (memory-bound); a round reads them once per `batch` picks.
+    On 200k clustered rows, 2,000 picks: 134 s exact, 23 s at batch 8, 12 s at 32,
+    the coverage (largest and mean distance to the bank) the same within 0.2%."""
     gen = torch.Generator().manual_seed(seed)
     z = features.float()
     if z.shape[1] > PROJECTION_DIM:
         z = z @ (torch.randn(z.shape[1], PROJECTION_DIM, generator=gen) / math.sqrt(PROJECTION_DIM))
     count = max(1, min(int(count), len(z)))
-    picked = torch.empty(count, dtype=torch.long)
-    picked[0] = int(torch.randint(len(z), (1,), generator=gen))
-    # Squared distances as ||z||^2 - 2 z.c + ||c||^2: one matrix-vector product per
-    # pick reads the projected features once (3x faster than (z - c)^2 on 362k x 128).
+    first = int(torch.randint(len(z), (1,), generator=gen))
+    picked = [first]
+    # Squared distances as ||z||^2 - 2 z.c + ||c||^2: products, not differences, so that
+    # one matrix product updates every row (3x faster than (z - c)^2 on 362k x 128).
     sq = (z * z).sum(1)
-    nearest = sq - 2 * (z @ z[picked[0]]) + sq[picked[0]]
-    for i in range(1, count):
-        picked[i] = int(nearest.argmax())
-        torch.minimum(nearest, sq - 2 * (z @ z[picked[i]]) + sq[picked[i]], out=nearest)
-        if progress is not None and i % 256 == 0:
-            progress(i)
-    return picked
+    nearest = sq - 2 * (z @ z[first]) + sq[first]
+    while len(picked) < count:
+        b = min(max(1, batch), count - len(picked))
+        pool = torch.topk(nearest, min(len(z), 4 * b)).indices if b > 1 else nearest.argmax().view(1)
+        zp, near, sqp = z[pool], nearest[pool].clone(), sq[pool]
+        chosen = []
+        for _ in range(b):  # the greedy's own picks, among the pool
+            j = int(near.argmax())
+            chosen.append(int(pool[j]))
+            torch.minimum(near, sqp - 2 * (zp @ zp[j]) + sqp[j], out=near)
+        new = torch.tensor(chosen)
+        torch.minimum(nearest, (sq[:, None] - 2 * (z @ z[new].T) + sq[new][None, :]).amin(1), out=nearest)
+        picked += chosen
+        if progress is not None:
+            progress(len(picked))
+    return torch.tensor(picked, dtype=torch.long)
 
 
 def bank_mb(rows: int, dim: int) -> float:

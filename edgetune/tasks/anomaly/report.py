@@ -110,10 +110,13 @@ def report(run, part: str, json_file: Path | None, batch_size: int, tta: str = "
     c.print(
         f"{run.dir} ({run.model_name} PatchCore) on the {part} split: {m['n']} images, {m['n_anomalous']} anomalous"
     )
-    c.print(
-        f"  image AUROC {m['auroc'] if m['auroc'] is None else format(m['auroc'], '.4f')}, AUPR "
-        f"{m['aupr'] if m['aupr'] is None else format(m['aupr'], '.4f')}"
-    )
+    if m["auroc"] is None:
+        c.print(
+            "  image AUROC: needs anomalous images, and this split holds none (good parts alone); the false-alarm "
+            "rate below is what the good parts tell"
+        )
+    else:
+        c.print(f"  image AUROC {m['auroc']:.4f}, AUPR {m['aupr']:.4f}")
     c.print(
         f"  at the threshold (raw {norm.threshold_raw:.5g}; {norm.rule}): F1 {m['f1']:.4f}, precision "
         f"{m['precision']:.4f}, recall {m['recall'] if m['recall'] is None else format(m['recall'], '.4f')}, "
