@@ -85,7 +85,7 @@ def test_a_plugged_in_task_runs_through_every_command(tmp_path):
     ]["test"]
 
     cfg = tmp_path / "build.yaml"
-    cfg.write_text("quantize:\n  epochs: 1\n  batch-size: 8\n  lr: 0.0003\n")
+    cfg.write_text("quantize:\n  epochs: 1\n  batch-size: 8\n  lr: 0.0003\nbuild:\n  precision: int8\n")
     out = tmp_path / "build"
     run_cli("--config", cfg, "build", "--from", run, "--target", "cpu", "--out", out, env=env)
     bundle = out / "bundle-cpu"
