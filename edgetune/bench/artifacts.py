@@ -169,7 +169,9 @@ def torch_results(run, model, paths: list[str], batch_size: int = 32) -> list:
     from edgetune.bench.torchbench import TorchSession
     from edgetune.data.transforms import EvalTransform, load_rgb
 
-    session = run.task_impl.wrap(TorchSession(model, run.spec, outputs=run.task_impl.session.outputs), run)
+    task = run.task_impl
+    # the module the export traces (the model and what its task's graph adds): the graph's outputs
+    session = task.wrap(TorchSession(task.deploy_module(model), run.spec, outputs=task.session.outputs), run)
     transform, out = EvalTransform(run.spec), []
     with _progress(len(paths), f"{run.dir.name} (pytorch)") as advance:
         for i in range(0, len(paths), batch_size):

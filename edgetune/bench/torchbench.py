@@ -79,7 +79,8 @@ def open_run(path: str, threads: int | None, precision: str | None = None, runti
 
     run = load_run(Path(path))
     task = run.task_impl
-    session = task.wrap(TorchSession(run.build_model(), run.spec, threads, task.session.outputs), run)
+    model = task.deploy_module(run.build_model())  # the module the export traces: the graph's outputs
+    session = task.wrap(TorchSession(model, run.spec, threads, task.session.outputs), run)
     return session, run.spec, lambda: run_info(run)
 
 

@@ -73,15 +73,20 @@ def select(split: Split, recipe: Recipe, count: int | None = None) -> tuple[list
                 len(pool),
             )
         chosen = list(pool)
-    elif recipe.strategy == "stratified" and len({y for _, y in pool}) > 1 and want >= len({y for _, y in pool}):
+    elif (
+        recipe.strategy == "stratified"
+        and all(isinstance(y, int) for _, y in pool)  # class labels; other targets (masks, boxes) draw at random
+        and len({y for _, y in pool}) > 1
+        and want >= len({y for _, y in pool})
+    ):
         from sklearn.model_selection import train_test_split
 
         chosen, _ = train_test_split(pool, train_size=want, random_state=recipe.seed, stratify=[y for _, y in pool])
     else:
         idx = np.random.default_rng(recipe.seed).permutation(len(pool))[:want]
         chosen = [pool[i] for i in sorted(idx)]
-    chosen = sorted(chosen)
-    images = [[p, int(y), sha256_file(p)] for p, y in chosen]
+    chosen = sorted(chosen, key=lambda pair: pair[0])
+    images = [[p, y, sha256_file(p)] for p, y in chosen]
     record = {
         "recipe": {**asdict(recipe), "count": want},
         "requested": want,
@@ -90,4 +95,4 @@ def select(split: Split, recipe: Recipe, count: int | None = None) -> tuple[list
         "hash": sha256_json(images),
         "images": [[p, y] for p, y, _ in images],
     }
-    return [(p, int(y)) for p, y in chosen], record
+    return [(p, y) for p, y in chosen], record

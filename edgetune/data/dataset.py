@@ -58,11 +58,31 @@ def train_val_datasets(split, spec, augment, soft_labels: bool) -> tuple[ImageDa
     )
 
 
+class _Loader(DataLoader):
+    """Workers forked from a parent without OpenCV's thread pool: a pool alive at
+    fork hangs the worker's first OpenCV call (even setNumThreads waits forever on
+    the dead pool's condition variable; seen when QAT with --workers 1 forked after
+    the calibration images were resized). The parent runs OpenCV on one thread
+    while its workers start, then gets its threads back."""
+
+    def _get_iterator(self):
+        if not self.num_workers:
+            return super()._get_iterator()
+        import cv2
+
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return super()._get_iterator()
+        finally:
+            cv2.setNumThreads(threads)
+
+
 def make_loader(dataset, batch_size: int, workers: int = 0, **kw) -> DataLoader:
     """Every DataLoader of training and evaluation: its worker processes run OpenCV
     (the preprocessing) with one thread each, as the workers are the parallelism
     and a thread pool inherited across fork is a known way to hang."""
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetune.data.sources import Item, Source, source_root
+from edgetune.data.sources import TARGET_FILES, Item, Source, source_root
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.files import read_json, write_json
 
@@ -42,7 +42,7 @@ class Split:
             "classes": self.classes,
             "seed": self.seed,
             "skipped": [rel(p) for p in self.skipped],
-            **{k: [[rel(p), y] for p, y in v] for k, v in self.parts.items()},
+            **{k: [[rel(p), target_files(y, rel)] for p, y in v] for k, v in self.parts.items()},
             **({"soft": {rel(p): t for p, t in self.soft.items()}} if self.soft else {}),
         }
 
@@ -62,7 +62,7 @@ class Split:
             d["source"],
             list(d["classes"]),
             int(d["seed"]),
-            {k: [(here(p), y) for p, y in d[k]] for k in SPLITS},
+            {k: [(here(p), target_files(y, here)) for p, y in d[k]] for k in SPLITS},
             [here(p) for p in d.get("skipped", [])],
             {here(p): [float(v) for v in t] for p, t in d.get("soft", {}).items()},
             str(root) if root is not None else d.get("root"),
@@ -77,6 +77,14 @@ class Split:
 
     def paths(self, part: str) -> list[str]:
         return [p for p, _ in self.parts[part]]
+
+
+def target_files(target: Any, move) -> Any:
+    """A target with its own files (a mask: `TARGET_FILES`) with `move` applied to
+    their paths, as to image paths: relative in split.json, absolute in memory."""
+    if not isinstance(target, dict) or not any(isinstance(target.get(k), str) for k in TARGET_FILES):
+        return target
+    return {k: move(v) if k in TARGET_FILES and isinstance(v, str) else v for k, v in target.items()}
 
 
 def resolve_root(d: dict, data: str | None = None) -> Path:

@@ -111,10 +111,11 @@ class OpenVinoSession(ArraySession):
         model = self.core.read_model(str(path))
         self.built_in = any(op.get_friendly_name() == PLAIN_INPUT_NODE for op in model.get_ordered_ops())
         self.labels = _labels(model)
-        self.compiled = self.core.compile_model(
-            plain_model(model, self.input_shape) if self.built_in else model, device, self.config
-        )
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        source = plain_model(model, self.input_shape) if self.built_in else model
+        self.compiled = self.core.compile_model(source, device, self.config)
+        # The model's own output names: compiling can give an output a second name (a Convert
+        # folded into the Gather before it), and the compiled output's get_any_name() may pick that.
+        self.output_names = [o.get_any_name() for o in source.outputs]
         self.inference_precision = ran_precision(self.compiled)
         self._built_in = None
         self._requests: dict[int, object] = {}
