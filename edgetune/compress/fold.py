@@ -99,9 +99,10 @@ def fold_batchnorm(model: nn.Module, size: tuple[int, int], check: bool = True) 
         conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
         _set(model, bn_name, _bn_replacement(bn))
     if check:
-        after = model(x)
-        err = (after - before).abs().max().item()
-        tol = 1e-3 * max(1.0, before.abs().max().item())
+        after = _outputs(model(x))
+        before = _outputs(before)
+        err = max((a - b).abs().max().item() for a, b in zip(after, before))
+        tol = 1e-3 * max(1.0, *(b.abs().max().item() for b in before))
         if not err <= tol:
             raise EdgetuneError(
                 f"Folding BatchNorm into the convolutions changed the model's outputs by {err:.3g} (pairs "
@@ -110,6 +111,13 @@ def fold_batchnorm(model: nn.Module, size: tuple[int, int], check: bool = True) 
             )
     model.train(was_training)
     return pairs
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    """A model's output as a list of tensors (a detector returns several)."""
+    if isinstance(out, torch.Tensor):
+        return [out.float()]
+    return [t for o in (out.values() if isinstance(out, dict) else out) for t in _outputs(o)]
 
 
 def fix_input_size(model: nn.Module, size: tuple[int, int]) -> bool:

@@ -37,6 +37,8 @@ BUILT_IN = {
         "edgetune.runtime.tasks.classification:ClassificationSession", "edgetune.tasks.classification:Classification"
     ),
     "anomaly": TaskEntry("edgetune.runtime.tasks.anomaly:AnomalySession", "edgetune.tasks.anomaly:Anomaly"),
+    "segment": TaskEntry("edgetune.runtime.tasks.segment:SegmentSession", "edgetune.tasks.segment:Segment"),
+    "detect": TaskEntry("edgetune.runtime.tasks.detect:DetectSession", "edgetune.tasks.detect:Detect"),
 }
 # The task of a run or bundle that names none (made before tasks were recorded).
 DEFAULT = "classification"
