@@ -221,7 +221,7 @@ def anomaly_build(tmp_path_factory, textures) -> Path:
     cfg = out / "config.yaml"
     cfg.write_text(
         f"task: anomaly\nnormal: good\ndata: {data}\nmodel: test_resnet\npretrained: false\nimg-size: {SIZE}\n"
-        "val-frac: 0.2\ntest-frac: 0.3\n"
+        "val-frac: 0.2\ntest-frac: 0.3\nbuild:\n  precision: int8\n"
     )
     run_cli(
         "--config",

@@ -207,9 +207,9 @@ def summary(task, bundles: dict[str, Path], seconds: float) -> None:
         )
     log.print_table(table)
     for name, b in loaded.items():
-        note = (b.manifest.get("precision_choice") or {}).get("note")
-        if note:
-            log.console.print(f"[yellow]{name}[/yellow]: {note}")
+        for note in ((b.manifest.get("precision_choice") or {}).get("note"), task.session.build_note(b.manifest)):
+            if note:
+                log.console.print(f"[yellow]{name}[/yellow]: {note}")
     for name, path in bundles.items():
         m = metrics[name]
         archive = f" (archive {path}.tar.gz)" if Path(f"{path}.tar.gz").exists() else ""

@@ -153,6 +153,12 @@ class AnomalySession(TaskSession):
         ) + f", F1 {_pct(metrics.get('f1'))}, false alarms {_pct(far)}"
 
     @classmethod
+    def build_note(cls, manifest: dict) -> str | None:
+        bank = (manifest.get(cls.task) or {}).get("bank") or {}
+        share = _search_share(manifest)
+        return f"memory bank {bank.get('rows')} x {bank.get('dim')}{share}" if share else None
+
+    @classmethod
     def describe(cls, manifest: dict) -> str | None:
         a = manifest.get(cls.task) or {}
         bank = a.get("bank") or {}
@@ -161,8 +167,20 @@ class AnomalySession(TaskSession):
             f"{a.get('map_size')}; flag when the normalised score > {a.get('threshold')} (raw threshold "
             f"{a.get('threshold_raw', float('nan')):.5g}: {a.get('rule')}; {a.get('normalisation')}, center "
             f"{a.get('center', float('nan')):.5g}, scale {a.get('scale', float('nan')):.5g}); memory bank "
-            f"{bank.get('rows')} x {bank.get('dim')}"
+            f"{bank.get('rows')} x {bank.get('dim')}" + _search_share(manifest)
         )
+
+
+def _search_share(manifest: dict) -> str:
+    """The bank search's measured share of the fp32 graph's latency, from the export's record."""
+    for rec in manifest.get("stages") or []:
+        search = ((rec.get("metrics") or {}).get("fp32") or {}).get("search") if rec.get("stage") == "export" else None
+        if search:
+            return (
+                f"; the search takes {100 * search['share']:.0f}% of the fp32 graph's p50 ({search['fp32_ms_p50']:.2f} "
+                "ms, ONNX Runtime on the build machine)"
+            )
+    return ""
 
 
 def _pct(v) -> str:

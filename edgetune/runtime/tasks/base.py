@@ -158,3 +158,8 @@ class TaskSession:
     def describe(cls, manifest: dict) -> str | None:
         """inspect's line about the manifest's task section, if it has one."""
         return None
+
+    @classmethod
+    def build_note(cls, manifest: dict) -> str | None:
+        """What the build's summary says of a bundle beyond its metrics, if anything."""
+        return None

@@ -37,7 +37,13 @@ class Anomaly(Task):
             default=0.1,
             show_default=True,
             help="--task anomaly: fraction of the normal images' patch features kept in the memory bank (greedy "
-            "k-center coreset).",
+            "k-center coreset), at most as many rows as make the search cost what the backbone costs.",
+        ),
+        click.option(
+            "--bank-rows",
+            type=click.IntRange(1),
+            help="--task anomaly: rows of the memory bank, instead of --coreset's fraction and the cost cap; the "
+            "search's time a frame grows with them.",
         ),
         click.option(
             "--max-bank-mb",
@@ -60,19 +66,25 @@ class Anomaly(Task):
 
     data_help = (
         "a folder with one sub-folder per class (the --normal one among them, alone if no defect is labelled yet), "
-        "a path,label CSV, 'elpv', or a plain folder of images of good parts"
+        "a path,label CSV, 'elpv', a plain folder of images of good parts, or images with defect masks (class "
+        "folders with NAME.png beside each image, or images/ + masks/: pixel AUROC and PRO are then reported)"
     )
 
     def recognises(self, spec: str) -> bool:
+        from edgetune.data.masks import is_mask_source
         from edgetune.data.sources import is_class_source, is_image_folder
 
-        return is_class_source(spec) or is_image_folder(spec)
+        return is_mask_source(spec) or is_class_source(spec) or is_image_folder(spec)
 
     def source(self, spec: str, opts: dict):
-        """Class-labelled images (the --normal class may be the only one), or a plain
-        folder of images, all of them normal."""
+        """Class-labelled images (the --normal class may be the only one), images
+        with defect masks, or a plain folder of images, all of them normal."""
+        from edgetune.data.masks import is_mask_source
         from edgetune.data.sources import image_folder_source, is_image_folder, load_source
+        from edgetune.tasks.anomaly.data import mask_layout_source
 
+        if is_mask_source(spec):
+            return mask_layout_source(spec, opts.get("normal"))
         if is_image_folder(spec):
             return image_folder_source(spec, opts.get("normal") or "good")
         return load_source(spec, min_classes=1)
@@ -212,7 +224,7 @@ class Anomaly(Task):
             "decisions": (flags_a.astype(int), flags_b.astype(int)),
             "spearman": float(spearmanr(a, b).statistic) if len(a) > 2 else 1.0,
             "diff_checked": precision != "int8" or max_diff is not None,
-            "decides": "the anomalous flag",
+            "decides": "anomalous flag",
             "output": "normalised score",
         }
 

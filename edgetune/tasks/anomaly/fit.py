@@ -20,7 +20,7 @@ from edgetune.runtime.tasks.anomaly import CLASSES, Normalisation
 
 logger = log.get(__name__)
 MIN_NORMAL = 10
-DEFAULTS = {"coreset": 0.1, "max_bank_mb": 256.0, "max_false_alarm": 0.01, "batch_size": 16}
+DEFAULTS = {"bank_rows": None, "coreset": 0.1, "max_bank_mb": 256.0, "max_false_alarm": 0.01, "batch_size": 16}
 
 
 def normal_index(classes: list[str], normal: str | None, source: str) -> int:
@@ -70,7 +70,21 @@ def score_images(model, paths: list[str], spec, batch_size: int = 16, desc: str 
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, seed: int, batch_size: int) -> dict:
+def bank_rows(model, images: int, coreset: float, rows: int | None) -> tuple[int, str]:
+    """(rows, what bounds them): --bank-rows when given, else the coreset fraction
+    of the patches, capped where the search would cost more than the embedder."""
+    from edgetune.tasks.anomaly.patchcore import rows_for_cost
+
+    patches = images * model.grid[0] * model.grid[1]
+    if rows:
+        return min(int(rows), patches), "--bank-rows"
+    by_fraction, by_cost = max(1, int(round(patches * coreset))), rows_for_cost(model)
+    return (by_fraction, "--coreset") if by_fraction <= by_cost else (by_cost, "search cost")
+
+
+def fit_bank(
+    model, paths: list[str], spec, coreset: float, max_bank_mb: float, seed: int, batch_size: int, rows=None
+) -> dict:
     """Fill `model`'s memory bank from the normal images at `paths`; returns its record."""
     from edgetune.tasks.anomaly.patchcore import bank_mb, greedy_coreset
 
@@ -78,20 +92,25 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
         raise EdgetuneError(
             f"--coreset {coreset}: give the fraction of patch features to keep, in (0, 1] (0.1 keeps one in ten)."
         )
-    (h, w), dim, n = (
-        model.grid,
-        int(model.bank_mean.shape[0]),
-        len(paths),
-    )  # the bank's size, before embedding every image
-    rows = max(1, int(round(n * h * w * coreset)))
+    (h, w), dim, n = model.grid, model.dim, len(paths)  # the bank's size, before embedding every image
+    rows, bound = bank_rows(model, n, coreset, rows)
     size_mb = bank_mb(rows, dim)
     if size_mb > max_bank_mb:
         raise EdgetuneError(
-            f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches x "
-            f"--coreset {coreset:g}): {size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower --coreset (e.g. "
-            f"{coreset * max_bank_mb / size_mb / 1.05:.3g}) or --img-size (now {spec.size[0]}; the patch grid shrinks "
-            "with its square), or raise --max-bank-mb."
+            f"The memory bank would hold {rows} patch features of {dim} values ({n} images x {h}x{w} patches, "
+            f"bounded by {bound}): {size_mb:.1f} MB, over --max-bank-mb {max_bank_mb:g}. Lower "
+            + (f"--coreset (e.g. {coreset * max_bank_mb / size_mb / 1.05:.3g})" if bound == "--coreset" else "")
+            + (f"--bank-rows (e.g. {int(rows * max_bank_mb / size_mb / 1.05)})" if bound != "--coreset" else "")
+            + f" or --img-size (now {spec.size[0]}; the patch grid shrinks with its square), or raise --max-bank-mb."
         )
+    logger.info(
+        "Memory bank: %d rows of %d values (%.1f MB), bounded by %s; the search takes %.2f GMAC a frame.",
+        rows,
+        dim,
+        size_mb,
+        bound,
+        h * w * rows * dim / 1e9,
+    )
     emb = embed_images(model.embedder, paths, spec, batch_size, "patch features of normal images")
     patches = emb.permute(0, 2, 3, 1).reshape(-1, dim)
     started = time.time()
@@ -112,6 +131,8 @@ def fit_bank(model, paths: list[str], spec, coreset: float, max_bank_mb: float, 
         "images": n,
         "grid": [h, w],
         "coreset": coreset,
+        "bounded_by": bound,
+        "search_gmac": round(h * w * rows * dim / 1e9, 4),
         "coreset_seconds": round(time.time() - started, 1),
     }
 
@@ -141,16 +162,21 @@ def calibrate(
 
 
 def evaluate_split(model, split, spec, norm: Normalisation, part: str = "test", batch_size: int = 16) -> dict:
-    from edgetune.tasks.anomaly.metrics import anomaly_metrics
+    """Image metrics of `part`; pixel AUROC and PRO too where its images have masks."""
+    from edgetune.tasks.anomaly.data import truth_masks
+    from edgetune.tasks.anomaly.metrics import anomaly_metrics, pixel_metrics
 
     pairs = split.parts[part]
-    scores, _ = score_images(model, [p for p, _ in pairs], spec, batch_size, f"{part} scores")
-    return anomaly_metrics(anomalous_labels(pairs), norm.apply(scores))
+    paths, y = [p for p, _ in pairs], anomalous_labels(pairs)
+    scores, maps = score_images(model, paths, spec, batch_size, f"{part} scores")
+    metrics = anomaly_metrics(y, norm.apply(scores))
+    masks = truth_masks(paths, y, tuple(spec.size))
+    return {**metrics, **(pixel_metrics(maps, masks) if masks is not None else {})}
 
 
 def load_patchcore(run):
     """A fitted anomaly run's PatchCore module, rebuilt from its records (weights_only)."""
-    from edgetune.tasks.anomaly.patchcore import build_patchcore
+    from edgetune.tasks.anomaly.patchcore import build_patchcore, upgrade_state
 
     info = run.info.get("anomaly") or {}
     bank = info.get("bank") or {}
@@ -161,7 +187,8 @@ def load_patchcore(run):
         bank=torch.zeros(int(bank["rows"]), int(bank["dim"])),
         indices=list(info["feature_indices"]),
     )
-    model.load_state_dict(torch.load(run.dir / "model.pt", map_location="cpu", weights_only=True))
+    state = torch.load(run.dir / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(upgrade_state(state))
     return model.eval()
 
 
@@ -215,7 +242,16 @@ def fit_patchcore(opts: dict, split, out):
         opts["coreset"],
     )
     batch = int(opts["batch_size"])
-    bank = fit_bank(model, train, spec, float(opts["coreset"]), float(opts["max_bank_mb"]), int(opts["seed"]), batch)
+    bank = fit_bank(
+        model,
+        train,
+        spec,
+        float(opts["coreset"]),
+        float(opts["max_bank_mb"]),
+        int(opts["seed"]),
+        batch,
+        opts["bank_rows"],
+    )
     norm, val_info = calibrate(model, split, spec, normal_class, float(opts["max_false_alarm"]), batch)
     test = evaluate_split(model, split, spec, norm, "test", batch)
     metrics = {

@@ -54,3 +54,49 @@ def anomaly_threshold(anomalous, scores, max_false_alarm: float = 0.01) -> tuple
         f"{100 * (1 - max_false_alarm):g}% quantile of {int((~y).sum())} normal validation scores (--max-false-alarm "
         f"{max_false_alarm:g})",
     )
+
+
+def pixel_metrics(maps, masks, fpr_limit: float = 0.3) -> dict:
+    """Pixel-level scores of heat maps (N, H, W) against binary masks (N, H, W):
+    pixel AUROC over every pixel, and PRO (the MVTec AD paper's per-region
+    overlap, as anomalib computes it): at each threshold, the mean over connected
+    defect regions of the share of each region's pixels flagged, integrated
+    against the false-positive rate of normal pixels up to `fpr_limit` and divided
+    by it (1.0: every region found whole before 30% false positives). One sort of
+    all pixels gives both curves."""
+    import cv2
+
+    scores = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1)
+    truth = np.asarray(masks).reshape(len(masks), -1) > 0
+    if not truth.any() or truth.all():
+        return {"pixel_auroc": None, "pro": None, "regions": 0}
+    # Each defect pixel weighs 1 / (its region's size x the number of regions): summed over the
+    # pixels above a threshold, that is the mean per-region overlap at that threshold.
+    weight = np.zeros(truth.shape, dtype=np.float64)
+    regions = 0
+    for i, m in enumerate(np.asarray(masks).reshape(len(masks), *np.shape(maps)[1:])):
+        n, labels = cv2.connectedComponents((m > 0).astype(np.uint8))
+        flat = labels.reshape(-1)
+        for r in range(1, n):
+            where = flat == r
+            weight[i, where] = 1.0 / where.sum()
+        regions += n - 1
+    weight /= regions
+    order = np.argsort(-scores, axis=None, kind="stable")
+    s, t, w = scores.reshape(-1)[order], truth.reshape(-1)[order], weight.reshape(-1)[order]
+    last = np.r_[s[1:] != s[:-1], True]  # one point per distinct threshold
+    tpr = np.cumsum(t)[last] / t.sum()
+    fpr = np.cumsum(~t)[last] / (~t).sum()
+    pro = np.cumsum(w)[last]
+    fpr, tpr, pro = (np.r_[0.0, a] for a in (fpr, tpr, pro))
+    keep = fpr <= fpr_limit
+    x, y = fpr[keep], pro[keep]
+    if x[-1] < fpr_limit:  # the curve's value at the limit, interpolated
+        j = int(keep.sum())
+        y = np.r_[y, np.interp(fpr_limit, fpr[j - 1 : j + 1], pro[j - 1 : j + 1])]
+        x = np.r_[x, fpr_limit]
+    return {
+        "pixel_auroc": float(np.trapezoid(tpr, fpr)),
+        "pro": float(np.trapezoid(y, x) / fpr_limit),
+        "regions": int(regions),
+    }

@@ -4,15 +4,22 @@
     layer2 + layer3) -> 3x3 average pool each (local neighbourhood aggregation)
     -> the stride-16 map resized (bilinear) to the stride-8 grid, channels
     concatenated: one D-dim embedding per patch -> squared distance to every
-    memory-bank row as ||a||^2 - 2 a.b + ||b||^2 (one MatMul) -> min over the
-    bank (nearest neighbour) -> sqrt -> image score = max over patches; map =
-    patch scores upsampled (bilinear) to the input and Gaussian-smoothed.
+    memory-bank row as ||a||^2 + (||b||^2 - 2 a.b), the bracket one Linear over
+    the bank -> min over the bank (nearest neighbour) -> sqrt -> image score = max
+    over patches; map = patch scores upsampled (bilinear) to the input and
+    Gaussian-smoothed.
 
 Only standard ONNX ops (Conv, AveragePool, Resize, Concat, MatMul, ReduceMin,
 ReduceMax, Sqrt, Pad), so one graph runs on ONNX Runtime, OpenVINO and TensorRT.
 The paper's image-score re-weighting by the nearest neighbour's own neighbours
 is left out: the image score is the largest patch score (anomalib with
 num_neighbors=1), which keeps the graph free of ArgMax/Gather/TopK.
+
+The search costs patches x bank rows x D multiply-adds a frame: with a bank of
+a tenth of the patches it is most of a frame's time (44,766 rows at 224 px: 5
+GMAC against the backbone's 0.4). So the bank's rows are chosen by what they
+cost: by default no more than make the search cost what the embedder costs
+(`rows_for_cost`), and INT8 quantizes the search with the backbone.
 
 The memory bank is a greedy k-center coreset of the normal images' patch
 embeddings, chosen on a random projection (Johnson-Lindenstrauss) to keep the
@@ -92,48 +99,103 @@ def map_sigma(size: tuple[int, int]) -> float:
     return max(1.0, 4.0 * min(size) / 256)
 
 
+class NearestBankRow(nn.Module):
+    """(N, D, h, w) patch embeddings -> (N, h*w) squared distances to the nearest
+    memory-bank row. ||a - b||^2 = ||a||^2 + (||b||^2 - 2 a.b): the bracket for every
+    bank row is one Linear (weight -2b, bias ||b||^2), so INT8 quantizes the search
+    as it does any Linear (int8 per-row weights, one activation scale), and the
+    runtimes run it on their integer kernels; ||a||^2 is added after the min.
+    The bank is stored centred on its mean (the embeddings are centred alike):
+    distances are unchanged, but the norms shrink, which keeps the cancellation in
+    the sum harmless in INT8 and where a runtime computes in FP16/BF16."""
+
+    def __init__(self, bank: torch.Tensor):
+        super().__init__()
+        rows, dim = bank.shape
+        self.register_buffer("mean", torch.zeros(dim))
+        self.rows = nn.Linear(dim, rows)
+        self.set_bank(bank)
+
+    def set_bank(self, bank: torch.Tensor) -> None:
+        bank = bank.float()
+        if tuple(bank.shape) != (self.rows.out_features, self.rows.in_features):
+            self.rows = nn.Linear(bank.shape[1], bank.shape[0])
+        mean = bank.mean(0)
+        centred = bank - mean
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.rows.weight.copy_(-2 * centred)
+            self.rows.bias.copy_((centred * centred).sum(1))
+
+    @property
+    def bank(self) -> torch.Tensor:
+        return self.rows.weight.detach() / -2 + self.mean
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        a = emb.flatten(2).transpose(1, 2) - self.mean  # (N, h*w, D)
+        return (self.rows(a).amin(-1) + (a * a).sum(-1)).clamp_min(0)
+
+
+class PatchDistances(nn.Module):
+    """Image -> (N, h*w) squared nearest-bank distances: the part INT8 quantizes
+    (the embedder's convolutions and the search's Linear)."""
+
+    def __init__(self, embedder: PatchEmbedder, bank: torch.Tensor):
+        super().__init__()
+        self.embedder = embedder
+        self.search = NearestBankRow(bank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.search(self.embedder(x))
+
+
 class PatchCore(nn.Module):
     """(N, 3, H, W) normalised images -> (score (N,), map (N, H, W)): raw
-    nearest-neighbour distances to the memory bank (N x h*w x M in one MatMul)."""
+    nearest-neighbour distances to the memory bank."""
 
     def __init__(self, embedder: PatchEmbedder, bank: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]):
         super().__init__()
-        self.embedder = embedder
+        self.patches = PatchDistances(embedder, bank)
         self.size, self.grid = tuple(size), tuple(grid)
-        self.register_buffer("bank_mean", torch.zeros(bank.shape[1]))
-        self.register_buffer(
-            "bank_t", torch.zeros(bank.shape[1], bank.shape[0])
-        )  # (D, M): the MatMul's right-hand side
-        self.register_buffer("bank_sq", torch.zeros(bank.shape[0]))  # (M,)
-        self.set_bank(bank)
         k = gaussian_kernel(map_sigma(self.size))
         self.register_buffer("blur_h", k.view(1, 1, 1, -1))
         self.register_buffer("blur_v", k.view(1, 1, -1, 1))
 
-    def set_bank(self, bank: torch.Tensor) -> None:
-        """Store the bank centred on its mean (the test embeddings are centred
-        alike): distances are unchanged, but the squared norms in
-        ||a||^2 - 2ab + ||b||^2 shrink, which keeps its cancellation harmless
-        where a runtime computes it in FP16/BF16 (TensorRT, OpenVINO on AMX)."""
-        bank = bank.float()
-        mean = bank.mean(0)
-        centred = bank - mean
-        self.bank_mean, self.bank_t, self.bank_sq = mean, centred.t().contiguous(), (centred * centred).sum(1)
+    @property
+    def embedder(self) -> PatchEmbedder:
+        return self.patches.embedder
 
-    def patch_scores(self, emb: torch.Tensor) -> torch.Tensor:
-        """(N, D, h, w) embeddings -> (N, h*w) distances to the nearest bank row."""
-        a = emb.flatten(2).transpose(1, 2) - self.bank_mean  # (N, h*w, D), centred as the bank
-        d2 = (a * a).sum(-1, keepdim=True) - 2 * torch.matmul(a, self.bank_t) + self.bank_sq
-        return d2.amin(-1).clamp_min(0).sqrt()
+    @property
+    def dim(self) -> int:
+        return int(self.patches.search.mean.shape[0])
+
+    def set_bank(self, bank: torch.Tensor) -> None:
+        self.patches.search.set_bank(bank)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patch = self.patch_scores(self.embedder(x))
+        return self.image_scores(self.patches(x))
+
+    def image_scores(self, d2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, h*w) squared patch distances -> (image score (N,), map (N, H, W))."""
+        patch = d2.sqrt()
         score = patch.amax(-1)
         m = F.interpolate(patch.reshape(-1, 1, *self.grid), size=self.size, mode="bilinear", align_corners=False)
         r = self.blur_h.shape[-1] // 2
         m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="reflect"), self.blur_h)
         m = F.conv2d(F.pad(m, (0, 0, r, r), mode="reflect"), self.blur_v)
         return score, m[:, 0]
+
+
+def upgrade_state(state: dict) -> dict:
+    """A state dict saved before the search became a Linear (keys embedder.*,
+    bank_mean, bank_t (D, M), bank_sq) in today's keys: fitted runs keep loading."""
+    if "bank_t" not in state:
+        return state
+    out = {f"patches.{k}": v for k, v in state.items() if k.startswith("embedder.")}
+    out["patches.search.mean"] = state["bank_mean"]
+    out["patches.search.rows.weight"] = -2 * state["bank_t"].t()
+    out["patches.search.rows.bias"] = state["bank_sq"]
+    return {**out, **{k: v for k, v in state.items() if k.startswith("blur_")}}
 
 
 def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, progress=None, batch: int = 16) -> torch.Tensor:
@@ -175,6 +237,14 @@ def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, progress=N
         if progress is not None:
             progress(len(picked))
     return torch.tensor(picked, dtype=torch.long)
+
+
+def rows_for_cost(model: "PatchCore", share: float = 1.0) -> int:
+    """Bank rows whose search costs `share` x the embedder's multiply-adds a frame."""
+    from edgetune.models.stats import count_macs
+
+    macs, _ = count_macs(model.embedder, model.size)
+    return max(1, int(share * macs / (model.grid[0] * model.grid[1] * model.dim)))
 
 
 def bank_mb(rows: int, dim: int) -> float:

@@ -35,10 +35,17 @@ def plot_score_histogram(scores: np.ndarray, anomalous: np.ndarray, path: Path, 
 
 
 def plot_anomaly_gallery(
-    paths: list[str], scores: np.ndarray, maps: np.ndarray, anomalous: np.ndarray, path: Path, top: int = 8
+    paths: list[str],
+    scores: np.ndarray,
+    maps: np.ndarray,
+    anomalous: np.ndarray,
+    path: Path,
+    top: int = 8,
+    masks: np.ndarray | None = None,
 ) -> dict:
     """Top row(s): the most anomalous images; below: the missed anomalies (lowest
-    scores first), each with its heat map overlaid. Returns how many of each."""
+    scores first), each with its heat map overlaid, and the true defect mask
+    beside it where the data set has masks. Returns how many of each."""
     import cv2
     import matplotlib
 
@@ -64,13 +71,19 @@ def plot_anomaly_gallery(
             next(iter(cells)).text(0.5, 0.5, f"no {name}", ha="center", va="center")
         for ax, i in zip(cells, idx):
             img = heat_overlay(read_image(paths[i]), maps[i])
+            if masks is not None:  # the true mask, white on black, to the right of the map
+                truth = cv2.resize(masks[i] * 255, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+                img = np.hstack([img, np.full((img.shape[0], 4, 3), 128, np.uint8), cv2.merge([truth] * 3)])
             ax.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
             ax.set_title(f"{'anomalous' if anomalous[i] else 'normal'} part, score {scores[i]:.2f}", fontsize=9)
         r += n_rows
-    fig.suptitle("Most anomalous test images (top) and missed anomalies (bottom), heat maps overlaid")
+    fig.suptitle(
+        "Most anomalous test images (top) and missed anomalies (bottom), heat maps overlaid"
+        + (", true masks beside" if masks is not None else "")
+    )
     fig.tight_layout()
     save_fig(fig, path)
-    return {"most_anomalous": len(most), "missed": len(missed)}
+    return {"most_anomalous": len(most), "missed": len(missed), "true_masks": masks is not None}
 
 
 def report(run, part: str, json_file: Path | None, batch_size: int, tta: str = "none") -> dict:
@@ -78,8 +91,9 @@ def report(run, part: str, json_file: Path | None, batch_size: int, tta: str = "
     the threshold, a histogram of normal vs anomalous scores, and a gallery of the
     most anomalous images and of the missed anomalies with their heat maps."""
     from edgetune.runtime.files import write_json
+    from edgetune.tasks.anomaly.data import truth_masks
     from edgetune.tasks.anomaly.fit import anomalous_labels, load_patchcore, run_norm, score_images
-    from edgetune.tasks.anomaly.metrics import anomaly_metrics
+    from edgetune.tasks.anomaly.metrics import anomaly_metrics, pixel_metrics
 
     norm = run_norm(run)
     pairs = run.split.parts[part]
@@ -89,6 +103,9 @@ def report(run, part: str, json_file: Path | None, batch_size: int, tta: str = "
     y = anomalous_labels(pairs)
     m = anomaly_metrics(y, scores)
     m["threshold_raw"], m["rule"] = norm.threshold_raw, norm.rule
+    masks = truth_masks(paths, y, tuple(run.spec.size))
+    if masks is not None:
+        m.update(pixel_metrics(maps, masks))
     m["predictions"] = [
         {"path": p, "anomalous": bool(a), "score": round(float(s), 5)} for p, a, s in zip(paths, y, scores)
     ]
@@ -101,8 +118,8 @@ def report(run, part: str, json_file: Path | None, batch_size: int, tta: str = "
         + (f"{m['auroc']:.4f}" if m["auroc"] is not None else "-")
         + f", F1 {m['f1']:.3f}",
     )
-    shown = plot_anomaly_gallery(paths, scores, maps, y, files["gallery"])
-    m["files"] = {k: str(v) for k, v in files.items()}
+    shown = plot_anomaly_gallery(paths, scores, maps, y, files["gallery"], masks=masks)
+    m["files"], m["gallery"] = {k: str(v) for k, v in files.items()}, shown
     write_json(run.dir / f"eval_{part}.json", m)
     if json_file:
         write_json(json_file, m)
@@ -117,6 +134,11 @@ def report(run, part: str, json_file: Path | None, batch_size: int, tta: str = "
         )
     else:
         c.print(f"  image AUROC {m['auroc']:.4f}, AUPR {m['aupr']:.4f}")
+    if m.get("pixel_auroc") is not None:
+        c.print(
+            f"  against the true masks: pixel AUROC {m['pixel_auroc']:.4f}, PRO {m['pro']:.4f} ({m['regions']} defect "
+            "regions; per-region overlap up to 30% false-positive pixels)"
+        )
     c.print(
         f"  at the threshold (raw {norm.threshold_raw:.5g}; {norm.rule}): F1 {m['f1']:.4f}, precision "
         f"{m['precision']:.4f}, recall {m['recall'] if m['recall'] is None else format(m['recall'], '.4f')}, "
