@@ -191,9 +191,13 @@ def bundles_part(a, run) -> dict:
             row.update(auroc=anomaly_metrics(y, scores)["auroc"], **pixel_metrics(maps, masks))
             row["per_class_auroc"] = per_class_auroc(paths, scores)
         rows.append(row)
-        quality = f"AUROC {row['auroc']:.4f}, pixel AUROC {row['pixel_auroc']:.4f}, PRO {row['pro']:.4f}, "
+        quality = (
+            f"AUROC {row['auroc']:.4f}, pixel AUROC {row['pixel_auroc']:.4f}, PRO {row['pro']:.4f}, "
+            if method == "PatchCore"
+            else ""
+        )
         log.console.print(
-            f"{method} {target} {precision}: {quality if method == 'PatchCore' else ''}"
+            f"{method} {target} {precision}: {quality}"
             f"{row['latency_ms_p50']:.2f} ms ({row['x_int8_classifier']:.2f}x the INT8 classifier)"
         )
     record = run.info["history"][-1]["metrics"]
