@@ -291,7 +291,10 @@ def main() -> None:
         rows += peer_rows(a, run, policy)
     complete(rows, "neu-det" if not a.smoke else "shapes", recipe["model"])
     split_file = a.results.with_name(a.results.stem + "_split.json")
-    write_json(split_file, load_run(run_dir).split.to_dict())
+    # the images of each part, not their boxes: the annotations stay with the data set
+    record = load_run(run_dir).split.to_dict()
+    parts = {k: [p for p, _ in record[k]] for k in ("train", "val", "test")}
+    write_json(split_file, {"classes": record["classes"], "seed": record["seed"], **parts})
     history = load_run(run_dir).info["history"][-1]
     results = {
         "rows": rows,
