@@ -17,12 +17,12 @@ The manifest is the contract between the build machine and the device
     runtime        "onnxruntime" | "openvino" | "tensorrt"
     precision      precision of the main artifact: "int8" | "fp16" | "fp32"
     model          {"backbone", "stage" (qat|ptq|float ...), "pruned", "macs", "params"}
-    classes        class names (a classifier's: index = logit column; an anomaly
-                   detector's: normal, anomalous)
-    task           the task (`edgetune.runtime.tasks`); absent: "classification"
-    TASK           the task's own section, under its name where it has one (an
-                   anomaly bundle's threshold, normalisation and map size: see
-                   `edgetune.runtime.tasks.anomaly`)
+    classes        class names, as the task reads them (e.g. a logit column each)
+    task           the task (`edgetune.runtime.tasks`); absent: that registry's
+                   DEFAULT (bundles made before tasks were recorded)
+    TASK           the task's own section, under its name where it has one
+                   (thresholds, decoding, output sizes: see the task's module in
+                   `edgetune.runtime.tasks`)
     input          {"name", "shape" [N, 3, H, W] (N null: any batch), "layout" "NCHW",
                     "dtype" "float32", "frames": what run_frames takes}
     preprocess     the PreprocessSpec (size, mean, std, interpolation, channel order,
