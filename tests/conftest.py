@@ -190,6 +190,8 @@ def invoke(*args) -> int:
     return e.value.code
 
 
+# bench timing kept short: the tests check what bench reports, not how fast
+QUICK_BENCH = ["--batch", "1", "--warmup", "1", "--min-time", "0.1", "--min-runs", "5"]
 QAT_ARGS = ["--mode", "qat", "--epochs", "3", "--lr", "1e-3", "--batch-size", "8", "--warmup-epochs", "0"]
 
 

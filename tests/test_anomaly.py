@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from anomaly_helpers import SIZE, make_textures
-from conftest import invoke, run_cli
+from conftest import QUICK_BENCH, invoke, run_cli
 
 MODEL = ["--model", "test_resnet", "--no-pretrained", "--img-size", str(SIZE)]
 
@@ -274,14 +274,7 @@ def test_bench_and_compare_report_auroc(anomaly_build, tmp_path):
         "bench",
         anomaly_build / "bundle-cpu",
         "--no-baseline",
-        "--batch",
-        "1",
-        "--min-time",
-        "0.1",
-        "--min-runs",
-        "5",
-        "--warmup",
-        "1",
+        *QUICK_BENCH,
         "--json",
         tmp_path / "bench.json",
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, invoke, run_cli
+from conftest import QUICK_BENCH, REPO, invoke, run_cli
 
 pytestmark = pytest.mark.slow
 MODEL = ["--model", "test_efficientnet", "--no-pretrained", "--img-size", "64", "--fpn-channels", "32"]
@@ -156,14 +156,7 @@ def test_compare_bench_verify_and_evaluate(detect_build, tmp_path):
         "bench",
         out / "bundle-cpu",
         out / "bundle-intel",
-        "--batch",
-        "1",
-        "--min-time",
-        "0.1",
-        "--min-runs",
-        "5",
-        "--warmup",
-        "1",
+        *QUICK_BENCH,
         "--no-baseline",
         "--json",
         tmp_path / "bench.json",

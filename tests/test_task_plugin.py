@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import QUICK_BENCH, REPO, run_cli
 
 PLUGIN = Path(__file__).parent / "plugin"
 MODEL = [
@@ -112,14 +112,7 @@ def test_a_plugged_in_task_runs_through_every_command(tmp_path):
         "bench",
         bundle,
         run,
-        "--batch",
-        "1",
-        "--min-time",
-        "0.1",
-        "--min-runs",
-        "5",
-        "--warmup",
-        "1",
+        *QUICK_BENCH,
         "--json",
         tmp_path / "bench.json",
         env=env,

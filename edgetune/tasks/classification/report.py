@@ -11,7 +11,7 @@ from rich.table import Table
 
 from edgetune import log
 from edgetune.runtime.tasks.classification import softmax
-from edgetune.tasks.figures import save_fig
+from edgetune.tasks.figures import image_grid, save_fig
 
 
 def print_metrics(m: dict, classes: list[str], title: str) -> None:
@@ -67,10 +67,6 @@ def plot_mistakes(
     pairs: list[tuple[str, int]], logits: np.ndarray, classes: list[str], path: Path, top: int = 16
 ) -> int:
     """Gallery of the most confident mistakes; returns how many are shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
 
     probs = softmax(logits)
@@ -78,11 +74,7 @@ def plot_mistakes(
     labels = np.array([y for _, y in pairs])
     wrong = np.flatnonzero(pred != labels)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:top]
-    cols = 4
-    rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(len(wrong))
     for ax, i in zip(axes.flat, wrong):
         with Image.open(pairs[i][0]) as im:
             ax.imshow(im.convert("RGB"))

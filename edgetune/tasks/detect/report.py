@@ -13,7 +13,7 @@ from rich.table import Table
 
 from edgetune import log
 from edgetune.tasks.detect.metrics import iou
-from edgetune.tasks.figures import save_fig
+from edgetune.tasks.figures import image_grid, save_fig
 
 GREEN, RED, MAGENTA, GREY = (0.1, 0.8, 0.1), (0.9, 0.1, 0.1), (0.9, 0.1, 0.9), (0.6, 0.6, 0.6)
 
@@ -52,20 +52,12 @@ def plot_curves(m: dict, path: Path, title: str) -> None:
 
 
 def plot_gallery(pairs: list, results: list, classes: list[str], path: Path, top: int = 12) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
     from PIL import Image
 
     marks = [mistakes(r, t) for r, (_, t) in zip(results, pairs)]
     order = sorted(range(len(pairs)), key=lambda i: -(len(marks[i][1]) + len(marks[i][2])))[:top]
-    cols = 4
-    rows = max(1, int(np.ceil(len(order) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(len(order), cell=(3.2, 3.5))
     for ax, i in zip(axes.flat, order):
         (p, t), r, (found, missed, false) = pairs[i], results[i], marks[i]
         with Image.open(p) as im:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
 from edgetune import log
-from edgetune.tasks.figures import save_fig
+from edgetune.tasks.figures import image_grid, save_fig
 
 GALLERY = 12
 
@@ -36,11 +35,7 @@ def plot_gallery(paths, targets, results, order: list[int], classes, path: Path,
     from edgetune.runtime.tasks.segment import class_colours, mask_overlay
 
     chosen = order[:top]
-    cols = 4  # two images a row
-    rows = max(1, int(np.ceil(2 * len(chosen) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(2 * len(chosen), cell=(3.0, 3.2), extra_height=0.6)  # two images a row
     for j, i in enumerate(chosen):
         image = read_image(paths[i])
         truth = read_label(targets[i], image.shape[:2])
