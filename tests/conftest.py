@@ -240,3 +240,26 @@ def anomaly_build(tmp_path_factory, textures) -> Path:
         timeout=900,
     )
     return out
+
+
+def ort_optimized(path, tmp_path):
+    """The graph ONNX Runtime's CPU provider runs for `path`, as it optimised it."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath, so.log_severity_level = str(tmp_path / f"{path.stem}.opt.onnx"), 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(so.optimized_model_filepath)
+
+
+def unfused_convs(proto) -> list[str]:
+    """Quantized convolutions ONNX Runtime left in float: a Conv whose weight comes
+    from a DequantizeLinear, or whose output goes straight into a QuantizeLinear."""
+    quantized = {i for n in proto.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
+    dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type in ("Conv", "FusedConv") and (n.output[0] in quantized or n.input[1] in dequantized)
+    ]

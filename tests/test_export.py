@@ -9,7 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import invoke, make_images
+from conftest import invoke, make_images, ort_optimized, unfused_convs
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -62,47 +62,40 @@ def test_int8_export_runs_in_onnxruntime_and_openvino(int8_export, qat_run):
     assert agreement(ort_out, ov_out) >= 0.9 and np.abs(ort_out - ov_out).max() < 0.5
 
 
-def _ort_optimized(path, tmp_path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.optimized_model_filepath, so.log_severity_level = str(tmp_path / f"{path.stem}.opt.onnx"), 3
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return onnx.load(so.optimized_model_filepath)
-
-
-def _unfused_convs(proto) -> list[str]:
-    """Float convolutions whose output goes straight into a QuantizeLinear: a
-    DQ -> Conv -> Q unit ONNX Runtime did not turn into a QLinearConv."""
-    quantized = {i for n in proto.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
-    return [n.name for n in proto.graph.node if n.op_type in ("Conv", "FusedConv") and n.output[0] in quantized]
-
-
 def test_uint8_activation_export_fuses_every_conv_in_onnxruntime(qat_run, int8_export, tmp_path):
-    """The ONNX Runtime flavour computes exactly the same, and ORT's optimiser
-    leaves no DQ -> Conv -> Q unit in float (ORT fuses a Conv only when its input
-    and output quantizers have one type)."""
+    """The ONNX Runtime flavour: ORT's optimiser leaves no quantized Conv in float.
+    ORT fuses a Conv only when its input and output quantizers have one type, and
+    only with an output quantizer: the export adds one behind each convolution
+    that a SiLU (this model), hard-swish or GELU reads. Without those, the uint8
+    shift alone computes exactly what the int8 file does."""
     from pathlib import Path
 
+    import onnx
     import onnxruntime as ort
 
+    from edgetune.export.graph import quantize_layer_outputs, shift_activations_to_uint8
     from edgetune.export.onnx import _check_images, export_onnx
     from edgetune.run import load_run
 
     r = export_onnx(qat_run, tmp_path / "model.u8.onnx", precision="int8", activations="uint8")
     assert r["activations"] == "uint8" and r["checks"]["activation_qdq"].get("int8", 0) == 0
-    fused, kept = _ort_optimized(Path(r["path"]), tmp_path), _ort_optimized(Path(int8_export["path"]), tmp_path)
+    assert r["output_quantizers"] > 0 and r["checks"]["decisive_agreement"] >= 0.99
+    fused, kept = ort_optimized(Path(r["path"]), tmp_path), ort_optimized(Path(int8_export["path"]), tmp_path)
     n = lambda p: sum(x.op_type == "QLinearConv" for x in p.graph.node)  # noqa: E731
-    assert _unfused_convs(fused) == [] and n(fused) >= n(kept) > 0
-    # Without graph optimisation both files compute exactly the same.
+    assert unfused_convs(fused) == [] and unfused_convs(kept) != [] and n(fused) > n(kept) > 0
+    # The shift alone: both files compute exactly the same (without graph optimisation).
     x = _check_images(load_run(qat_run), 8)
+    shifted = onnx.load(int8_export["path"])
+    shift_activations_to_uint8(shifted)
     plain = ort.SessionOptions()
     plain.graph_optimization_level, plain.log_severity_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 3
     a, b = (
         ort.InferenceSession(p, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-        for p in (int8_export["path"], r["path"])
+        for p in (int8_export["path"], shifted.SerializeToString())
     )
     np.testing.assert_array_equal(a, b)
+    # The pass finds the same convolutions in the int8 file.
+    assert quantize_layer_outputs(onnx.load(int8_export["path"]), x) == r["output_quantizers"]
 
 
 def test_fp32_export_of_a_quantized_run_uses_its_float_parent(qat_run, float_run, tmp_path):

@@ -1,5 +1,6 @@
 """Graph preparation before quantization: fold BatchNorm into the convolution
-before it, and fix a dynamic-size ViT's input size.
+before it, fold layer-scale into the layer before it, and fix a dynamic-size
+ViT's input size.
 
 Quantizing a Conv -> BatchNorm pair leaves the BatchNorm as float work between
 the integer convolution and its output quantizer, and ONNX Runtime then cannot
@@ -111,6 +112,45 @@ def fold_batchnorm(model: nn.Module, size: tuple[int, int], check: bool = True) 
             )
     model.train(was_training)
     return pairs
+
+
+def _layer_scale_pairs(model: nn.Module):
+    """(layer, owner, attribute) for each layer-scale multiply that directly follows
+    a Conv2d or Linear: ConvNeXt's block (`gamma` after `mlp.fc2`) and timm's ViT
+    block (`ls1` after `attn.proj`, `ls2` after `mlp.fc2`; LayerScale modules)."""
+    from timm.layers import LayerScale
+
+    for m in model.modules():
+        fc2 = getattr(getattr(m, "mlp", None), "fc2", None)
+        if type(m).__name__ == "ConvNeXtBlock" and isinstance(getattr(m, "gamma", None), nn.Parameter):
+            if isinstance(fc2, (nn.Conv2d, nn.Linear)):
+                yield fc2, m, "gamma"
+        for attr, layer in (("ls1", getattr(getattr(m, "attn", None), "proj", None)), ("ls2", fc2)):
+            if isinstance(getattr(m, attr, None), LayerScale) and isinstance(layer, nn.Linear):
+                yield layer, m, attr
+
+
+@torch.no_grad()
+def fold_layer_scale(model: nn.Module) -> int:
+    """Fold every layer-scale multiply into the layer before it (weights and bias
+    times the per-channel factor), in place; returns how many. The multiply would
+    sit between the layer and its output quantizer as float work, so ONNX Runtime
+    could not fuse that layer into an integer kernel; folded, the outputs are the
+    same and the layer fuses. Like `fold_batchnorm`, running it on a fresh model
+    rebuilds the structure a folded state dict needs."""
+    n = 0
+    for layer, owner, attr in list(_layer_scale_pairs(model)):
+        scale = getattr(owner, attr)
+        gamma = (scale if isinstance(scale, nn.Parameter) else scale.gamma).detach().flatten()
+        layer.weight.mul_(gamma.view(-1, *[1] * (layer.weight.ndim - 1)).to(layer.weight.dtype))
+        if layer.bias is not None:
+            layer.bias.mul_(gamma.to(layer.bias.dtype))
+        if isinstance(scale, nn.Parameter):
+            setattr(owner, attr, None)  # ConvNeXtBlock skips the multiply when gamma is None
+        else:
+            setattr(owner, attr, nn.Identity())
+        n += 1
+    return n
 
 
 def _outputs(out) -> list[torch.Tensor]:

@@ -90,11 +90,12 @@ def quantize_model(
     """The NNCF-quantized model (quantizers initialised, not trained) and its record."""
     nncf = import_nncf()
 
-    from edgetune.compress.fold import fix_input_size, fold_batchnorm
+    from edgetune.compress.fold import fix_input_size, fold_batchnorm, fold_layer_scale
 
     model = model.cpu().eval()
     fixed_size = fix_input_size(model, size)
     folded = fold_batchnorm(model, size) if fold_bn else []
+    scales = fold_layer_scale(model) if fold_bn else 0
     scope = _ignored_scope(list(ignore))
     try:
         qmodel = nncf.quantize(
@@ -129,6 +130,7 @@ def quantize_model(
         "nncf_config": get_config(qmodel),
         "fold_bn": bool(folded),
         "folded_pairs": len(folded),
+        "folded_layer_scales": scales,
         "fixed_input_size": fixed_size,
         "weights": "int8 symmetric per-channel (output axis)",
         "zero_point": 0,
@@ -186,12 +188,14 @@ def rebuild_quantized(model: torch.nn.Module, record: dict, size: tuple[int, int
     import_nncf()
     from nncf.torch import load_from_config
 
-    from edgetune.compress.fold import fix_input_size, fold_batchnorm
+    from edgetune.compress.fold import fix_input_size, fold_batchnorm, fold_layer_scale
 
     if record.get("fixed_input_size"):
         fix_input_size(model, size)
     if record.get("fold_bn"):
         fold_batchnorm(model, size, check=False)
+    if record.get("folded_layer_scales"):  # runs quantized before layer-scale folding keep their multiply
+        fold_layer_scale(model)
     return load_from_config(model.cpu().eval(), record["nncf_config"])
 
 

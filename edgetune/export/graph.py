@@ -1,7 +1,8 @@
 """The ONNX graph side of an export, shared by every task: torch.onnx.export to a
 file (atomically), the graph rewrites that make runtimes fuse the INT8 model
-(identities out, weight quantizers folded into int8 initializers, activations
-shifted to uint8 for ONNX Runtime), and the static checks of every export."""
+(identities out, weight quantizers folded into int8 initializers; for ONNX
+Runtime the variant of `edgetune.export.ort_variant`), and the static checks of
+every export."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.errors import EdgetuneError
+from edgetune.export.ort_variant import (  # noqa: F401 - also for export_onnx's callers
+    added_output_quantizers,
+    quantize_layer_outputs,
+    shift_activations_to_uint8,
+)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PRECISIONS = ("fp32", "int8")
@@ -147,64 +153,13 @@ def dequantize_constants(model_proto) -> int:
     return done
 
 
-def shift_activations_to_uint8(model_proto) -> int:
-    """Activation Q/DQ int8 with zero-point 0 -> uint8 with zero-point 128: the
-    same real values (q + 128, same scale), so the model computes exactly the
-    same. ONNX Runtime's x86 CPU kernels are uint8-activation x int8-weight; with
-    every activation in uint8, each DQ -> Conv -> Q becomes one QLinearConv and
-    each residual Add a QLinearAdd (int8 activations leave some Convs in float
-    between DequantizeLinear and QuantizeLinear). Weights stay int8, zero-point 0.
-
-    A signed quantizer right after a ReLU (or Clip from 0: ReLU6), as a model made
-    for TensorRT has, becomes uint8 with zero-point 0 instead: its values are 0..127
-    either way, and ONNX Runtime drops a ReLU whose quantizer already clamps at 0 and
-    fuses Conv + ReLU (with zero-point 128 the ReLU stays and so does a float Conv).
-    The one difference: uint8 saturates at 255 steps where int8 stopped at 127."""
-    from onnx import numpy_helper
-
-    from edgetune.export.checks import GraphIndex
-
-    g = model_proto.graph
-    index = GraphIndex(model_proto)
-    value, producer = index.value, index.producer
-
-    def non_negative(name: str) -> bool:
-        node = producer.get(name)
-        if node is None:
-            return False
-        low = value(node.input[1]) if node.op_type == "Clip" and len(node.input) > 1 and node.input[1] else None
-        return node.op_type == "Relu" or (low is not None and float(low) >= 0)
-
-    after_relu = {q.output[0] for q in g.node if q.op_type == "QuantizeLinear" and non_negative(q.input[0])}
-    shifted, n = {}, 0
-    for node in g.node:
-        if (
-            node.op_type not in ("QuantizeLinear", "DequantizeLinear")
-            or len(node.input) < 3
-            or value(node.input[0]) is not None
-        ):
-            continue  # weights (constant inputs) stay int8
-        zp = value(node.input[2])
-        if zp is None or zp.dtype != np.int8:
-            continue
-        quantized = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
-        to_zero = quantized in after_relu and not zp.any()
-        name = node.input[2] + ("_uint8_0" if to_zero else "_uint8")
-        if name not in shifted:
-            new_zp = np.zeros(zp.shape, np.uint8) if to_zero else (zp.astype(np.int16) + 128).astype(np.uint8)
-            shifted[name] = numpy_helper.from_array(new_zp, name)
-            g.initializer.append(shifted[name])
-        node.input[2] = name
-        n += 1
-    return n
-
-
-def _check_images(run, n: int) -> np.ndarray:
-    """Up to `n` real images of the run's split (test first), preprocessed as on the device."""
+def _check_images(run, n: int, parts=("test", "val", "train")) -> np.ndarray:
+    """Up to `n` real images of the run's split (test first, or in the order of
+    `parts`), preprocessed as on the device."""
     from edgetune.runtime.preprocess import preprocess, read_image
 
     pairs = []
-    for part in ("test", "val", "train"):
+    for part in parts:
         pairs += run.split.parts[part][: n - len(pairs)]
         if len(pairs) >= n:
             break
@@ -222,11 +177,15 @@ def save_onnx(
     activations: str,
     output_names: list[str],
     doc: str,
+    calibration: np.ndarray | None = None,
 ):
     """torch.onnx.export of `model` (input `INPUT_NAME`, dynamic batch on the input
     and every output) to `out`, atomically; then identities removed and, for INT8,
-    the weights' quantizers folded into int8 initializers (and activations shifted
-    to uint8 with `activations="uint8"`). Returns (the ModelProto, weights folded)."""
+    the weights' quantizers folded into int8 initializers. With `activations="uint8"`
+    (ONNX Runtime), activations are shifted to uint8, after quantizers are added
+    behind the convolutions ONNX Runtime would leave float, their scales measured on
+    the preprocessed `calibration` images (none given: none added). Returns (the
+    ModelProto, weights folded)."""
     import onnx
     import torch
 
@@ -253,6 +212,8 @@ def save_onnx(
             _fold_weight_transposes(proto)
             dequantize_constants(proto)
         if precision == "int8" and activations == "uint8":
+            if calibration is not None:
+                quantize_layer_outputs(proto, calibration)
             shift_activations_to_uint8(proto)
         proto.doc_string = doc
         onnx.save(proto, str(tmp))

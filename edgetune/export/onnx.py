@@ -21,6 +21,7 @@ from edgetune.export.graph import (  # noqa: F401 - the graph side, also for exp
     OUTPUT_NAME,
     PRECISIONS,
     _check_images,
+    added_output_quantizers,
     check_options,
     save_onnx,
     shift_activations_to_uint8,
@@ -29,6 +30,7 @@ from edgetune.export.graph import (  # noqa: F401 - the graph side, also for exp
 
 logger = log.get(__name__)
 MIN_AGREEMENT = 0.99
+CALIBRATION_IMAGES = 32
 
 
 def float_model(run):
@@ -50,7 +52,7 @@ def _model_for(run, precision: str):
     """(model to export, the PyTorch reference for the agreement check)."""
     import torch
 
-    from edgetune.compress.fold import fold_batchnorm
+    from edgetune.compress.fold import fold_batchnorm, fold_layer_scale
 
     size = tuple(run.spec.size)
     if precision == "int8":
@@ -68,6 +70,7 @@ def _model_for(run, precision: str):
 
     model = copy.deepcopy(reference)
     fold_batchnorm(model, size)
+    fold_layer_scale(model)
     return model.eval(), reference
 
 
@@ -110,7 +113,9 @@ def export_trained(
     outputs = list(task.session.outputs)
     h, w = run.spec.size
     doc = f"edgetune {run.model_name} ({run.stage}) {precision}"
-    proto, folded = save_onnx(model, (h, w), out, precision, opset, activations, outputs, doc)
+    # the added output quantizers' scales come from training images, never the test split
+    calibration = _check_images(run, CALIBRATION_IMAGES, ("train", "val")) if activations == "uint8" else None
+    proto, folded = save_onnx(model, (h, w), out, precision, opset, activations, outputs, doc, calibration)
     result = {
         "path": str(out),
         "precision": precision,
@@ -121,6 +126,7 @@ def export_trained(
         "input_shape": [-1, 3, int(h), int(w)],
         "opset": int(opset),
         "activations": activations if precision == "int8" else None,
+        "output_quantizers": added_output_quantizers(proto),
         "sha256": sha256_file(out),
         "size_mb": out.stat().st_size / 2**20,
         "checks": {},

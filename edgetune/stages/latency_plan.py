@@ -99,9 +99,10 @@ class Probe:
                 qmodel, _ = quantize_model(model, self.calib, self.size)
             model = nncf.strip(qmodel, example_input=torch.zeros(1, 3, *self.size)).eval()
         else:
-            from edgetune.compress.fold import fold_batchnorm
+            from edgetune.compress.fold import fold_batchnorm, fold_layer_scale
 
             fold_batchnorm(model, self.size)
+            fold_layer_scale(model)
         self.exported += 1
         path = self.workdir / f"candidate{self.exported}.{self.precision}.onnx"
         activations = "uint8" if self.runtime == "onnxruntime" and self.precision == "int8" else "keep"
@@ -115,6 +116,7 @@ class Probe:
             activations,
             outputs,
             "latency candidate",
+            np.concatenate([t.numpy() for t in self.calib[:16]]) if activations == "uint8" else None,
         )
         artifact = {"precision": self.precision, "input": {"shape": [-1, 3, *self.size]}}
         return open_session(self.runtime, path, self.spec, artifact, threads=self.threads)
