@@ -47,6 +47,7 @@ def test_bundles_for_every_target(anomaly_build):
     import onnx
 
     from edgetune.export.checks import ort_session, tensorrt_problems
+    from edgetune.runtime.bundle import load_bundle
 
     gates = {t: json.loads((anomaly_build / f"gate-{t}.json").read_text()) for t in ("cpu", "intel", "jetson")}
     assert all(g["passed"] and g["metric"] == "auroc" for g in gates.values()), gates
@@ -62,6 +63,15 @@ def test_bundles_for_every_target(anomaly_build):
         )
         assert a["normal_class"] == "good" and "F1-optimal" in a["rule"]
         assert m["metrics"]["test"]["auroc"] >= 0.9 and m["calibration"]["count"] > 0
+        # Each artifact's threshold is chosen on its own validation scores (INT8 moves them), and a session opened
+        # on that artifact reads it.
+        bundle = load_bundle(anomaly_build / f"bundle-{target}")
+        for precision, art in m["artifacts"].items():
+            own = art["task_section"]
+            assert own["center"] == own["threshold_raw"] and own["scale"] > 0 and "F1-optimal" in own["rule"]
+            runtime = "onnxruntime" if target == "jetson" else None  # no TensorRT here: its Q/DQ ONNX
+            assert bundle.open(precision=precision, runtime=runtime).norm.center == own["center"]
+        assert m["artifacts"]["int8"]["task_section"]["threshold_raw"] != a["threshold_raw"]
     jetson = anomaly_build / "bundle-jetson"
     problems, notes = tensorrt_problems(onnx.load(str(jetson / "model.int8.onnx")))
     assert problems == [] and any("MatMul" in n for n in notes)  # the bank's MatMul stays FP16 on TensorRT

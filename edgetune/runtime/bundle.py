@@ -30,7 +30,9 @@ The manifest is the contract between the build machine and the device
     artifacts      precision -> {"file", "format" (onnx|openvino-ir), "precision",
                     "runtime", "files" [...], "preprocess_built_in", "options",
                     "size_bytes", "metrics" {"test": ..., "latency_ms_p50": ...,
-                    "evaluated_with": runtime that produced the metrics}}
+                    "evaluated_with": runtime that produced the metrics},
+                    "task_section": values of TASK this artifact chose for itself
+                    on validation, overriding TASK's where present}
     metrics        test metrics of the main compiled artifact (through the runtime
                    session, not PyTorch), plus "pytorch_test" for reference
     stages         build history: [{"stage", "config", "inputs_hash", "metrics",
@@ -146,7 +148,7 @@ class Bundle:
                 "cannot run."
             )
         session = open_session(runtime, self.root / art["file"], self.spec, art, threads=threads, root=self.root)
-        return session_class(self.task)(session, self.manifest)
+        return session_class(self.task)(session, artifact_manifest(self.manifest, art))
 
     @property
     def task(self) -> str:
@@ -155,6 +157,17 @@ class Bundle:
     def verify(self) -> None:
         verify_files(self.root, self.manifest)
         self.verified = True
+
+
+def artifact_manifest(manifest: dict, artifact: dict) -> dict:
+    """The manifest as one artifact reads it: the task section updated by the
+    artifact's own `task_section`, where it has one (an anomaly artifact's
+    threshold and normalisation, chosen on its own validation scores)."""
+    own = artifact.get("task_section")
+    if not own:
+        return manifest
+    key = session_class(task_of(manifest)).section_key or task_of(manifest)
+    return {**manifest, key: {**(manifest.get(key) or {}), **own}}
 
 
 def verify_files(root: Path, manifest: dict) -> None:

@@ -99,7 +99,11 @@ def compile_and_evaluate(target, inp, run, dest: Path) -> dict[str, dict]:
     for precision, art in arts.items():
         if precision == "int8" and checks:
             art["checks"] = checks
-        session = run.task_impl.wrap(target.load(dest, {**art, "runtime": target.eval_runtime()}, spec), run)
+        raw = target.load(dest, {**art, "runtime": target.eval_runtime()}, spec)
+        own = run.task_impl.artifact_section(raw, run)
+        if own:
+            art["task_section"] = own
+        session = run.task_impl.wrap(raw, run, art)
         metrics = {"test": evaluate_session(session, run, f"{profile.name} {precision}: test split via {session.name}")}
         metrics.update(measure_latency(session, spec, profile.options.get("threads") or None))
         metrics["evaluated_with"] = session.name

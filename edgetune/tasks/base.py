@@ -246,9 +246,18 @@ class Task:
         """The manifest's note of each graph output, where more than `logits`-like."""
         return None
 
-    def wrap(self, session, run):
-        """`session` (any runtime's, or a PyTorch model's) read as `run`'s task reads it."""
-        return self.session(session, self.manifest(run))
+    def wrap(self, session, run, artifact: dict | None = None):
+        """`session` (any runtime's, or a PyTorch model's) read as `run`'s task reads
+        it; with a bundle `artifact`, under that artifact's own task values."""
+        from edgetune.runtime.bundle import artifact_manifest
+
+        return self.session(session, artifact_manifest(self.manifest(run), artifact or {}))
+
+    def artifact_section(self, session, run) -> dict | None:
+        """Task values a compiled artifact chooses for itself on `run`'s validation
+        images (through the runtime `session`), overriding the run's in the
+        manifest's task section; None: the run's serve every artifact."""
+        return None
 
     def results_metrics(self, results: list, targets: list, classes: list[str]) -> dict:
         """Full metrics of typed results (a session's) against the targets."""

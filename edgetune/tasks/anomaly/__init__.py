@@ -6,6 +6,7 @@ outputs `score` and `map`, gated on image AUROC."""
 from __future__ import annotations
 
 import click
+import numpy as np
 
 from edgetune.runtime.tasks.anomaly import CLASSES, AnomalySession
 from edgetune.tasks.base import Task
@@ -157,6 +158,29 @@ class Anomaly(Task):
     def manifest(self, run) -> dict:
         section = {k: v for k, v in run.info["anomaly"].items() if k != "feature_indices"}
         return {"task": self.name, "classes": list(run.classes), self.name: section}
+
+    def artifact_section(self, session, run) -> dict:
+        """Each artifact's threshold and normalisation, chosen on the validation
+        images' scores through that artifact with the fit's rule: INT8 (and bf16)
+        move every nearest-neighbour distance, so the float model's raw threshold
+        would flag another share of good parts there."""
+        from edgetune.runtime.preprocess import preprocess, read_image
+        from edgetune.runtime.tasks.anomaly import SCORE, Normalisation
+        from edgetune.tasks.anomaly.fit import DEFAULTS, anomalous_labels
+        from edgetune.tasks.anomaly.metrics import anomaly_threshold
+
+        val = run.split.parts["val"]
+        scores = []
+        for i in range(0, len(val), 16):
+            batch = preprocess([read_image(p) for p, _ in val[i : i + 16]], run.spec)
+            scores.append(np.asarray(session.run_outputs(batch)[SCORE], dtype=np.float64).reshape(-1))
+        scores = np.concatenate(scores)
+        fitted = run.info["history"][0].get("config") or {}
+        limit = float(fitted.get("max-false-alarm") or DEFAULTS["max_false_alarm"])
+        threshold, rule = anomaly_threshold(anomalous_labels(val), scores, limit)
+        info = run.info["anomaly"]
+        norm = Normalisation.from_scores(threshold, scores, info["map_size"], rule, info.get("normal_class", ""))
+        return {k: v for k, v in norm.to_dict().items() if k in ("threshold_raw", "center", "scale", "rule")}
 
     def outputs_doc(self, spec) -> dict:
         h, w = spec.size
