@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from anomaly_helpers import SIZE, draw_defect, texture
-from conftest import run_cli
+from conftest import ort_optimized, run_cli
 
 MODEL = ["--model", "test_resnet", "--no-pretrained", "--img-size", str(SIZE)]
 
@@ -129,7 +129,6 @@ def test_state_saved_before_the_search_was_a_linear_still_loads():
 @pytest.mark.slow
 def test_int8_search_runs_on_integer_kernels_where_it_keeps_the_distances(anomaly_build, tmp_path, monkeypatch):
     import onnx
-    import onnxruntime as ort
 
     import edgetune.tasks.anomaly.export as export
     from edgetune.export.checks import tensorrt_problems
@@ -151,10 +150,7 @@ def test_int8_search_runs_on_integer_kernels_where_it_keeps_the_distances(anomal
     for activations in ("uint8", "keep"):  # checked against PyTorch on real images (Spearman)
         path = tmp_path / f"{activations}.onnx"
         export.export_patchcore(run, path, "int8", activations=activations, model=model)
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(tmp_path / "uint8.onnx"), so, providers=["CPUExecutionProvider"])
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    ops = {n.op_type for n in ort_optimized(tmp_path / "uint8.onnx", tmp_path).graph.node}
     assert "MatMulIntegerToFloat" in ops  # the bank product on integer kernels
     problems, _ = tensorrt_problems(onnx.load(str(tmp_path / "keep.onnx")))
     assert problems == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from edgetune.runtime.bundle import Bundle
+from edgetune.runtime.bundle import Bundle, artifact_manifest
 from edgetune.runtime.tasks import session_class
 
 
@@ -48,7 +48,9 @@ def describe(bundle: Bundle, console: Console) -> None:
         f"{m.get('edgetune')} on {m.get('created', '?')}"
     )
     console.print(f"classes ({len(m['classes'])}): {', '.join(m['classes'])}")
-    console.print(task.describe(m) or f"task {bundle.task}: outputs {', '.join(task.outputs)}")
+    # the task's values as the main artifact reads them (an anomaly artifact's own threshold)
+    own = artifact_manifest(m, bundle.artifact())
+    console.print(task.describe(own) or f"task {bundle.task}: outputs {', '.join(task.outputs)}")
     choice = m.get("precision_choice") or {}
     if choice.get("note"):
         console.print(f"[yellow]main precision[/yellow]: {choice['note']}")
