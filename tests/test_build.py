@@ -231,9 +231,12 @@ def test_killed_build_resumes(tmp_path):
     assert load_bundle(out / "bundle-cpu").precision == "int8"
 
 
-def test_build_from_a_quantized_run_compiles_it_without_training(qat_run, float_run, tmp_path, capsys):
+def test_build_from_a_quantized_run_compiles_it_without_training(qat_run, float_run, tmp_path, capsys, monkeypatch):
     from conftest import invoke
 
+    from edgetune.stages import main_precision
+
+    monkeypatch.setattr(main_precision, "SLOWER", 0.05)
     out = tmp_path / "out"
     assert invoke("build", "--target", "cpu", "--from", qat_run, "--out", out) == 0
     b = load_bundle(out / "bundle-cpu")
@@ -241,8 +244,9 @@ def test_build_from_a_quantized_run_compiles_it_without_training(qat_run, float_
     assert set(_stage_times(out)) == {"export-fp32", "export-int8-uint8", "compile-cpu"}  # no training stage ran
     assert not (out / "finetune").exists() and not (out / "quantize").exists()
     assert abs(b.metrics["test"]["accuracy"] - load_run(qat_run).test_metrics()["accuracy"]) <= 0.05
-    # On a model this small, ONNX Runtime's INT8 is slower than its fp32 (quantizing and dequantizing the
-    # tiny tensors costs more than integer kernels save): measured so, fp32 ships as the main artifact.
+    # On a model this small ONNX Runtime's INT8 and fp32 are within noise of each other (quantizing and
+    # dequantizing the tiny tensors costs about what integer kernels save). With the margin set so that
+    # INT8 counts as slower unless it is 20x faster, the timed build must ship fp32 and say so.
     choice = b.manifest["precision_choice"]
     assert choice["int8_slower"] and choice["speed"]["runtime"] == "onnxruntime" and b.precision == "fp32"
     assert b.metrics["evaluated_with"] == "onnxruntime" and b.artifact("int8")  # INT8 stays in the bundle

@@ -203,7 +203,9 @@ def test_pruning_and_the_latency_planner_take_a_detector(detect_build, tmp_path,
     monkeypatch.setattr(latency_plan, "ROUNDS", 1)
     monkeypatch.setattr(latency_plan, "PAIRED", Policy(warmup=1, min_time_s=0.05, min_runs=10))
     planned = tmp_path / "planned"
-    args = ["--target-latency", "0.2", "--latency-runtime", "onnxruntime", "--latency-precision", "fp32"]
+    # a small cut: halving a tiny detector's channels removed 17-25% of its latency here, and the
+    # timings are short (it is the planner on a detector that is tested, not the machine)
+    args = ["--target-latency", "0.05", "--latency-runtime", "onnxruntime", "--latency-precision", "fp32"]
     assert invoke("prune", run, *args, "--epochs", "0", "--out", planned) == 0
     plan = json.loads((planned / "latency_plan.json").read_text())
     assert {c["group"] for c in plan["candidates"]} == {"backbone", "neck", "head"}
