@@ -50,7 +50,11 @@ STEPS = {
     ],  # --target-latency against --target-macs
     "infer": [[PY, "benchmarks/infer_throughput.py", "runs/elpv/bundle-cpu"]],
     "anomaly": [[PY, "benchmarks/anomaly_elpv.py"]],  # its own fit; with the label-budget curve
-    "families": [[PY, "benchmarks/families.py"], [PY, "benchmarks/op_profile.py"]],  # independent of the ELPV steps
+    "families": [  # independent of the ELPV steps
+        [PY, "benchmarks/families.py"],
+        [PY, "benchmarks/op_profile.py"],
+        [PY, "benchmarks/selective_int8.py"],
+    ],
     "segment": [[PY, "benchmarks/segment_mt.py", "--reuse"]],  # magnetic-tile from ../shared/data: its own runs
     "detect": [[PY, "benchmarks/detect_neu.py", "--reuse"]],  # NEU-DET from ../shared/data: its own fine-tune and build
     "anomaly-mt": [[PY, "benchmarks/anomaly_mt.py", "--reuse"]],  # magnetic-tile's published protocol: pixel AUROC, PRO
