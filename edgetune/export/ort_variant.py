@@ -27,11 +27,10 @@ def shift_activations_to_uint8(model_proto) -> int:
     fuses Conv + ReLU (with zero-point 128 the ReLU stays and so does a float Conv).
     The one difference: uint8 saturates at 255 steps where int8 stopped at 127.
 
-    For the same reason a ReLU6 (Clip from 0 to 6) in front of such a quantizer
-    becomes a ReLU where the int8 quantizer saturated at or below 6 anyway (127 x
-    scale <= 6): ONNX Runtime drops a Clip only when the quantizer's whole range
-    (255 x scale in uint8) lies inside it, and otherwise leaves the Conv before it
-    in float."""
+    A ReLU6 (Clip from 0 to 6) stays: ONNX Runtime drops it only when the
+    quantizer's whole uint8 range (255 x scale) lies inside [0, 6], and otherwise
+    leaves the Conv before it in float. Writing it as a ReLU would let through the
+    values the int8 quantizer clipped (it broke an anomaly model's score ranks)."""
     from onnx import numpy_helper
 
     from edgetune.export.checks import GraphIndex
@@ -48,13 +47,6 @@ def shift_activations_to_uint8(model_proto) -> int:
         return node.op_type == "Relu" or (low is not None and float(low) >= 0)
 
     after_relu = {q.output[0] for q in g.node if q.op_type == "QuantizeLinear" and non_negative(q.input[0])}
-    for clip in [node for node in g.node if node.op_type == "Clip" and non_negative(node.output[0])]:
-        high = value(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
-        readers = [r for r, _ in index.consumers.get(clip.output[0], [])]
-        ranges = [_signed_range(r, value) for r in readers]
-        if high is not None and readers and all(top is not None and top <= float(high) for top in ranges):
-            clip.op_type = "Relu"
-            del clip.input[1:]
     shifted, n = {}, 0
     for node in g.node:
         if (
@@ -76,17 +68,6 @@ def shift_activations_to_uint8(model_proto) -> int:
         node.input[2] = name
         n += 1
     return n
-
-
-def _signed_range(q, value) -> float | None:
-    """The largest value a signed int8, zero-point 0 QuantizeLinear `q` keeps
-    (127 x scale); None for any other node or quantizer."""
-    if q.op_type != "QuantizeLinear" or len(q.input) < 3:
-        return None
-    scale, zp = value(q.input[1]), value(q.input[2])
-    if scale is None or zp is None or zp.dtype != np.int8 or zp.any() or scale.size != 1:
-        return None
-    return 127 * float(scale)
 
 
 def added_output_quantizers(model_proto) -> int:
