@@ -35,6 +35,7 @@ def float_stage(proto, stage: int):
     from onnx import numpy_helper
 
     from edgetune.export.checks import GraphIndex
+    from edgetune.export.graph import dequantized
 
     m = onnx.ModelProto()
     m.CopyFrom(proto)
@@ -42,13 +43,9 @@ def float_stage(proto, stage: int):
     drop = []
     for node in [n for n in g.node if stage_of(n) == stage]:
         w = index.producer.get(node.input[1]) if node.op_type in ("Conv", "MatMul", "Gemm") else None
-        if w is not None and w.op_type == "DequantizeLinear" and index.value(w.input[0]) is not None:
-            q, scale, zp = (index.value(x) for x in w.input[:3])
-            axis = next((a.i for a in w.attribute if a.name == "axis"), 1)
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            weight = (q.astype(np.float32) - zp.astype(np.float32).reshape(shape)) * scale.reshape(shape)
-            g.initializer.append(numpy_helper.from_array(weight.astype(np.float32), node.input[1] + "_float"))
+        weight = dequantized(index, w) if w is not None and w.op_type == "DequantizeLinear" else None
+        if weight is not None:
+            g.initializer.append(numpy_helper.from_array(weight, node.input[1] + "_float"))
             node.input[1] += "_float"
         if node.op_type == "QuantizeLinear" and index.value(node.input[0]) is None:
             dqs = [c for c, _ in index.consumers.get(node.output[0], [])]

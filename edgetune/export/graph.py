@@ -135,22 +135,30 @@ def dequantize_constants(model_proto) -> int:
     weights = {id(n) for n in weight_dequantizers(model_proto, index)}
     done = 0
     for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and id(n) not in weights]:
-        q = index.value(dq.input[0])
-        scale = index.value(dq.input[1])
-        if q is None or scale is None:
+        value = dequantized(index, dq)
+        if value is None:
             continue
-        zp = index.value(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, q.dtype)
-        shape = [1] * q.ndim
-        if scale.size > 1:
-            shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = scale.size
-        value = (q.astype(np.int32) - zp.astype(np.int32).reshape(shape if zp.size > 1 else [1] * q.ndim)).astype(
-            np.float32
-        ) * scale.astype(np.float32).reshape(shape)
-        g.initializer.append(numpy_helper.from_array(value.astype(np.float32), dq.output[0]))
+        g.initializer.append(numpy_helper.from_array(value, dq.output[0]))
         g.node.remove(dq)
         done += 1
     _drop_unused_initializers(g)
     return done
+
+
+def dequantized(index, dq) -> np.ndarray | None:
+    """The float32 value a DequantizeLinear of constants computes, bit for bit
+    (per-tensor or per-axis); None where its inputs are not constants."""
+    q, scale = index.value(dq.input[0]), index.value(dq.input[1])
+    if q is None or scale is None:
+        return None
+    zp = index.value(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, q.dtype)
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = scale.size
+    value = (q.astype(np.int32) - zp.astype(np.int32).reshape(shape if zp.size > 1 else [1] * q.ndim)).astype(
+        np.float32
+    ) * scale.astype(np.float32).reshape(shape)
+    return value.astype(np.float32)
 
 
 def _check_images(run, n: int, parts=("test", "val", "train")) -> np.ndarray:
