@@ -217,3 +217,27 @@ def test_dice_counts_only_the_defect_classes_in_the_batch():
     logits[:, 2] = 4.0  # 2% on the absent class everywhere: cross-entropy's to punish (Dice counted it as 0.7)
     assert float(soft_dice(logits, y)) == pytest.approx(sure, abs=0.05) and sure < 0.1
     assert float(soft_dice(logits, torch.zeros_like(y))) == 0  # no defect in the batch
+
+
+def test_the_sampler_draws_rare_class_images_more_often(folders, paired):
+    import types
+
+    from edgetune.tasks.segment.data import MaskDataset
+    from edgetune.tasks.segment.hooks import SegmentHooks
+
+    cfg = types.SimpleNamespace(mixup=0.0, balance="sampler", label_smoothing=0.0)
+    for root in (folders, paired):
+        source = load_mask_source(str(root))
+        rare = source.items[-1].group  # keep two images of one class: it becomes the rare one
+        items = [it for it in source.items if it.group != rare] + [it for it in source.items if it.group == rare][:2]
+        hooks = SegmentHooks(source.classes, cfg)
+        assert hooks.dice > 0  # the sampler keeps the Dice term
+        weights = hooks.sample_weights(MaskDataset([(it.path, it.target) for it in items], spec=None)).numpy()
+        labels = [read_label(it.target, cv2.imread(it.path).shape[:2]) for it in items]
+        shown = [{c for c in np.unique(label) if c} or {0} for label in labels]
+        share = {c: sum(c in s for s in shown) / len(shown) for c in set().union(*shown)}
+        # 1/sqrt(share) of the rarest class an image shows; defect-free images count as background
+        assert weights == pytest.approx([max(share[c] ** -0.5 for c in s) for s in shown])
+        rarest = min(share, key=share.get)
+        assert all(rarest in s for s, w in zip(shown, weights) if w == weights.max())
+        assert weights.max() > weights.min()

@@ -115,6 +115,18 @@ def read_label(target: dict, shape: tuple[int, int]) -> np.ndarray:
     return ((m > 0) * int(cls)).astype(np.uint8) if cls is not None else m.astype(np.uint8)
 
 
+def classes_present(target: dict) -> set[int]:
+    """The class indices an image's mask shows (0, background, included), from the
+    mask file alone."""
+    path, cls = target.get("mask"), target.get("class")
+    if path is None:
+        return {int(cls or 0)}
+    m = read_mask(path)
+    if cls is not None:
+        return {0, int(cls)} if (m > 0).any() else {0}
+    return {int(v) for v in np.unique(m)}
+
+
 def _image_size(path: Path) -> tuple[int, int] | None:
     """(height, width) from the file's header, None if unreadable (named by the image check)."""
     from PIL import Image

@@ -2,7 +2,11 @@
 is cross-entropy plus soft Dice over the defect classes present in the batch:
 Dice weighs every defect class alike, so a 50-pixel blowhole counts as much as a
 tile-wide unevenness (`--balance loss`, the default; `--balance none`:
-cross-entropy alone).
+cross-entropy alone). `--balance sampler` keeps the Dice term and draws images of
+rare classes more often: LVIS's repeat-factor rule, an image weighted by
+1/sqrt(share of training images that show its rarest class), so a class seen in 4%
+of the images comes about 2.4 times as often per epoch and none is drawn so often
+that its few images are learnt by heart.
 Class-weighted cross-entropy on top (ENet's weights, or their square root) made
 the masks swell: test defect IoU 0.66-0.72 on the generated tiles against
 0.75-0.76 without (three and two seeds). Distillation matches the teacher's
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgetune.data.masks import classes_present
 from edgetune.errors import EdgetuneError
 from edgetune.tasks.segment.metrics import scores
 from edgetune.train.hooks import TrainHooks
@@ -48,7 +53,7 @@ class SegmentHooks(TrainHooks):
         if cfg.mixup > 0:
             raise EdgetuneError(f"--mixup {cfg.mixup}: blending images blends their masks; --task segment takes none.")
         self.classes, self.cfg, self.n = classes, cfg, len(classes)
-        self.dice = DICE_WEIGHT if cfg.balance == "loss" else 0.0
+        self.dice = DICE_WEIGHT if cfg.balance in ("loss", "sampler") else 0.0
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def loss(self, model, x, y, teacher=None) -> torch.Tensor:
@@ -61,6 +66,14 @@ class SegmentHooks(TrainHooks):
             kd = F.kl_div(torch.log_softmax(logits / DISTILL_T, dim=1), target, reduction="none").sum(1).mean()
             loss = (1 - self.cfg.distill) * loss + self.cfg.distill * kd * DISTILL_T**2
         return loss
+
+    def sample_weights(self, dataset) -> torch.Tensor:
+        present = [classes_present(target) for _, target in dataset.pairs]
+        # an image without defects is counted as showing background, one with defects by them alone
+        shown = [p - {0} or {0} for p in present]
+        counts = np.bincount([c for p in shown for c in p], minlength=self.n)
+        share = np.maximum(counts, 1) / max(len(shown), 1)
+        return torch.tensor([max(share[c] ** -0.5 for c in p) for p in shown], dtype=torch.float64)
 
     def predict(self, model, x, y=None):
         """Per image: its confusion matrix (C x C, flattened) and its loss."""
