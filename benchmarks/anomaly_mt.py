@@ -11,10 +11,13 @@ image AUROC, pixel AUROC and PRO of the heat map against the true masks, and the
 batch-1 p50, timed in alternating blocks with the INT8 classifier of the same
 backbone and input size (one epoch on the same tiles: latency only), so the
 ratios are of one run. Part `fit-time`: fit seconds and image AUROC against the
-number of good images, the bank's rows and the greedy (exact, or in rounds).
+number of good images, the bank's rows and the greedy (exact, or in rounds). Part
+`backbones`: image AUROC against the backbone and its input size (what chose the
+options: efficientnet_lite2 at 320 px).
 
     python benchmarks/anomaly_mt.py                  # both parts, about an hour on 2 busy cores
     python benchmarks/anomaly_mt.py --part bundles --reuse
+    python benchmarks/anomaly_mt.py --part backbones  # image AUROC against backbone and input size
     python benchmarks/anomaly_mt.py --smoke          # a few minutes, generated tiles: checks the script
 
 The validation split (the threshold's) is 76 of the 761 train tiles: the protocol
@@ -38,7 +41,14 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "magnetic-tile"
 TRAIN_LIST = HERE / "anomaly_mt_train.txt"
 NORMAL = "MT_Free"
-OPTIONS = {"model": "efficientnet_lite0", "img_size": 224}
+# chosen by image AUROC on this protocol (`--part backbones`, docs/anomaly.md)
+OPTIONS = {"model": "efficientnet_lite2", "img_size": 320}
+BACKBONES = [
+    ("efficientnet_lite0", 224),
+    ("efficientnet_lite0", 320),
+    ("efficientnet_lite0", 448),
+    ("efficientnet_lite2", 320),
+]
 SMOKE = {"model": "test_resnet", "pretrained": False, "img_size": 64}
 COLUMNS = [
     "method",
@@ -122,7 +132,10 @@ def classifier(a, run) -> dict[str, Path]:
 
     out = a.work / "classifier"
     if not (a.reuse and (out / "run.json").is_file()):
-        out.mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)  # an earlier run's classifier may have another backbone or size
+        out.mkdir(parents=True)
         run.split.save(out / "split.json")
         api.finetune(
             data=run.split.source,
@@ -311,9 +324,43 @@ def fit_time_part(a, run) -> list[dict]:
     return rows
 
 
+def backbones_part(a, run) -> list[dict]:
+    """Image AUROC against the backbone and its input size, each fitted as the build
+    fits (the bank bounded by search cost, the greedy in rounds) on the same tiles
+    and scored in float on the test tiles: what chose OPTIONS."""
+    import timm
+
+    from edgetune import log
+    from edgetune.models.backbone import resolve_preprocess
+    from edgetune.tasks.anomaly.fit import embed_images, score_images
+    from edgetune.tasks.anomaly.metrics import anomaly_metrics
+    from edgetune.tasks.anomaly.patchcore import build_patchcore, greedy_coreset, rows_for_cost
+
+    train = [p for p, _ in run.split.parts["train"]]
+    paths = [p for p, _ in run.split.parts["test"]]
+    y = np.array([folder(p) != NORMAL for p in paths])
+    rows = []
+    for name, size in [(SMOKE["model"], 64)] if a.smoke else BACKBONES:
+        spec = resolve_preprocess(timm.create_model(name, pretrained=False), size)
+        model = build_patchcore(name, tuple(spec.size), pretrained=not a.smoke)
+        started = time.time()
+        emb = embed_images(model.embedder, train, spec, 16, f"{name} at {size} px")
+        patches = emb.permute(0, 2, 3, 1).reshape(-1, model.dim)
+        del emb
+        want = rows_for_cost(model)
+        model.set_bank(patches[greedy_coreset(patches, min(want, len(patches)), 0)])
+        fit_s = time.time() - started
+        scores, _ = score_images(model, paths, spec, 16, "test tiles")
+        row = {"model": name, "img_size": size, "bank_rows": want, "fit_s": fit_s}
+        row.update(auroc=anomaly_metrics(y, scores)["auroc"], **per_class_auroc(paths, scores))
+        rows.append(row)
+        log.console.print(f"{name} at {size} px: AUROC {row['auroc']:.4f}, fit {fit_s:.0f} s")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["bundles", "fit-time", "all"], default="all")
+    p.add_argument("--part", choices=["bundles", "fit-time", "backbones", "all"], default="all")
     p.add_argument("--data", type=Path, default=DATA, help="the magnetic-tile folder (MT_<Class>/Imgs/)")
     p.add_argument("--model", default=OPTIONS["model"])
     p.add_argument("--img-size", type=int, default=OPTIONS["img_size"])
@@ -346,6 +393,9 @@ def main() -> None:
         results.update(bundles_part(a, run))
     if a.part in ("fit-time", "all"):
         results["fit_time"] = fit_time_part(a, run)
+        results["fit_time_options"] = options
+    if a.part in ("backbones", "all"):
+        results["backbones"] = backbones_part(a, run)
     write_json(a.results, results)
     write_report(results, a.results.with_suffix(".md"))
     log.console.print(f"Results: {a.results} and {a.results.with_suffix('.md')}")
@@ -387,15 +437,30 @@ def write_report(results: dict, path: Path) -> None:
             "",
         ]
     if results.get("fit_time"):
+        fit_o = results.get("fit_time_options") or {"model": "efficientnet_lite0", "img_size": 224}
         lines += [
             "## Fit time",
             "",
-            "Seconds to fit (embedding the good tiles + choosing the bank) and the test AUROC, against the good "
+            f"{fit_o['model']} at {fit_o['img_size']} px"
+            + (" (an earlier run: this part was not rerun with the options above). " if fit_o != o else ". ")
+            + "Seconds to fit (embedding the good tiles + choosing the bank) and the test AUROC, against the good "
             "tiles used (a seeded subset), the bank (cost cap: the rows whose search costs what the embedder costs; "
             "a fraction of the patches) and the greedy k-center (exact: one pass over the patches a pick; rounds: a "
             "pass per 16 picks).",
             "",
             *markdown_table(results["fit_time"], FIT_COLUMNS),
+            "",
+        ]
+    if results.get("backbones"):
+        classes = sorted(k for k in results["backbones"][0] if k.startswith("MT_"))
+        lines += [
+            "## Backbone and input size",
+            "",
+            "Each fitted as the build fits (the bank bounded by search cost, the greedy in rounds of 16) on the same "
+            "good tiles, image AUROC of the float model on the test tiles, overall and per defect class (`--part "
+            "backbones`).",
+            "",
+            *markdown_table(results["backbones"], ["model", "img_size", "bank_rows", "fit_s", "auroc", *classes]),
             "",
         ]
     if results.get("note"):
