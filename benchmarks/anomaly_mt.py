@@ -15,7 +15,7 @@ number of good images, the bank's rows and the greedy (exact, or in rounds). Par
 `backbones`: image AUROC against the backbone and its input size (what chose the
 options: efficientnet_lite2 at 320 px).
 
-    python benchmarks/anomaly_mt.py                  # both parts, about an hour on 2 busy cores
+    python benchmarks/anomaly_mt.py                  # every part, about an hour on 2 busy cores
     python benchmarks/anomaly_mt.py --part bundles --reuse
     python benchmarks/anomaly_mt.py --part backbones  # image AUROC against backbone and input size
     python benchmarks/anomaly_mt.py --smoke          # a few minutes, generated tiles: checks the script
