@@ -23,6 +23,7 @@ edgetune's OpenCV), never a dependency of edgetune.
     python benchmarks/detect_neu.py                 # the recipe below: ~80 min on 2 idle cores (estimated)
     python benchmarks/detect_neu.py --smoke         # minutes, generated shapes: checks the script
     python benchmarks/detect_neu.py --epochs 8 --subset 400   # a short run while developing the recipe
+    python benchmarks/detect_neu.py --img-size 224 --epochs 50 --ema 0.999   # the longer schedule (docs/detection.md)
 
 The data set is research data, read where it lies (default ../shared/data/neu-det
 next to the repository, or --data); it is never copied into the repository."""
@@ -55,6 +56,7 @@ RECIPE = {
     "warmup_epochs": 1,
     "augment": "hflip,vflip,rrc=0.6,brightness=0.1,contrast=0.1",
     "fpn_channels": 64,
+    "ema": 0.0,
 }
 QAT = {"epochs": 2, "batch-size": 16, "lr": 1e-4, "warmup-epochs": 0}
 SPLIT = {"val_frac": 0.15, "test_frac": 0.15, "split_seed": 0}
@@ -230,6 +232,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--img-size", type=int, default=RECIPE["img_size"])
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    p.add_argument("--ema", type=float, default=RECIPE["ema"], help="a moving average of the weights (e.g. 0.999)")
     p.add_argument("--qat-epochs", type=int, default=QAT["epochs"])
     p.add_argument("--subset", type=int, default=None, help="only this many images (a short run)")
     p.add_argument("--threads", type=int, default=2)
@@ -247,7 +250,8 @@ def main() -> None:
     from edgetune.runtime.timing import Policy
 
     log.setup()
-    recipe, qat, data = {**RECIPE, "img_size": a.img_size, "epochs": a.epochs}, {**QAT, "epochs": a.qat_epochs}, a.data
+    recipe = {**RECIPE, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema}
+    qat, data = {**QAT, "epochs": a.qat_epochs}, a.data
     policy = Policy(warmup=10, min_time_s=3.0, min_runs=50)
     if a.smoke:
         from edgetune.tasks.detect.synthetic import write_voc

@@ -253,6 +253,28 @@ def ort_optimized(path, tmp_path):
     return onnx.load(so.optimized_model_filepath)
 
 
+def openvino_float_linears(xml) -> list[str]:
+    """The FullyConnected layers OpenVINO's CPU plugin runs in f32 for the IR `xml` (at f32 precision)."""
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(xml))  # frames of any size (and batch): one 32x32 frame here
+    shape = [
+        d.get_length() if d.is_static else (1 if i == 0 else 32)
+        for i, d in enumerate(model.inputs[0].get_partial_shape())
+    ]
+    model.reshape(shape)
+    compiled = core.compile_model(model, "CPU", {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    request.infer({0: np.zeros(shape, compiled.inputs[0].get_element_type().to_dtype())})
+    return [
+        p.node_name
+        for p in request.profiling_info
+        if p.node_type.startswith("FullyConnected") and p.exec_type.lower().endswith("f32")
+    ]
+
+
 def unfused_convs(proto) -> list[str]:
     """Quantized convolutions ONNX Runtime left in float: a Conv whose weight comes
     from a DequantizeLinear, or whose output goes straight into a QuantizeLinear."""

@@ -12,7 +12,15 @@ import onnx
 import pytest
 import torch
 import yaml
-from conftest import BUILD_TARGETS, invoke, make_images, ort_optimized, run_cli, unfused_convs
+from conftest import (
+    BUILD_TARGETS,
+    invoke,
+    make_images,
+    openvino_float_linears,
+    ort_optimized,
+    run_cli,
+    unfused_convs,
+)
 
 from edgetune.errors import EdgetuneError
 from edgetune.runtime.bundle import load_bundle
@@ -79,6 +87,8 @@ def test_real_architecture_builds_for_every_target(model, images, tmp_path):
     # quantizer (the jetson target's) saturates below 6: the Clip stays, and so does the float Conv.
     left = unfused_convs(ort_optimized(bundles["cpu"].artifact_path("int8"), tmp_path))
     assert left == [] if model != "efficientnet_lite0" else all(n.endswith(RELU6_CONVS) for n in left), left
+    # OpenVINO runs every quantized linear layer in int8, a ViT's attention projection and fc2 too.
+    assert openvino_float_linears(bundles["intel"].artifact_path("int8")) == []
     assert set(_int8_export(bundles["jetson"])["checks"]["activation_qdq"]) == {"int8"}
     assert bundles["jetson"].artifact()["checks"]["tensorrt_rules"] == "passed"
     if prune:
