@@ -233,6 +233,7 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=RECIPE["img_size"])
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     p.add_argument("--ema", type=float, default=RECIPE["ema"], help="a moving average of the weights (e.g. 0.999)")
+    p.add_argument("--augment", default=RECIPE["augment"], help="the fine-tuning's --augment")
     p.add_argument("--qat-epochs", type=int, default=QAT["epochs"])
     p.add_argument("--subset", type=int, default=None, help="only this many images (a short run)")
     p.add_argument("--threads", type=int, default=2)
@@ -250,7 +251,7 @@ def main() -> None:
     from edgetune.runtime.timing import Policy
 
     log.setup()
-    recipe = {**RECIPE, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema}
+    recipe = {**RECIPE, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema, "augment": a.augment}
     qat, data = {**QAT, "epochs": a.qat_epochs}, a.data
     policy = Policy(warmup=10, min_time_s=3.0, min_runs=50)
     if a.smoke:
