@@ -112,7 +112,12 @@ def read_label(target: dict, shape: tuple[int, int]) -> np.ndarray:
         raise EdgetuneError(
             f"Mask {path} is {m.shape[1]}x{m.shape[0]} px but its image is {w}x{h}. A mask must have its image's size."
         )
-    return ((m > 0) * int(cls)).astype(np.uint8) if cls is not None else m.astype(np.uint8)
+    return _class_indices(m, cls)
+
+
+def _class_indices(mask: np.ndarray, cls) -> np.ndarray:
+    """A mask file's values as class indices: a binary mask (a `class` target) marks that class."""
+    return ((mask > 0) * int(cls)).astype(np.uint8) if cls is not None else mask.astype(np.uint8)
 
 
 def classes_present(target: dict) -> set[int]:
@@ -121,10 +126,7 @@ def classes_present(target: dict) -> set[int]:
     path, cls = target.get("mask"), target.get("class")
     if path is None:
         return {int(cls or 0)}
-    m = read_mask(path)
-    if cls is not None:
-        return {0, int(cls)} if (m > 0).any() else {0}
-    return {int(v) for v in np.unique(m)}
+    return {int(v) for v in np.unique(_class_indices(read_mask(path), cls))}
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:

@@ -76,13 +76,14 @@ def _fold_weight_quantizers(model_proto) -> int:
         g.initializer.append(numpy_helper.from_array(qw, name))
         for k, (user, i) in enumerate(index.consumers.get(q.output[0], [])):
             user.input[i] = name
-            if user.op_type == "DequantizeLinear" and len(user.input) > 2 and value(user.input[2]) is not None:
+            zero_point = value(user.input[2]) if user.op_type == "DequantizeLinear" and len(user.input) > 2 else None
+            if zero_point is not None:
                 # Each weight its own zero point. The exporter shares equal ones, and OpenVINO's graph passes
                 # (convert_model, PrePostProcessor) leave a weight whose zero point also serves a weight of
                 # another rank undequantized, so its layer runs in f32: 24 of vit_tiny's 49 linear layers,
                 # whose zero point of 192 zeros the patch embedding's Conv shares.
                 own = f"{name}_zero_point{k}"
-                g.initializer.append(numpy_helper.from_array(value(user.input[2]), own))
+                g.initializer.append(numpy_helper.from_array(zero_point, own))
                 user.input[2] = own
         g.node.remove(q)
         folded += 1
