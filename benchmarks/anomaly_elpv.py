@@ -202,7 +202,7 @@ def main() -> None:
 
     log.setup()
     data, normal = "elpv:4class", "p0"
-    options = {"model": "efficientnet_lite0", "img_size": a.img_size, "coreset": a.coreset}
+    options = {"model": "efficientnet_lite0", "img_size": a.img_size, "coreset": a.coreset, "image_score": True}
     if a.smoke:
         a.work = a.work / "smoke"  # never next to (or over) the real runs
         data, normal = str(smoke_data(a.work, n_per_class=24)), "ok"
@@ -309,9 +309,10 @@ def write_report(results: dict, path: Path) -> None:
         "# Anomaly detection on ELPV from good cells only (PatchCore)",
         "",
         f"Fitted on {fit['bank']['images']} train cells with defect probability 0 ({o['model']}, {o['img_size']} px, "
-        f"coreset {o['coreset']}): bank {fit['bank']['rows']} x {fit['bank']['dim']} ({fit['bank']['size_mb']:.1f} "
-        f"MB), fit {fit['fit_seconds']:.0f} s on {results['machine']}. Test split: {fit.get('test_images', '')} "
-        f"cells, anomalous = p >= 0.5; threshold: {fit['threshold']['rule']} (validation anomalies = any p > 0). "
+        f"coreset {o['coreset']}{', --image-score' if o.get('image_score') else ''}): bank {fit['bank']['rows']} x "
+        f"{fit['bank']['dim']} ({fit['bank']['size_mb']:.1f} MB), fit {fit['fit_seconds']:.0f} s on "
+        f"{results['machine']}. Test split: {fit.get('test_images', '')} cells, anomalous = p >= 0.5; threshold: "
+        f"{fit['threshold']['rule']} (validation anomalies = any p > 0). "
         f"Latency: batch 1, {results['threads']} threads.",
         "",
         *markdown_table(results["rows"], COLUMNS),

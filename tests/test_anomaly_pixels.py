@@ -76,9 +76,12 @@ def tiles(root, n_good=44, n_bad=12, seed=0):
 @pytest.mark.slow
 def test_masks_beside_the_images_give_pixel_metrics_and_a_gallery_with_the_truth(tmp_path):
     data, run = tiles(tmp_path / "tiles"), tmp_path / "run"
-    run_cli("finetune", "--task", "anomaly", "--data", data, "--normal", "MT_Free", *MODEL, "--out", run)
+    run_cli(
+        "finetune", "--task", "anomaly", "--data", data, "--normal", "MT_Free", *MODEL, "--image-score", "--out", run
+    )
     record = json.loads((run / "run.json").read_text())
     assert record["classes"] == ["normal", "anomalous"]
+    assert record["history"][-1]["metrics"]["bank"]["image"]["rows"] > 0  # evaluate below restores it
     test = record["history"][-1]["metrics"]["test"]
     # the masks are not images: 56 tiles, not 112
     split = json.loads((run / "split.json").read_text())
@@ -89,6 +92,7 @@ def test_masks_beside_the_images_give_pixel_metrics_and_a_gallery_with_the_truth
     assert "pixel AUROC" in proc.stderr and "PRO" in proc.stderr
     evaluated = json.loads((run / "eval_test.json").read_text())
     assert evaluated["pixel_auroc"] == pytest.approx(test["pixel_auroc"], abs=1e-6)
+    assert evaluated["auroc"] == pytest.approx(test["auroc"], abs=1e-6)
     assert evaluated["gallery"]["true_masks"] and cv2.imread(evaluated["files"]["gallery"]) is not None
 
 
@@ -105,6 +109,54 @@ def test_bank_rows_are_bounded_by_what_the_search_costs():
     assert bank_rows(model, 10, 0.1, None) == (round(10 * patches * 0.1), "--coreset")
     assert bank_rows(model, 10_000, 0.1, None) == (cap, "search cost")
     assert bank_rows(model, 10_000, 0.1, 123) == (123, "--bank-rows")
+
+
+def test_image_score_adds_the_nearest_normal_image_weighted_by_each_distances_spread():
+    import torch
+
+    from edgetune.tasks.anomaly.fit import SPREAD_IMAGES, fit_image_bank
+    from edgetune.tasks.anomaly.patchcore import build_patchcore
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)  # the random network's weights
+    good = torch.from_numpy(np.stack([texture(rng) for _ in range(24)])[:, None].repeat(3, 1) / 255 - 0.5).float()
+    model = build_patchcore("test_resnet", (SIZE, SIZE), pretrained=False, image_bank=True)
+    with torch.no_grad():
+        emb, images = model.embedder.embed(good)
+    hw = emb.shape[2] * emb.shape[3]
+    patches = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+    idx = torch.from_numpy(rng.choice(len(patches), 200, replace=False))
+    model.set_bank(patches[idx])
+    record = fit_image_bank(model, emb, images, idx, seed=0)
+    assert record["rows"] == 24 and len(good) <= SPREAD_IMAGES
+
+    # Each image dimension is divided by its spread over the good images (floored: a channel
+    # that a random network leaves dead must not divide by zero).
+    sd, scale = images.std(0, unbiased=False), model.embedder.stats.scale
+    alive = sd > 0.01 * sd.mean()
+    assert (~alive).any() and torch.isfinite(scale).all() and torch.allclose(scale[alive], 1 / sd[alive], rtol=1e-4)
+    z = images * scale
+    # The spreads, counted directly: every image left out of both banks.
+    patch_d, image_d = [], []
+    for i in range(len(good)):
+        others = [r for r, k in enumerate(idx.tolist()) if k // hw != i]
+        q = emb[i].flatten(1).T
+        patch_d.append(torch.cdist(q, patches[idx][others]).amin(1).amax())
+        image_d.append(torch.cdist(z[i : i + 1], z[torch.arange(len(z)) != i]).amin())
+    spreads = [float(torch.stack(patch_d).std()), float(torch.stack(image_d).std())]
+    assert record["spreads"] == pytest.approx(spreads, rel=1e-3)
+    w_patch, w_image = record["weights"]
+    assert w_patch == pytest.approx(1 / record["spreads"][0], rel=1e-4)
+
+    # A tile-wide change, no local defect: the image distance grows, and the score is the weighted sum.
+    darker = good[:4] * 0.6
+    with torch.no_grad():
+        score, _ = model(darker)
+        emb_d, images_d = model.embedder.embed(darker)
+    patch = torch.cdist(emb_d.flatten(2).transpose(1, 2), patches[idx]).amin(-1).amax(-1)
+    image = torch.cdist(images_d, z).amin(-1)  # the embedder scales them now
+    assert torch.allclose(score, w_patch * patch + w_image * image, rtol=1e-3)
+    assert image.min() > torch.stack(image_d).max()  # farther than any good tile from its nearest other
 
 
 def test_state_saved_before_the_search_was_a_linear_still_loads():

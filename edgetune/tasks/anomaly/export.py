@@ -34,6 +34,9 @@ logger = log.get(__name__)
 MIN_SPEARMAN = 0.95
 EMBEDDER_POOL = r"embedder/pool/.*"  # NNCF's names for PatchEmbedder.pool's ops
 SEARCH = r"search/.*"  # and for the bank search's
+# The image-level score stays float: its statistics (a mean and a spread of the deepest map)
+# and its search over a few hundred image embeddings cost next to nothing.
+IMAGE_SCORE = [r"embedder/stats/.*", r"image_search/.*"]
 # The search's sum ||a||^2 + min(...) is a small difference of large terms: a quantizer
 # on either term (NNCF quantizes an add's inputs) swamps it, so only the Linear is int8.
 SEARCH_SUM = r"search/(mul|sum|amin|add|clamp_min)/.*"
@@ -72,7 +75,7 @@ def quantized_patchcore(run, calibration: str = "default", count: int | None = N
     search = "int8" if error <= MAX_SEARCH_ERROR else "fp32"
     logger.info(
         "Bank search in %s: int8 moves the nearest-neighbour distances of the calibration patches by %.1f%% "
-        "(median; int8 up to %.0f%%).",
+        "(median; int8 up to %.1f%%).",
         search,
         100 * error,
         100 * MAX_SEARCH_ERROR,
@@ -84,7 +87,8 @@ def quantized_patchcore(run, calibration: str = "default", count: int | None = N
         model.patches,
         tensors,
         tuple(run.spec.size),
-        ignore=[EMBEDDER_POOL, SEARCH if search == "fp32" else SEARCH_SUM],
+        ignore=[EMBEDDER_POOL, SEARCH if search == "fp32" else SEARCH_SUM]
+        + (IMAGE_SCORE if model.image_search is not None else []),
         activations=activations,
     )
     model.patches = quantized
@@ -103,7 +107,7 @@ def search_error(model, tensors) -> float:
 
     search = model.patches.search
     with torch.no_grad():
-        emb = torch.cat([model.embedder(x) for x in tensors[:32]])
+        emb = torch.cat([model.embedder.embed(x)[0] for x in tensors[:32]])
         a = emb.flatten(2).transpose(1, 2).reshape(-1, emb.shape[1]) - search.mean
         w = search.rows.weight
         w_scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127

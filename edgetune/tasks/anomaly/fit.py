@@ -20,7 +20,14 @@ from edgetune.runtime.tasks.anomaly import CLASSES, Normalisation
 
 logger = log.get(__name__)
 MIN_NORMAL = 10
-DEFAULTS = {"bank_rows": None, "coreset": 0.1, "max_bank_mb": 256.0, "max_false_alarm": 0.01, "batch_size": 16}
+DEFAULTS = {
+    "bank_rows": None,
+    "coreset": 0.1,
+    "max_bank_mb": 256.0,
+    "max_false_alarm": 0.01,
+    "batch_size": 16,
+    "image_score": False,
+}
 
 
 def normal_index(classes: list[str], normal: str | None, source: str) -> int:
@@ -41,17 +48,20 @@ def anomalous_labels(pairs: list[tuple[str, int]], normal: int = 0) -> np.ndarra
 
 
 @torch.no_grad()
-def embed_images(embedder, paths: list[str], spec, batch_size: int = 16, desc: str = "") -> torch.Tensor:
-    """(images, D, h, w) patch embeddings of `paths`, preprocessed as in training."""
+def embed_images(embedder, paths: list[str], spec, batch_size: int = 16, desc: str = "", with_image: bool = False):
+    """(images, D, h, w) patch embeddings of `paths`, preprocessed as in training;
+    `with_image`: and their (images, E) image embeddings."""
     from edgetune.data.dataset import eval_loader
     from edgetune.data.transforms import EvalTransform
 
-    out = []
+    patches, images = [], []
     with log.progress(desc or "embedding", total=len(paths)) as advance:
         for x, _ in eval_loader([(p, 0) for p in paths], EvalTransform(spec), batch_size):
-            out.append(embedder(x))
+            p, i = embedder.embed(x)
+            patches.append(p)
+            images.append(i)
             advance(len(x))
-    return torch.cat(out)
+    return (torch.cat(patches), torch.cat(images)) if with_image else torch.cat(patches)
 
 
 @torch.no_grad()
@@ -111,7 +121,9 @@ def fit_bank(
         bound,
         h * w * rows * dim / 1e9,
     )
-    emb = embed_images(model.embedder, paths, spec, batch_size, "patch features of normal images")
+    with_image = model.image_search is not None
+    emb = embed_images(model.embedder, paths, spec, batch_size, "features of normal images", with_image)
+    emb, images = emb if with_image else (emb, None)
     patches = emb.permute(0, 2, 3, 1).reshape(-1, dim)
     started = time.time()
     with log.progress(f"coreset: {rows} of {len(patches)} patches", total=rows) as advance:
@@ -123,6 +135,7 @@ def fit_bank(
 
         idx = greedy_coreset(patches, rows, seed, step)
     model.set_bank(patches[idx])
+    image = fit_image_bank(model, emb, images, idx, seed) if with_image else None
     return {
         "rows": rows,
         "dim": dim,
@@ -134,7 +147,58 @@ def fit_bank(
         "bounded_by": bound,
         "search_gmac": round(h * w * rows * dim / 1e9, 4),
         "coreset_seconds": round(time.time() - started, 1),
+        **({"image": image} if image else {}),
     }
+
+
+MAX_IMAGE_ROWS = 4096  # the image bank's rows: a greedy coreset of the normal images beyond this
+SPREAD_IMAGES = 64  # normal images whose leave-one-out scores measure each distance's spread
+
+
+@torch.no_grad()
+def fit_image_bank(model, emb: torch.Tensor, images: torch.Tensor, bank_idx: torch.Tensor, seed: int) -> dict:
+    """The image-level score's bank and weights, from the normal images' patch
+    embeddings `emb` (N, D, h, w), image embeddings `images` (N, E) and the patch
+    bank's rows (`bank_idx` into the N*h*w patches).
+
+    Each image dimension is divided by its spread over the normal images. The
+    patch and image distances are then weighted by 1 / their own spread over
+    normal images, estimated leave-one-image-out on a sample: an image's patch
+    distance to the bank rows of the other images, its image distance to the other
+    images' embeddings (in the bank, a normal image finds itself at distance 0)."""
+    from edgetune.tasks.anomaly.patchcore import greedy_coreset
+
+    n = len(images)
+    sd = images.std(0, unbiased=False)
+    scale = 1 / sd.clamp_min(1e-2 * float(sd.mean()) + 1e-12)  # a channel constant on good parts must not explode
+    z = images * scale
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:SPREAD_IMAGES]
+    own = torch.cdist(z[sample], z)
+    own[torch.arange(len(sample)), sample] = float("inf")
+    image_d = own.amin(1)
+    hw = emb.shape[2] * emb.shape[3]
+    owner = bank_idx // hw
+    bank = model.patches.search.bank
+    patch_d = []
+    for i in sample.tolist():
+        others = bank[owner != i]
+        if not len(others):
+            continue
+        q = emb[i].flatten(1).T
+        patch_d.append(float(torch.cdist(q, others).amin(1).amax()))
+    spreads = [float(torch.tensor(patch_d).std()) if len(patch_d) > 1 else 0.0, float(image_d.std())]
+    weights = tuple(1 / v if v > 1e-12 else 1.0 for v in spreads)
+    rows = z if n <= MAX_IMAGE_ROWS else z[greedy_coreset(z, MAX_IMAGE_ROWS, seed, batch=16)]
+    model.set_image_bank(rows, scale, weights)
+    logger.info(
+        "Image score: %d normal image embeddings of %d values; patch and image distances weighted by 1/%.4g and "
+        "1/%.4g (their spread over %d normal images, each left out of the banks).",
+        len(rows),
+        z.shape[1],
+        *spreads,
+        len(sample),
+    )
+    return {"rows": len(rows), "dim": int(z.shape[1]), "weights": [round(w, 6) for w in weights], "spreads": spreads}
 
 
 def calibrate(
@@ -180,12 +244,14 @@ def load_patchcore(run):
 
     info = run.info.get("anomaly") or {}
     bank = info.get("bank") or {}
+    image = bank.get("image")  # absent in runs fitted before the image score: the patch score alone
     model = build_patchcore(
         run.model_name,
         tuple(run.spec.size),
         pretrained=False,
         bank=torch.zeros(int(bank["rows"]), int(bank["dim"])),
         indices=list(info["feature_indices"]),
+        image_bank=torch.zeros(int(image["rows"]), int(image["dim"])) if image else False,
     )
     state = torch.load(run.dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(upgrade_state(state))
@@ -232,7 +298,14 @@ def fit_patchcore(opts: dict, split, out):
         )
     torch.manual_seed(opts["seed"])
     spec = resolve_preprocess(timm.create_model(opts["model"], pretrained=False), opts.get("img_size"))
-    model = build_patchcore(opts["model"], tuple(spec.size), opts["pretrained"], opts.get("weights"), indices=indices)
+    model = build_patchcore(
+        opts["model"],
+        tuple(spec.size),
+        opts["pretrained"],
+        opts.get("weights"),
+        indices=indices,
+        image_bank=bool(opts["image_score"]),
+    )
     logger.info(
         "Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.",
         len(train),

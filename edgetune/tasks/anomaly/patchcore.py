@@ -23,7 +23,17 @@ cost: by default no more than make the search cost what the embedder costs
 
 The memory bank is a greedy k-center coreset of the normal images' patch
 embeddings, chosen on a random projection (Johnson-Lindenstrauss) to keep the
-greedy loop cheap."""
+greedy loop cheap.
+
+With `--image-score`, a second, image-level score from the same backbone pass: the deepest stage's
+per-channel mean and standard deviation (an image embedding, standardised on the
+normal images), and its distance to the nearest normal image's. It sees what no
+single patch shows: a tile-wide change of texture or brightness, or a crack thinner
+than a patch that shifts the image's statistics. The image score is the weighted
+sum of the two distances, each divided by its spread over the normal images (a
+leave-one-image-out estimate at fit time), so neither dominates by its units.
+On magnetic tiles (efficientnet_lite2, 320 px, benchmarks/anomaly_mt.py) image
+AUROC went from 0.922 to 0.952. The heat map stays the patch scores'."""
 
 from __future__ import annotations
 
@@ -70,21 +80,53 @@ def feature_indices(name: str) -> list[int]:
     return idx
 
 
-class PatchEmbedder(nn.Module):
-    """Image -> patch embeddings (N, D, h, w) on the stride-8 grid. The part INT8
-    quantizes: everything with weights."""
+def image_index(name: str) -> int:
+    """`features_only` index of `name`'s deepest stage: the image embedding's."""
+    import timm
 
-    def __init__(self, features: nn.Module):
+    return len(timm.create_model(name, pretrained=False, features_only=True).feature_info) - 1
+
+
+class ImageStats(nn.Module):
+    """(N, C, h, w) feature map -> (N, 2C) image embedding: each channel's mean and
+    standard deviation, times `scale` (1 / their spread over the normal images, set
+    by the fit)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(2 * channels))
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        mean = m.mean((2, 3))
+        std = (m - mean[..., None, None]).square().mean((2, 3)).sqrt()
+        return torch.cat([mean, std], 1) * self.scale
+
+
+class PatchEmbedder(nn.Module):
+    """Image -> patch embeddings (N, D, h, w) on the stride-8 grid; with
+    `image_channels` (the deepest stage's, the last of `features`), also the image
+    embedding (N, 2C). The part INT8 quantizes: everything with weights."""
+
+    def __init__(self, features: nn.Module, image_channels: int | None = None):
         super().__init__()
         self.features = features
         self.pool = nn.AvgPool2d(3, 1, 1)
+        self.stats = ImageStats(image_channels) if image_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = [self.pool(f) for f in self.features(x)]
+    def forward(self, x: torch.Tensor):
+        """Patch embeddings; with the image embedding, (patches, image)."""
+        maps = list(self.features(x))
+        image = self.stats(maps.pop()) if self.stats is not None else None
+        maps = [self.pool(f) for f in maps]
         size = maps[0].shape[-2:]
-        return torch.cat(
+        patches = torch.cat(
             [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1
         )
+        return patches if image is None else (patches, image)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self(x)
+        return out if isinstance(out, tuple) else (out, None)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -137,29 +179,45 @@ class NearestBankRow(nn.Module):
 
 
 class PatchDistances(nn.Module):
-    """Image -> (N, h*w) squared nearest-bank distances: the part INT8 quantizes
-    (the embedder's convolutions and the search's Linear)."""
+    """Image -> (N, h*w) squared nearest-bank distances, and with an image bank,
+    (N, 1) squared distances to the nearest normal image's embedding: the part INT8
+    quantizes (the embedder's convolutions and the patch search's Linear; the image
+    search, rows x 2C multiply-adds (half a million for 761 images), stays float)."""
 
-    def __init__(self, embedder: PatchEmbedder, bank: torch.Tensor):
+    def __init__(self, embedder: PatchEmbedder, bank: torch.Tensor, image_bank: torch.Tensor | None = None):
         super().__init__()
         self.embedder = embedder
         self.search = NearestBankRow(bank)
+        self.image_search = NearestBankRow(image_bank) if image_bank is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.search(self.embedder(x))
+    def forward(self, x: torch.Tensor):
+        if self.image_search is None:
+            return self.search(self.embedder(x))
+        patches, image = self.embedder(x)
+        return self.search(patches), self.image_search(image[..., None, None])
 
 
 class PatchCore(nn.Module):
-    """(N, 3, H, W) normalised images -> (score (N,), map (N, H, W)): raw
-    nearest-neighbour distances to the memory bank."""
+    """(N, 3, H, W) normalised images -> (score (N,), map (N, H, W)), raw: the
+    largest patch distance to the memory bank (with an image bank, plus the
+    weighted image distance), and the patch distances as a map."""
 
-    def __init__(self, embedder: PatchEmbedder, bank: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]):
+    def __init__(
+        self,
+        embedder: PatchEmbedder,
+        bank: torch.Tensor,
+        size: tuple[int, int],
+        grid: tuple[int, int],
+        image_bank: torch.Tensor | None = None,
+    ):
         super().__init__()
-        self.patches = PatchDistances(embedder, bank)
+        self.patches = PatchDistances(embedder, bank, image_bank)
         self.size, self.grid = tuple(size), tuple(grid)
         k = gaussian_kernel(map_sigma(self.size))
         self.register_buffer("blur_h", k.view(1, 1, 1, -1))
         self.register_buffer("blur_v", k.view(1, 1, -1, 1))
+        if image_bank is not None:  # the patch and image distances' weights in the image score
+            self.register_buffer("score_weights", torch.ones(2))
 
     @property
     def embedder(self) -> PatchEmbedder:
@@ -172,13 +230,29 @@ class PatchCore(nn.Module):
     def set_bank(self, bank: torch.Tensor) -> None:
         self.patches.search.set_bank(bank)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.image_scores(self.patches(x))
+    @property
+    def image_search(self) -> NearestBankRow | None:
+        return self.patches.image_search
 
-    def image_scores(self, d2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, h*w) squared patch distances -> (image score (N,), map (N, H, W))."""
+    def set_image_bank(self, bank: torch.Tensor, scale: torch.Tensor, weights: tuple[float, float]) -> None:
+        """The normal images' embeddings (already multiplied by `scale`), the
+        per-dimension `scale`, and the patch and image distances' weights."""
+        self.patches.image_search.set_bank(bank)
+        with torch.no_grad():
+            self.embedder.stats.scale.copy_(scale)
+            self.score_weights.copy_(torch.tensor(weights, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.patches(x)
+        return self.image_scores(*out) if isinstance(out, tuple) else self.image_scores(out)
+
+    def image_scores(self, d2: torch.Tensor, image_d2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, h*w) squared patch distances (and (N, 1) squared image distances) ->
+        (image score (N,), map (N, H, W))."""
         patch = d2.sqrt()
         score = patch.amax(-1)
+        if image_d2 is not None:
+            score = self.score_weights[0] * score + self.score_weights[1] * image_d2[:, 0].sqrt()
         m = F.interpolate(patch.reshape(-1, 1, *self.grid), size=self.size, mode="bilinear", align_corners=False)
         r = self.blur_h.shape[-1] // 2
         m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="reflect"), self.blur_h)
@@ -258,13 +332,23 @@ def build_patchcore(
     weights=None,
     bank: torch.Tensor | None = None,
     indices: list[int] | None = None,
+    image_bank: torch.Tensor | bool = False,
 ) -> PatchCore:
     """A PatchCore module for backbone `name` at input `size` (an empty bank of the
-    right width when `bank` is None: fitting fills it; restoring loads it)."""
-    indices = indices if indices is not None else feature_indices(name)
-    embedder = PatchEmbedder(create_features(name, indices, pretrained, weights)).eval()
+    right width when `bank` is None: fitting fills it; restoring loads it).
+    `image_bank`: True for the image-level score with an empty bank, its rows, or
+    False for the patch score alone (the default, and runs fitted before the image
+    score existed)."""
+    indices = list(indices if indices is not None else feature_indices(name))
+    with_image = image_bank is not False and image_index(name) not in indices  # a deeper stage than the patches'
+    if with_image:
+        indices.append(image_index(name))
+    features = create_features(name, indices, pretrained, weights)
+    embedder = PatchEmbedder(features, features.feature_info.channels()[-1] if with_image else None).eval()
     with torch.no_grad():
-        probe = embedder(torch.zeros(1, 3, *size))
+        probe, image = embedder.embed(torch.zeros(1, 3, *size))
     if bank is None:
         bank = torch.zeros(1, probe.shape[1])
-    return PatchCore(embedder, bank, size, tuple(probe.shape[-2:])).eval()
+    if image_bank is True:
+        image_bank = torch.zeros(1, image.shape[1])
+    return PatchCore(embedder, bank, size, tuple(probe.shape[-2:]), image_bank if with_image else None).eval()
