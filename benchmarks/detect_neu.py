@@ -230,6 +230,7 @@ def write_report(results: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--model", default=RECIPE["model"], help="timm backbone (offline weights: efficientnet_lite0/1/2)")
     p.add_argument("--img-size", type=int, default=RECIPE["img_size"])
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     p.add_argument("--ema", type=float, default=RECIPE["ema"], help="a moving average of the weights (e.g. 0.999)")
@@ -251,7 +252,8 @@ def main() -> None:
     from edgetune.runtime.timing import Policy
 
     log.setup()
-    recipe = {**RECIPE, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema, "augment": a.augment}
+    recipe = {**RECIPE, "model": a.model, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema}
+    recipe["augment"] = a.augment
     qat, data = {**QAT, "epochs": a.qat_epochs}, a.data
     policy = Policy(warmup=10, min_time_s=3.0, min_runs=50)
     if a.smoke:
