@@ -340,9 +340,10 @@ def build_patchcore(
     False for the patch score alone (the default, and runs fitted before the image
     score existed)."""
     indices = list(indices if indices is not None else feature_indices(name))
-    with_image = image_bank is not False and image_index(name) not in indices  # a deeper stage than the patches'
+    deepest = image_index(name) if image_bank is not False else None
+    with_image = deepest is not None and deepest not in indices  # a deeper stage than the patches'
     if with_image:
-        indices.append(image_index(name))
+        indices.append(deepest)
     features = create_features(name, indices, pretrained, weights)
     embedder = PatchEmbedder(features, features.feature_info.channels()[-1] if with_image else None).eval()
     with torch.no_grad():
