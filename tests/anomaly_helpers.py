@@ -48,3 +48,9 @@ def make_textures(root: Path, n_good: int = 60, n_bad: int = 20, seed: int = 0) 
                 masks[str(path.resolve())] = draw_defect(rng, img)
             cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
     return masks
+
+
+def quantization_record(manifest: dict) -> tuple[dict, dict]:
+    """A bundle manifest's export records (by variant) and its PTQ record."""
+    exported = next(r for r in manifest["stages"] if r["stage"] == "export")["metrics"]
+    return exported, next(v["quantization"] for v in exported.values() if v.get("quantization"))

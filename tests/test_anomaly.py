@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from anomaly_helpers import SIZE, make_textures
-from conftest import QUICK_BENCH, invoke, run_cli
+from anomaly_helpers import SIZE, make_textures, quantization_record
+from conftest import QUICK_BENCH, invoke, ort_optimized, run_cli, unfused_convs
 
 MODEL = ["--model", "test_resnet", "--no-pretrained", "--img-size", str(SIZE)]
 
@@ -72,6 +72,7 @@ def test_bundles_for_every_target(anomaly_build):
             runtime = "onnxruntime" if target == "jetson" else None  # no TensorRT here: its Q/DQ ONNX
             assert bundle.open(precision=precision, runtime=runtime).norm.center == own["center"]
         assert m["artifacts"]["int8"]["task_section"]["threshold_raw"] != a["threshold_raw"]
+    assert quantization_record(m)[1]["activations"] == "int8"  # TensorRT takes only signed ones
     jetson = anomaly_build / "bundle-jetson"
     problems, notes = tensorrt_problems(onnx.load(str(jetson / "model.int8.onnx")))
     assert problems == [] and any("MatMul" in n for n in notes)  # the bank's MatMul stays FP16 on TensorRT
@@ -334,6 +335,12 @@ def test_good_parts_alone_fit_build_and_flag_a_defect(tmp_path):
     run_cli("--config", cfg, "build", "--target", "cpu", "--out", out)
     gate = json.loads((out / "gate-cpu.json").read_text())
     assert gate["passed"] and gate["metric"] == "false_alarm_rate" and gate["checks"][0]["name"] == "false_alarm_rise"
+    # No target here needs signed activations: NNCF's unsigned ones after each ReLU(6) let ONNX Runtime
+    # drop it and run every quantized Conv on its integer kernels (tests/test_families.py: signed ones
+    # before a ReLU6 leave them float).
+    manifest = json.loads((out / "bundle-cpu" / "manifest.json").read_text())
+    assert quantization_record(manifest)[1]["activations"] == "auto"
+    assert unfused_convs(ort_optimized(out / "bundle-cpu" / "model.int8.onnx", tmp_path)) == []
     session = load_bundle(out / "bundle-cpu").open()
     bad = sorted((data / "bad").glob("*.png"))
     flagged = [r.anomalous for r in session.predict_frames([read_image(p) for p in bad])]

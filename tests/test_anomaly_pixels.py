@@ -9,7 +9,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from anomaly_helpers import SIZE, draw_defect, texture
+from anomaly_helpers import SIZE, draw_defect, quantization_record, texture
 from conftest import ort_optimized, run_cli
 
 MODEL = ["--model", "test_resnet", "--no-pretrained", "--img-size", str(SIZE)]
@@ -189,8 +189,7 @@ def test_int8_search_runs_on_integer_kernels_where_it_keeps_the_distances(anomal
     # The generated textures lie so close to their bank that INT8 would move the distances
     # by about 1%: the build kept that search float, and says so.
     manifest = json.loads((anomaly_build / "bundle-cpu" / "manifest.json").read_text())
-    exported = next(r for r in manifest["stages"] if r["stage"] == "export")["metrics"]
-    quantization = next(v["quantization"] for v in exported.values() if v.get("quantization"))
+    exported, quantization = quantization_record(manifest)
     assert quantization["search"] == "fp32" and quantization["search_error"] > export.MAX_SEARCH_ERROR
     search = exported["fp32"]["search"]
     assert 0 <= search["share"] < 1 and search["without_ms_p50"] <= search["fp32_ms_p50"] * 1.5

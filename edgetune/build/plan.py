@@ -19,7 +19,7 @@ def quantize_overrides(profiles: list, config: dict) -> dict:
     """The quantize stage's activations: signed int8 when any target's runtime
     needs it (TensorRT has no uint8 Q/DQ), so one QAT model serves every target of
     the build; otherwise the quantize section's own value (default auto)."""
-    signed = [p.name for p in profiles if p.activations == "int8" and "int8" in p.precisions]
+    signed = signed_targets(profiles)
     if not signed:
         return {}
     asked = (config.get("quantize") or {}).get("activations")
@@ -30,6 +30,11 @@ def quantize_overrides(profiles: list, config: dict) -> dict:
             f"or build {', '.join(signed)} in a separate build."
         )
     return {"activations": "int8"}
+
+
+def signed_targets(profiles: list) -> list[str]:
+    """The targets whose runtime takes only signed INT8 activations."""
+    return [p.name for p in profiles if p.activations == "int8" and "int8" in p.precisions]
 
 
 def prune_overrides(profiles: list, config: dict) -> dict:
@@ -93,7 +98,10 @@ def plan(
     warning = task.config_warning(config)
     if warning:
         log.get(__name__).warning(warning)
-    quant_in = quantize_overrides(profiles, config) if task.trains else {}  # before any training: a conflict fails now
+    if task.trains:
+        quant_in = quantize_overrides(profiles, config)  # before any training: a conflict fails now
+    else:  # the export's post-training quantization: signed only where a target needs it
+        quant_in = {"activations": "int8" if signed_targets(profiles) else "auto"}
     stages: list[Stage] = []
     runs = [r for r in TRAINING if r in given]
     if not runs:
@@ -113,7 +121,8 @@ def plan(
         )
         runs.append("quantize")
     final, shared = runs[-1], {}
-    export_options = options["export"].with_values(**task.export_options(options))
+    taken = {**options, "quantize": options["quantize"].with_values(**quant_in)}
+    export_options = options["export"].with_values(**task.export_options(taken))
     deploy = export_and_compile(
         profiles,
         plugins,

@@ -133,6 +133,9 @@ class Anomaly(Task):
         from edgetune.tasks.anomaly.export import export_variant
 
         options = options or {}
+        # A build says whether a target needs signed activations; alone, an export for
+        # ONNX Runtime (uint8) does not, and one kept as quantized may go to TensorRT.
+        ptq = options.get("quantize_activations") or ("auto" if activations == "uint8" else "int8")
         return export_variant(
             run,
             out.parent,
@@ -144,11 +147,16 @@ class Anomaly(Task):
             cache=shared,
             path=out,
             check=check,
+            quantize_activations=ptq,
         )
 
     def export_options(self, options: dict) -> dict:
         q = options["quantize"].values
-        return {"calibration": q.get("calibration") or "default", "calib_count": q.get("calib_count")}
+        return {
+            "calibration": q.get("calibration") or "default",
+            "calib_count": q.get("calib_count"),
+            "quantize_activations": q.get("activations") or "auto",
+        }
 
     def config_warning(self, config: dict) -> str | None:
         quant = [f"quantize.{k}" for k in (config.get("quantize") or {}) if k not in ("calibration", "calib-count")]

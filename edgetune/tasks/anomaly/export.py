@@ -285,10 +285,13 @@ def export_variant(
     cache: dict | None = None,
     path: Path | None = None,
     check: bool = True,
+    quantize_activations: str = "int8",
 ) -> dict:
     """The (precision, activations) variant as OUT_DIR/model.TAG.onnx (or `path`).
-    With a `cache` dict, one PTQ (signed int8 activations, which every runtime
-    takes) serves every int8 variant of a build."""
+    With a `cache` dict, one PTQ serves every int8 variant of a build.
+    `quantize_activations`: "int8" (all signed, what TensorRT needs) or "auto"
+    (NNCF's choice: unsigned after ReLU-like layers, which lets ONNX Runtime run
+    those Convs on its integer kernels)."""
     from edgetune.run import Run, load_run
 
     if not isinstance(run, Run):
@@ -298,7 +301,7 @@ def export_variant(
     model = None
     if precision == "int8":
         if "quantized" not in cache:
-            cache["quantized"] = quantized_patchcore(run, calibration, calib_count, activations="int8")
+            cache["quantized"] = quantized_patchcore(run, calibration, calib_count, activations=quantize_activations)
         model = cache["quantized"][0]
     path = Path(path) if path is not None else Path(out_dir) / f"model.{tag}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
