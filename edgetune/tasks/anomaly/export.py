@@ -3,8 +3,8 @@ outputs `score` (N) and `map` (N, H, W), raw distances (the bundle's manifest
 holds the normalisation), dynamic batch.
 
 INT8: NNCF post-training quantization of the patch distances (the backbone's
-convolutions and the bank search's Linear: int8 per-row bank, one activation
-scale), calibrated on normal training images only with a calibration recipe;
+convolutions but the stem, and the bank search's Linear: int8 per-row bank, one
+activation scale), calibrated on normal training images only with a calibration recipe;
 then the same steps as a classifier's export (`nncf.strip`, weights folded to
 int8, optional uint8 activations for ONNX Runtime). The min over the bank, the
 patch norms and the map smoothing stay fp32.
@@ -87,13 +87,27 @@ def quantized_patchcore(run, calibration: str = "default", count: int | None = N
         model.patches,
         tensors,
         tuple(run.spec.size),
-        ignore=[EMBEDDER_POOL, SEARCH if search == "fp32" else SEARCH_SUM]
+        ignore=[EMBEDDER_POOL, stem_scope(model.embedder), SEARCH if search == "fp32" else SEARCH_SUM]
         + (IMAGE_SCORE if model.image_search is not None else []),
         activations=activations,
     )
     model.patches = quantized
     record = {**record, "mode": "ptq", "calibration": calib, "search": search, "search_error": round(error, 4)}
     return model.eval(), record
+
+
+def stem_scope(embedder) -> str:
+    """NNCF's names for the backbone's first Conv (the stem), which stays float. Its
+    input is the image itself, and the patch distances read the fine detail that
+    int8 rounding of the normalised pixels takes away: INT8 cost ELPV 1.3 image AUROC
+    points with the stem quantized, 0.05 with it float (magnetic tiles 0.34 and 0.15),
+    at no latency cost beyond run-to-run noise."""
+    import re
+
+    import torch
+
+    name = next(n for n, m in embedder.features.named_modules() if isinstance(m, torch.nn.Conv2d))
+    return re.escape(f"embedder/features/{name.replace('.', '/')}/") + ".*"
 
 
 def search_error(model, tensors) -> float:
