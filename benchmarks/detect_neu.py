@@ -235,6 +235,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     p.add_argument("--ema", type=float, default=RECIPE["ema"], help="a moving average of the weights (e.g. 0.999)")
     p.add_argument("--augment", default=RECIPE["augment"], help="the fine-tuning's --augment")
+    p.add_argument("--fpn-channels", type=int, default=RECIPE["fpn_channels"], help="the neck's and head's width")
     p.add_argument("--qat-epochs", type=int, default=QAT["epochs"])
     p.add_argument("--subset", type=int, default=None, help="only this many images (a short run)")
     p.add_argument("--threads", type=int, default=2)
@@ -253,7 +254,7 @@ def main() -> None:
 
     log.setup()
     recipe = {**RECIPE, "model": a.model, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema}
-    recipe["augment"] = a.augment
+    recipe.update(augment=a.augment, fpn_channels=a.fpn_channels)
     qat, data = {**QAT, "epochs": a.qat_epochs}, a.data
     policy = Policy(warmup=10, min_time_s=3.0, min_runs=50)
     if a.smoke:

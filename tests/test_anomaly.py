@@ -73,12 +73,12 @@ def test_bundles_for_every_target(anomaly_build):
             assert bundle.open(precision=precision, runtime=runtime).norm.center == own["center"]
         assert m["artifacts"]["int8"]["task_section"]["threshold_raw"] != a["threshold_raw"]
     assert quantization_record(m)[1]["activations"] == "int8"  # TensorRT takes only signed ones
+    jetson = anomaly_build / "bundle-jetson"
     # The stem reads the image itself and stays float; the Convs after it are int8.
-    graph = onnx.load(str(anomaly_build / "bundle-jetson" / "model.int8.onnx")).graph
+    graph = onnx.load(str(jetson / "model.int8.onnx")).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert convs[0].input[1] not in dequantized and all(c.input[1] in dequantized for c in convs[1:4])
-    jetson = anomaly_build / "bundle-jetson"
     problems, notes = tensorrt_problems(onnx.load(str(jetson / "model.int8.onnx")))
     assert problems == [] and any("MatMul" in n for n in notes)  # the bank's MatMul stays FP16 on TensorRT
     sess = ort_session(jetson / "model.int8.onnx")
