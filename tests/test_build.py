@@ -270,3 +270,18 @@ def test_build_from_a_quantized_run_compiles_it_without_training(qat_run, float_
     assert "--data" in capsys.readouterr().err
     assert invoke("build", "--target", "cpu", "--from", tmp_path, "--out", tmp_path / "n") == 2
     assert "not an edgetune run" in capsys.readouterr().err
+
+
+def test_a_new_edgetune_version_redoes_the_conversions_not_the_training(monkeypatch):
+    """After an upgrade a build re-exports and recompiles (the code made those files)
+    but keeps its fine-tuned and quantized weights."""
+    from edgetune.stages import base
+    from edgetune.stages.common import TrainingStage
+
+    conversion = base.Stage()
+    conversion.name = "export-int8"
+    training = TrainingStage("finetune", None, base.StageOptions({}, {"epochs": 3}), source_key="data")
+    before = conversion.key(["upstream"]), training.key([])
+    monkeypatch.setattr(base, "__version__", "99.0.0")
+    assert conversion.key(["upstream"]) != before[0]
+    assert training.key([]) == before[1]

@@ -4,8 +4,9 @@ A `Stage` is a step of a build: fine-tune, prune, quantize, one ONNX export
 variant, one target's compile-and-bundle. It is made with its resolved options,
 names the stages whose results it takes (`inputs`), and has two methods:
 
-- `key(upstream)`: its inputs hash (its own options, the inputs' keys): a build
-  skips a finished stage whose key is unchanged;
+- `key(upstream)`: its inputs hash (its own options, the inputs' keys, and for a
+  conversion edgetune's version): a build skips a finished stage whose key is
+  unchanged;
 - `run(inputs, out, resume)`: does the work under the build directory `out` and
   returns its output record: JSON-serialisable, paths relative to `out` (so a
   build directory can be moved), handed on to the stages after it.
@@ -19,6 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgetune import __version__
 from edgetune.runtime.files import sha256_json
 
 # Options that say where or how, not what: they never change a stage's result.
@@ -58,10 +60,14 @@ class Stage:
     name: str = "?"
     inputs: tuple[str, ...] = ()
     distributed: bool = False  # under torchrun, run by every rank (training); else by rank 0 alone
+    # A conversion's output (an export, a compiled bundle) comes from the code as much as from its
+    # inputs, so another edgetune version redoes it; trained weights stay valid (TrainingStage: False).
+    versioned: bool = True
 
     def key(self, upstream: list[str]) -> str:
         """Hash of what decides this stage's result; `upstream` are its inputs' keys."""
-        return sha256_json({"stage": self.name, "upstream": upstream, "config": self.config()})
+        what = {"stage": self.name, "upstream": upstream, "config": self.config()}
+        return sha256_json({**what, "edgetune": __version__} if self.versioned else what)
 
     def config(self) -> dict:
         """The settings `key` covers and the stage history records."""

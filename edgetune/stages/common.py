@@ -125,6 +125,7 @@ class TrainingStage(Stage):
     when resuming. Its input, if any, is the run it trains from."""
 
     distributed = True
+    versioned = False
 
     def __init__(self, name: str, train, options: StageOptions, inputs: tuple[str, ...] = (), source_key: str = ""):
         self.name, self.train, self.options, self.inputs = name, train, options, inputs
