@@ -232,3 +232,36 @@ def test_box_aware_augmentation_moves_the_boxes_with_the_image(sources):
             mean = float(x[:, y1:y2, x1:x2].mean())
             name = src.classes[label]
             assert (name != "disc" or mean < 0) and (name != "square" or mean > 0), (name, mean)
+
+
+def test_mosaic_samples_frame_the_shapes_of_four_images(sources):
+    import torch
+
+    from edgetune.data.augment import Augment
+    from edgetune.data.transforms import augment_ops
+    from edgetune.runtime.preprocess import PreprocessSpec
+    from edgetune.tasks.detect.data import BoxDataset
+
+    src = _read(sources["voc"])
+    pairs = [(it.path, it.target) for it in src.items if len(it.target["labels"]) == 2][:8]
+    spec = PreprocessSpec((96, 96), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    mosaic = BoxDataset(pairs, spec, Augment.parse("hflip,mosaic=1"))
+    torch.manual_seed(0)
+    counts = []
+    for i in range(len(pairs)):
+        x, t = mosaic[i]
+        b = t["boxes"].numpy()
+        counts.append(len(b))
+        assert x.shape == (3, 96, 96) and len(b) == len(t["labels"])
+        assert (b[:, 2:] > b[:, :2]).all() and b.min() >= 0 and b.max() <= 96
+        for box, label in zip(b, t["labels"].tolist()):
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            if min(x2 - x1, y2 - y1) < 6:  # a corner cut off by the crop may hold more noise than shape
+                continue
+            mean = float(x[:, y1:y2, x1:x2].mean())
+            name = src.classes[label]
+            assert (name != "disc" or mean < 0) and (name != "square" or mean > 0), (name, mean)
+    assert max(counts) > 2  # more boxes than any one image holds: the crop spans several images
+
+    with pytest.raises(EdgetuneError, match="mosaic=0.5: .* only --task detect takes it"):
+        augment_ops(Augment.parse("hflip,mosaic=0.5"))  # classification and segmentation

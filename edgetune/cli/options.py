@@ -151,7 +151,7 @@ def train_options(
 
     augment_help = (
         "Training augmentations: comma list of hflip, vflip, rot90, rotate=DEG, rrc=MIN_AREA, brightness=X, "
-        "contrast=X; or 'none'."
+        "contrast=X, mosaic=SHARE (detection); or 'none'."
     )
     if inherit_augment:
         augment_help += " Default: those the input run trained with."

@@ -18,6 +18,7 @@ class Augment:
     rot90: bool = False
     rotate: float = 0.0  # degrees
     rrc: float = 1.0  # RandomResizedCrop minimum area; 1.0 = off
+    mosaic: float = 0.0  # detection: the share of samples made of four images (tasks/detect/data.py)
     brightness: float = 0.0
     contrast: float = 0.0
 
@@ -26,7 +27,8 @@ class Augment:
 
     def __str__(self) -> str:
         parts = [k for k in ("hflip", "vflip", "rot90") if getattr(self, k)]
-        parts += [f"{k}={getattr(self, k):g}" for k in ("rotate", "brightness", "contrast") if getattr(self, k)]
+        numbers = ("rotate", "brightness", "contrast", "mosaic")
+        parts += [f"{k}={getattr(self, k):g}" for k in numbers if getattr(self, k)]
         parts += [f"rrc={self.rrc:g}"] if self.rrc < 1.0 else []
         return ",".join(parts) or "none"
 

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from edgetune.data.augment import Augment
+from edgetune.errors import EdgetuneError
 from edgetune.runtime.preprocess import PreprocessSpec, preprocess
 
 
@@ -31,6 +32,11 @@ def normalize(img_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
 
 
 def augment_ops(augment: Augment) -> v2.Compose:
+    if augment.mosaic:
+        raise EdgetuneError(
+            f"--augment mosaic={augment.mosaic:g}: mosaic combines four images and their boxes, so only "
+            "--task detect takes it. Leave it out of --augment (or the config's augment) for this task."
+        )
     ops = []
     if augment.rrc < 1.0:
         ops.append(

@@ -18,13 +18,16 @@ from edgetune.data.augment import Augment
 from edgetune.data.transforms import load_rgb, normalize
 
 MIN_BOX = 2.0  # pixels: a box an augmentation cut to a sliver is dropped (torchvision's SanitizeBoundingBoxes)
+MOSAIC_CROP = (0.25, 0.5)  # the share of a 2x2 mosaic's area its crop keeps: one to two images' worth
 
 
-def box_ops(augment: Augment, size: tuple[int, int]) -> v2.Compose | None:
-    """The augmentations of `--augment`, acting on image and boxes together."""
+def box_ops(augment: Augment, size: tuple[int, int], crop: tuple[float, float] | None = None) -> v2.Compose | None:
+    """The augmentations of `--augment`, acting on image and boxes together. `crop`:
+    the range of the image's area a crop keeps (default: `rrc`'s, none at 1.0)."""
     ops = []
-    if augment.rrc < 1.0:  # a crop of at least that share of the image, resized to the input
-        ops.append(v2.RandomResizedCrop(tuple(size), scale=(augment.rrc, 1.0), ratio=(3 / 4, 4 / 3), antialias=True))
+    crop = crop or ((augment.rrc, 1.0) if augment.rrc < 1.0 else None)
+    if crop:  # a crop of that share of the image, resized to the input
+        ops.append(v2.RandomResizedCrop(tuple(size), scale=crop, ratio=(3 / 4, 4 / 3), antialias=True))
     if augment.hflip:
         ops.append(v2.RandomHorizontalFlip())
     if augment.vflip:
@@ -41,23 +44,53 @@ def box_ops(augment: Augment, size: tuple[int, int]) -> v2.Compose | None:
 
 
 class BoxDataset(Dataset):
-    """(image, target) of (path, {"boxes", "labels"}) pairs, augmented when `augment` is given."""
+    """(image, target) of (path, {"boxes", "labels"}) pairs, augmented when `augment` is given.
+
+    `mosaic=P` (YOLO's mosaic, Bochkovskiy et al. 2020): a share P of the training
+    samples is four images, this one and three drawn at random, side by side in a
+    2x2 grid, of which a crop of a quarter to half the grid's area is the sample.
+    Its parts appear at 0.7-1.0x their own scale, cut at other places, with more boxes
+    and more contexts per sample than a single image gives."""
 
     def __init__(self, pairs: list, spec, augment: Augment | None = None):
         self.pairs, self.spec = pairs, spec
         self.ops = box_ops(augment, spec.size) if augment is not None else None
+        self.mosaic = augment.mosaic if augment is not None else 0.0
+        self.mosaic_ops = box_ops(augment, spec.size, crop=MOSAIC_CROP) if self.mosaic else None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int):
+    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         path, target = self.pairs[i]
-        img = load_rgb(path)
+        boxes = torch.tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
+        return load_rgb(path), boxes, torch.tensor(target["labels"], dtype=torch.long).reshape(-1)
+
+    def _mosaic(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image i top left and three random others, each resized to image i's size."""
+        img, boxes, labels = self._load(i)
         h, w = img.shape[1:]
-        frame = torch.tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
-        boxes, labels = frame, torch.tensor(target["labels"], dtype=torch.long).reshape(-1)
-        if self.ops is not None:
-            sample = self.ops(
+        canvas = img.new_zeros(3, 2 * h, 2 * w)
+        parts = [(img, boxes, labels)] + [self._load(int(j)) for j in torch.randint(len(self.pairs), (3,))]
+        all_boxes, all_labels = [], []
+        for k, (im, b, lab) in enumerate(parts):
+            ih, iw = im.shape[1:]
+            if (ih, iw) != (h, w):
+                im = v2.functional.resize(im, [h, w], antialias=True)
+                b = b * torch.tensor([w / iw, h / ih, w / iw, h / ih])
+            y, x = (k // 2) * h, (k % 2) * w
+            canvas[:, y : y + h, x : x + w] = im
+            all_boxes.append(b + torch.tensor([x, y, x, y], dtype=torch.float32))
+            all_labels.append(lab)
+        return canvas, torch.cat(all_boxes), torch.cat(all_labels)
+
+    def __getitem__(self, i: int):
+        mosaic = self.mosaic > 0 and float(torch.rand(())) < self.mosaic
+        img, frame, labels = self._mosaic(i) if mosaic else self._load(i)
+        h, w = img.shape[1:]
+        boxes, ops = frame, self.mosaic_ops if mosaic else self.ops
+        if ops is not None:
+            sample = ops(
                 {
                     "image": tv_tensors.Image(img),
                     "boxes": tv_tensors.BoundingBoxes(frame, format="XYXY", canvas_size=(h, w)),
