@@ -41,6 +41,7 @@ class VerifyResult:
     )
     decides: str = "top-1 class"  # what the agreement counts (the task's decision)
     output: str = "logit"  # what the difference is of
+    decision: str | None = None  # how a worst image's decision reads ("{} boxes"); None: a class index
 
     @property
     def passed(self) -> bool:
@@ -128,6 +129,7 @@ def verify_bundle(
         diff_checked=p["diff_checked"],
         decides=p.get("decides", "top-1 class"),
         output=p.get("output", "logit"),
+        decision=p.get("decision"),
     )
     _print(result, bundle, run, prec, session.name)
     if json_file:
@@ -159,8 +161,12 @@ def _print(r: VerifyResult, bundle, run, precision: str, runtime: str) -> None:
         "preprocessing (channel order RGB/BGR, input size, interpolation, mean/std) before blaming quantization. "
         "Largest differences:"
     )
+
+    def decision(value: int) -> str:
+        return r.decision.format(value) if r.decision else run.classes[value]
+
     for w in r.worst:
         c.print(
-            f"  {w['image']}: max |diff| {w['max_abs_diff']:.4g}, training picks {run.classes[w['training']]}, device "
-            f"picks {run.classes[w['device']]}"
+            f"  {w['image']}: max |diff| {w['max_abs_diff']:.4g}, training: {decision(w['training'])}, device: "
+            f"{decision(w['device'])}"
         )

@@ -35,7 +35,9 @@ def detect_build(tmp_path_factory, detect_data) -> dict:
     run = root / "run"
     run_cli("finetune", "--task", "detect", "--data", detect_data, *MODEL, *TRAIN, "--epochs", "16", "--out", run)
     cfg = root / "build.yaml"
-    cfg.write_text("quantize:\n  epochs: 1\n  batch-size: 8\n  lr: 0.001\n  warmup-epochs: 0\n")
+    # QAT at a tenth of fine-tuning's rate or less, as the NEU-DET recipe: at 1e-3 one epoch moved the tiny
+    # detector's near-tied class scores enough to change the boxes of 4 of 20 test images against its float model.
+    cfg.write_text("quantize:\n  epochs: 1\n  batch-size: 8\n  lr: 0.0003\n  warmup-epochs: 0\n")
     out = root / "build"
     run_cli(
         "--config",
@@ -167,6 +169,10 @@ def test_compare_bench_verify_and_evaluate(detect_build, tmp_path):
 
     proc = run_cli("verify", out / "bundle-intel", "--images", detect_build["data"] / "images", "--run", run)
     assert "PASS: the device path reproduces the training path" in proc.stdout + proc.stderr
+    images = detect_build["data"] / "images"
+    proc = run_cli("verify", out / "bundle-intel", "--images", images, "--run", run, "--max-diff", "0", check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in said and "boxes reported" in said  # the worst images, by count
 
     run_cli("evaluate", run, "--json", tmp_path / "eval.json")
     m = json.loads((tmp_path / "eval.json").read_text())

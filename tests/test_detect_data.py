@@ -265,3 +265,19 @@ def test_mosaic_samples_frame_the_shapes_of_four_images(sources):
 
     with pytest.raises(EdgetuneError, match="mosaic=0.5: .* only --task detect takes it"):
         augment_ops(Augment.parse("hflip,mosaic=0.5"))  # classification and segmentation
+
+
+def test_parity_compares_a_box_with_the_box_at_the_same_place():
+    """Where two classes nearly tie, the graph's best class at a location can change
+    with rounding at the same score: the class match counts that, not the score."""
+    from edgetune.runtime.tasks.detect import Detections
+    from edgetune.tasks.detect.compare import same_boxes
+
+    box, beside = [10.0, 10.0, 30.0, 30.0], [12.0, 10.0, 32.0, 30.0]  # IoU 0.82: NMS at 0.6 keeps both
+    training = Detections(np.array([box, beside]), np.array([0.47, 0.30]), np.array([2, 0]), threshold=0.3)
+    device = Detections(np.array([box, beside]), np.array([0.47, 0.30]), np.array([0, 2]), threshold=0.3)
+    same, ious, diffs = same_boxes(training, device)
+    assert same and max(diffs) < 1e-6  # each class is still found there; the scores at each place agree
+    moved = Detections(np.array([box]), np.array([0.20]), np.array([2]), threshold=0.3)
+    same, _, diffs = same_boxes(training, moved)
+    assert not same and max(diffs) > 0.25  # a class gone, and a score that did change

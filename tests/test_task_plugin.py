@@ -70,7 +70,7 @@ def test_a_plugged_in_task_runs_through_every_command(tmp_path):
         "--lr",
         "3e-3",
         "--epochs",
-        "12",
+        "24",
         "--metric",
         "mae",
         "--augment",

@@ -15,19 +15,22 @@ from edgetune.tasks.gate import GateResult, drop_check, paired_interval
 def _found(a, b) -> tuple[int, list[float], list[float]]:
     """How many of a's reported boxes b has too (same class, IoU >= 0.5, among all its
     boxes: a score on the other side of the threshold is a score difference, not a
-    missed box), with their IoUs and score differences."""
+    missed box), with their IoUs and score differences. The score difference is with
+    b's box at the same place (the highest IoU), of whichever class: the graph keeps
+    each location's best class, so where two classes nearly tie, rounding can hand the
+    location to the other one at an equal score. That is a change of decision, which
+    the class match counts, not a change of confidence."""
     found, ious, diffs = 0, [], []
-    boxes_b, classes_b = np.asarray(b.boxes).reshape(-1, 4), np.asarray(b.classes)
+    boxes_b, classes_b, scores_b = np.asarray(b.boxes).reshape(-1, 4), np.asarray(b.classes), np.asarray(b.scores)
     for box, score, cls in zip(np.asarray(a.boxes)[a.reported], a.scores[a.reported], a.classes[a.reported]):
-        same = np.flatnonzero(classes_b == cls)
-        if not len(same):
+        if not len(boxes_b):
             continue
-        ov = iou(box[None], boxes_b[same])[0]
-        j = int(np.argmax(ov))
-        if ov[j] >= 0.5:
+        ov = iou(box[None], boxes_b)[0]
+        same = ov * (classes_b == cls)
+        if same.max() >= 0.5:
             found += 1
-            ious.append(float(ov[j]))
-            diffs.append(abs(float(score) - float(b.scores[same[j]])))
+            ious.append(float(same.max()))
+            diffs.append(abs(float(score) - float(scores_b[int(np.argmax(ov))])))
     return found, ious, diffs
 
 
@@ -49,6 +52,7 @@ def parity(training: list, device: list) -> dict:
         "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
         "max_rel_diff": float(diff.max()) if len(diff) else 0.0,  # scores lie in [0, 1]
         "decisions": tuple(np.array([int(r.reported.sum()) for r in side]) for side in (training, device)),
+        "decision": "{} boxes reported",
         "min_iou": float(min(ious)) if ious else None,
         "diff_checked": True,
         "decides": "set of reported boxes (class, IoU >= 0.5)",
