@@ -273,7 +273,7 @@ def test_parity_compares_a_box_with_the_box_at_the_same_place():
     from edgetune.runtime.tasks.detect import Detections
     from edgetune.tasks.detect.compare import same_boxes
 
-    box, beside = [10.0, 10.0, 30.0, 30.0], [12.0, 10.0, 32.0, 30.0]  # IoU 0.82: NMS at 0.6 keeps both
+    box, beside = [10.0, 10.0, 30.0, 30.0], [12.0, 10.0, 32.0, 30.0]  # IoU 0.82, two classes: NMS keeps both
     training = Detections(np.array([box, beside]), np.array([0.47, 0.30]), np.array([2, 0]), threshold=0.3)
     device = Detections(np.array([box, beside]), np.array([0.47, 0.30]), np.array([0, 2]), threshold=0.3)
     same, ious, diffs = same_boxes(training, device)
