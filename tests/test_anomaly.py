@@ -75,11 +75,12 @@ def test_bundles_for_every_target(anomaly_build):
     assert quantization_record(m)[1]["activations"] == "int8"  # TensorRT takes only signed ones
     jetson = anomaly_build / "bundle-jetson"
     # The stem reads the image itself and stays float; the Convs after it are int8.
-    graph = onnx.load(str(jetson / "model.int8.onnx")).graph
+    model = onnx.load(str(jetson / "model.int8.onnx"))
+    graph = model.graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert convs[0].input[1] not in dequantized and all(c.input[1] in dequantized for c in convs[1:4])
-    problems, notes = tensorrt_problems(onnx.load(str(jetson / "model.int8.onnx")))
+    problems, notes = tensorrt_problems(model)
     assert problems == [] and any("MatMul" in n for n in notes)  # the bank's MatMul stays FP16 on TensorRT
     sess = ort_session(jetson / "model.int8.onnx")
     x = np.zeros((3, 3, SIZE, SIZE), np.float32)
