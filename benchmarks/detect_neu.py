@@ -25,6 +25,7 @@ edgetune's OpenCV), never a dependency of edgetune.
     python benchmarks/detect_neu.py --epochs 8 --subset 400   # a short run while developing the recipe
     python benchmarks/detect_neu.py --img-size 224 --epochs 50 --ema 0.999 --fpn-channels 64   # a longer schedule
     python benchmarks/detect_neu.py --augment hflip,vflip,rrc=0.6,brightness=0.1,contrast=0.1,mosaic=0.5   # mosaic
+    python benchmarks/detect_neu.py --augment ...,mosaic=0.5 --qat-augment hflip,vflip,rrc=0.6   # mosaic, QAT without
 
 The data set is research data, read where it lies (default ../shared/data/neu-det
 next to the repository, or --data); it is never copied into the repository."""
@@ -239,6 +240,7 @@ def main() -> None:
     p.add_argument("--augment", default=RECIPE["augment"], help="the fine-tuning's --augment")
     p.add_argument("--fpn-channels", type=int, default=RECIPE["fpn_channels"], help="the neck's and head's width")
     p.add_argument("--qat-epochs", type=int, default=QAT["epochs"])
+    p.add_argument("--qat-augment", default=None, help="QAT's --augment (default: the fine-tuning's)")
     p.add_argument("--subset", type=int, default=None, help="only this many images (a short run)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "detect_neu")
@@ -258,6 +260,8 @@ def main() -> None:
     recipe = {**RECIPE, "model": a.model, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema}
     recipe.update(augment=a.augment, fpn_channels=a.fpn_channels)
     qat, data = {**QAT, "epochs": a.qat_epochs}, a.data
+    if a.qat_augment:
+        qat["augment"] = a.qat_augment
     policy = Policy(warmup=10, min_time_s=3.0, min_runs=50)
     if a.smoke:
         from edgetune.tasks.detect.synthetic import write_voc
