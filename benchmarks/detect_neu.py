@@ -25,7 +25,7 @@ edgetune's OpenCV), never a dependency of edgetune.
     python benchmarks/detect_neu.py --epochs 8 --subset 400   # a short run while developing the recipe
     python benchmarks/detect_neu.py --img-size 224 --epochs 50 --ema 0.999 --fpn-channels 64   # a longer schedule
     python benchmarks/detect_neu.py --augment hflip,vflip,rrc=0.6,brightness=0.1,contrast=0.1,mosaic=0.5   # mosaic
-    python benchmarks/detect_neu.py --augment ...,mosaic=0.5 --qat-augment hflip,vflip,rrc=0.6   # mosaic, QAT without
+      # and with --qat-augment hflip,vflip,rrc=0.6,brightness=0.1,contrast=0.1 added: mosaic, QAT without it
 
 The data set is research data, read where it lies (default ../shared/data/neu-det
 next to the repository, or --data); it is never copied into the repository."""
