@@ -54,6 +54,7 @@ STEPS = {
         [PY, "benchmarks/families.py"],
         [PY, "benchmarks/op_profile.py"],
         [PY, "benchmarks/selective_int8.py"],
+        [PY, "benchmarks/mixed_targets.py"],  # the cpu artifact of a build with a jetson target
     ],
     "segment": [[PY, "benchmarks/segment_mt.py", "--reuse"]],  # magnetic-tile from ../shared/data: its own runs
     "detect": [[PY, "benchmarks/detect_neu.py", "--reuse"]],  # NEU-DET from ../shared/data: its own fine-tune and build

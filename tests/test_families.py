@@ -27,7 +27,6 @@ from edgetune.runtime.bundle import load_bundle
 
 SIZE = 32
 FAST = {"batch-size": 16, "lr": 1e-3, "warmup-epochs": 0}
-RELU6_CONVS = ("conv_stem/Conv", "conv_dw/Conv", "conv_pw/Conv")  # efficientnet_lite0's Convs before a ReLU6
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +82,10 @@ def test_real_architecture_builds_for_every_target(model, images, tmp_path):
         assert checks["decisive_agreement"] >= 0.99 and checks["weight_qdq"] > 0, (target, checks)
     assert set(_int8_export(bundles["cpu"])["checks"]["activation_qdq"]) == {"uint8"}
     # ONNX Runtime runs every quantized convolution as an integer kernel, also those ending in
-    # hard-swish (MobileNetV3), GELU or LayerNorm (ConvNeXt). Not those before a ReLU6 whose signed
-    # quantizer (the jetson target's) saturates below 6: the Clip stays, and so does the float Conv.
+    # hard-swish (MobileNetV3), GELU or LayerNorm (ConvNeXt), and those before a ReLU6 (EfficientNet-Lite)
+    # whose quantizer the jetson target made signed.
     left = unfused_convs(ort_optimized(bundles["cpu"].artifact_path("int8"), tmp_path))
-    assert left == [] if model != "efficientnet_lite0" else all(n.endswith(RELU6_CONVS) for n in left), left
+    assert left == [], left
     # OpenVINO runs every quantized linear layer in int8, a ViT's attention projection and fc2 too.
     assert openvino_float_linears(bundles["intel"].artifact_path("int8")) == []
     assert set(_int8_export(bundles["jetson"])["checks"]["activation_qdq"]) == {"int8"}
@@ -249,6 +248,69 @@ def test_uint8_form_puts_a_relu_output_at_zero_point_0_and_the_rest_at_128():
     assert zps["xq"].dtype == zps["rq"].dtype == np.uint8 and int(zps["xq"]) == 128 and int(zps["rq"]) == 0
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.04])
+def test_uint8_form_lets_onnxruntime_drop_a_relu6_after_a_signed_quantizer(scale, tmp_path):
+    """A ReLU6 (Clip 0..6) before a signed quantizer, as a model quantized for TensorRT
+    too has: its uint8 form gets the scale that spans what the int8 quantizer let
+    through (up to 6, or its own top 127 x scale if lower), so ONNX Runtime drops the
+    Clip and runs the Conv in integers; the outputs keep their clamp and move by less
+    than one int8 step."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetune.export.onnx import shift_activations_to_uint8
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(scale, np.float32), "s6"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+        numpy_helper.from_array(rng.integers(-100, 100, (8, 3, 1, 1)).astype(np.int8), "w"),
+        numpy_helper.from_array(np.full(8, 0.05, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(8, np.int8), "wz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+        helper.make_node("Conv", ["xd", "wf"], ["y"]),
+        helper.make_node("Clip", ["y", "lo", "hi"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "s6", "z"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "s6", "z"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(0, 3, (1, 3, 8, 8)).astype(np.float32)
+
+    def run(m):
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    before = run(model)
+    assert "QLinearConv" not in {n.op_type for n in ort_optimized_proto(model, tmp_path / "before.onnx").graph.node}
+    shift_activations_to_uint8(model)
+    after = run(model)
+    ops = [n.op_type for n in ort_optimized_proto(model, tmp_path / "after.onnx").graph.node]
+    assert "Clip" not in ops and "QLinearConv" in ops and not {"Conv", "FusedConv"} & set(ops)
+    top = min(127 * scale, 6.0)
+    assert before.max() == pytest.approx(top, abs=1e-5) and after.max() <= top + 1e-5
+    assert after.min() >= 0 and np.abs(after - before).max() <= scale
+
+
+def ort_optimized_proto(model, path):
+    path.write_bytes(model.SerializeToString())
+    return ort_optimized(path, path.parent)
 
 
 def test_layer_scale_folds_into_the_layer_before_it_and_a_quantized_run_rebuilds_it():
