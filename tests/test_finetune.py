@@ -201,6 +201,32 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     assert result.kept_epoch == 2 and all(torch.equal(v, last["ema"][k]) for k, v in model.state_dict().items())
 
 
+def test_the_starting_weights_compete_with_every_epoch_when_scored(tmp_path):
+    """QAT's fit validates the calibrated model first: an epoch that validates worse
+    (here a learning rate that wrecks the weights) does not replace it."""
+    import copy
+
+    from edgetune.data.augment import Augment
+    from edgetune.data.dataset import train_val_datasets
+    from edgetune.data.sources import load_source
+    from edgetune.data.split import make_split
+    from edgetune.runtime.preprocess import PreprocessSpec
+    from edgetune.train.loop import TrainConfig, fit
+
+    split = make_split(load_source(str(make_images(tmp_path / "data", n_per_class=8, size=32))), 0, 0.25, 0.25)
+    data = train_val_datasets(
+        split, PreprocessSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3), Augment.parse("none"), False
+    )
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=50.0, optimizer="sgd", warmup_epochs=0, metric="loss")
+    start = create_backbone("test_efficientnet", 2, pretrained=False)
+    for score_start, ckpt in ((False, "plain"), (True, "scored")):
+        model = copy.deepcopy(start)
+        hooks = ClassifierHooks(split.classes, cfg, data[0].labels)
+        result = fit(model, *data, hooks, cfg, tmp_path / ckpt, score_start=score_start)
+        same = all(torch.equal(v, start.state_dict()[k]) for k, v in model.state_dict().items())
+        assert (result.kept_epoch, same) == ((0, True) if score_start else (1, False))
+
+
 def test_layer_decay_lowers_each_stage_rate_below_the_one_above():
     from edgetune.errors import EdgetuneError
     from edgetune.train.loop import TrainConfig, _optimizer

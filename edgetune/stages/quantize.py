@@ -51,6 +51,7 @@ def run_quantize(opts: dict, config_record: dict):
             resume=opts.get("resume", False),
             desc="qat",
             teacher=common.teacher(opts, parent),
+            score_start=True,  # the calibrated model is a candidate too
         )
         metrics.update(
             best_epoch=result.best_epoch,

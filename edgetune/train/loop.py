@@ -133,10 +133,13 @@ def fit(
     resume: bool = False,
     desc: str = "train",
     teacher: nn.Module | None = None,
+    score_start: bool = False,
 ) -> FitResult:
     """Train `model` in place with the task's `hooks` (loss, predictions, validation
     metrics); on return it holds the best validation weights (or, with `cfg.keep`
-    "last", the last epoch's; with `cfg.ema`, their average). `ckpt_dir` receives
+    "last", the last epoch's; with `cfg.ema`, their average). `score_start`: the
+    weights it starts from are validated too, as epoch 0, and kept if no epoch
+    beats them. `ckpt_dir` receives
     best.pt (state dict) and last.pt (resume state). With a `teacher` and
     `cfg.distill` > 0, the task's loss learns from the teacher's predictions too
     (knowledge distillation)."""
@@ -203,6 +206,14 @@ def fit(
         logger.info("Resuming %s from epoch %d of %d (%s).", desc, start + 1, cfg.epochs, last_path)
     elif resume:
         logger.warning("--resume: no %s checkpoint in %s; starting from the first epoch.", desc, ckpt_dir)
+    if score_start and state is None:
+        # The starting weights compete with every epoch's: QAT starts from a calibrated model that
+        # validation may already prefer to what a few epochs of training make of it.
+        val = hooks.validate(*predict(scored, val_loader, device, hooks))
+        best, best_epoch = hooks.score(val, metric), 0
+        if main:
+            save_atomic(scored.state_dict(), best_path)
+            logger.info("%s as it starts: val %s", desc, ", ".join(f"{k} {val[k]:.4f}" for k in hooks.metrics))
 
     from rich.progress import (
         BarColumn,
