@@ -36,9 +36,12 @@ def predictions(work: Path, target: str, precision: str, threads: int):
     from edgetune.runtime.bundle import load_bundle
     from edgetune.runtime.preprocess import read_image
 
+    bundle = work / "build" / f"bundle-{target}"
+    if not (work / "finetune" / "run.json").exists() or not bundle.is_dir():
+        raise SystemExit(f"{work} holds no finished detect_neu.py run ({bundle} is missing): pass a --work folder.")
     run = load_run(work / "finetune")
     pairs = run.split.parts["test"]
-    session = load_bundle(work / "build" / f"bundle-{target}").open(precision=precision, threads=threads)
+    session = load_bundle(bundle).open(precision=precision, threads=threads)
     frames = [read_image(p) for p, _ in pairs]
     results = [r for i in range(0, len(frames), 16) for r in session.predict_frames(frames[i : i + 16])]
     return run, [str(p) for p, _ in pairs], results, [t for _, t in pairs]
