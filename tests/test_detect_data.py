@@ -281,3 +281,21 @@ def test_parity_compares_a_box_with_the_box_at_the_same_place():
     moved = Detections(np.array([box]), np.array([0.20]), np.array([2]), threshold=0.3)
     same, _, diffs = same_boxes(training, moved)
     assert not same and max(diffs) > 0.25  # a class gone, and a score that did change
+
+
+def test_the_quality_target_is_the_iou_of_the_predicted_box_with_the_true_box():
+    """The third head output learns this IoU; `side_iou` takes both boxes as side
+    distances from one location, so it must agree with torchvision's box IoU."""
+    import torch
+    from torchvision.ops import box_iou
+
+    from edgetune.tasks.detect.loss import side_iou
+    from edgetune.tasks.detect.model import boxes_from
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(64, 2, generator=g) * 100
+    pred, true = torch.rand(64, 4, generator=g) * 40, torch.rand(64, 4, generator=g) * 40
+    expected = box_iou(boxes_from(points, pred), boxes_from(points, true)).diagonal()
+    assert torch.allclose(side_iou(pred, true), expected, atol=1e-6)
+    assert torch.allclose(side_iou(true, true), torch.ones(64))
+    assert expected.min() < 0.5  # boxes that overlap a little as well as a lot

@@ -5,7 +5,7 @@ The graph outputs, for each image, its `top_k` best candidate points (one class
 each: the best of that point):
 
     boxes    (N, K, 4)  x1, y1, x2, y2 in pixels of the network input
-    scores   (N, K)     sqrt(class probability x centerness), in [0, 1]
+    scores   (N, K)     sqrt(class probability x predicted IoU), in [0, 1]
     classes  (N, K)     class index (float32: whole numbers)
 
 Decoding keeps the candidates scoring at least `min_score`, runs class-aware

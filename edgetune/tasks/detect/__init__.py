@@ -1,7 +1,7 @@
 """Object detection: boxes and their classes, learnt from Pascal VOC, COCO JSON or
 YOLO txt data; an FCOS-style anchor-free detector on a timm CNN backbone with a
 light FPN (model.py), trained by the training loop with focal, GIoU and
-centerness losses (loss.py); the graph outputs a fixed top-K of decoded boxes,
+box-quality losses (loss.py); the graph outputs a fixed top-K of decoded boxes,
 scores and classes, and the torch-free runtime runs class-aware NMS (OpenCV);
 metrics by the COCO protocol (pycocotools), gated on mAP@0.5."""
 
@@ -166,7 +166,7 @@ class Detect(Task):
         (h, w), k = spec.size, top_k(spec.size)
         return {
             "boxes": f"(N, {k}, 4) x1, y1, x2, y2 of the top candidates, pixels of the {h}x{w} input",
-            "scores": f"(N, {k}) sqrt(class probability x centerness)",
+            "scores": f"(N, {k}) sqrt(class probability x predicted IoU)",
             "classes": f"(N, {k}) class index, float32 (NMS runs on the device: class-aware, OpenCV)",
         }
 

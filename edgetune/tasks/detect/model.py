@@ -6,7 +6,8 @@
     head      per level: a tower of 3x3 conv + BN + ReLU, then three 3x3
               predictions: class logits, distances to the box's left, top, right
               and bottom (ReLU x stride: linear, so INT8 error stays linear in
-              pixels), and centerness
+              pixels), and the box's quality: its IoU with the true box, as
+              the model predicts it (loss.py)
 
 One head per level instead of FCOS's head shared across levels: a BatchNorm
 shared by three levels sees three distributions in training and their mixture in
@@ -15,7 +16,7 @@ eval, and a conv shared by per-level BatchNorms cannot have them folded into it
 heads for the same reason.
 
 `forward` gives, for every location of every level (P in all), `(logits (N, P,
-C), ltrb (N, P, 4) in input pixels, centerness logits (N, P))`. `Decode` turns
+C), ltrb (N, P, 4) in input pixels, quality logits (N, P))`. `Decode` turns
 them into the exported graph's fixed top-K candidates with plain tensor ops
 (ReduceMax, ArgMax, TopK, GatherElements): no NMS in the graph."""
 
@@ -58,7 +59,7 @@ class Head(nn.Module):
         self.tower = nn.Sequential(*(conv_bn_relu(width, width) for _ in range(convs)))
         self.cls = nn.Conv2d(width, num_classes, 3, padding=1)
         self.box = nn.Conv2d(width, 4, 3, padding=1)
-        self.ctr = nn.Conv2d(width, 1, 3, padding=1)
+        self.ctr = nn.Conv2d(width, 1, 3, padding=1)  # the quality; named for FCOS's centerness in saved weights
         for m in (self.cls, self.box, self.ctr):
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
@@ -115,7 +116,7 @@ def boxes_from(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
 
 class Decode(nn.Module):
     """The detector with the graph's decoding: each location's best class and its
-    score sqrt(sigmoid(logit) x sigmoid(centerness)), the image's `top_k` best
+    score sqrt(sigmoid(logit) x sigmoid(quality)), the image's `top_k` best
     locations, their boxes clipped to the input. Outputs boxes (N, K, 4), scores
     (N, K), classes (N, K) as float32: whole numbers, and every runtime's session
     reads float32 outputs (edgetune's TensorRT session copies every output back as
