@@ -18,7 +18,7 @@ first and last per positive, the box term per unit of centerness.
 The third output learns that IoU, not FCOS's centerness, so that the score,
 sqrt(class x it), ranks a box by how well it fits (IoU-aware RetinaNet,
 VarifocalNet and GFL score boxes so): on NEU-DET it gave the best float and INT8
-of the recipes tried (docs/detection.md)."""
+of the recipes tried, by less than single runs differ (docs/detection.md)."""
 
 from __future__ import annotations
 
