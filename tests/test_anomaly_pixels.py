@@ -111,6 +111,25 @@ def test_bank_rows_are_bounded_by_what_the_search_costs():
     assert bank_rows(model, 10_000, 0.1, 123) == (123, "--bank-rows")
 
 
+def test_the_coreset_picked_in_rounds_is_the_greedy_k_center_bank():
+    """Rounds only make the greedy faster: the bank is the plain greedy's, each of whose
+    picks is the row farthest from those picked before it (counted here directly)."""
+    import torch
+
+    from edgetune.tasks.anomaly.patchcore import greedy_coreset
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(40, 64, generator=gen) * 3  # clustered, as patch features are
+    rows = centres[torch.randint(40, (4000,), generator=gen)] + torch.randn(4000, 64, generator=gen)
+    plain = greedy_coreset(rows, 120, seed=0, batch=1)
+    for batch in (8, 32):
+        assert set(greedy_coreset(rows, 120, seed=0, batch=batch).tolist()) == set(plain.tolist())
+    nearest = torch.cdist(rows, rows[plain[:1]]).squeeze(1)
+    for i in plain[1:].tolist():
+        assert nearest[i] >= nearest.max() - 1e-4
+        nearest = torch.minimum(nearest, torch.cdist(rows, rows[i : i + 1]).squeeze(1))
+
+
 def test_image_score_adds_the_nearest_normal_image_weighted_by_each_distances_spread():
     import torch
 
