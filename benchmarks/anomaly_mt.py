@@ -443,12 +443,12 @@ def write_report(results: dict, path: Path) -> None:
             "## Fit time",
             "",
             f"{fit_o['model']} at {fit_o['img_size']} px"
-            + (" (an earlier run: this part was not rerun with the options above). " if fit_o != o else ". ")
+            + (" (a run of its own, with these options, not those above). " if fit_o != o else ". ")
             + "The patch score alone (the image-level score's bank is one row per good tile, and its fit takes "
             "seconds). Seconds to fit (embedding the good tiles + choosing the bank) and the test AUROC, against the "
             "good tiles used (a seeded subset), the bank (cost cap: the rows whose search costs what the embedder "
             "costs; a fraction of the patches) and the greedy k-center (exact: one pass over the patches a pick; "
-            "rounds: a pass per 16 picks).",
+            "rounds: a pass per up to 16 picks, the same bank).",
             "",
             *markdown_table(results["fit_time"], FIT_COLUMNS),
             "",
