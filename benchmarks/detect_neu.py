@@ -64,7 +64,8 @@ RECIPE = {
     "ema": 0.0,
 }
 # QAT at lr 3e-5: at 1e-4 the IoU-aware model's validation mAP@0.5 fell below its calibrated start (0.6904 ->
-# at best 0.6895), at 3e-5 it rose to 0.7013 (test INT8 0.734-0.738 against 0.719-0.721).
+# at best 0.6895), at 3e-5 it rose to 0.7013 (test INT8 0.734-0.738 against 0.719-0.721). A second draw
+# (--seed 1) gained nothing over float at 3e-5, nor the centerness model at 1e-4 (docs/detection.md).
 QAT = {"epochs": 6, "batch-size": 16, "lr": 3e-5, "warmup-epochs": 0}
 SPLIT = {"val_frac": 0.15, "test_frac": 0.15, "split_seed": 0}
 COLUMNS = [

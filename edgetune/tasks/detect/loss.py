@@ -17,8 +17,8 @@ first and last per positive, the box term per unit of centerness.
 
 The third output learns that IoU, not FCOS's centerness, so that the score,
 sqrt(class x it), ranks a box by how well it fits (IoU-aware RetinaNet,
-VarifocalNet and GFL score boxes so). On NEU-DET its two runs and FCOS's
-centerness's two differ by less than runs of one recipe do (docs/detection.md)."""
+VarifocalNet and GFL score boxes so). On NEU-DET it and FCOS's centerness scored
+level, draw for draw at the same seed (docs/detection.md)."""
 
 from __future__ import annotations
 
