@@ -388,17 +388,27 @@ def main() -> None:
         raise SystemExit(f"--data {data}: no {NORMAL}/ folder; give the magnetic-tile data set's folder")
     run = load_run(fit(a, data, names, options))
     results = read_json(a.results) if a.results.is_file() and a.part != "all" else {}
-    results.update(options=options, command=" ".join(sys.argv), machine=machine(), date=today(), note=a.note)
+    # each part keeps the options, machine and note of the run that measured it
+    header = {"options": options, "command": " ".join(sys.argv), "machine": machine(), "date": today(), "note": a.note}
     if a.part in ("bundles", "all"):
-        results.update(bundles_part(a, run))
+        results.update(header, **bundles_part(a, run))
     if a.part in ("fit-time", "all"):
         results["fit_time"] = fit_time_part(a, run)
-        results["fit_time_options"] = options
+        results["fit_time_run"] = header
     if a.part in ("backbones", "all"):
         results["backbones"] = backbones_part(a, run)
+        results["backbones_run"] = header
     write_json(a.results, results)
     write_report(results, a.results.with_suffix(".md"))
     log.console.print(f"Results: {a.results} and {a.results.with_suffix('.md')}")
+
+
+def measured_on(run: dict) -> str:
+    """Where and when a part was measured, with its note: parts may run apart."""
+    if not run:
+        return ""
+    note = f" {run['note']}" if run.get("note") else ""
+    return f"Measured on {run['machine']}, {run['date']}.{note} "
 
 
 def write_report(results: dict, path: Path) -> None:
@@ -438,12 +448,14 @@ def write_report(results: dict, path: Path) -> None:
             "",
         ]
     if results.get("fit_time"):
-        fit_o = results.get("fit_time_options") or {"model": "efficientnet_lite0", "img_size": 224}
+        fit_run = results.get("fit_time_run") or {}
+        fit_o = fit_run.get("options") or {"model": "efficientnet_lite0", "img_size": 224}
         lines += [
             "## Fit time",
             "",
             f"{fit_o['model']} at {fit_o['img_size']} px"
             + (" (a run of its own, with these options, not those above). " if fit_o != o else ". ")
+            + measured_on(fit_run)
             + "The patch score alone (the image-level score's bank is one row per good tile, and its fit takes "
             "seconds). Seconds to fit (embedding the good tiles + choosing the bank) and the test AUROC, against the "
             "good tiles used (a seeded subset), the bank (cost cap: the rows whose search costs what the embedder "
@@ -458,9 +470,12 @@ def write_report(results: dict, path: Path) -> None:
         lines += [
             "## Backbone and input size",
             "",
-            "Each fitted as the build fits (the bank bounded by search cost, the greedy in rounds of 16) on the same "
-            "good tiles, image AUROC of the float model's patch score alone (without the image-level score) on the "
-            "test tiles, overall and per defect class (`--part backbones`).",
+            (
+                "Each fitted as the build fits (the bank bounded by search cost, the greedy in rounds of 16) on the "
+                "same good tiles, image AUROC of the float model's patch score alone (without the image-level score) "
+                "on the test tiles, overall and per defect class (`--part backbones`). "
+                + measured_on(results.get("backbones_run") or {})
+            ).rstrip(),
             "",
             *markdown_table(results["backbones"], ["model", "img_size", "bank_rows", "fit_s", "auroc", *classes]),
             "",
