@@ -414,23 +414,24 @@ def measured_on(run: dict) -> str:
 def write_report(results: dict, path: Path) -> None:
     from edgetune.runtime.files import write_text
 
-    o, fit = results["options"], results.get("fit") or {}
+    o, fit = results.get("options") or {}, results.get("fit") or {}
     bank = fit.get("bank") or {}
-    lines = [
-        "# Anomaly detection on magnetic tiles from good tiles only (PatchCore, DifferNet's protocol)",
-        "",
-        f"Fitted on the {bank.get('images', 761)} MT_Free tiles DifferNet lists ({o['model']}, {o['img_size']} px"
-        f"{', --image-score' if o.get('image_score') else ''}): "
-        f"bank {bank.get('rows')} x {bank.get('dim')} ({bank.get('bounded_by')}), fit {fit.get('fit_seconds')} s. "
-        f"Tested on the other {fit.get('test_good')} good tiles and the {fit.get('test_defective')} defective ones. "
-        f"DifferNet (WACV 2021) reports image AUROC 0.977. Measured on {results['machine']}, {results['date']}; batch "
-        "1, 2 threads, every latency timed in alternating blocks in one run. x_int8_classifier: p50 over that of the "
-        "INT8 classifier with the same backbone and input size on the same runtime. false_alarms, f1: at the "
-        "artifact's own threshold (chosen on its validation scores); *_float_threshold: at the float model's.",
-        "",
-        *markdown_table(results.get("rows", []), COLUMNS),
-        "",
-    ]
+    lines = ["# Anomaly detection on magnetic tiles from good tiles only (PatchCore, DifferNet's protocol)", ""]
+    if results.get("rows"):  # the bundles part (another part may have run alone)
+        lines += [
+            f"Fitted on the {bank.get('images', 761)} MT_Free tiles DifferNet lists ({o['model']}, {o['img_size']} "
+            f"px{', --image-score' if o.get('image_score') else ''}): "
+            f"bank {bank.get('rows')} x {bank.get('dim')} ({bank.get('bounded_by')}), fit {fit.get('fit_seconds')} s. "
+            f"Tested on the other {fit.get('test_good')} good tiles and the {fit.get('test_defective')} defective "
+            f"ones. DifferNet (WACV 2021) reports image AUROC 0.977. Measured on {results['machine']}, "
+            f"{results['date']}; batch 1, 2 threads, every latency timed in alternating blocks in one run. "
+            "x_int8_classifier: p50 over that of the INT8 classifier with the same backbone and input size on the "
+            "same runtime. false_alarms, f1: at the artifact's own threshold (chosen on its validation scores); "
+            "*_float_threshold: at the float model's.",
+            "",
+            *markdown_table(results["rows"], COLUMNS),
+            "",
+        ]
     search = results.get("search")
     if search:
         lines += [
@@ -454,7 +455,7 @@ def write_report(results: dict, path: Path) -> None:
             "## Fit time",
             "",
             f"{fit_o['model']} at {fit_o['img_size']} px"
-            + (" (a run of its own, with these options, not those above). " if fit_o != o else ". ")
+            + (" (a run of its own, with these options, not those above). " if o and fit_o != o else ". ")
             + measured_on(fit_run)
             + "The patch score alone (the image-level score's bank is one row per good tile, and its fit takes "
             "seconds). Seconds to fit (embedding the good tiles + choosing the bank) and the test AUROC, against the "
@@ -480,7 +481,7 @@ def write_report(results: dict, path: Path) -> None:
             *markdown_table(results["backbones"], ["model", "img_size", "bank_rows", "fit_s", "auroc", *classes]),
             "",
         ]
-    if results.get("note"):
+    if results.get("rows") and results.get("note"):
         lines += [results["note"], ""]
     write_text(path, "\n".join(lines))
 
