@@ -472,9 +472,9 @@ def write_report(results: dict, path: Path) -> None:
             "## Backbone and input size",
             "",
             (
-                "Each fitted as the build fits (the bank bounded by search cost, the greedy in rounds of 16) on the "
-                "same good tiles, image AUROC of the float model's patch score alone (without the image-level score) "
-                "on the test tiles, overall and per defect class (`--part backbones`). "
+                "Each fitted as the build fits (the bank bounded by search cost, the greedy's own picks in rounds) "
+                "on the same good tiles, image AUROC of the float model's patch score alone (without the image-level "
+                "score) on the test tiles, overall and per defect class (`--part backbones`). "
                 + measured_on(results.get("backbones_run") or {})
             ).rstrip(),
             "",
