@@ -245,6 +245,9 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=RECIPE["ema"], help="a moving average of the weights (e.g. 0.999)")
     p.add_argument("--augment", default=RECIPE["augment"], help="the fine-tuning's --augment")
     p.add_argument("--fpn-channels", type=int, default=RECIPE["fpn_channels"], help="the neck's and head's width")
+    p.add_argument(
+        "--layer-decay", type=float, default=1.0, help="the backbone's stages learn slower by depth (e.g. 0.75)"
+    )
     p.add_argument("--qat-epochs", type=int, default=QAT["epochs"])
     p.add_argument("--qat-lr", type=float, default=QAT["lr"])
     p.add_argument("--qat-augment", default=None, help="QAT's --augment (default: the fine-tuning's)")
@@ -266,6 +269,8 @@ def main() -> None:
     log.setup()
     recipe = {**RECIPE, "model": a.model, "img_size": a.img_size, "epochs": a.epochs, "ema": a.ema, "seed": a.seed}
     recipe.update(augment=a.augment, fpn_channels=a.fpn_channels)
+    if a.layer_decay != 1.0:  # the shipped recipe's record stays as it was
+        recipe["layer_decay"] = a.layer_decay
     qat, data = {**QAT, "epochs": a.qat_epochs, "lr": a.qat_lr}, a.data
     if a.qat_augment:
         qat["augment"] = a.qat_augment

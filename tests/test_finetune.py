@@ -80,6 +80,26 @@ def test_freeze_policies(policy, epoch, trainable):
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_detector_and_segmenter_stages_run_from_the_backbone_stem_to_their_own_layers():
+    # A detector or segmenter is not a timm model: without its own stages, --freeze head
+    # would train the last two tensors only, and --layer-decay would slow the neck too.
+    from edgetune.tasks.detect.model import create_detector
+    from edgetune.tasks.segment.model import build_segmenter
+
+    for model, backbone, own in [
+        (create_detector("test_efficientnet", ["a", "b"], (64, 64), False), "backbone.", ("neck.", "head.")),
+        (build_segmenter("test_efficientnet", 3, False), "features.", ("lateral.", "fuse.", "head.")),
+    ]:
+        groups = parameter_groups(model)
+        assert len(groups) >= 4 and groups[0][0].startswith(backbone + "conv_stem")
+        assert all(n.startswith(backbone) for g in groups[:-1] for n in g)
+        assert groups[-1] and all(n.startswith(own) for n in groups[-1])
+        blocks = [int(g[0].split(".")[2]) for g in groups if g[0].startswith(backbone + "blocks.")]
+        assert blocks == sorted(blocks) and len(blocks) >= 2  # one group per stage, in order
+        apply_freeze(model, "head", 0)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == set(groups[-1])
+
+
 def test_bad_freeze_policy_and_weights(tmp_path, image_folder, capsys):
     assert invoke("finetune", "--data", image_folder, *TINY, "--freeze", "most", "--out", tmp_path / "r") == 2
     assert "--freeze 'most'" in capsys.readouterr().err

@@ -23,6 +23,27 @@ def check_policy(policy: str) -> str:
     return policy
 
 
+def backbone_stages(backbone: torch.nn.Module, prefix: str):
+    """A timm `group_matcher` for a model that holds a backbone under `prefix` and
+    its own layers for the task (a detector's neck and heads, a segmenter's decoder):
+    the backbone's top-level layers in order, its body (the container holding most
+    weights: EfficientNet's blocks, a ResNet's layers are top-level already) one group
+    per stage, and everything outside the backbone last, as the head."""
+    children = [n for n, _ in backbone.named_children()]
+    sizes = {n: sum(p.numel() for p in c.parameters()) for n, c in backbone.named_children()}
+    body = max(sizes, key=sizes.get) if sizes else None
+    split = body is not None and isinstance(getattr(backbone, body), (torch.nn.Sequential, torch.nn.ModuleList))
+
+    def order(name: str) -> tuple:
+        parts = name.split(".")
+        if parts[0] != prefix or len(parts) < 2 or parts[1] not in children:
+            return (len(children) + 1,)  # the task's own layers: the head
+        i = children.index(parts[1])
+        return (i, int(parts[2])) if split and parts[1] == body and parts[2].isdigit() else (i, 0)
+
+    return order
+
+
 def parameter_groups(model: torch.nn.Module) -> list[list[str]]:
     """Parameter names grouped from the stem (first) to the head (last)."""
     from timm.models import group_parameters

@@ -105,6 +105,13 @@ class Detector(nn.Module):
             ctr.append(t.flatten(1))
         return torch.cat(cls, 1), torch.cat(box, 1), torch.cat(ctr, 1)
 
+    def group_matcher(self, coarse: bool = False):
+        """Parameter groups from the stem to the head for --freeze and --layer-decay:
+        the backbone's stages, then the neck and heads together (new for the task)."""
+        from edgetune.models.freeze import backbone_stages
+
+        return backbone_stages(self.backbone, "backbone")
+
     def prediction_layers(self) -> list[str]:
         return [f"head.{i}.{p}" for i in range(len(STRIDES)) for p in ("cls", "box", "ctr")]
 

@@ -48,21 +48,10 @@ class SegmentationNet(nn.Module):
 
     def group_matcher(self, coarse: bool = False):
         """Parameter groups from the stem to the head for --freeze and --layer-decay:
-        the backbone's top-level layers in order, its body (the container holding
-        most weights: EfficientNet's blocks) one group per stage, the decoder last."""
-        children = [n for n, _ in self.features.named_children()]
-        sizes = {n: sum(p.numel() for p in c.parameters()) for n, c in self.features.named_children()}
-        body = max(sizes, key=sizes.get) if sizes else None
-        split = body is not None and isinstance(getattr(self.features, body), (nn.Sequential, nn.ModuleList))
+        the backbone's stages, the decoder last."""
+        from edgetune.models.freeze import backbone_stages
 
-        def order(name: str) -> tuple:
-            parts = name.split(".")
-            if parts[0] != "features" or len(parts) < 2 or parts[1] not in children:
-                return (len(children) + 1,)  # the decoder
-            i = children.index(parts[1])
-            return (i, int(parts[2])) if split and parts[1] == body and parts[2].isdigit() else (i, 0)
-
-        return order
+        return backbone_stages(self.features, "features")
 
 
 def build_segmenter(name: str, n_classes: int, pretrained: bool, weights=None, width: int = WIDTH) -> nn.Module:
