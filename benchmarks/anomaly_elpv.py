@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, smoke_data, today  # noqa: E402
+from common import RESULTS, latency_fields, machine, smoke_data, today  # noqa: E402
 
 COLUMNS = [
     "stage",
@@ -99,16 +99,7 @@ def latencies(sessions: dict, x: np.ndarray, min_time_s: float) -> dict:
 
     calls = {k: (lambda s=s: s.run(x[:1])) for k, s in sessions.items()}
     timings = time_alternating(calls, Policy(warmup=5, min_time_s=min_time_s, min_runs=30), rounds=5)
-    out = {}
-    for k, t in timings.items():
-        stats = t.stats()
-        out[k] = {
-            "latency_ms_p50": stats["p50_ms"],
-            "latency_ms_p90": stats["p90_ms"],
-            "latency_ms_p99": stats["p99_ms"],
-            "throughput_fps": 1000.0 / stats["p50_ms"],
-        }
-    return out
+    return {k: latency_fields(t.stats()) for k, t in timings.items()}
 
 
 def classifier_auc() -> dict:

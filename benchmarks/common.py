@@ -52,6 +52,17 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
+def latency_fields(stats: dict) -> dict:
+    """A timing's stats (`edgetune.runtime.timing`) as the shared result format's
+    latency columns: batch-1 percentiles and the frames a second they make."""
+    return {
+        "latency_ms_p50": stats["p50_ms"],
+        "latency_ms_p90": stats["p90_ms"],
+        "latency_ms_p99": stats["p99_ms"],
+        "throughput_fps": 1000.0 / stats["p50_ms"],
+    }
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.1f}" if isinstance(v, float) else str(v))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, smoke_data, today, write_table  # noqa: E402
+from common import RESULTS, latency_fields, machine, smoke_data, today, write_table  # noqa: E402
 
 # The run that the latency benchmark builds its pruned bundles from (run_all.py).
 PRUNED_QAT = "pruned42_qat"
@@ -97,9 +97,7 @@ def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int,
         "accuracy": m["accuracy"],
         "f1": m["f1"],
         "accuracy_pytorch": run.test_metrics().get("accuracy"),
-        "latency_ms_p50": t["p50_ms"],
-        "latency_ms_p90": t["p90_ms"],
-        "latency_ms_p99": t["p99_ms"],
+        **latency_fields(t),
         "throughput_fps": throughput_fps(1, timing),
         "size_mb": exported["size_mb"],
         "macs": macs,

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, today, write_table  # noqa: E402
+from common import RESULTS, latency_fields, machine, today, write_table  # noqa: E402
 from detect_peer import PEER, peer_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,10 +133,7 @@ def measure(session, frames, targets, classes, policy) -> dict:
         "per_class_ap50": {c: v.get("ap50") for c, v in m["per_class"].items()},
         "per_class_ap50_95": {c: v.get("ap50_95") for c, v in m["per_class"].items()},
         "n_images": m["n"],
-        "latency_ms_p50": model["p50_ms"],
-        "latency_ms_p90": model["p90_ms"],
-        "latency_ms_p99": model["p99_ms"],
-        "throughput_fps": 1000.0 / model["p50_ms"],
+        **latency_fields(model),
         "e2e_ms_p50": e2e["p50_ms"],
         "e2e_ms_p99": e2e["p99_ms"],
         "inference_precision": getattr(session, "inference_precision", None),

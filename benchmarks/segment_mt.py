@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, markdown_table, today  # noqa: E402
+from common import RESULTS, latency_fields, machine, markdown_table, today  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "magnetic-tile"
@@ -143,10 +143,7 @@ def segmentation_rows(a, run, bundles: dict) -> list[dict]:
                 **{k: m[k] for k in ("miou", "miou_defects", "pixel_accuracy", "image_auroc", "image_f1")},
                 "region_recall": m["region_recall"],
                 "per_class_iou": {c: v["iou"] for c, v in m["per_class"].items()},
-                "latency_ms_p50": model["p50_ms"],
-                "latency_ms_p90": model["p90_ms"],
-                "latency_ms_p99": model["p99_ms"],
-                "throughput_fps": 1000.0 / model["p50_ms"],
+                **latency_fields(model),
                 "e2e_ms_p50": e2e["p50_ms"],
                 "size_mb": size / 1e6,
                 "n_images": m["n"],
