@@ -5,10 +5,11 @@ each op ran in). It shows why an INT8 artifact is not faster where it is not: th
 float ops left between its integer kernels, and the quantize/dequantize steps
 around them.
 
-    python benchmarks/op_profile.py BUNDLE [BUNDLE ...] [--runs 100]
+    python benchmarks/op_profile.py BUNDLE [BUNDLE ...] [--runs 100] [--results NAME]
 
 Default: the families benchmark's builds whose INT8 gains least (benchmarks/work/
-families; run families.py first). Writes benchmarks/results/op_profile.{json,md}.
+families; run families.py first). Writes benchmarks/results/NAME.{json,md}
+(op_profile by default).
 Profiling adds its own overhead: compare shares within a column, not with bench's p50.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -90,13 +92,13 @@ def profile(bundle: Path, threads: int, runs: int) -> dict:
     return out
 
 
-def markdown(profiles: list[dict], threads: int, runs: int) -> str:
+def markdown(profiles: list[dict], threads: int, runs: int, command: str) -> str:
     lines = [
         "# Time per op type, fp32 against INT8",
         "",
         f"Machine: {machine()}, {today()}. Batch 1, {threads} threads, {runs} profiled runs each; ms per run from "
         "the runtime's own profiler (ONNX Runtime's kernel times; OpenVINO's counters, with the precision each op "
-        "ran in). The profiler adds overhead: compare shares within a column. `python benchmarks/op_profile.py`.",
+        f"ran in). The profiler adds overhead: compare shares within a column. `{command}`.",
     ]
     for p in profiles:
         lines += ["", f"## {p['model']} on {p['runtime']}", ""]
@@ -117,13 +119,15 @@ def main() -> int:
     p.add_argument("bundles", nargs="*", type=Path, default=DEFAULT)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--results", default="op_profile", help="results/NAME.json and .md")
     args = p.parse_args()
     from edgetune.runtime.files import write_json, write_text
 
     profiles = [profile(b, args.threads, args.runs) for b in args.bundles]
-    write_json(RESULTS / "op_profile.json", {"profiles": profiles, "threads": args.threads, "runs": args.runs})
-    write_text(RESULTS / "op_profile.md", markdown(profiles, args.threads, args.runs))
-    print((RESULTS / "op_profile.md").read_text())
+    out, command = RESULTS / args.results, " ".join(["python benchmarks/op_profile.py", *sys.argv[1:]])
+    write_json(out.with_suffix(".json"), {"profiles": profiles, "threads": args.threads, "runs": args.runs})
+    write_text(out.with_suffix(".md"), markdown(profiles, args.threads, args.runs, command))
+    print(out.with_suffix(".md").read_text())
     return 0
 
 
