@@ -3,7 +3,8 @@ bundle's fp32 and INT8 artifacts at batch 1 (ONNX Runtime's session profiling fo
 cpu bundles, OpenVINO's performance counters for intel bundles, with the precision
 each op ran in). It shows why an INT8 artifact is not faster where it is not: the
 float ops left between its integer kernels, and the quantize/dequantize steps
-around them.
+around them. An intel bundle's IR is profiled as edgetune's session runs it: cut
+after its built-in preprocessing (the session resizes with OpenCV before the call).
 
     python benchmarks/op_profile.py BUNDLE [BUNDLE ...] [--runs 100] [--results NAME]
 
@@ -60,9 +61,15 @@ def ov_profile(path: Path, threads: int, runs: int) -> dict[str, float]:
     """ms per run by op type and the precision it ran in (OpenVINO's counters)."""
     import openvino as ov
 
+    from edgetune.runtime.ov import PLAIN_INPUT_NODE, plain_model
+
     core = ov.Core()
     config = {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    model = core.read_model(str(path))
+    cut = [op for op in model.get_ordered_ops() if op.get_friendly_name() == PLAIN_INPUT_NODE]
+    if cut:  # as edgetune's session runs it: without the IR's own preprocessing (OpenCV's comes first)
+        model = plain_model(model, [1 if d.is_dynamic else d.get_length() for d in cut[0].get_output_partial_shape(0)])
+    compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     port = compiled.inputs[0]
     shape = [1 if d.is_dynamic else d.get_length() for d in port.get_partial_shape()]
