@@ -26,9 +26,9 @@ def check_policy(policy: str) -> str:
 def backbone_stages(backbone: torch.nn.Module, prefix: str):
     """A timm `group_matcher` for a model that holds a backbone under `prefix` and
     its own layers for the task (a detector's neck and heads, a segmenter's decoder):
-    the backbone's top-level layers in order, its body (the container holding most
-    weights: EfficientNet's blocks, a ResNet's layers are top-level already) one group
-    per stage, and everything outside the backbone last, as the head."""
+    the backbone's top-level layers in order, the one holding most weights (its body:
+    EfficientNet's blocks) split into one group per child (stage), and everything
+    outside the backbone last, as the head."""
     children = [n for n, _ in backbone.named_children()]
     sizes = {n: sum(p.numel() for p in c.parameters()) for n, c in backbone.named_children()}
     body = max(sizes, key=sizes.get) if sizes else None
