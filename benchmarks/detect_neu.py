@@ -260,7 +260,7 @@ def main() -> None:
 
     from edgetune import api, log
     from edgetune.run import load_run
-    from edgetune.runtime.files import write_json
+    from edgetune.runtime.files import sha256_file, write_json
     from edgetune.runtime.timing import Policy
 
     log.setup()
@@ -328,6 +328,8 @@ def main() -> None:
             **SPLIT,
             "counts": {k: len(v) for k, v in load_run(run_dir).split.parts.items()},
         },
+        # Which weights were measured: --reuse takes whatever WORK holds.
+        "weights_sha256": {"finetune": sha256_file(run_dir / "model.pt"), "qat": sha256_file(run.dir / "model.pt")},
         "finetune_seconds": history["seconds"],
         "qat_seconds": run.info["history"][-1]["seconds"],
         "val_best_map50": history["metrics"].get("val_best"),
