@@ -98,7 +98,7 @@ def measure(run_dir: Path, label: str, precision: str, work: Path, threads: int,
         "f1": m["f1"],
         "accuracy_pytorch": run.test_metrics().get("accuracy"),
         **latency_fields(t),
-        "throughput_fps": throughput_fps(1, timing),
+        "throughput_fps": throughput_fps(1, timing),  # over the whole measurement, as its earlier rows (not 1/p50)
         "size_mb": exported["size_mb"],
         "macs": macs,
         "params": params,
