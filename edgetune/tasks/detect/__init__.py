@@ -161,9 +161,9 @@ class Detect(Task):
         return {"task": self.name, "classes": list(run.classes), self.name: section(run)}
 
     def outputs_doc(self, spec) -> dict:
-        from edgetune.tasks.detect.evaluate import top_k
+        from edgetune.tasks.detect.model import candidates
 
-        (h, w), k = spec.size, top_k(spec.size)
+        (h, w), k = spec.size, candidates(spec.size)
         return {
             "boxes": f"(N, {k}, 4) x1, y1, x2, y2 of the top candidates, pixels of the {h}x{w} input",
             "scores": f"(N, {k}) sqrt(class probability x predicted IoU)",

@@ -45,21 +45,16 @@ def threshold_of(run) -> float | None:
     return None
 
 
-def top_k(size) -> int:
-    """The candidates per image the graph gives: TOP_K, or every location of a small input."""
-    from edgetune.tasks.detect.model import STRIDES, TOP_K
-
-    return min(TOP_K, sum((size[0] // s) * (size[1] // s) for s in STRIDES))
-
-
 def section(run) -> dict:
     """The manifest's detect section (and the run's stand-in for it)."""
+    from edgetune.tasks.detect.model import candidates
+
     h, w = run.spec.size
     threshold = threshold_of(run)
     return {
         "model": f"FCOS ({run.model_name}, FPN {(run.info.get('options') or {}).get('fpn_channels', 64)})",
         "input_size": [int(h), int(w)],
-        "top_k": top_k((h, w)),
+        "top_k": candidates((h, w)),
         "score_threshold": DEFAULTS["score_threshold"] if threshold is None else round(threshold, 4),
         "threshold_rule": "the highest F1 at IoU 0.5 on the validation split" if threshold is not None else "default",
         "min_score": DEFAULTS["min_score"],

@@ -14,7 +14,7 @@ from edgetune.runtime.tasks.detect import DetectSession
 from edgetune.tasks.detect.data import collate, plain
 from edgetune.tasks.detect.loss import FCOSLoss
 from edgetune.tasks.detect.metrics import Matched, fast_metrics
-from edgetune.tasks.detect.model import TOP_K, decode
+from edgetune.tasks.detect.model import candidates, decode
 from edgetune.train.hooks import TrainHooks
 
 
@@ -25,7 +25,7 @@ def core(model):
 
 def session_for(classes: list[str], size, section: dict | None = None) -> DetectSession:
     """The device's decoding (NMS, boxes to the frame) without a runtime: it reads tensors given to it."""
-    detect = {"input_size": list(size), "top_k": TOP_K, **(section or {})}
+    detect = {"input_size": list(size), "top_k": candidates(size), **(section or {})}
     return DetectSession(None, {"task": DetectSession.task, "classes": list(classes), DetectSession.task: detect})
 
 
@@ -53,7 +53,7 @@ class DetectHooks(TrainHooks):
         det = core(model)
         out = model(x)
         loss = float(self.fcos(det, out, y)) if y is not None else math.nan
-        boxes, scores, classes = decode(*out, det.points.to(x.device), det.size, min(TOP_K, len(det.points)))
+        boxes, scores, classes = decode(*out, det.points.to(x.device), det.size, candidates(det.size))
         sizes = [tuple(int(v) for v in t["size"]) for t in y] if y is not None else [det.size] * len(x)
         results = self.session(det.size).decode(
             {

@@ -118,6 +118,11 @@ class Detector(nn.Module):
         return [f"head.{i}.{p}" for i in range(len(STRIDES)) for p in ("cls", "box", "ctr")]
 
 
+def candidates(size) -> int:
+    """The candidates per image the graph gives: TOP_K, or every location of a small input."""
+    return min(TOP_K, sum((size[0] // s) * (size[1] // s) for s in STRIDES))
+
+
 def boxes_from(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
     """Distances to the sides from each point -> x1, y1, x2, y2."""
     return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
@@ -131,10 +136,10 @@ class Decode(nn.Module):
     reads float32 outputs (edgetune's TensorRT session copies every output back as
     float32)."""
 
-    def __init__(self, model: nn.Module, top_k: int = TOP_K):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.top_k = min(int(top_k), len(model.points))
+        self.top_k = candidates(model.size)
 
     def forward(self, x: torch.Tensor):
         cls, ltrb, ctr = self.model(x)
