@@ -41,8 +41,9 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "magnetic-tile"
 TRAIN_LIST = HERE / "anomaly_mt_train.txt"
 NORMAL = "MT_Free"
-# chosen by image AUROC on this protocol (`--part backbones`; the image-level score: docs/anomaly.md)
-OPTIONS = {"model": "efficientnet_lite2", "img_size": 320, "image_score": True}
+# chosen by image AUROC on this protocol (`--part backbones`; the image-level score and the coarse patch
+# features, checked on ELPV and another backbone too: docs/anomaly.md)
+OPTIONS = {"model": "efficientnet_lite2", "img_size": 320, "image_score": True, "patch_features": "coarse"}
 BACKBONES = [
     ("efficientnet_lite0", 224),
     ("efficientnet_lite0", 320),
@@ -342,7 +343,7 @@ def backbones_part(a, run) -> list[dict]:
     rows = []
     for name, size in [(SMOKE["model"], 64)] if a.smoke else BACKBONES:
         spec = resolve_preprocess(timm.create_model(name, pretrained=False), size)
-        model = build_patchcore(name, tuple(spec.size), pretrained=not a.smoke)
+        model = build_patchcore(name, tuple(spec.size), pretrained=not a.smoke, features=OPTIONS["patch_features"])
         started = time.time()
         emb = embed_images(model.embedder, train, spec, 16, f"{name} at {size} px")
         patches = emb.permute(0, 2, 3, 1).reshape(-1, model.dim)
@@ -377,7 +378,7 @@ def main() -> None:
     from edgetune.runtime.files import read_json, write_json
 
     log.setup()
-    options = {"model": a.model, "img_size": a.img_size, "image_score": OPTIONS["image_score"]}
+    options = {**OPTIONS, "model": a.model, "img_size": a.img_size}
     data, names = a.data, set(TRAIN_LIST.read_text().split())
     if a.smoke:
         a.work = a.work / "smoke"  # never next to (or over) the real runs
@@ -420,7 +421,8 @@ def write_report(results: dict, path: Path) -> None:
     if results.get("rows"):  # the bundles part (another part may have run alone)
         lines += [
             f"Fitted on the {bank.get('images', 761)} MT_Free tiles DifferNet lists ({o['model']}, {o['img_size']} "
-            f"px{', --image-score' if o.get('image_score') else ''}): "
+            f"px{', --image-score' if o.get('image_score') else ''}"
+            f"{', --patch-features ' + o['patch_features'] if o.get('patch_features') else ''}): "
             f"bank {bank.get('rows')} x {bank.get('dim')} ({bank.get('bounded_by')}), fit {fit.get('fit_seconds')} s. "
             f"Tested on the other {fit.get('test_good')} good tiles and the {fit.get('test_defective')} defective "
             f"ones. DifferNet (WACV 2021) reports image AUROC 0.977. Measured on {results['machine']}, "

@@ -178,6 +178,28 @@ def test_image_score_adds_the_nearest_normal_image_weighted_by_each_distances_sp
     assert image.min() > torch.stack(image_d).max()  # farther than any good tile from its nearest other
 
 
+def test_patch_features_fine_are_patchcores_and_coarse_the_stride_16_map_upsampled():
+    import torch
+    import torch.nn.functional as F
+
+    from edgetune.tasks.anomaly.patchcore import build_patchcore
+
+    x = torch.randn(2, 3, SIZE, SIZE)
+    fine = build_patchcore("test_resnet", (SIZE, SIZE), pretrained=False)
+    coarse = build_patchcore("test_resnet", (SIZE, SIZE), pretrained=False, features="coarse")
+    coarse.embedder.features.load_state_dict(fine.embedder.features.state_dict(), strict=False)
+    with torch.no_grad():
+        s8, s16 = fine.embedder.features(x)
+        assert torch.equal(coarse.embedder.features(x)[0], s16)  # the same weights, the stride-16 stage alone
+        expected = F.interpolate(s16, scale_factor=2, mode="bilinear", align_corners=False)
+        assert torch.allclose(coarse.embedder(x), expected, atol=1e-5)
+        pooled = [F.avg_pool2d(m, 3, 1, 1) for m in (s8, s16)]
+        up = F.interpolate(pooled[1], size=s8.shape[-2:], mode="bilinear", align_corners=False)
+        assert torch.allclose(fine.embedder(x), torch.cat([pooled[0], up], 1), atol=1e-5)
+    assert coarse.grid == fine.grid == tuple(s8.shape[-2:])  # the same stride-8 grid, the map's
+    assert coarse.dim == s16.shape[1] < fine.dim
+
+
 def test_state_saved_before_the_search_was_a_linear_still_loads():
     import torch
 
@@ -195,6 +217,21 @@ def test_state_saved_before_the_search_was_a_linear_still_loads():
     with torch.no_grad():
         assert torch.allclose(fresh(x)[0], model(x)[0], atol=1e-4)
     assert torch.allclose(fresh.patches.search.bank, bank, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_coarse_patch_features_fit_and_reload_from_the_run(tmp_path):
+    data, run = tiles(tmp_path / "tiles"), tmp_path / "run"
+    options = ["--normal", "MT_Free", *MODEL, "--patch-features", "coarse"]
+    run_cli("finetune", "--task", "anomaly", "--data", data, *options, "--out", run)
+    record = json.loads((run / "run.json").read_text())
+    assert record["anomaly"]["patch_features"] == "coarse"
+    test = record["history"][-1]["metrics"]["test"]
+    assert test["auroc"] >= 0.9, test
+    run_cli("evaluate", run)  # restores the coarse embedding from the run's record, or its bank would not fit
+    evaluated = json.loads((run / "eval_test.json").read_text())
+    assert evaluated["auroc"] == pytest.approx(test["auroc"], abs=1e-6)
+    assert evaluated["pixel_auroc"] == pytest.approx(test["pixel_auroc"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -55,6 +55,15 @@ class Anomaly(Task):
             "AUROC 0.922 -> 0.952), puts the backbone's last stages into the graph, and moves more under INT8.",
         ),
         click.option(
+            "--patch-features",
+            type=click.Choice(["fine", "coarse"]),
+            default="fine",
+            show_default=True,
+            help="--task anomaly: the patch embedding. fine: PatchCore's, the stride-8 and stride-16 stages each "
+            "pooled 3x3 (sharper heat maps); coarse: the stride-16 stage alone, upsampled to the same grid (higher "
+            "image AUROC on magnetic tiles and ELPV, a coarser map).",
+        ),
+        click.option(
             "--max-bank-mb",
             type=click.FloatRange(0, min_open=True),
             default=256.0,
@@ -101,7 +110,8 @@ class Anomaly(Task):
     def check(self, opts: dict) -> None:
         from edgetune.tasks.anomaly.patchcore import feature_indices
 
-        feature_indices(opts["model"])  # a ViT is refused before any data is read
+        # a ViT, or a CNN without the patch features' stages, is refused before any data is read
+        feature_indices(opts["model"], opts.get("patch_features") or "fine")
 
     def fit(self, opts, split, out):
         from edgetune.tasks.anomaly.fit import fit_patchcore
@@ -172,7 +182,7 @@ class Anomaly(Task):
     # --- measurement -------------------------------------------------------------
 
     def manifest(self, run) -> dict:
-        section = {k: v for k, v in run.info["anomaly"].items() if k != "feature_indices"}
+        section = {k: v for k, v in run.info["anomaly"].items() if k not in ("feature_indices", "patch_features")}
         return {"task": self.name, "classes": list(run.classes), self.name: section}
 
     def artifact_section(self, session, run) -> dict:

@@ -27,6 +27,7 @@ DEFAULTS = {
     "max_false_alarm": 0.01,
     "batch_size": 16,
     "image_score": False,
+    "patch_features": "fine",
 }
 
 
@@ -252,6 +253,7 @@ def load_patchcore(run):
         bank=torch.zeros(int(bank["rows"]), int(bank["dim"])),
         indices=list(info["feature_indices"]),
         image_bank=torch.zeros(int(image["rows"]), int(image["dim"])) if image else False,
+        features=info.get("patch_features", "fine"),  # absent in runs fitted before the choice: fine
     )
     state = torch.load(run.dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(upgrade_state(state))
@@ -286,7 +288,7 @@ def fit_patchcore(opts: dict, split, out):
 
     started = time.time()
     opts = {**DEFAULTS, **{k: v for k, v in opts.items() if v is not None}}
-    indices = feature_indices(opts["model"])
+    indices = feature_indices(opts["model"], opts["patch_features"])
     normal = normal_index(split.classes, opts.get("normal"), opts["data"])
     source_classes, normal_class = split.classes, split.classes[normal]
     split = binary_split(split, normal)
@@ -305,6 +307,7 @@ def fit_patchcore(opts: dict, split, out):
         opts.get("weights"),
         indices=indices,
         image_bank=bool(opts["image_score"]),
+        features=opts["patch_features"],
     )
     logger.info(
         "Fitting PatchCore on %d '%s' images of the train split: %s at %dx%d, coreset %g.",
@@ -334,7 +337,15 @@ def fit_patchcore(opts: dict, split, out):
         **val_info,
         "fit_seconds": round(time.time() - started, 1),
     }
-    info = {"anomaly": {**norm.to_dict(), "source_classes": source_classes, "feature_indices": indices, "bank": bank}}
+    info = {
+        "anomaly": {
+            **norm.to_dict(),
+            "source_classes": source_classes,
+            "feature_indices": indices,
+            "patch_features": opts["patch_features"],
+            "bank": bank,
+        }
+    }
     auroc, far = test.get("auroc"), test["false_alarm_rate"]
     logger.info(
         "PatchCore on %s: bank %d x %d (%.1f MB); test AUROC %s, F1 %.3f, false alarms %s at threshold %.4g (raw; %s).",
